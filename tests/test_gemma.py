@@ -308,3 +308,16 @@ def test_a_sliding_window_field_leaves_gemmas_context_whole(tmp_path):
     config.save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
     assert loaded.config.sliding_window is None and loaded.config.max_position == 256
+
+
+def test_an_untied_config_over_a_checkpoint_without_lm_head_names_the_field(tmp_path):
+    """Gemma's checkpoints hold no lm_head.weight (tied). A config.json saying
+    tie_word_embeddings false over one (a hand-edited or converted config) was refused as
+    "missing weights: lm_head.weight" alone, not saying which field decides it (transformers
+    would initialize a random head)."""
+    save_gemma(FAMILIES["gemma-1kv"], tmp_path)
+    fields = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**fields, "tie_word_embeddings": False}))
+    with pytest.raises(ValueError, match=r"missing weights: lm_head.weight \(config.json's "
+                                         r"tie_word_embeddings is false"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")

@@ -298,7 +298,13 @@ def test_dummy_weights_build_the_shapes_from_config_alone(tmp_path, family):
     ("mlp_bias", True, "mlp_bias"),
     ("logits_scaling", None, "logits_scaling"),
     ("residual_multiplier", None, "residual_multiplier"),
-    ("logits_scaling", 0, "logits_scaling must not be 0"),
+    # no Granite has a scale of 0 or below (the embeddings, layers or attention scores
+    # vanish or flip sign): a config with one is broken, not a model to serve
+    ("logits_scaling", 0, "config.json: logits_scaling must be > 0, got 0"),
+    ("logits_scaling", -8.0, "logits_scaling must be > 0, got -8.0"),
+    ("embedding_multiplier", 0, "embedding_multiplier must be > 0, got 0"),
+    ("residual_multiplier", -0.22, "residual_multiplier must be > 0, got -0.22"),
+    ("attention_multiplier", 0.0, "attention_multiplier must be > 0, got 0.0"),
     ("num_experts_per_tok", None, "num_experts_per_tok must be an integer"),
     ("num_local_experts", None, "num_local_experts must be an integer"),
 ])
@@ -363,3 +369,20 @@ def test_granitemoe_tensors_under_either_set_of_names(tmp_path):
                   metadata={"format": "pt"})
         with pytest.raises(ValueError, match=f"missing weights: {name}"):
             load_model(str(tmp_path / "saved"), dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("family", ["granite", "granitemoe"])
+def test_sliding_window_fields_in_a_granite_config_slide_nothing(tmp_path, family):
+    """transformers' Granite and GraniteMoe never slide (no window in their masks): a
+    config.json carrying Qwen2's sliding_window, use_sliding_window and max_window_layers
+    (a conversion's leftovers) slid every layer here, and logits past the window differed
+    from transformers' (by ~2 on these weights)."""
+    hf = save_granite(family, tmp_path, tokenizer=False)
+    fields = json.loads((tmp_path / "config.json").read_text())
+    fields.update(sliding_window=4, use_sliding_window=True, max_window_layers=0)
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert loaded.config.sliding_window is None
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4

@@ -14,11 +14,12 @@ from test_phi3_model import FAMILIES, PROMPTS, TINY, saved  # noqa: F401 (saved:
 from aiollm.model import load_model
 
 
-def write_phi3_gguf(hf, path: str, window: int = 0) -> None:
+def write_phi3_gguf(hf, path: str, window: int = 0, original: int | None = None) -> None:
     """`hf` as llama.cpp's converter writes a Phi-3 (float32 tensors, so that logits can be
     compared tightly): attn_qkv and ffn_up fused as in the checkpoint, the partial rotary as
-    rope.dimension_count, LongRoPE's factors as tensors with the original context and the
-    attention factor in the metadata, the sliding window (0: none)."""
+    rope.dimension_count, LongRoPE's factors as tensors with the original context (or
+    `original` in its place) and the attention factor in the metadata, the sliding window
+    (0: none)."""
     import math
 
     import numpy as np
@@ -28,7 +29,8 @@ def write_phi3_gguf(hf, path: str, window: int = 0) -> None:
     w = gguf_writer(c, path, "phi3")
     w.add_eos_token_id(7)
     w.add_rope_dimension_count(int(16 * rope.get("partial_rotary_factor", 1.0)))
-    w.add_rope_scaling_orig_ctx_len(c.original_max_position_embeddings)
+    w.add_rope_scaling_orig_ctx_len(c.original_max_position_embeddings if original is None
+                                    else original)
     w.add_sliding_window(window)
     if rope["rope_type"] == "longrope":
         scale = c.max_position_embeddings / c.original_max_position_embeddings
@@ -105,13 +107,29 @@ def test_gguf_sliding_window_slides_every_layer(tmp_path):
     assert (loaded.config.max_position, loaded.config.sliding_window) == (256, None)
 
 
-def test_a_longrope_file_past_its_original_context_carries_the_warning(tmp_path):
-    """The GGUF config's warnings (logged at every load, stored with the derived config) say
-    that prompts past the original context are not transformers' (rope.longrope_warning)."""
-    from aiollm.model.derived_cache import GGUFCache
-
+def test_a_longrope_file_past_its_original_context_warns_once(tmp_path, caplog):
+    """A GGUF file's load says once that prompts past the original context are not
+    transformers' (rope.longrope_warning), as a safetensors model's does, whether its config
+    came from the file or the derived cache; served within it (--max-model-len), nothing."""
     hf = save_random_hf_model(FAMILIES["longrope-partial"], str(tmp_path / "hf"))
     write_phi3_gguf(hf, str(tmp_path / "phi3.gguf"))
-    load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
-    warnings = GGUFCache(str(tmp_path / "phi3.gguf")).load_config()[1]
-    assert any("longer than original_max_position_embeddings 32" in w for w in warnings)
+    for _ in range(2):  # parsed, then from the cache
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
+        assert caplog.text.count("longer than original_max_position_embeddings 32") == 1
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu",
+                   max_model_len=32)
+    assert "longrope" not in caplog.text
+
+
+def test_a_longrope_file_with_an_original_context_of_0_is_refused_naming_it(tmp_path):
+    """rope.scaling.original_context_length 0 in a file with LongRoPE factors was a
+    ZeroDivisionError (the factor is the context over it): a traceback, not a message."""
+    hf = save_random_hf_model(FAMILIES["longrope-partial"], str(tmp_path / "hf"))
+    write_phi3_gguf(hf, str(tmp_path / "phi3.gguf"), original=0)
+    with pytest.raises(ValueError, match=r"phi3.rope.scaling.original_context_length must "
+                                         r"be >= 1, got 0"):
+        load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")

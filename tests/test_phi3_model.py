@@ -80,14 +80,23 @@ def test_greedy_ids_through_engine_match_transformers(saved):
 
 
 def test_longrope_past_the_original_context_warns_it_is_not_transformers(tmp_path, caplog):
-    """A LongRoPE model served past original_max_position_embeddings says at start-up that a
-    prompt longer than that is not rotated as transformers rotates it (all long factors);
-    one whose context stays within it says nothing (test_phi3_gguf: a file's too)."""
+    """A LongRoPE model served past original_max_position_embeddings says at start-up, once,
+    that a prompt longer than that is not rotated as transformers rotates it (all long
+    factors); served within it (its own context or --max-model-len) it says nothing: the
+    advice to pass --max-model-len must not be given to one who did (test_phi3_gguf: a
+    file's too). Reading the config alone (the server does before the weights) says nothing."""
+    from aiollm.model.loader import read_config
+
     FAMILIES["longrope-partial"].save_pretrained(tmp_path)
     with caplog.at_level("WARNING"):
+        read_config(str(tmp_path))
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
-    assert "longer than original_max_position_embeddings 32" in caplog.text
+    assert caplog.text.count("longer than original_max_position_embeddings 32") == 1
     caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy",
+                   max_model_len=32)
+    assert "longrope" not in caplog.text
     within = Phi3Config(**{**TINY, "max_position_embeddings": 32},
                         original_max_position_embeddings=32,
                         rope_scaling={**LONGROPE, "factor": 4.0})
@@ -263,6 +272,18 @@ def test_phi3_128k_config_as_published_loads_its_longrope(tmp_path):
     fields["rope_scaling"] = {"type": "linear", "factor": 2.0}
     (tmp_path / "config.json").write_text(json.dumps(fields))
     with pytest.raises(ValueError, match="type field must be one of .*got linear"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+@pytest.mark.parametrize("key,value", [("long_factor", None), ("short_factor", 2.0),
+                                       ("long_factor", {"0": 1.0})], ids=str)
+def test_a_longrope_factor_list_that_is_no_list_is_refused_naming_it(tmp_path, key, value):
+    """A longrope short_factor/long_factor of null or a single number failed in transformers
+    as "object of type 'NoneType' has no len()", naming no field."""
+    fields = {**FAMILIES["longrope-partial"].to_dict()}
+    fields["rope_parameters"] = {**fields["rope_parameters"], key: value}
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match=f"rope_parameters .*{key} must be a list of numbers"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 

@@ -53,9 +53,13 @@ def phi3_rope(reader: Any, p: str, tensors: dict, rope: RopeConfig, head_dim: in
             raise ValueError(f"GGUF tensor {name} must hold {rotated // 2} positive factors "
                              f"(half of {p}rope.dimension_count {rotated}), got "
                              f"{len(values)} values")
+    original = int(required(reader, p + "rope.scaling.original_context_length"))
+    if original < 1:  # the factor is the context over it
+        raise ValueError(f"GGUF metadata {p}rope.scaling.original_context_length must be >= 1, "
+                         f"got {original}")
     rope.type, rope.short_factor, rope.long_factor = "longrope", short, long
-    rope.original_max_position = int(required(reader, p + "rope.scaling.original_context_length"))
-    rope.factor = context / rope.original_max_position
+    rope.original_max_position = original
+    rope.factor = context / original
 
 
 def phi3_window(reader: Any, p: str) -> int | None:

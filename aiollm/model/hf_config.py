@@ -13,7 +13,6 @@ it, family by family). A bad value is refused naming its config.json field.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
@@ -27,10 +26,7 @@ from aiollm.model.config import (
 )
 from aiollm.model.hf_moe_config import moe_from_hf
 from aiollm.model.paths import check_links, gguf_names, split_first_part
-from aiollm.model.rope import longrope_warning
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
-
-log = logging.getLogger(__name__)
 
 try:  # huggingface_hub >= 0.35, which transformers 5 requires; older ones raise ValueErrors
     from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
@@ -128,8 +124,6 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     rope = rope_from_hf(hf, _head_dim(hf))
     max_position = _context_of(hf, rope)
     window, sliding_layers = _sliding_window(hf, arch)
-    if (message := longrope_warning(rope, max_position)) is not None:
-        log.warning("%s", message)
     eos = (_as_list(hf.eos_token_id) if generation_eos is None
            else list(dict.fromkeys(generation_eos)))
     return ModelConfig(
@@ -186,12 +180,15 @@ def _granite_scalars(hf: Any) -> dict[str, float]:
     """Granite's four scalars, as transformers' Granite classes read them: each defaults to
     1.0 (attention_multiplier too: the softmax scale is then 1, not 1/sqrt(head_dim)). A
     null or non-number, which transformers multiplies by and fails on, is refused naming
-    the field."""
+    the field, and so is one of 0 or below, which no Granite has (its embeddings, layers or
+    attention scores would vanish or change sign; logits_scaling is divided by)."""
     scalars = {}
     for name in GRANITE_SCALARS:
         value = getattr(hf, name, 1.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config.json: {name} must be a number, got {value!r}")
+        if not value > 0:
+            raise ValueError(f"config.json: {name} must be > 0, got {value!r}")
         scalars[name] = float(value)
     return scalars
 
@@ -199,9 +196,11 @@ def _granite_scalars(hf: Any) -> dict[str, float]:
 # the families whose every layer slides when config.json has a sliding_window (transformers'
 # Mistral, Mixtral, Phi-3 and Qwen3-MoE models build one sliding-window mask for all layers; its
 # Qwen3-MoE config drops the window unless use_sliding_window); Qwen2, Qwen3 and Qwen2-MoE
-# slide the layers their layer_types marks "sliding_attention"; Llama and Gemma never slide
-# (a sliding_window in their config.json is left by a conversion from another family)
+# slide the layers their layer_types marks "sliding_attention"; Llama, Gemma, Granite and
+# GraniteMoe never slide (window fields in their config.json are left by a conversion from
+# another family, and transformers reads none of them)
 _EVERY_LAYER_SLIDES = ("mistral", "mixtral", "qwen3_moe", "phi3")
+_NEVER_SLIDES = ("llama", "gemma", "granite", "granitemoe")
 
 
 def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | None]:
@@ -209,7 +208,7 @@ def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | N
     runs it; (None, None) when no layer slides. Raises ValueError naming config.json's field
     for a window below 1 (transformers' mask then hides every key) or sliding layers
     without use_sliding_window or with a null sliding_window (its mask then fails)."""
-    if arch in ("llama", "gemma"):  # transformers' Llama and Gemma never slide
+    if arch in _NEVER_SLIDES:
         return None, None
     window = getattr(hf, "sliding_window", None)
     if arch in _EVERY_LAYER_SLIDES:

@@ -135,9 +135,10 @@ def _longrope_rows(angles: torch.Tensor, positions: torch.Tensor, rope: RopeConf
 
 
 def longrope_warning(rope: RopeConfig, context: int) -> str | None:
-    """The start-up warning for a LongRoPE model whose `context` (tokens) passes its
-    original_max_position, None for any other: prompts longer than the original context
-    are rotated otherwise than transformers rotates them (_longrope_rows)."""
+    """The start-up warning (load_model's) for a LongRoPE model whose served `context`
+    (tokens: --max-model-len, else the model's) passes its original_max_position, None for
+    any other: prompts longer than the original context are rotated otherwise than
+    transformers rotates them (_longrope_rows)."""
     if rope.type != "longrope" or context <= rope.original_max_position:
         return None
     n = rope.original_max_position

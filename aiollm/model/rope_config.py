@@ -72,9 +72,11 @@ _FIELD = "config.json: rope_parameters (rope_scaling)"
 def check_rope_parameters(params: dict, field: str = _FIELD) -> None:
     """Raise ValueError naming the key of `params` (`field`: the dict's name in messages)
     whose value is not a number, or not positive where transformers divides by it
-    (rope_theta, factor, low/high_freq_factor, original_max_position_embeddings); None
-    stands for "not given". Checked on config.json's own dicts (and top-level rope_theta)
-    before transformers reads it, and on the rope_parameters of the config it read."""
+    (rope_theta, factor, low/high_freq_factor, original_max_position_embeddings), or a
+    longrope short_factor/long_factor that is not a list; None stands for "not given" (but
+    for those lists, given as null). Checked on config.json's own dicts (and top-level
+    rope_theta) before transformers reads it, and on the rope_parameters of the config it
+    read."""
     for key in _ROPE_NUMBERS:  # transformers warns of a string here and goes on
         value = params.get(key)
         if value is None:
@@ -83,6 +85,11 @@ def check_rope_parameters(params: dict, field: str = _FIELD) -> None:
             raise ValueError(f"{field} {key} must be a number, got {value!r}")
         if key in _POSITIVE and not value > 0:
             raise ValueError(f"{field} {key} must be > 0, got {value!r}")
+    if (params.get("rope_type") or params.get("type")) in ("longrope", "su"):
+        for key in ("short_factor", "long_factor"):  # transformers: len() of a non-list
+            if key in params and not isinstance(params[key], (list, tuple)):
+                raise ValueError(f"{field} {key} must be a list of numbers (one per rotated "
+                                 f"frequency), got {params[key]!r}")
 
 
 def rope_from_hf(hf: Any, head_dim: int) -> RopeConfig:

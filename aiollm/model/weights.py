@@ -372,7 +372,9 @@ class WeightFiller:
             missing = list(dict.fromkeys(self._src(n) for n in missing))
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             names = missing[:5]
-            raise ValueError(f"checkpoint is missing weights: {', '.join(names)}{more}")
+            why = (" (config.json's tie_word_embeddings is false: true reads the output "
+                   "layer from the embeddings)" if "lm_head.weight" in names else "")
+            raise ValueError(f"checkpoint is missing weights: {', '.join(names)}{more}{why}")
 
     def _missing_parts(self, name: str, param: torch.Tensor) -> list[str]:
         """transformers' names of the parts of parameter `name` never written: which of

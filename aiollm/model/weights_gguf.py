@@ -41,7 +41,6 @@ from aiollm.model.gguf_metadata import required as _required
 from aiollm.model.gguf_metadata import rope_scaling as _rope_scaling
 from aiollm.model.gguf_moe import moe_from_gguf
 from aiollm.model.gguf_phi3 import ROPE_FACTOR_TENSORS, phi3_rope, phi3_window
-from aiollm.model.rope import longrope_warning
 from aiollm.model.weights_hf import damaged_file_advice
 
 
@@ -172,8 +171,6 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         # every layer slides, as in transformers' Phi-3 (llama.cpp reads the key and, since
         # its PR 13676, runs Phi-3 without it; the file's model is transformers')
         window = phi3_window(reader, p)
-        if (message := longrope_warning(rope, context)) is not None:
-            warnings.append(message)
     elif any(name in tensors for name in ROPE_FACTOR_TENSORS):  # not to be skipped unread
         raise ValueError(f"GGUF file has LongRoPE factors ({', '.join(ROPE_FACTOR_TENSORS)}), "
                          f"which aiollm reads in phi3 files only, not {gguf_arch!r} ones")
