@@ -25,6 +25,7 @@ from test_loader import (
     TINY,
     all_position_logits,
     finish_gguf,
+    gguf_tensor_name,
     gguf_writer,
     save_random_hf_model,
 )
@@ -169,14 +170,7 @@ def write_gemma_gguf(hf, path: str) -> None:
         t = t.float() + (1 if name.endswith("norm.weight") else 0)
         if name == "lm_head.weight":
             continue
-        if name.startswith("model.layers."):
-            _, _, layer, rest = name.split(".", 3)
-            module, suffix = rest.rsplit(".", 1)
-            gguf_name = f"blk.{layer}.{names[module]}.{suffix}"
-        else:
-            gguf_name = {"model.embed_tokens.weight": "token_embd.weight",
-                         "model.norm.weight": "output_norm.weight"}[name]
-        w.add_tensor(gguf_name, t.contiguous().numpy())
+        w.add_tensor(gguf_tensor_name(name, names), t.contiguous().numpy())
     finish_gguf(w)
 
 

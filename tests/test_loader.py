@@ -147,6 +147,17 @@ GGUF_LAYER_NAMES = {
 }
 
 
+def gguf_tensor_name(name: str, layer_names: dict[str, str]) -> str:
+    """llama.cpp's name of transformers' parameter `name` ("model.layers.3.mlp.down_proj.weight"
+    -> "blk.3.ffn_down.weight"), its layers' modules named by `layer_names`."""
+    if name.startswith("model.layers."):
+        _, _, layer, rest = name.split(".", 3)
+        module, suffix = rest.rsplit(".", 1)
+        return f"blk.{layer}.{layer_names[module]}.{suffix}"
+    return {"model.embed_tokens.weight": "token_embd.weight",
+            "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}[name]
+
+
 def test_hf_directory_with_both_model_safetensors_and_an_index_reads_model_safetensors(
         tmp_path):
     """transformers' from_pretrained (its _get_resolved_checkpoint_files) takes
@@ -249,14 +260,7 @@ def write_gguf(hf, path: str, raw_types: dict | None = None, rope_scaling: str |
     for name, t in hf.state_dict().items():
         if name == "lm_head.weight" and c.tie_word_embeddings:
             continue
-        if name.startswith("model.layers."):
-            _, _, layer, rest = name.split(".", 3)
-            module, suffix = rest.rsplit(".", 1)
-            gguf_name = f"blk.{layer}.{GGUF_LAYER_NAMES[module]}.{suffix}"
-        else:
-            gguf_name = {"model.embed_tokens.weight": "token_embd.weight",
-                         "model.norm.weight": "output_norm.weight",
-                         "lm_head.weight": "output.weight"}[name]
+        gguf_name = gguf_tensor_name(name, GGUF_LAYER_NAMES)
         heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}.get(
             name.split(".")[-2])
         if arch == "llama" and heads:

@@ -8,7 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_loader import all_position_logits, finish_gguf, gguf_writer, save_random_hf_model
+from test_loader import (
+    all_position_logits,
+    finish_gguf,
+    gguf_tensor_name,
+    gguf_writer,
+    save_random_hf_model,
+)
 from test_phi3_model import FAMILIES, PROMPTS, TINY, saved  # noqa: F401 (saved: a fixture)
 
 from aiollm.model import load_model
@@ -45,15 +51,7 @@ def write_phi3_gguf(hf, path: str, window: int = 0, original: int | None = None)
     for name, t in hf.state_dict().items():
         if name == "lm_head.weight" and c.tie_word_embeddings:
             continue
-        if name.startswith("model.layers."):
-            _, _, layer, rest = name.split(".", 3)
-            module, suffix = rest.rsplit(".", 1)
-            name = f"blk.{layer}.{layer_names[module]}.{suffix}"
-        else:
-            name = {"model.embed_tokens.weight": "token_embd.weight",
-                    "model.norm.weight": "output_norm.weight",
-                    "lm_head.weight": "output.weight"}[name]
-        w.add_tensor(name, t.float().numpy())
+        w.add_tensor(gguf_tensor_name(name, layer_names), t.float().numpy())
     finish_gguf(w)
 
 
