@@ -3,11 +3,11 @@
 The common dataclasses (ModelConfig, and MoeConfig for mixture-of-experts layers) with the
 checks every source shares, and the model types aiollm runs. They are filled from a Hugging Face
 config.json by hf_config.py (its MoE fields by hf_moe_config.py) and from GGUF metadata by
-weights_gguf.py. Gemma 1 is the same decoder with three changes of numerics, flags here
-(hidden_act, rms_norm_unit_offset, scale_embeddings) that Gemma 2 and 3 will reuse. Everything
-the model, the KV pool and the engine need is here, in one flat dataclass, so nothing downstream
-has to know transformers' config classes or their version differences (rope_scaling in 4.x,
-rope_parameters in 5.x).
+weights_gguf.py. Gemma 1 is the same decoder with three changes of numerics: hidden_act and
+two properties of its architecture (rms_norm_unit_offset, scale_embeddings) that Gemma 2 and 3
+will reuse. Everything the model, the KV pool and the engine need is here, in one flat
+dataclass, so nothing downstream has to know transformers' config classes or their version
+differences (rope_scaling in 4.x, rope_parameters in 5.x).
 """
 
 from __future__ import annotations
@@ -131,11 +131,6 @@ class ModelConfig:
     attention_multiplier: float | None = None  # the softmax scale (None: 1 / sqrt(head_dim))
     logits_scaling: float = 1.0  # the logits are divided by it
     hidden_act: str = "silu"  # the MLP's gate activation, one of ACTIVATIONS
-    # Gemma's RMSNorm x * (1 + w): the checkpoint holds w, the model 1 + w, computed in
-    # float32 at load and kept in float32 (in bfloat16 the sum would round)
-    rms_norm_unit_offset: bool = False
-    # Gemma: embeddings x sqrt(hidden_size), that factor rounded to the model dtype first
-    scale_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -180,6 +175,18 @@ class ModelConfig:
         if self.sliding_layers is not None and layer not in self.sliding_layers:
             return 0
         return self.sliding_window
+
+    @property
+    def rms_norm_unit_offset(self) -> bool:
+        """Gemma's RMSNorm x * (1 + w): the checkpoint holds w, the model 1 + w, computed in
+        float32 at load and kept in float32 (in bfloat16 the sum would round)."""
+        return self.architecture == "gemma"
+
+    @property
+    def scale_embeddings(self) -> bool:
+        """Gemma's embeddings x sqrt(hidden_size), that factor rounded to the model dtype
+        first."""
+        return self.architecture == "gemma"
 
     @property
     def softmax_scale(self) -> float:

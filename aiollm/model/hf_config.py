@@ -153,8 +153,6 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         sliding_layers=sliding_layers,
         **(_granite_scalars(hf) if arch.startswith("granite") else {}),
         hidden_act=act,
-        rms_norm_unit_offset=arch == "gemma",
-        scale_embeddings=arch == "gemma",
     )
 
 

@@ -199,11 +199,9 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         moe=moe_from_gguf(reader, p, arch, tensors, warnings),
         sliding_window=window,
         **(granite_scalars(reader, p) if arch in ("granite", "granitemoe") else {}),
-        # llama.cpp's Gemma graph: GELU (ggml's is the tanh approximation), norms of its
-        # stored 1 + w, embeddings x sqrt(embedding_length)
+        # llama.cpp's Gemma graph: GELU (ggml's is the tanh approximation); its norms of the
+        # stored 1 + w and embeddings x sqrt(embedding_length) are ModelConfig's for gemma
         hidden_act="gelu_pytorch_tanh" if arch == "gemma" else "silu",
-        rms_norm_unit_offset=arch == "gemma",
-        scale_embeddings=arch == "gemma",
     )
 
 
