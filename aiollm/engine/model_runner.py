@@ -106,6 +106,9 @@ class ModelRunner:
         self.eos_ids = list(eos_ids)
         self.vocab_size = model_config.vocab_size
         self.logprobs_mode = logprobs_mode  # what sampled tokens' logprobs report (sampler.py)
+        # a LongRoPE model served past its original context: its long prompts' tokens read
+        # the rotary table's second half (model/rope_rows.py); None for any other model
+        self.long_prompts = getattr(model, "long_prompts", None)
         # [rows + 1] what the last launched step sampled, by sampled row (static: the decode
         # graphs read and write it too)
         self._prev_ids = torch.zeros(req_to_token.rows + 1, dtype=torch.int64, device=device)
@@ -139,16 +142,22 @@ class ModelRunner:
         # (not under tensor parallelism: rank 0 alone has the masks, so it broadcasts ids)
         masked = (constrained and self.dist is None
                   and all(r.argmax_only or r.masked_argmax for r in sampled))
+        offsets = None  # [n] rotary row offsets (rope_rows.py), for the long-prompt models
+        if self.long_prompts is not None:
+            offsets = self.long_prompts.offsets(
+                np.fromiter((len(r.prompt_ids) for r in reqs), np.int64, n))
+        rope = () if offsets is None else (offsets,)  # the step message's part
         if step.num_tokens == n and len(sampled) == n and n <= self.graphs.max_bs:
             # a decode batch: every request feeds one token and samples one
             rows, positions = step.token_coords
-            bs = self.graphs.stage(n, step.input_ids, positions, step.out_cache_loc, rows)
+            bs = self.graphs.stage(n, step.input_ids, positions, step.out_cache_loc, rows,
+                                   offsets)
             st = None if argmax_only or masked else self._sampling(step, sampled, table)
             inp = StepInputs(None, bs, n, st, argmax_only, min(step.input_ids) < 0, start,
                              constrained, masked_argmax=masked)
             if self.dist is not None:
                 inp.msg = self.dist.step_message(inp, n, -1, (step.input_ids, positions,
-                                                              step.out_cache_loc, rows))
+                                                              step.out_cache_loc, rows) + rope)
             return inp
         ids = np.array(step.input_ids, dtype=np.int64)
         sample_index = None
@@ -165,6 +174,7 @@ class ModelRunner:
             device=dev,
             sample_index=sample_index,
             token_coords=step.token_coords,
+            rope_offsets=offsets,
         )
         if any(r.prompt_logprobs is not None for r in reqs):
             batch.prompt_scoring = plan_scoring(reqs, step.prefix_lens, step.extend_lens, dev)
@@ -176,7 +186,8 @@ class ModelRunner:
             sidx = () if sample_index is None else (sample_index,)
             inp.msg = self.dist.step_message(
                 inp, len(ids), -1 if sample_index is None else len(sample_index),
-                (ids, step.out_cache_loc, rows, step.prefix_lens, step.extend_lens) + sidx)
+                (ids, step.out_cache_loc, rows, step.prefix_lens, step.extend_lens) + rope
+                + sidx)
         return inp
 
     def _sampling(self, step: Step, sampled: list, table: RequestTable) -> SamplingTensors:

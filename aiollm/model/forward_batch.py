@@ -42,6 +42,14 @@ class ForwardBatch:
     # extend_lens, q_start_loc) of the rest; q_start_loc still indexes the whole batch
     mixed_parts: tuple[tuple, tuple] | None = None
     prompt_scoring: PromptScoring | None = None  # prompt positions to score (prompt logprobs)
+    # [T] int64: the rotary table row of each new token where it is not its position (a
+    # LongRoPE model's long prompts, model/rope_rows.py); None: positions
+    rope_rows: torch.Tensor | None = None
+
+    @property
+    def rotary_rows(self) -> torch.Tensor:
+        """[T] int64: the row of the rotary table (rope.cos_sin_cache) each new token reads."""
+        return self.positions if self.rope_rows is None else self.rope_rows
 
     @property
     def batch_size(self) -> int:
@@ -64,10 +72,12 @@ class ForwardBatch:
         device: torch.device,
         sample_index: np.ndarray | None = None,
         token_coords: tuple[np.ndarray, np.ndarray] | None = None,
+        rope_offsets: np.ndarray | None = None,
     ) -> "ForwardBatch":
         """Derive positions and offsets from per-request lengths (CPU tensors or numpy arrays
         in, device tensors out; token_coords: new_token_coords() of the batch where the caller
-        has it already). numpy does the index arithmetic (torch.repeat_interleave
+        has it already; rope_offsets [B] int64: each request's rotary row offset,
+        rope_rows.LongPrompts.offsets, None for none). numpy does the index arithmetic (torch.repeat_interleave
         costs ~0.7 ms on the CPU), and everything reaches the device in two copies (to_device),
         so they stay asynchronous while an earlier step runs."""
         ext = np.asarray(extend_lens).astype(np.int64)
@@ -83,6 +93,8 @@ class ForwardBatch:
         num_decode = int(not_one[0]) if len(not_one) else len(ext)
         longs = [np.asarray(input_ids), positions, np.asarray(out_cache_loc), token_rows,
                  ends - 1]
+        if rope_offsets is not None:  # each token's position plus its request's offset
+            longs.append(positions + np.repeat(np.asarray(rope_offsets, dtype=np.int64), ext))
         if sample_index is not None:
             longs.append(sample_index)
         ints = [rows, pre, ext, seq, q_start]
@@ -90,7 +102,8 @@ class ForwardBatch:
         if 0 < n < len(ext):  # a mixed step's decode part, then its extend part
             ints += [rows[:n], seq[:n], rows[n:], pre[n:], ext[n:], q_start[n:]]
         # two host-to-device copies for the whole batch
-        ids, pos, loc, trows, last, *sidx = _packed(longs, np.int64, device)
+        ids, pos, loc, trows, last, *extra = _packed(longs, np.int64, device)
+        rope_rows = extra.pop(0) if rope_offsets is not None else None
         r, p, e, sl, qs, *parts = _packed(ints, np.int32, device)
         return cls(
             input_ids=ids,
@@ -108,10 +121,11 @@ class ForwardBatch:
             req_to_token=req_to_token,
             kv_pool=kv_pool,
             token_rows=trows,
-            sample_index=sidx[0] if sidx else None,
+            sample_index=extra[0] if extra else None,
             num_decode=num_decode,
             decode_max_seq_len=int(seq[:num_decode].max()) if num_decode else 0,
             mixed_parts=(tuple(parts[:2]), tuple(parts[2:])) if parts else None,
+            rope_rows=rope_rows,
         )
 
 
