@@ -23,6 +23,7 @@ from test_phi3_model import LONGROPE, TINY
 from test_prefill_graphs import save_any_tokenizer
 
 from aiollm import Engine, SamplingParams
+from aiollm.engine.prefill_graphs import PrefillGraphs
 from aiollm.model import load_model
 
 CONFIG = Phi3Config(**{**TINY, "max_position_embeddings": 64, "tie_word_embeddings": True},
@@ -46,43 +47,51 @@ def saved(tmp_path_factory):
     return path, hf
 
 
-def _greedy(path: str, prompts: list[list[int]], **options) -> list:
+def _greedy(path: str, prompts: list[list[int]], graphs: bool = False, **options) -> list:
     """Outputs of greedy requests for prompts, sent one after another (each list of
-    `prompts` is one concurrent batch)."""
+    `prompts` is one concurrent batch). graphs: prompt steps through the prefill graphs'
+    segments and decode batches padded to their graph's bucket, uncaptured (the CPU runs
+    what a GPU's graphs replay)."""
     async def main():
         params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
         async with Engine(path, kv_tokens=1024, max_model_len=64, **options) as engine:
+            if graphs:
+                engine.runner.prefill_graphs = PrefillGraphs(
+                    engine.runner.model, engine.kv_pool, max_tokens=64, capture=False)
+                engine.runner.graphs.pad = True
             return [await asyncio.gather(*(engine.generate(p, params) for p in batch))
                     for batch in prompts]
     return asyncio.run(main())
 
 
-def test_the_rotary_table_has_an_all_long_half(saved):
-    """Served past 16: rows 64.. are transformers' cos/sin for a sequence longer than 16
-    (long factors at every position, attention factor included); served within it, no
-    second half."""
+def test_the_rotary_table_has_the_long_rows_of_the_first_positions(saved):
+    """Served past 16: rows 64..80 are transformers' cos/sin of positions 0..16 in a
+    sequence longer than 16 (long factors, attention factor included), as rows 16..64 of
+    the others are; served within it, no such rows."""
     from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
     path, _ = saved
     cache = load_model(path, dtype=torch.float32, device="cpu",
                        load_format="dummy").model.cos_sin_cache
     long_cos, long_sin = Phi3RotaryEmbedding(CONFIG)(torch.zeros(1), torch.arange(64)[None])
-    assert cache.shape == (128, 16)
-    assert torch.equal(cache[64:, :6], long_cos[0, :, :6])
-    assert torch.equal(cache[64:, 8:14], long_sin[0, :, :6])
-    assert torch.equal(cache[16:64], cache[80:])  # from 16 on, both halves are long
+    assert cache.shape == (80, 16)
+    long_rows = torch.cat((cache[64:], cache[16:64]))  # positions 0..64, all long
+    assert torch.equal(long_rows[:, :6], long_cos[0, :, :6])
+    assert torch.equal(long_rows[:, 8:14], long_sin[0, :, :6])
     within = load_model(path, dtype=torch.float32, device="cpu", load_format="dummy",
                         max_model_len=16).model.cos_sin_cache
     assert within.shape == (16, 16)
 
 
-def test_a_long_prompt_and_a_short_one_in_one_batch_are_transformers(saved):
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph-buffers"])
+def test_a_long_prompt_and_a_short_one_in_one_batch_are_transformers(saved, graphs):
     """Greedy ids of a 30-token prompt (all long) and a 12-token one decoding past 16, in
     one batch and then alone, each transformers' alone; the prefix cache off, so each
-    computes its own KV."""
+    computes its own KV. Also through the graphs' static buffers (prefill segments, padded
+    decode batches), which take the rotary rows their own way."""
     path, hf = saved
     want = [hf_greedy(hf, p, NEW_TOKENS) for p in (LONG, SHORT)]
-    together, alone = _greedy(path, [[LONG, SHORT], [LONG]], prefix_cache=False)
+    together, alone = _greedy(path, [[LONG, SHORT], [LONG]], graphs, prefix_cache=False)
     assert [o.token_ids for o in together] == want
     assert alone[0].token_ids == want[0]
 

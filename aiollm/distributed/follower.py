@@ -71,24 +71,24 @@ def run_step(runner, msg: StepMessage) -> None:
         runner.r2t.write_row(row, start, slots)
     argmax_only, placeholders = bool(msg.flags & ARGMAX_ONLY), bool(msg.flags & PLACEHOLDERS)
     remote = bool(msg.flags & REMOTE_SAMPLING)
-    rope = runner.long_prompts is not None  # each request's rotary row offset follows
     if msg.kind == DECODE:
-        ids, pos, loc, rows, *offsets = p.reshape(4 + rope, n)
-        bs = runner.graphs.stage(n, ids, pos, loc, rows, *offsets)
+        ids, pos, loc, rows = p.reshape(4, n)
+        bs = runner.graphs.stage(n, ids, pos, loc, rows)
         inp = StepInputs(None, bs, n, None, argmax_only, placeholders, None,
                          remote_sampling=remote)
     else:
         ids, loc = p[:t], p[t: 2 * t]
         rows, pre, ext = p[2 * t: 2 * t + 3 * n].reshape(3, n)
         end = 2 * t + 3 * n
-        offsets = p[end: end + n] if rope else None
-        end += n * rope
+        lp, long = runner.long_prompts, None  # which requests are long (rope_rows.py)
+        if lp is not None:
+            long, end = p[end: end + n].astype(bool), end + n
         sidx = p[end: end + msg.sampled] if msg.sampled >= 0 else None
         r2t = runner.r2t
         batch = ForwardBatch.build(input_ids=ids, out_cache_loc=loc, req_rows=rows,
                                    prefix_lens=pre, extend_lens=ext, req_to_token=r2t.table,
                                    kv_pool=runner.kv_pool, device=runner.device,
-                                   sample_index=sidx, rope_offsets=offsets)
+                                   sample_index=sidx, long_prompts=lp, long_requests=long)
         if msg.scored:  # rank 0 scores prompt positions: each rank on its vocabulary part
             batch.prompt_scoring = PromptScoring.part_only(*msg.scoring, runner.device)
         if r2t.table is r2t.cpu:

@@ -7,9 +7,7 @@ them all at once, and it captures more than the forward pass, so the host's part
 step is one copy in and one replay (a greedy step's result comes back with no copy):
 
 - the inputs arrive in one host-to-device copy, packed as [4, bs] int64 rows (input ids,
-  positions, KV slots, req_to_token rows) from a page-locked staging buffer; a LongRoPE
-  model served past its original context adds a fifth row, each token's rotary table row
-  (model/rope_rows.py);
+  positions, KV slots, req_to_token rows) from a page-locked staging buffer;
 - an input id -(i + 1) is the token the previous step sampled for its i-th sampled row (the
   overlapped loop plans a step before the last one's ids are on the host): the graph reads it
   from `prev_ids`, which every step leaves its sampled ids in;
@@ -85,14 +83,10 @@ class DecodeGraphs:
         self.pad = capture  # pad batches up to their bucket (a test pads without capture)
         self.buckets = batch_buckets(max_bs)
         dev = kv_pool.device
-        # rows of the packed inputs: decode_io's, and the rotary rows where the model's
-        # tokens may read another row than their position's
-        self.rope_rows = getattr(model, "long_prompts", None) is not None
-        self.fields = F = FIELDS + self.rope_rows
         # the packed inputs, then the step's turn (which row of `results` its graph writes)
-        self.inp = torch.zeros(F * max_bs + 1, dtype=torch.int64, device=dev)
+        self.inp = torch.zeros(FIELDS * max_bs + 1, dtype=torch.int64, device=dev)
         pin = dev.type == "cuda"
-        self._stage = [torch.zeros(F * max_bs + 1, dtype=torch.int64, pin_memory=pin)
+        self._stage = [torch.zeros(FIELDS * max_bs + 1, dtype=torch.int64, pin_memory=pin)
                        for _ in range(STAGING)]
         self._stage_np = [t.numpy() for t in self._stage]
         self.results = torch.zeros((STAGING, 2 * max_bs), dtype=torch.int64, pin_memory=pin)
@@ -118,27 +112,23 @@ class DecodeGraphs:
             return b
         return next(x for x in self.buckets if x >= b)
 
-    def stage(self, b: int, input_ids, positions, out_cache_loc, req_rows,
-              rope_offsets=None) -> int:
-        """Queue the copy of a decode batch's inputs (b requests; rope_offsets [b] int64:
-        their rotary row offsets, rope_rows.LongPrompts.offsets, None for none) into the
-        static buffer; returns the bucket it runs at. The copy is ordered on the stream
-        after the step running now, which may still read the buffer."""
-        bs, F = self.bucket(b), self.fields
+    def stage(self, b: int, input_ids, positions, out_cache_loc, req_rows) -> int:
+        """Queue the copy of a decode batch's inputs (b requests) into the static buffer;
+        returns the bucket it runs at. The copy is ordered on the stream after the step
+        running now, which may still read the buffer."""
+        bs = self.bucket(b)
         turn = self._staged_turn = self._turn
         buf, arr = self._stage[turn], self._stage_np[turn]
         self._turn = (turn + 1) % STAGING
-        v = arr[: F * bs].reshape(F, bs)
+        v = arr[: FIELDS * bs].reshape(FIELDS, bs)
         v[0, :b] = input_ids
         v[1, :b] = positions
         v[2, :b] = out_cache_loc
         v[3, :b] = req_rows
-        if self.rope_rows:
-            v[4, :b] = v[1, :b] if rope_offsets is None else v[1, :b] + rope_offsets
         self._pad(v, b)
-        arr[F * bs] = turn
+        arr[FIELDS * bs] = turn
         self._short = bs == 1 and self.short_len is not None and int(v[1, 0]) < self.short_len
-        self.inp[: F * bs + 1].copy_(buf[: F * bs + 1], non_blocking=True)
+        self.inp[: FIELDS * bs + 1].copy_(buf[: FIELDS * bs + 1], non_blocking=True)
         return bs
 
     def host_result(self, bs: int) -> torch.Tensor:
@@ -148,19 +138,16 @@ class DecodeGraphs:
         return self.results[self._staged_turn, : 2 * bs]
 
     def _pad(self, v, b: int) -> None:
-        """Fill columns b: of packed inputs v ([fields, bs], numpy or torch) as padding rows:
-        token 0 at position (and rotary row) 0 on the table's padding row, KV to the scratch
-        slot."""
+        """Fill columns b: of packed inputs v ([FIELDS, bs], numpy or torch) as padding rows:
+        token 0 at position 0 on the table's padding row, KV to the scratch slot."""
         v[0:2, b:] = 0
         v[2, b:] = self.kv_pool.scratch_slot
         v[3, b:] = self.r2t.pad_row
-        v[FIELDS:, b:] = 0
 
     def _step(self, bs: int, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The decode step on the static inputs of bucket bs, for contexts up to max_len
         tokens (default the table's longest): (logits [bs, V], [2, bs])."""
-        F = self.fields
-        _, pos, loc, rows, *rope_rows = self.inp[: F * bs].view(F, bs).unbind(0)
+        _, pos, loc, rows = self.inp[: FIELDS * bs].view(FIELDS, bs).unbind(0)
         table = self.r2t.table
         # placeholders resolved from prev_ids, slots written to req_to_token, int32 views
         ids, i32 = decode_inputs(self.inp[: FIELDS * bs], bs, self.prev_ids, table)
@@ -169,9 +156,9 @@ class DecodeGraphs:
             prefix_lens=i32[1], extend_lens=self._ones[:bs], seq_lens=i32[2],
             q_start_loc=self._arange32[:bs], logits_index=self._arange64[:bs], is_decode=True,
             max_extend_len=1, max_seq_len=max_len or self.r2t.max_len, req_to_token=table,
-            kv_pool=self.kv_pool, token_rows=rows, rope_rows=rope_rows[0] if rope_rows else None)
+            kv_pool=self.kv_pool, token_rows=rows)
         logits = self.model.forward(fb)
-        turn = self.inp[F * bs : F * bs + 1]
+        turn = self.inp[FIELDS * bs : FIELDS * bs + 1]
         return logits, greedy_pick(logits, self.prev_ids, self.results, turn)
 
     @torch.inference_mode()
@@ -200,8 +187,8 @@ class DecodeGraphs:
 
     def _capture_one(self, bs: int, max_len: int | None, pool, stream, main):
         """(graph, logits, packed) of the step at bucket bs for contexts up to max_len."""
-        self._pad(self.inp[: self.fields * bs].view(self.fields, bs), 0)
-        self.inp[self.fields * bs] = 0  # a valid turn for the eager step and the capture
+        self._pad(self.inp[: FIELDS * bs].view(FIELDS, bs), 0)
+        self.inp[FIELDS * bs] = 0  # a valid turn for the eager step and the capture
         stream.wait_stream(main)
         with torch.cuda.stream(stream):
             self._step(bs, max_len)  # one eager step: its kernels compile outside the capture

@@ -106,7 +106,8 @@ class RadixTree:
         """Tokens (and KV slots) the tree holds."""
         return self.evictable + self.protected
 
-    def branch(self, node: Node, first: bytes, salt: str | tuple | None) -> bytes | tuple[str, bytes]:
+    def branch(self, node: Node, first: bytes, salt: str | tuple | None
+               ) -> bytes | tuple[str | tuple, bytes]:
         """The key in node.children of the child whose key starts with the token `first`
         (int32 bytes) on a path of cache salt `salt`: (salt, first) at the root, else first."""
         return first if salt is None or node is not self.root else (salt, first)

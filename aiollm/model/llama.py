@@ -290,9 +290,9 @@ class LlamaForCausalLM(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         # a LongRoPE model served past its original context: prompts longer than it read
-        # a second, all-long half of the table (rope_rows.py)
+        # the long factors' rows of their first positions after the others (rope_rows.py)
         self.long_prompts = long_prompts(config.rope, self.max_len)
-        rows = self.max_len * (1 if self.long_prompts is None else 2)
+        rows = self.max_len + (self.long_prompts.original if self.long_prompts else 0)
         self.register_buffer(
             "cos_sin_cache", torch.empty(rows, config.head_dim), persistent=False
         )

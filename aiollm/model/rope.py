@@ -6,8 +6,8 @@ transformers (inverse frequencies in fp32, then position * inv_freq in fp32), so
 rotary matches the reference bit for bit on the CPU. The layout is the one that
 aiollm.kernels.apply_rotary reads: cache[p, :D/2] = cos(p * inv_freq), cache[p, D/2:] = sin.
 Each token reads the row its batch names (ForwardBatch.rotary_rows): its position, or for
-the tokens of a LongRoPE prompt longer than the original context, a row of the table's
-all-long second half (rope_rows.py).
+the first tokens of a LongRoPE prompt longer than the original context, one of the long
+factors' rows after the by-position ones (rope_rows.py).
 """
 
 from __future__ import annotations
@@ -93,11 +93,11 @@ def _yarn(rope: RopeConfig, head_dim: int) -> torch.Tensor:
 
 def cos_sin_cache(rope: RopeConfig, head_dim: int, max_len: int, device=None) -> torch.Tensor:
     """[rows, head_dim] float32: cos in the first half of each row, sin in the second; rows
-    is max_len, or 2 x max_len for a LongRoPE model served past its original context
-    (rope_rows.long_prompts): row p is position p's as _longrope_rows gives it (short factors
-    below original_max_position, long from there on), row max_len + p position p's under the
-    long factors alone, which the tokens of a prompt longer than the original context read
-    (rope_rows.py).
+    is max_len, or max_len + original_max_position for a LongRoPE model served past its
+    original context (rope_rows.long_prompts): row p is position p's as _longrope_rows gives
+    it (short factors below original_max_position, long from there on), row max_len + p
+    (p < original_max_position) position p's under the long factors, which the tokens of a
+    prompt longer than the original context read there (rope_rows.py).
 
     A partial rotary (rope.rotary_dim < head_dim) fills the rest of each half with cos 1 and
     sin 0: those pairs pass through the rotation unchanged (exactly: x * 1 - y * 0), once the
@@ -108,8 +108,8 @@ def cos_sin_cache(rope: RopeConfig, head_dim: int, max_len: int, device=None) ->
     if rope.type == "longrope":
         _longrope_rows(angles, positions, rope, head_dim)
         if long_prompts(rope, max_len) is not None:
-            long = positions[:, None] * inv_freq(rope, head_dim, long=True)[None, :]
-            angles = torch.cat((angles, long))
+            first = positions[: rope.original_max_position, None]
+            angles = torch.cat((angles, first * inv_freq(rope, head_dim, long=True)[None, :]))
     cos, sin = angles.cos(), angles.sin()
     if rope.attention_factor != 1.0:  # yarn, longrope: scales q.k through both rotated vectors
         cos, sin = cos * rope.attention_factor, sin * rope.attention_factor
@@ -131,7 +131,7 @@ def _longrope_rows(angles: torch.Tensor, positions: torch.Tensor, rope: RopeConf
     therefore keeps its short-factor keys and rotates each later token by the long factors:
     position p takes the set transformers uses for a sequence ending there, which is these
     rows, transformers' cached decode exactly. A prompt longer than original_max_position
-    is rotated entirely by the long factors: its tokens read the table's second half
+    is rotated entirely by the long factors: its first tokens read the rows after these
     (cos_sin_cache, rope_rows.py). (vLLM keeps both sets too, but takes the long one for
     every token of a batch in which any position passes original_max_position: a request's
     rotation then depends on its batch mates, which a shared prefix cache cannot allow.)"""

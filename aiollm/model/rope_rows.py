@@ -7,15 +7,16 @@ not. So a prompt longer than n is rotated entirely by the long factors, its firs
 and so is every token it generates, while a sequence that grows past n while decoding keeps
 the short-factor keys in its cache and rotates each later token by the long factors.
 
-aiollm computes both, per request. A LongRoPE model served past n (long_prompts not None)
-has a rotary table of 2 x max_len rows (rope.cos_sin_cache): the by-position rows (short
-factors below n, long ones from n on: transformers' cached decode of a prompt within n),
-then the all-long rows. A request whose prompt is longer than n is "long": its tokens, prompt
-and generated, read row position + max_len; every other token reads row position. The rows
-are computed once per step from one offset per request (offsets()), where the positions are
-(ForwardBatch.build, the decode graphs' staged inputs, the tensor-parallel step message).
-Other models have neither the second half of the table nor the offsets: their tokens read
-row position, as before.
+aiollm computes both, per request. The table's rows 0..max_len are by position (short factors
+below n, long ones from n on: transformers' cached decode of a prompt within n). A request
+whose prompt is longer than n is "long": its tokens at positions p < n read row max_len + p,
+the long factors' rotation of position p, which a LongRoPE model served past n
+(long_prompts not None) has as n more rows (rope.cos_sin_cache); its other tokens are at
+positions from n on, whose rows are the long factors' already. So only prompt steps of long
+requests read other rows than their positions (ForwardBatch.build computes them from each
+request's kind, in the numpy that computes the positions); a decode batch never does: each
+token it feeds is its request's last known one, at position prompt length - 1 >= n or later
+for a long request. Other models have neither the extra rows nor any of this work.
 
 A long request's keys differ from a short one's for the same tokens at the same positions,
 so the prefix cache shares KV within each kind only (engine/prefix_cache.py).
@@ -33,21 +34,28 @@ from aiollm.model.rope_config import RopeConfig
 @dataclass(frozen=True, slots=True)
 class LongPrompts:
     """A LongRoPE model served past its original context: prompts longer than `original`
-    tokens read the all-long rows, from row `offset` (the table's max_len) on."""
+    tokens rotate positions p < original by row `first_row` + p (first_row: the served
+    length max_len, where the table's by-position rows end)."""
 
     original: int  # original_max_position_embeddings, tokens
-    offset: int  # the served length max_len: the first all-long row of the rotary table
+    first_row: int  # max_len: the row of position 0 under the long factors
 
     def is_long(self, prompt_len: int) -> bool:
         """Whether a request with a prompt of prompt_len tokens is rotated by the long
         factors at every position (transformers' choice for a sequence longer than n)."""
         return prompt_len > self.original
 
-    def offsets(self, prompt_lens: np.ndarray) -> np.ndarray:
-        """[B] int64 row offsets of requests with prompts of prompt_lens [B] tokens: offset
-        for a long one, 0 for another. A token's rotary row is its position plus its
-        request's offset."""
-        return np.where(np.asarray(prompt_lens) > self.original, self.offset, 0).astype(np.int64)
+    def long_requests(self, prompt_lens) -> np.ndarray:
+        """[B] bool: which of requests with prompts of prompt_lens [B] tokens are long."""
+        return np.asarray(prompt_lens) > self.original
+
+    def rows(self, positions: np.ndarray, long: np.ndarray) -> np.ndarray | None:
+        """[T] int64 rotary table rows of tokens at positions [T] int64 whose requests are
+        long where long [T] bool is set; None where every row is the token's position."""
+        moved = long & (positions < self.original)
+        if not moved.any():
+            return None
+        return np.where(moved, positions + self.first_row, positions)
 
 
 def long_prompts(rope: RopeConfig, max_len: int) -> LongPrompts | None:
