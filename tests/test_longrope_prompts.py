@@ -96,6 +96,14 @@ def test_a_long_prompt_and_a_short_one_in_one_batch_are_transformers(saved, grap
     assert alone[0].token_ids == want[0]
 
 
+def test_a_long_prompt_prefilled_in_chunks_is_transformers(saved):
+    """A 30-token prompt computed 8 tokens a step: chunks below 16, across it and past it
+    each take their tokens' rows."""
+    path, hf = saved
+    (out,), = _greedy(path, [[LONG]], prefix_cache=False, max_prefill_tokens=8)
+    assert out.token_ids == hf_greedy(hf, LONG, NEW_TOKENS)
+
+
 def test_a_long_prompts_logprobs_are_transformers_at_every_position(saved):
     """Prompt logprobs of a 30-token prompt: transformers' log_softmax of its forward over
     the whole prompt (which it rotates by the long factors) at every position."""
@@ -127,3 +135,19 @@ def test_the_prefix_cache_keeps_long_and_short_keys_apart(saved, first, then):
     assert [o[0].token_ids for o in outs] == want
     assert outs[1][0].cached_tokens == 0
     assert outs[2][0].cached_tokens >= len(LONG) - 1
+
+
+@pytest.mark.gpu
+def test_gpu_long_and_short_prompts_with_graphs_equal_the_cpu(saved):
+    """fp32 on the GPU with CUDA graphs (decode graphs, prefill graphs' captured segments,
+    the fused one-token path) gives the CPU's greedy ids for long and short prompts in one
+    batch and one after another through the prefix cache."""
+    path, _ = saved
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    batches = [[LONG, SHORT], [SHORT], [BASE[:34]], [LONG]]
+    runs = [[[o.token_ids for o in batch] for batch in
+             _greedy(path, batches, device=device, dtype="float32")]
+            for device in ("cpu", "cuda")]
+    assert runs[0] == runs[1]
