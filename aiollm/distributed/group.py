@@ -9,7 +9,8 @@ group.
 
 A step message is int64: a header (kind, requests, tokens, sampled rows, flags, payload
 length, row-write length, scored positions) and the payload (the step's input ids, KV slots
-and per-request lengths, the sampled rows, the rows of its new tokens whose prompt logprobs
+and per-request lengths, for a LongRoPE model served past its original context which of an
+eager step's requests are long (model/rope_rows.py), the sampled rows, the rows of its new tokens whose prompt logprobs
 it scores, their prompt tokens and the top-k, which every rank scores on its part of the
 vocabulary (model/prompt_logprobs.py), then the req_to_token row writes rank 0 made since
 the last message: a prefix-cache hit's slots, as (row, start, count, slots...) runs, which a
