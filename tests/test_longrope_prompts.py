@@ -54,13 +54,15 @@ def _greedy(path: str, prompts: list[list[int]], graphs: bool = False, **options
     what a GPU's graphs replay)."""
     async def main():
         params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
-        async with Engine(path, kv_tokens=1024, max_model_len=64, **options) as engine:
+        async with Engine(path, max_model_len=64, **{"kv_tokens": 1024, **options}) as engine:
             if graphs:
                 engine.runner.prefill_graphs = PrefillGraphs(
                     engine.runner.model, engine.kv_pool, max_tokens=64, capture=False)
                 engine.runner.graphs.pad = True
-            return [await asyncio.gather(*(engine.generate(p, params) for p in batch))
+            outs = [await asyncio.gather(*(engine.generate(p, params) for p in batch))
                     for batch in prompts]
+            _greedy.evictions = engine.stats()["evictions"]
+            return outs
     return asyncio.run(main())
 
 
@@ -151,3 +153,14 @@ def test_gpu_long_and_short_prompts_with_graphs_equal_the_cpu(saved):
              _greedy(path, batches, device=device, dtype="float32")]
             for device in ("cpu", "cuda")]
     assert runs[0] == runs[1]
+
+
+def test_paused_long_and_short_requests_resume_as_transformers(saved):
+    """A pool too small for the batch (80 tokens for three requests of 32 to 50) pauses
+    requests; each, recomputed from its prompt and output (through the prefix cache, which
+    holds what a paused request computed), keeps its kind and gives transformers' ids."""
+    path, hf = saved
+    prompts = [LONG, SHORT, BASE[5:35]]
+    (outs,) = _greedy(path, [prompts], kv_tokens=80, scheduler="aggressive")
+    assert _greedy.evictions > 0
+    assert [o.token_ids for o in outs] == [hf_greedy(hf, p, NEW_TOKENS) for p in prompts]
