@@ -106,6 +106,16 @@ def test_a_long_prompt_prefilled_in_chunks_is_transformers(saved):
     assert out.token_ids == hf_greedy(hf, LONG, NEW_TOKENS)
 
 
+def test_prompts_of_exactly_the_original_context_and_one_more_are_transformers(saved):
+    """16 tokens (short: its first generated token, at position 16, takes the long row) and
+    17 (long: all 17 prompt tokens long), in one batch prefilled 3 tokens a step, so that
+    some steps feed one token of a prompt below 16 (the fused one-token path's rows)."""
+    path, hf = saved
+    prompts = [BASE[:16], BASE[:17]]
+    (outs,) = _greedy(path, [prompts], prefix_cache=False, max_prefill_tokens=3)
+    assert [o.token_ids for o in outs] == [hf_greedy(hf, p, NEW_TOKENS) for p in prompts]
+
+
 def test_a_long_prompts_logprobs_are_transformers_at_every_position(saved):
     """Prompt logprobs of a 30-token prompt: transformers' log_softmax of its forward over
     the whole prompt (which it rotates by the long factors) at every position."""

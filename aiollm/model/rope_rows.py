@@ -5,7 +5,10 @@ sequence's length (its dynamic_rope_update, longrope_frequency_update): the shor
 while the sequence fits in original_max_position_embeddings n, the long factors once it does
 not. So a prompt longer than n is rotated entirely by the long factors, its first keys too,
 and so is every token it generates, while a sequence that grows past n while decoding keeps
-the short-factor keys in its cache and rotates each later token by the long factors.
+the short-factor keys in its cache and rotates each later token by the long factors. (That is
+its forward with a KV cache, the tests' reference; Phi3ForCausalLM's generate() drops the
+cache when the sequence first passes n, prepare_inputs_for_generation, and recomputes it all
+by the long factors: aiollm does not, so from there on a short prompt's ids may differ.)
 
 aiollm computes both, per request. The table's rows 0..max_len are by position (short factors
 below n, long ones from n on: transformers' cached decode of a prompt within n). A request
