@@ -448,7 +448,8 @@ def test_longrope_cache_is_transformers_short_set_then_long_set():
     """LongRoPE, which transformers runs on any model type: below
     original_max_position_embeddings the rows transformers computes for a sequence within it
     (short factors), from it on those for a longer one (long factors), both with the
-    attention factor of max_position_embeddings / original (rope._longrope_rows)."""
+    attention factor of max_position_embeddings / original (rope._longrope_rows); then,
+    for prompts longer than the original context, the long set below it."""
     from aiollm.model.hf_config import config_from_hf
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -466,8 +467,11 @@ def test_longrope_cache_is_transformers_short_set_then_long_set():
     long_cos, long_sin = embed(x, torch.arange(4096)[None])
     assert torch.equal(cache[:1024, :64], short_cos[0, :, :64])
     assert torch.equal(cache[:1024, 64:], short_sin[0, :, :64])
-    assert torch.equal(cache[1024:, :64], long_cos[0, 1024:, :64])
-    assert torch.equal(cache[1024:, 64:], long_sin[0, 1024:, :64])
+    assert torch.equal(cache[1024:4096, :64], long_cos[0, 1024:, :64])
+    assert torch.equal(cache[1024:4096, 64:], long_sin[0, 1024:, :64])
+    # then those of prompts longer than 1024 at their first 1024 positions: the long set
+    assert torch.equal(cache[4096:, :64], long_cos[0, :1024, :64])
+    assert torch.equal(cache[4096:, 64:], long_sin[0, :1024, :64])
 
 
 @pytest.mark.parametrize("config", [

@@ -105,22 +105,17 @@ def test_gguf_sliding_window_slides_every_layer(tmp_path):
     assert (loaded.config.max_position, loaded.config.sliding_window) == (256, None)
 
 
-def test_a_longrope_file_past_its_original_context_warns_once(tmp_path, caplog):
-    """A GGUF file's load says once that prompts past the original context are not
-    transformers' (rope.longrope_warning), as a safetensors model's does, whether its config
-    came from the file or the derived cache; served within it (--max-model-len), nothing."""
+def test_a_longrope_file_has_the_checkpoints_rotary_table_for_long_prompts_too(tmp_path):
+    """A GGUF file's LongRoPE model rotates as its safetensors checkpoint's: the same table,
+    the long rows of prompts longer than the original context included (rope_rows.py),
+    served past it; within it (--max-model-len 32), neither has them."""
     hf = save_random_hf_model(FAMILIES["longrope-partial"], str(tmp_path / "hf"))
     write_phi3_gguf(hf, str(tmp_path / "phi3.gguf"))
-    for _ in range(2):  # parsed, then from the cache
-        caplog.clear()
-        with caplog.at_level("WARNING"):
-            load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
-        assert caplog.text.count("longer than original_max_position_embeddings 32") == 1
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu",
-                   max_model_len=32)
-    assert "longrope" not in caplog.text
+    for max_len, rows in ((None, 256 + 32), (32, 32)):
+        tables = [load_model(str(tmp_path / name), dtype=torch.float32, device="cpu",
+                             load_format=fmt, max_model_len=max_len).model.cos_sin_cache
+                  for name, fmt in (("hf", "dummy"), ("phi3.gguf", "auto"))]
+        assert tables[0].shape[0] == rows and torch.equal(tables[0], tables[1])
 
 
 def test_a_longrope_file_with_an_original_context_of_0_is_refused_naming_it(tmp_path):

@@ -5,7 +5,8 @@ Tiny random Phi3 models saved as HF safetensors: the plain one, Phi-4-mini's par
 too). Logits at every position and greedy ids through Engine must be transformers' for prompts
 within the original context; past it, the rotary table takes the long factors from
 original_max_position on (rope._longrope_rows), which this checks row by row against
-transformers' own rotary embedding. Tensor-parallel ranks must get their own q, k and v heads
+transformers' own rotary embedding (prompts longer than the original context:
+test_longrope_prompts.py). Tensor-parallel ranks must get their own q, k and v heads
 and gate and up rows out of the fused checkpoint tensors.
 """
 
@@ -77,33 +78,6 @@ def test_greedy_ids_through_engine_match_transformers(saved):
         return [o.token_ids for o in outs]
 
     assert asyncio.run(main()) == want, name
-
-
-def test_longrope_past_the_original_context_warns_it_is_not_transformers(tmp_path, caplog):
-    """A LongRoPE model served past original_max_position_embeddings says at start-up, once,
-    that a prompt longer than that is not rotated as transformers rotates it (all long
-    factors); served within it (its own context or --max-model-len) it says nothing: the
-    advice to pass --max-model-len must not be given to one who did (test_phi3_gguf: a
-    file's too). Reading the config alone (the server does before the weights) says nothing."""
-    from aiollm.model.loader import read_config
-
-    FAMILIES["longrope-partial"].save_pretrained(tmp_path)
-    with caplog.at_level("WARNING"):
-        read_config(str(tmp_path))
-        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
-    assert caplog.text.count("longer than original_max_position_embeddings 32") == 1
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy",
-                   max_model_len=32)
-    assert "longrope" not in caplog.text
-    within = Phi3Config(**{**TINY, "max_position_embeddings": 32},
-                        original_max_position_embeddings=32,
-                        rope_scaling={**LONGROPE, "factor": 4.0})
-    within.save_pretrained(tmp_path)
-    with caplog.at_level("WARNING"):
-        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
-    assert "longrope" not in caplog.text
 
 
 def test_longrope_rotary_rows_are_transformers_short_then_long_sets(tmp_path):

@@ -66,14 +66,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _generate(model: str | None, tp: int, **options) -> tuple[list, list]:
-    """Greedy and seeded-sampled token ids of PROMPTS, and the pids of the spawned ranks."""
+async def _generate(model: str | None, tp: int, prompts: list = PROMPTS, **options
+                    ) -> tuple[list, list]:
+    """Greedy and seeded-sampled token ids of `prompts`, and the pids of the spawned ranks."""
     async with Engine(model, device="cpu", tensor_parallel_size=tp, kv_tokens=1024,
                       max_model_len=256, **options) as engine:
         greedy = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
         sampled = SamplingParams(max_tokens=6, temperature=1.0, seed=7, ignore_eos=True)
-        outs = await asyncio.gather(*(engine.generate(p, greedy) for p in PROMPTS),
-                                    engine.generate(PROMPTS[0], sampled))
+        outs = await asyncio.gather(*(engine.generate(p, greedy) for p in prompts),
+                                    engine.generate(prompts[0], sampled))
         procs = list(engine.ranks.procs.values()) if engine.ranks else []
     return [o.token_ids for o in outs], procs
 
@@ -501,7 +502,8 @@ def test_tp2_phi3_matches_transformers(tmp_path, monkeypatch):
     """Phi-3 over two ranks: its fused qkv_proj and gate_up_proj split so that each rank holds
     its own q, k and v heads and gate and up rows (one kv head each), with Phi-4-mini's
     partial rotary, LongRoPE and tied embeddings over a vocabulary the ranks split unevenly:
-    greedy ids are transformers'."""
+    greedy ids are transformers', for a prompt longer than the original context too (its
+    first tokens' rotary rows, which the followers take from the step message)."""
     from transformers import Phi3Config
 
     from test_loader import save_random_hf_model
@@ -518,7 +520,8 @@ def test_tp2_phi3_matches_transformers(tmp_path, monkeypatch):
                 p.normal_(0, 0.3)
     hf.save_pretrained(model_dir)
     _save_tokenizer(model_dir)
-    want = [hf_greedy(hf, p, 10) for p in PROMPTS]
-    got, procs = asyncio.run(_generate(model_dir, 2))
-    assert got[:3] == want
+    prompts = PROMPTS + [[(11 * i + 5) % 160 for i in range(40)]]  # 40 > 32: all long
+    want = [hf_greedy(hf, p, 10) for p in prompts]
+    got, procs = asyncio.run(_generate(model_dir, 2, prompts))
+    assert got[:4] == want
     assert [p.poll() for p in procs] == [0]

@@ -80,12 +80,15 @@ def run_step(runner, msg: StepMessage) -> None:
         ids, loc = p[:t], p[t: 2 * t]
         rows, pre, ext = p[2 * t: 2 * t + 3 * n].reshape(3, n)
         end = 2 * t + 3 * n
+        lp, long = runner.long_prompts, None  # which requests are long (rope_rows.py)
+        if lp is not None:
+            long, end = p[end: end + n].astype(bool), end + n
         sidx = p[end: end + msg.sampled] if msg.sampled >= 0 else None
         r2t = runner.r2t
         batch = ForwardBatch.build(input_ids=ids, out_cache_loc=loc, req_rows=rows,
                                    prefix_lens=pre, extend_lens=ext, req_to_token=r2t.table,
                                    kv_pool=runner.kv_pool, device=runner.device,
-                                   sample_index=sidx)
+                                   sample_index=sidx, long_prompts=lp, long_requests=long)
         if msg.scored:  # rank 0 scores prompt positions: each rank on its vocabulary part
             batch.prompt_scoring = PromptScoring.part_only(*msg.scoring, runner.device)
         if r2t.table is r2t.cpu:

@@ -9,15 +9,17 @@ group.
 
 A step message is int64: a header (kind, requests, tokens, sampled rows, flags, payload
 length, row-write length, scored positions) and the payload (the step's input ids, KV slots
-and per-request lengths, the sampled rows, the rows of its new tokens whose prompt logprobs
-it scores, their prompt tokens and the top-k, which every rank scores on its part of the
-vocabulary (model/prompt_logprobs.py), then the req_to_token row writes rank 0 made since
-the last message: a prefix-cache hit's slots, as (row, start, count, slots...) runs, which a
-follower applies before the step so its map matches rank 0's). Decode batches up to
-INLINE / 4 requests fit inline, so such a step costs one broadcast; a larger payload follows
-in a second broadcast of its exact size. Rank 0 with no step to send sends an IDLE message
-every KEEPALIVE_S: a follower's wait for the next message gives up after the host group's
-timeout (gloo's), and an idle server lost its followers.
+and per-request lengths; for a LongRoPE model served past its original context, which of an
+eager step's requests are long, model/rope_rows.py; the sampled rows, the rows of its new
+tokens whose prompt logprobs it scores, their prompt tokens and the top-k, which every rank
+scores on its part of the vocabulary (model/prompt_logprobs.py), then the req_to_token row
+writes rank 0 made since the last message: a prefix-cache hit's slots, as (row, start,
+count, slots...) runs, which a follower applies before the step so its map matches rank
+0's). Decode batches up to INLINE / 4 requests fit inline, so such a step costs one
+broadcast; a larger payload follows in a second broadcast of its exact size. Rank 0 with
+no step to send sends an IDLE message every KEEPALIVE_S: a follower's wait for the next
+message gives up after the host group's timeout (gloo's), and an idle server lost its
+followers.
 
 Start-up checkpoints: the collectives of start-up (the KV pool size every rank agrees on, then
 "every pool is allocated" before the graph captures' and the warm-up's collectives) each carry

@@ -250,7 +250,8 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
             max_running=cfg.max_running_requests, estimator=cfg.past_future_estimator,
             blind_cap=cfg.scheduler_blind_cap))
         self.metrics = EngineMetrics(weak_method(self.stats, {}), self.max_model_len)
-        self.prefix_cache = (PrefixCache(self.kv_pool, self.req_to_token, self.metrics)
+        self.prefix_cache = (PrefixCache(self.kv_pool, self.req_to_token, self.metrics,
+                                         long_prompts=self.runner.long_prompts)
                              if cfg.prefix_cache else None)
         self.planner = Planner(self.table, self.kv_pool, self.req_to_token, self.scheduler,
                                cfg.max_running_requests, cfg.max_prefill_tokens,

@@ -106,6 +106,9 @@ class ModelRunner:
         self.eos_ids = list(eos_ids)
         self.vocab_size = model_config.vocab_size
         self.logprobs_mode = logprobs_mode  # what sampled tokens' logprobs report (sampler.py)
+        # a LongRoPE model served past its original context: its long prompts' first tokens
+        # read other rotary rows than their positions (model/rope_rows.py); None for others
+        self.long_prompts = getattr(model, "long_prompts", None)
         # [rows + 1] what the last launched step sampled, by sampled row (static: the decode
         # graphs read and write it too)
         self._prev_ids = torch.zeros(req_to_token.rows + 1, dtype=torch.int64, device=device)
@@ -140,7 +143,8 @@ class ModelRunner:
         masked = (constrained and self.dist is None
                   and all(r.argmax_only or r.masked_argmax for r in sampled))
         if step.num_tokens == n and len(sampled) == n and n <= self.graphs.max_bs:
-            # a decode batch: every request feeds one token and samples one
+            # a decode batch: every request feeds one token and samples one (its rotary row
+            # is its position, long prompt or not: rope_rows.py)
             rows, positions = step.token_coords
             bs = self.graphs.stage(n, step.input_ids, positions, step.out_cache_loc, rows)
             st = None if argmax_only or masked else self._sampling(step, sampled, table)
@@ -150,6 +154,9 @@ class ModelRunner:
                 inp.msg = self.dist.step_message(inp, n, -1, (step.input_ids, positions,
                                                               step.out_cache_loc, rows))
             return inp
+        lp, long = self.long_prompts, None  # [n] bool: the long requests, for their rows
+        if lp is not None:
+            long = lp.long_requests(np.fromiter((len(r.prompt_ids) for r in reqs), np.int64, n))
         ids = np.array(step.input_ids, dtype=np.int64)
         sample_index = None
         if sampled and len(sampled) < n:
@@ -165,6 +172,8 @@ class ModelRunner:
             device=dev,
             sample_index=sample_index,
             token_coords=step.token_coords,
+            long_prompts=lp,
+            long_requests=long,
         )
         if any(r.prompt_logprobs is not None for r in reqs):
             batch.prompt_scoring = plan_scoring(reqs, step.prefix_lens, step.extend_lens, dev)
@@ -176,7 +185,8 @@ class ModelRunner:
             sidx = () if sample_index is None else (sample_index,)
             inp.msg = self.dist.step_message(
                 inp, len(ids), -1 if sample_index is None else len(sample_index),
-                (ids, step.out_cache_loc, rows, step.prefix_lens, step.extend_lens) + sidx)
+                (ids, step.out_cache_loc, rows, step.prefix_lens, step.extend_lens)
+                + (() if long is None else (long,)) + sidx)
         return inp
 
     def _sampling(self, step: Step, sampled: list, table: RequestTable) -> SamplingTensors:

@@ -352,19 +352,19 @@ class Planner:
         seen: set = set()
         return [self.cache.tree.unreferenced(m[0], seen) if m else 0 for m in matches]
 
-    @staticmethod
-    def _prefix_in_flight(req: Request, matched: int, prefilling: list[Request]) -> bool:
+    def _prefix_in_flight(self, req: Request, matched: int, prefilling: list[Request]) -> bool:
         """Does a running request still prefilling share more of req's tokens than the
         cache holds, and may req reuse them? Then its chunks will be in the cache soon: req
-        waits for them. Only one of req's cache salt counts: req will reuse nothing of
-        another's, and its wait would tell a tenant that another prefills that prompt now."""
+        waits for them. Only one of req's cache salt (and rotary kind, PrefixCache.salt_of)
+        counts: req will reuse nothing of another's, and its wait would tell a tenant that
+        another prefills that prompt now."""
         limit = reuse_limit(req)
         if matched >= limit:
             return False
-        key = None
+        key, salt = None, self.cache.salt_of(req)
         for r in prefilling:
             p = r.prompt_array
-            if p is None or p.shape[0] <= matched or r.cache_salt != req.cache_salt:
+            if p is None or p.shape[0] <= matched or self.cache.salt_of(r) != salt:
                 continue
             if key is None:
                 key = known_tokens(req, limit)

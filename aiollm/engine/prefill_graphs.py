@@ -116,7 +116,7 @@ class PrefillGraphs:
             self.graphs[tp] = self._capture(tp)
         io = self.io
         io.input_ids[:t].copy_(batch.input_ids)
-        io.positions[:t].copy_(batch.positions)
+        io.positions[:t].copy_(batch.rotary_rows)  # the segments read positions for rotary
         io.out_cache_loc[:t].copy_(batch.out_cache_loc)
         if tp > t:  # padding rows store their K/V in the scratch slot, never a live one
             io.out_cache_loc[t:tp].fill_(self.scratch)

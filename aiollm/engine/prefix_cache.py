@@ -29,6 +29,11 @@ requests of its salt (or of none, without one), so no tenant learns another's pr
 hits. The root's children are keyed by (salt, first token) on salted paths: each salt's paths
 are a subtree of the one root, nothing per salt is made or freed, and reference counts, LRU
 eviction and flush treat every salt's nodes as one tree's.
+
+A LongRoPE model served past its original context rotates the tokens of a prompt longer than
+that context by other frequencies than the same tokens of a shorter prompt
+(model/rope_rows.py): their keys differ, so such "long" requests take their own paths, as if
+salted (salt_of: the pair ("long prompt", cache salt), which no user's salt, a string, equals).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import weakref
 import numpy as np
 
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+from aiollm.model.rope_rows import LongPrompts
 
 log = logging.getLogger(__name__)
 # the periodic hit-rate line: aiollm's statistics logger, which --disable-log-stats silences
@@ -100,7 +106,8 @@ class RadixTree:
         """Tokens (and KV slots) the tree holds."""
         return self.evictable + self.protected
 
-    def branch(self, node: Node, first: bytes, salt: str | None) -> bytes | tuple[str, bytes]:
+    def branch(self, node: Node, first: bytes, salt: str | tuple | None
+               ) -> bytes | tuple[str | tuple, bytes]:
         """The key in node.children of the child whose key starts with the token `first`
         (int32 bytes) on a path of cache salt `salt`: (salt, first) at the root, else first."""
         return first if salt is None or node is not self.root else (salt, first)
@@ -116,7 +123,7 @@ class RadixTree:
         node.key, node.slots, node.parent = node.key[k:], node.slots[k:], upper
         return upper
 
-    def _walk(self, node: Node, key: np.ndarray, path: list | None, salt: str | None):
+    def _walk(self, node: Node, key: np.ndarray, path: list | None, salt: str | tuple | None):
         """Follow key down from node, on `salt`'s paths, as far as the tree holds it, splitting
         the last edge if key ends or leaves it midway: (deepest node reached, tokens of key
         matched). Appends each node passed to path. Whole edges are compared as bytes (one
@@ -138,7 +145,7 @@ class RadixTree:
             node, pos = child, pos + k
         return node, pos
 
-    def match(self, key: np.ndarray, limit: int | None = None, salt: str | None = None
+    def match(self, key: np.ndarray, limit: int | None = None, salt: str | tuple | None = None
               ) -> tuple[Node, int, np.ndarray]:
         """Longest prefix of key[:limit] in the tree among the paths of cache salt `salt`
         (None: the unsalted ones): (node ending exactly there, its length, its KV slots as
@@ -148,7 +155,7 @@ class RadixTree:
         slots = np.concatenate([p.slots for p in path]) if path else self.root.slots
         return node, n, slots
 
-    def insert(self, node: Node, key: np.ndarray, slots: np.ndarray, salt: str | None = None
+    def insert(self, node: Node, key: np.ndarray, slots: np.ndarray, salt: str | tuple | None = None
                ) -> tuple[Node, int]:
         """Insert key (token ids that follow `node`'s path, of cache salt `salt`) with their
         slots. Where the tree already holds a prefix of key it keeps its own slots: returns
@@ -230,8 +237,9 @@ class PrefixCache:
     """The radix tree bound to the KV pool and the req_to_token map: see the module doc."""
 
     def __init__(self, kv_pool: KVPool, req_to_token: ReqToTokenTable, metrics=None,
-                 log_every_s: float = 60.0):
+                 log_every_s: float = 60.0, long_prompts: LongPrompts | None = None):
         self.tree = RadixTree()
+        self.long_prompts = long_prompts  # the model's (rope_rows.py), None: no long kind
         self.kv = kv_pool
         self.r2t = req_to_token
         self.metrics = metrics  # PrefixCacheMetrics or None
@@ -246,6 +254,14 @@ class PrefixCache:
     @property
     def size(self) -> int:
         return self.tree.size
+
+    def salt_of(self, req) -> str | tuple | None:
+        """The salt of req's paths in the tree: its cache salt, paired with "long prompt"
+        for a request whose tokens read the rotary table's long rows (rope_rows.py)."""
+        lp = self.long_prompts
+        if lp is None or not lp.is_long(len(req.prompt_ids)):
+            return req.cache_salt
+        return ("long prompt", req.cache_salt)
 
     # -- request life --------------------------------------------------------------------
     def admit(self, req, match: tuple | None = None) -> int:
@@ -272,9 +288,9 @@ class PrefixCache:
 
     def match_for(self, req) -> tuple[Node, int, np.ndarray]:
         """Longest cached prefix of req's known tokens, at most reuse_limit(req) long, that
-        requests of its cache salt computed."""
+        requests of its cache salt (and rotary kind: salt_of) computed."""
         limit = reuse_limit(req)
-        return self.tree.match(known_tokens(req, limit), limit, req.cache_salt)
+        return self.tree.match(known_tokens(req, limit), limit, self.salt_of(req))
 
     def on_chunk(self, req) -> None:
         """req's KV now covers req.kv_len tokens (planned this step): put the newly planned
@@ -285,10 +301,11 @@ class PrefixCache:
         if end <= start:
             return
         key = known_tokens(req, end)
-        if self.tree.branch(node, key[start:start + 1].tobytes(), req.cache_salt) in node.children:
+        salt = self.salt_of(req)
+        if self.tree.branch(node, key[start:start + 1].tobytes(), salt) in node.children:
             return
         slots = self.r2t.slots_of(req.row, start, end)
-        leaf, there = self.tree.insert(node, key[start:], slots, req.cache_salt)
+        leaf, there = self.tree.insert(node, key[start:], slots, salt)
         assert there == 0
         self.tree.lock(leaf)
         self.tree.unlock(node)
@@ -305,7 +322,8 @@ class PrefixCache:
             row_slots = self.r2t.slots_of(req.row, start, req.kv_len)
             if end > start:
                 key = known_tokens(req, end)[start:]
-                _, there = self.tree.insert(node, key, row_slots[: end - start], req.cache_salt)
+                _, there = self.tree.insert(node, key, row_slots[: end - start],
+                                            self.salt_of(req))
                 if there:
                     self.kv.free(row_slots[:there])
             if req.kv_len > end:

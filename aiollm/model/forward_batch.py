@@ -13,6 +13,7 @@ import torch
 
 from aiollm.model.kv_pool import KVPool
 from aiollm.model.prompt_logprobs import PromptScoring
+from aiollm.model.rope_rows import LongPrompts
 
 
 @dataclass(slots=True)
@@ -42,6 +43,14 @@ class ForwardBatch:
     # extend_lens, q_start_loc) of the rest; q_start_loc still indexes the whole batch
     mixed_parts: tuple[tuple, tuple] | None = None
     prompt_scoring: PromptScoring | None = None  # prompt positions to score (prompt logprobs)
+    # [T] int64: the rotary table row of each new token where some is not its position (a
+    # LongRoPE model's long prompts, model/rope_rows.py); None: positions
+    rope_rows: torch.Tensor | None = None
+
+    @property
+    def rotary_rows(self) -> torch.Tensor:
+        """[T] int64: the row of the rotary table (rope.cos_sin_cache) each new token reads."""
+        return self.positions if self.rope_rows is None else self.rope_rows
 
     @property
     def batch_size(self) -> int:
@@ -64,12 +73,16 @@ class ForwardBatch:
         device: torch.device,
         sample_index: np.ndarray | None = None,
         token_coords: tuple[np.ndarray, np.ndarray] | None = None,
+        long_prompts: LongPrompts | None = None,
+        long_requests: np.ndarray | None = None,
     ) -> "ForwardBatch":
         """Derive positions and offsets from per-request lengths (CPU tensors or numpy arrays
         in, device tensors out; token_coords: new_token_coords() of the batch where the caller
-        has it already). numpy does the index arithmetic (torch.repeat_interleave
-        costs ~0.7 ms on the CPU), and everything reaches the device in two copies (to_device),
-        so they stay asynchronous while an earlier step runs."""
+        has it already; long_requests [B] bool: which requests are long_prompts' long ones,
+        whose first tokens read other rotary rows than their positions, rope_rows.py). numpy
+        does the index arithmetic (torch.repeat_interleave costs ~0.7 ms on the CPU), and
+        everything reaches the device in two copies (to_device), so they stay asynchronous
+        while an earlier step runs."""
         ext = np.asarray(extend_lens).astype(np.int64)
         pre = np.asarray(prefix_lens).astype(np.int64)
         rows = np.asarray(req_rows).astype(np.int64)
@@ -83,6 +96,11 @@ class ForwardBatch:
         num_decode = int(not_one[0]) if len(not_one) else len(ext)
         longs = [np.asarray(input_ids), positions, np.asarray(out_cache_loc), token_rows,
                  ends - 1]
+        rope_rows = None
+        if long_requests is not None and long_requests.any():
+            rope_rows = long_prompts.rows(positions, np.repeat(long_requests, ext))
+        if rope_rows is not None:
+            longs.append(rope_rows)
         if sample_index is not None:
             longs.append(sample_index)
         ints = [rows, pre, ext, seq, q_start]
@@ -90,7 +108,8 @@ class ForwardBatch:
         if 0 < n < len(ext):  # a mixed step's decode part, then its extend part
             ints += [rows[:n], seq[:n], rows[n:], pre[n:], ext[n:], q_start[n:]]
         # two host-to-device copies for the whole batch
-        ids, pos, loc, trows, last, *sidx = _packed(longs, np.int64, device)
+        ids, pos, loc, trows, last, *extra = _packed(longs, np.int64, device)
+        rope_rows = extra.pop(0) if rope_rows is not None else None
         r, p, e, sl, qs, *parts = _packed(ints, np.int32, device)
         return cls(
             input_ids=ids,
@@ -108,10 +127,11 @@ class ForwardBatch:
             req_to_token=req_to_token,
             kv_pool=kv_pool,
             token_rows=trows,
-            sample_index=sidx[0] if sidx else None,
+            sample_index=extra[0] if extra else None,
             num_decode=num_decode,
             decode_max_seq_len=int(seq[:num_decode].max()) if num_decode else 0,
             mixed_parts=(tuple(parts[:2]), tuple(parts[2:])) if parts else None,
+            rope_rows=rope_rows,
         )
 
 

@@ -10,9 +10,9 @@ in attn_qkv and gate and up in ffn_up, gate first, as in transformers' checkpoin
 weights_layout splits both.
 
 Where llama.cpp picks the LongRoPE factors by the context it is started with (the long ones
-for every position once that context passes the original one), aiollm picks them by position
-as for a transformers checkpoint (rope._longrope_rows): a file's model then computes what the
-same model's safetensors compute.
+for every position once that context passes the original one), aiollm picks them per request
+as transformers does for a checkpoint (model/rope_rows.py): a file's model then computes what
+the same model's safetensors compute.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ from aiollm.model.parallel import (
     local_config,
 )
 from aiollm.model.rope import cos_sin_cache
+from aiollm.model.rope_rows import long_prompts
 
 # Steps of at most this many tokens run each layer as fused GEMVs (kernels/gemv.py), which
 # take up to gemv.MAX_ROWS rows. One: at 4 rows they measured slower than the layered path
@@ -86,10 +87,10 @@ def linear_into(x: torch.Tensor, linear: nn.Module, out: torch.Tensor) -> torch.
 class SegmentIO:
     """The static tensors that a step's graph segments (LlamaForCausalLM.segment) read and
     write, T rows each (a bucket of the prefill graphs, aiollm.engine.prefill_graphs):
-    input_ids, positions, out_cache_loc [T] int64 in; qkv [T, (Hq + 2 Hkv) D] out (its q
-    part rotated, k and v stored in the KV pool); o [T, Hq D] in (a layer's attention
-    output); residual [T, H] float32, the stream, updated in place; x [T, H] out (the last
-    layer's output)."""
+    input_ids, positions (each token's rotary row: ForwardBatch.rotary_rows), out_cache_loc
+    [T] int64 in; qkv [T, (Hq + 2 Hkv) D] out (its q part rotated, k and v stored in the KV
+    pool); o [T, Hq D] in (a layer's attention output); residual [T, H] float32, the stream,
+    updated in place; x [T, H] out (the last layer's output)."""
 
     input_ids: torch.Tensor
     positions: torch.Tensor
@@ -99,6 +100,10 @@ class SegmentIO:
     o: torch.Tensor
     residual: torch.Tensor
     x: torch.Tensor
+
+    @property
+    def rotary_rows(self) -> torch.Tensor:  # as ForwardBatch's
+        return self.positions
 
 
 class Attention(nn.Module):
@@ -154,7 +159,7 @@ class Attention(nn.Module):
         v_cache = batch.kv_pool.v_cache[self.layer_id]
         norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else ()
         # the per-head q/k norms (Qwen3) run in the same kernel as the rotation and KV store
-        return rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache,
+        return rotary_store_kv(q, k, v, batch.rotary_rows, cos_sin, k_cache, v_cache,
                                batch.out_cache_loc, *norms)
 
     def forward_small(self, residual: torch.Tensor, norm: RMSNorm, batch: ForwardBatch,
@@ -170,7 +175,7 @@ class Attention(nn.Module):
                                 batch, cos_sin)
         else:
             q = gemv_norm_rope_kv(
-                residual, norm.weight, norm.eps, qkv_w, qkv_b, batch.positions, cos_sin,
+                residual, norm.weight, norm.eps, qkv_w, qkv_b, batch.rotary_rows, cos_sin,
                 batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
                 batch.out_cache_loc, self.num_heads)
         if (batch.is_decode and self.o_proj.bias is None
@@ -284,8 +289,12 @@ class LlamaForCausalLM(nn.Module):
         self.embed_scale = config.hidden_size**0.5 if config.scale_embeddings else None
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # a LongRoPE model served past its original context: prompts longer than it read
+        # the long factors' rows of their first positions after the others (rope_rows.py)
+        self.long_prompts = long_prompts(config.rope, self.max_len)
+        rows = self.max_len + (self.long_prompts.original if self.long_prompts else 0)
         self.register_buffer(
-            "cos_sin_cache", torch.empty(self.max_len, config.head_dim), persistent=False
+            "cos_sin_cache", torch.empty(rows, config.head_dim), persistent=False
         )
         # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as fused
         # GEMVs on a float32 residual stream; not under tensor parallelism (o/down need

@@ -24,7 +24,6 @@ from aiollm.model.granite_scales import fold_into
 from aiollm.model.hf_config import load_hf_config
 from aiollm.model.llama import LlamaForCausalLM, RMSNorm
 from aiollm.model.paths import LOAD_FORMATS, check_load_format, resolve_model_path
-from aiollm.model.rope import longrope_warning
 from aiollm.model.weights import WeightFiller
 from aiollm.model.weights_layout import fused_source_name, to_llama_layout
 
@@ -178,10 +177,6 @@ def load_model(
                          f"{config.max_position}: set max_model_len (--max-model-len) to "
                          f"at most {config.max_position}")
     max_len = max_model_len or config.max_position
-    # here, not where configs are read (the server reads one several times before loading):
-    # once a start, and only when the length served passes the original context
-    if (message := longrope_warning(config.rope, max_len)) is not None:
-        log.warning("%s", message)
     if dtype is None:
         dtype = auto_dtype(config, device)
     if gguf_name is None and load_format != "dummy":

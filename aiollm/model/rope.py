@@ -5,6 +5,9 @@ meta-device context must not turn it into a placeholder), in the same order of o
 transformers (inverse frequencies in fp32, then position * inv_freq in fp32), so that our
 rotary matches the reference bit for bit on the CPU. The layout is the one that
 aiollm.kernels.apply_rotary reads: cache[p, :D/2] = cos(p * inv_freq), cache[p, D/2:] = sin.
+Each token reads the row its batch names (ForwardBatch.rotary_rows): its position, or for
+the first tokens of a LongRoPE prompt longer than the original context, one of the long
+factors' rows after the by-position ones (rope_rows.py).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import math
 import torch
 
 from aiollm.model.rope_config import RopeConfig
+from aiollm.model.rope_rows import long_prompts
 
 
 def inv_freq(rope: RopeConfig, head_dim: int, long: bool = False) -> torch.Tensor:
     """[rotary_dim / 2] float32 inverse frequencies after scaling (rotary_dim: rope's, or
-    head_dim); `long`: longrope's for positions from original_max_position on."""
+    head_dim); `long`: longrope's long factors' (rope_rows.py says which tokens take them)."""
     head_dim = rope.rotary_dim or head_dim  # a partial rotary's frequencies span its part
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
     freqs = 1.0 / (rope.theta ** exponents)
@@ -88,24 +92,31 @@ def _yarn(rope: RopeConfig, head_dim: int) -> torch.Tensor:
 
 
 def cos_sin_cache(rope: RopeConfig, head_dim: int, max_len: int, device=None) -> torch.Tensor:
-    """[max_len, head_dim] float32: cos in the first half of each row, sin in the second.
+    """[rows, head_dim] float32: cos in the first half of each row, sin in the second; rows
+    is max_len, or max_len + original_max_position for a LongRoPE model served past its
+    original context (rope_rows.long_prompts): row p is position p's as _longrope_rows gives
+    it (short factors below original_max_position, long from there on), row max_len + p
+    (p < original_max_position) position p's under the long factors, which the tokens of a
+    prompt longer than the original context read there (rope_rows.py).
 
     A partial rotary (rope.rotary_dim < head_dim) fills the rest of each half with cos 1 and
     sin 0: those pairs pass through the rotation unchanged (exactly: x * 1 - y * 0), once the
     loader has ordered each q and k head so that the rotated pairs come first in each half
-    (weights_layout.rotary_head_order). LongRoPE takes the short factors' frequencies below
-    original_max_position and the long factors' from there on: see _longrope_rows."""
+    (weights_layout.rotary_head_order)."""
     positions = torch.arange(max_len, dtype=torch.int64, device="cpu").float()
     angles = positions[:, None] * inv_freq(rope, head_dim)[None, :]
     if rope.type == "longrope":
         _longrope_rows(angles, positions, rope, head_dim)
+        if long_prompts(rope, max_len) is not None:
+            first = positions[: rope.original_max_position, None]
+            angles = torch.cat((angles, first * inv_freq(rope, head_dim, long=True)[None, :]))
     cos, sin = angles.cos(), angles.sin()
     if rope.attention_factor != 1.0:  # yarn, longrope: scales q.k through both rotated vectors
         cos, sin = cos * rope.attention_factor, sin * rope.attention_factor
     rest = head_dim // 2 - cos.shape[1]
     if rest:
-        cos = torch.cat((cos, torch.ones(max_len, rest, device="cpu")), dim=-1)
-        sin = torch.cat((sin, torch.zeros(max_len, rest, device="cpu")), dim=-1)
+        cos = torch.cat((cos, torch.ones(cos.shape[0], rest, device="cpu")), dim=-1)
+        sin = torch.cat((sin, torch.zeros(sin.shape[0], rest, device="cpu")), dim=-1)
     return torch.cat((cos, sin), dim=-1).to(device)
 
 
@@ -116,34 +127,14 @@ def _longrope_rows(angles: torch.Tensor, positions: torch.Tensor, rope: RopeConf
     transformers (its dynamic rope update) picks one set for a whole forward by its longest
     position: the short factors while the sequence fits in original_max_position, the long
     ones for every position once it does not, recomputing nothing already in its KV cache.
-    Our KV cache is shared token by token between requests (and prefixes), so a key's
-    rotation must depend on its position alone: each position takes the set transformers
-    uses for a sequence ending there. (vLLM keeps both tables too, but takes the long one
-    for every token of a batch in which any position passes original_max_position: a
-    request's rotation then depends on its batch mates, which a shared prefix cache cannot
-    allow.) Within original_max_position tokens the result is transformers' exactly. Past
-    it, transformers rotates a prompt longer than that entirely by the long factors, and
-    keeps the short-factor keys of a sequence that grew past it while decoding; here
-    positions below original_max_position keep the short factors and the later ones take
-    the long factors, whichever way the sequence got there: a prompt that grows past it
-    while decoding is transformers' cached decode exactly, but a prompt longer than it is
-    not transformers' (its early keys' rotation differs, and a late query against an early
-    key sees no purely relative rotation): longrope_warning says so at start-up."""
+    A sequence whose prompt fits and that grows past original_max_position while decoding
+    therefore keeps its short-factor keys and rotates each later token by the long factors:
+    position p takes the set transformers uses for a sequence ending there, which is these
+    rows, transformers' cached decode exactly. A prompt longer than original_max_position
+    is rotated entirely by the long factors: its first tokens read the rows after these
+    (cos_sin_cache, rope_rows.py). (vLLM keeps both sets too, but takes the long one for
+    every token of a batch in which any position passes original_max_position: a request's
+    rotation then depends on its batch mates, which a shared prefix cache cannot allow.)"""
     n = rope.original_max_position
     if len(positions) > n:
         angles[n:] = positions[n:, None] * inv_freq(rope, head_dim, long=True)[None, :]
-
-
-def longrope_warning(rope: RopeConfig, context: int) -> str | None:
-    """The start-up warning (load_model's) for a LongRoPE model whose served `context`
-    (tokens: --max-model-len, else the model's) passes its original_max_position, None for
-    any other: prompts longer than the original context are rotated otherwise than
-    transformers rotates them (_longrope_rows)."""
-    if rope.type != "longrope" or context <= rope.original_max_position:
-        return None
-    n = rope.original_max_position
-    return (f"longrope: a prompt longer than original_max_position_embeddings {n} keeps the "
-            f"short factors for its first {n} positions and takes the long ones from there "
-            "on, where transformers rotates such a prompt entirely by the long factors: its "
-            "output is not transformers' (a prompt within it that grows past it while "
-            f"decoding is; --max-model-len {n} keeps every request within transformers')")
