@@ -1,14 +1,16 @@
 """The Llama-family decoder over the token-level KV pool.
 
-One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2, Granite 3, Gemma and
+One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2, Granite 3, Gemma 1-3 and
 Phi-3/Phi-4: they differ only in flags and scalars of ModelConfig (q/k/v biases, q/k norm, tied
 embeddings, Granite's multipliers; Gemma's GELU MLP, (1 + w) norms held as 1 + w in float32,
 and embeddings scaled by sqrt(hidden_size)) and in the rotary table (scaling; Phi-3's partial
 rotary, run through the loader's q/k head order: rope.py, weights_layout.py). Mixtral,
 Qwen2-MoE, Qwen3-MoE and GraniteMoe are the same decoder with moe.py's SparseMoe in place of
-the dense MLP (mlp.py, which picks the activation). Parameter names follow transformers' with
-q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one matmul each instead of three
-and two); the loaders fill the fused weights shard by shard.
+the dense MLP (mlp.py, which picks the activation); Gemma 2 and 3 are gemma_layers.py's
+layer with soft-capped attention and logits (Gemma 3: Qwen3's q/k norms, a second rotary
+table for its sliding layers). Parameter names follow transformers' with q/k/v fused into
+`qkv_proj` and gate/up into `gate_up_proj` (one matmul each instead of three and two); the
+loaders fill the fused weights shard by shard.
 
 Granite (and GraniteMoe) is this decoder with four scalars: attention_multiplier is the
 attention kernels' softmax scale (Attention.sm_scale, an argument every attention kernel
@@ -41,6 +43,7 @@ from aiollm.kernels import (
     rms_norm,
     rotary_store_kv,
 )
+from aiollm.kernels.extend_attention import capped
 from aiollm.kernels.gemv import gemv_norm, gemv_norm_rope_kv, gemv_residual
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
@@ -109,10 +112,15 @@ class Attention(nn.Module):
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         self.q_size, self.kv_size = config.q_size, config.kv_size
-        self.sm_scale = config.softmax_scale  # Granite's attention_multiplier, or 1/sqrt(D)
+        # Granite's attention_multiplier, Gemma 2/3's query_pre_attn_scalar ** -0.5, or
+        # 1/sqrt(D); Gemma 2's attention logit soft-cap (None: none)
+        self.sm_scale = config.softmax_scale
+        self.softcap = config.attn_logit_softcapping
         # the sliding window in tokens, 0 for none (LlamaForCausalLM clears one no context
         # of the engine reaches)
         self.window = config.layer_window(layer_id)
+        # Gemma 3's sliding layers rotate by their own table (rope_local), whatever the window
+        self.local_rope = config.rope_local is not None and self.window > 0
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
         )
@@ -180,7 +188,8 @@ class Attention(nn.Module):
             return attention_oproj.attention_oproj(
                 q, batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
                 batch.req_to_token, batch.req_rows, batch.seq_lens, self.sm_scale,
-                batch.max_seq_len, self.o_proj.weight, residual, window=self.window)
+                batch.max_seq_len, self.o_proj.weight, residual, window=self.window,
+                softcap=self.softcap)
         o = self.attend(q, batch).reshape(residual.shape[0], self.q_size)
         return gemv_residual(o, self.o_proj.weight, self.o_proj.bias, residual)
 
@@ -194,6 +203,7 @@ class Attention(nn.Module):
             return decode_attention(
                 q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.seq_lens,
                 self.sm_scale, batch.max_seq_len, out=out, window=self.window,
+                softcap=self.softcap,
             )
         if batch.mixed_parts is not None:
             # A mixed step: the decodes go through the decode kernel, which reads each KV
@@ -204,16 +214,18 @@ class Attention(nn.Module):
             o = extend_attention(
                 q, k_cache, v_cache, batch.req_to_token, e_rows, e_pre, e_ext, e_start,
                 self.sm_scale, batch.max_extend_len, out=out, window=self.window,
+                softcap=self.softcap,
             )
             decode_attention(
                 q[:n], k_cache, v_cache, batch.req_to_token, d_rows, d_seq, self.sm_scale,
                 batch.decode_max_seq_len, out=o[:n], window=self.window,
+                softcap=self.softcap,
             )
             return o
         return extend_attention(
             q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.prefix_lens,
             batch.extend_lens, batch.q_start_loc, self.sm_scale, batch.max_extend_len, out=out,
-            window=self.window,
+            window=self.window, softcap=self.softcap,
         )
 
 
@@ -276,22 +288,31 @@ class LlamaForCausalLM(nn.Module):
         cfg = self.shard_config = local_config(config, current())
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size,
                                                    config.vocab_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        from aiollm.model.gemma_layers import decoder_layer  # builds on this module's layers
+
+        self.layers = nn.ModuleList(decoder_layer(cfg, i) for i in range(cfg.num_layers))
         for layer in self.layers:  # a window no context reaches: the unwindowed kernels
             if layer.self_attn.window >= self.max_len:
                 layer.self_attn.window = 0
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.embed_scale = config.hidden_size**0.5 if config.scale_embeddings else None
+        self.final_softcap = config.final_logit_softcapping
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer(
             "cos_sin_cache", torch.empty(self.max_len, config.head_dim), persistent=False
         )
+        if config.rope_local is not None:  # Gemma 3's sliding layers' table
+            self.register_buffer("local_cos_sin_cache",
+                                 torch.empty(self.max_len, config.head_dim), persistent=False)
         # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as fused
         # GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
-        # their all-reduce before the residual add) nor with a shared expert (moe.py).
+        # their all-reduce before the residual add) nor with a shared expert (moe.py). Nor
+        # for Gemma 2/3: their norms on o_proj's and the MLP's outputs, before the residual
+        # add, have no place in the fused GEMVs, and the LM head's GEMV no soft-cap; their
+        # one-token steps run the layered path (the same kernels as longer steps).
         self.single_rank = current() is None
-        self.fused_small = self.single_rank and all(
+        self.fused_small = self.single_rank and not config.sandwich_norms and all(
             isinstance(layer.mlp, MLP) or layer.mlp.takes_small for layer in self.layers)
         self.init_rope()
 
@@ -300,6 +321,17 @@ class LlamaForCausalLM(nn.Module):
         if self.cos_sin_cache.device.type != "meta":
             cache = cos_sin_cache(self.config.rope, self.config.head_dim, self.max_len)
             self.cos_sin_cache = cache.to(self.cos_sin_cache.device)
+            if self.config.rope_local is not None:
+                cache = cos_sin_cache(self.config.rope_local, self.config.head_dim,
+                                      self.max_len)
+                self.local_cos_sin_cache = cache.to(self.cos_sin_cache.device)
+
+    def layer_cos_sin(self, layer: int) -> torch.Tensor:
+        """The rotary table [max_len, head_dim] float32 layer `layer` rotates by: Gemma 3's
+        sliding layers' own (rope_local), else the model's."""
+        if self.layers[layer].self_attn.local_rope:
+            return self.local_cos_sin_cache
+        return self.cos_sin_cache
 
     def short_context_step(self, max_seq_len: int) -> bool:
         """Whether a one-request decode step sized for contexts up to max_seq_len tokens runs
@@ -335,8 +367,8 @@ class LlamaForCausalLM(nn.Module):
         if self.fused_small and x.shape[0] <= FUSED_MAX_TOKENS and batch.prompt_scoring is None:
             return self._forward_small(x, batch)
         residual = None
-        for layer in self.layers:
-            x, residual = layer(x, residual, batch, self.cos_sin_cache)
+        for i, layer in enumerate(self.layers):
+            x, residual = layer(x, residual, batch, self.layer_cos_sin(i))
         return self.logits(x, residual, batch)
 
     def segment(self, k: int, io: SegmentIO) -> None:
@@ -357,7 +389,7 @@ class LlamaForCausalLM(nn.Module):
                 io.x.copy_(x)
                 return
             h, _ = self.layers[k].attention_input(x, io.residual, io.residual)
-        self.layers[k].self_attn.project(h, io, self.cos_sin_cache, io.qkv)
+        self.layers[k].self_attn.project(h, io, self.layer_cos_sin(k), io.qkv)
 
     @property
     def graph_segments(self) -> bool:
@@ -369,7 +401,10 @@ class LlamaForCausalLM(nn.Module):
     def logits(self, x: torch.Tensor, residual: torch.Tensor, batch: ForwardBatch
                ) -> torch.Tensor:
         """Logits [B, vocab] float32 of each request's last new token from the last layer's
-        output x [T, H] and the residual stream [T, H]; prompt logprobs when asked for."""
+        output x [T, H] and the residual stream [T, H]; prompt logprobs when asked for. With
+        final_logit_softcapping (Gemma 2) each logit is cap x tanh(logit / cap), as
+        transformers' Gemma2ForCausalLM returns them: sampling, logprobs and logits
+        processors all see the capped logits."""
         # Only the last token of each request needs logits: select before the final norm.
         idx = batch.logits_index
         h, _ = self.norm(x[idx], residual[idx])
@@ -377,17 +412,19 @@ class LlamaForCausalLM(nn.Module):
         if batch.prompt_scoring is not None:
             p = batch.prompt_scoring.index
             batch.prompt_scoring.compute(self.norm(x[p], residual[p])[0], w,
-                                         self.embed_tokens.vocab_part)
+                                         self.embed_tokens.vocab_part, self.final_softcap)
         if h.is_cuda and h.dtype != torch.float32:
             # fp32 straight out of the matmul's fp32 accumulator: bf16 logits keep 8 bits of
             # mantissa (0.125 apart between 16 and 32), which ties close top candidates, and
             # the argmax then picks the lower token id instead of the larger logit
-            return self.embed_tokens.gather_logits(torch.mm(h, w.t(), out_dtype=torch.float32))
-        return self.embed_tokens.gather_logits(F.linear(h, w).float())
+            logits = torch.mm(h, w.t(), out_dtype=torch.float32)
+        else:
+            logits = F.linear(h, w).float()
+        return self.embed_tokens.gather_logits(capped(logits, self.final_softcap))
 
     def _forward_small(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer.forward_small(x, batch, self.cos_sin_cache)
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_small(x, batch, self.layer_cos_sin(i))
         if not batch.is_decode:  # a decode's logits rows are all its tokens
             x = x[batch.logits_index]
         # the final norm folded into the lm_head GEMV, float32 logits out

@@ -147,6 +147,11 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         arch = "mixtral"
     if (later := unsupported_gemma(arch)) is not None:
         raise ValueError(f"GGUF architecture {gguf_arch!r}: {later}")
+    if arch in ("gemma2", "gemma3_text"):
+        # not read yet: llama.cpp's files of these hold no query_pre_attn_scalar (its loader
+        # derives the softmax scale from the model's size) and name the norms otherwise
+        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported: aiollm serves "
+                         "Gemma 2 and 3 from Hugging Face safetensors checkpoints only")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported (supported, as "
                          f"llama.cpp names them: {_GGUF_SUPPORTED})")
