@@ -232,6 +232,7 @@ def _hf_checkpoint(model_dir: str, config: ModelConfig, device: torch.device):
         LM_HEAD,
         count_tensors,
         iter_safetensors,
+        language_model_tensors,
         safetensors_files,
         tied_embedding_source,
     )
@@ -240,6 +241,8 @@ def _hf_checkpoint(model_dir: str, config: ModelConfig, device: torch.device):
     total = count_tensors(files)  # reads every header: a damaged file is named first
     source = tied_embedding_source(files) if config.tie_word_embeddings else "embed"
     tensors = iter_safetensors(files, device)
+    if config.architecture == "gemma3_text":  # a multimodal Gemma 3's language model alone
+        tensors = language_model_tensors(tensors)
     if source == "both":
         log.warning("%s ties the word embeddings (tie_word_embeddings), but the checkpoint "
                     "holds an %s that differs from %s: loading them untied, as transformers "

@@ -17,7 +17,7 @@ import copy
 
 import pytest
 import torch
-from transformers import Gemma2Config
+from transformers import Gemma2Config, Gemma3TextConfig
 
 from aiollm import Engine, SamplingParams
 from aiollm.model import load_model
@@ -34,6 +34,10 @@ SMALL = dict(vocab_size=512, hidden_size=384, intermediate_size=1024, num_hidden
              max_position_embeddings=512, sliding_window=32, query_pre_attn_scalar=192)
 CONFIGS = {
     "gemma2": Gemma2Config(**SMALL, attn_logit_softcapping=5.0, final_logit_softcapping=8.0),
+    "gemma3": Gemma3TextConfig(**SMALL, rope_local_base_freq=100.0,
+                               layer_types=["sliding_attention", "sliding_attention",
+                                            "sliding_attention", "full_attention"],
+                               rope_scaling={"rope_type": "linear", "factor": 8.0}),
 }
 PROMPTS = [[3, 17, 99, 4, 150, 23, 7], list(range(100, 160)), [5], list(range(200, 240))]
 NEW_TOKENS = 12
