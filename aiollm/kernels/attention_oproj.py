@@ -292,7 +292,8 @@ def attention_oproj_triton(
     w_o [H, HQ*D] (o_proj's weight, no bias); residual [1, H] of any float dtype. Returns
     [1, H] float32, written into residual itself when it is float32 (the residual stream).
     `config` overrides the tuned one; `window` the sliding window in tokens (None or 0:
-    none; decode_attention_ref); `softcap` the attention logit soft-cap (None or 0: none). AssertionError when the shapes or strides do not fit.
+    none; decode_attention_ref); `softcap` the attention logit soft-cap (None or 0: none).
+    AssertionError when the shapes or strides do not fit.
     """
     _check(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, w_o, residual)
     out = residual if residual.dtype == torch.float32 else torch.empty(
@@ -323,9 +324,9 @@ def attention_oproj_ref(
     w_o: torch.Tensor, residual: torch.Tensor, *, window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """decode_attention_ref (with its `window` and `softcap`), then o_proj, then the residual add, all in
-    float32 (the attention output is not rounded to q's dtype); in place when residual is
-    float32."""
+    """decode_attention_ref (with its `window` and `softcap`), then o_proj, then the residual
+    add, all in float32 (the attention output is not rounded to q's dtype); in place when
+    residual is float32."""
     o = decode_attention_ref(q.float(), k_cache, v_cache, req_to_token, req_rows, seq_lens,
                              sm_scale, max_seq_len, window=window, softcap=softcap)
     y = residual.float() + F.linear(o.reshape(q.shape[0], -1), w_o.float())

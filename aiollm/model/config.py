@@ -7,9 +7,10 @@ weights_gguf.py. Gemma 1 is the same decoder with three changes of numerics: hid
 two properties of its architecture (rms_norm_unit_offset, scale_embeddings) that Gemma 2 and 3
 share; those add the fields of transformers' Gemma2/Gemma3 configs (query_pre_attn_scalar,
 the attention and final logit soft-caps, the sliding layers' own rotary) and the pre/post
-feed-forward norms of their architecture (sandwich_norms). Everything the model, the KV pool and the engine need is here, in one flat
-dataclass, so nothing downstream has to know transformers' config classes or their version
-differences (rope_scaling in 4.x, rope_parameters in 5.x).
+feed-forward norms of their architecture (sandwich_norms). Everything the model, the KV pool
+and the engine need is here, in one flat dataclass, so nothing downstream has to know
+transformers' config classes or their version differences (rope_scaling in 4.x,
+rope_parameters in 5.x).
 """
 
 from __future__ import annotations
