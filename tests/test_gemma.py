@@ -5,8 +5,8 @@ the embedding scale rounds), head_dim 16 apart from hidden / heads (as gemma-7b'
 against 3,072), tied embeddings, 1 KV head (gemma-2b) and 2. Norm weights are random
 offsets w around 0 (the model multiplies by 1 + w). Logits at every position, greedy ids
 through `Engine` (batched, and one request alone: its decode steps run the fused one-token
-GEMVs), a llama.cpp-style GGUF file, dummy weights, and the refusals (Gemma 3n, later Gemmas'
-GGUF files, relabelled checkpoints, activations no kernel computes).
+GEMVs), a llama.cpp-style GGUF file, dummy weights, and the refusals (Gemma 3n, relabelled
+checkpoints, activations no kernel computes).
 """
 
 from __future__ import annotations
@@ -230,21 +230,6 @@ def test_gelu_tanh_in_a_llama_family_mlp_matches_transformers(tmp_path, config):
     assert loaded.config.hidden_act == "gelu_pytorch_tanh"
     assert not loaded.config.rms_norm_unit_offset and not loaded.config.scale_embeddings
     assert (all_position_logits(loaded, PROMPTS) - hf_logits(hf, PROMPTS)).abs().max() < 1e-4
-
-
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
-def test_later_gemma_ggufs_are_refused_naming_what_they_need(tmp_path, arch):
-    """Gemma 2 and 3 run from safetensors checkpoints (test_gemma2.py, test_gemma3.py); their
-    GGUF files are refused by name, not read as Gemma 1 files with tensors left over."""
-    import gguf
-    import numpy as np
-
-    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), arch)
-    w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
-    finish_gguf(w)
-    with pytest.raises(ValueError, match=f"GGUF architecture '{arch}' is not supported: "
-                                         "aiollm serves Gemma 2 and 3 from Hugging Face"):
-        load_model(str(tmp_path / "m.gguf"), dtype=torch.float32, device="cpu")
 
 
 @pytest.mark.parametrize("config, field", [
