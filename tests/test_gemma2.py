@@ -159,3 +159,37 @@ def test_gemma2_fields_that_change_the_math_are_refused(tmp_path, edit, message)
     (tmp_path / "config.json").write_text(json.dumps({**raw, **edit}))
     with pytest.raises(ValueError, match=message):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def greedy_through_prefill_segments(path, prompts, new_tokens: int) -> list[list[int]]:
+    """Greedy ids through `Engine` with its prefill steps run as the prefill graphs' segments
+    (LlamaForCausalLM.segment, eagerly: PrefillGraphs without capture), which cut each layer
+    at its attention and finish it through DecoderLayer.mlp_block: the sandwich layer's."""
+    from aiollm.engine.prefill_graphs import PrefillGraphs
+
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    steps = []
+
+    async def run():
+        async with Engine(str(path), kv_tokens=1024, max_model_len=256) as engine:
+            runner = engine.runner
+            pg = runner.prefill_graphs = PrefillGraphs(runner.model, engine.kv_pool,
+                                                       max_tokens=64, capture=False)
+            real = pg.forward
+
+            def spy(batch):
+                steps.append(batch.num_tokens)
+                return real(batch)
+            pg.forward = spy
+            outs = await asyncio.gather(*(engine.generate(p, params) for p in prompts))
+        return [o.token_ids for o in outs]
+
+    ids = asyncio.run(run())
+    assert steps and max(steps) > 1
+    return ids
+
+
+def test_prefill_graph_segments_match_transformers(gemma2):
+    path, hf, _, _ = gemma2
+    want = [hf_greedy(hf, p, NEW_TOKENS) for p in PROMPTS]
+    assert greedy_through_prefill_segments(path, PROMPTS, NEW_TOKENS) == want

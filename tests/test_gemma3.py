@@ -152,3 +152,12 @@ def test_dummy_weights_and_transformers_defaults(tmp_path):
     assert cfg.attn_logit_softcapping is None and cfg.final_logit_softcapping is None
     logits = all_position_logits(loaded, PROMPTS)
     assert logits.shape == (sum(map(len, PROMPTS)), 300) and logits.isfinite().all()
+
+
+def test_prefill_graph_segments_match_transformers(gemma3):
+    """The segments rotate each layer by its own table (layer_cos_sin)."""
+    from test_gemma2 import greedy_through_prefill_segments
+
+    path, hf, _, _ = gemma3
+    want = [hf_greedy(hf, p, NEW_TOKENS) for p in PROMPTS]
+    assert greedy_through_prefill_segments(path, PROMPTS, NEW_TOKENS) == want
