@@ -66,7 +66,7 @@ from aiollm.kernels.decode_attention_kernel import _attend_context, _load_kv, _s
 from aiollm.kernels.extend_attention import softcap_args
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
-# The model takes this kernel for a decode batch of one request (llama.Attention.forward_small):
+# The model takes this kernel for a decode batch of one request (attention.Attention.forward_small):
 # None (the default) where the GPU's config table holds a config for the shape, which is
 # committed only where the fused kernel made the decode step faster than the unfused path
 # (bench/decode_step.py; on the H200 the 1B shape's, not the 8B's, where it lost); True

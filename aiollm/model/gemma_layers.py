@@ -10,7 +10,7 @@ every norm a (1 + w) RMSNorm (held as 1 + w in float32: ModelConfig.rms_norm_uni
 The layer keeps llama.py's convention that each residual add is fused into the norm that
 follows it: a layer returns (post_feedforward_layernorm's output, the stream before it is
 added), which the next layer's input_layernorm (or the final norm) adds. The attention is
-llama.py's Attention, which takes the rest of Gemma 2/3 from ModelConfig (softmax scale,
+attention.py's Attention, which takes the rest of Gemma 2/3 from ModelConfig (softmax scale,
 soft-capping, window, Gemma 3's q/k norms and local rotary).
 
 The one-token fused GEMV path (DecoderLayer.forward_small) adds o_proj's and down_proj's
@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from aiollm.model.config import ModelConfig
-from aiollm.model.llama import DecoderLayer, RMSNorm
+from aiollm.model.llama import DecoderLayer
+from aiollm.model.norm import RMSNorm
 
 
 class SandwichDecoderLayer(DecoderLayer):

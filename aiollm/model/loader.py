@@ -22,7 +22,8 @@ from aiollm.model.config import ModelConfig
 from aiollm.model.derived_cache import GGUFCache
 from aiollm.model.granite_scales import fold_into
 from aiollm.model.hf_config import load_hf_config
-from aiollm.model.llama import LlamaForCausalLM, RMSNorm
+from aiollm.model.llama import LlamaForCausalLM
+from aiollm.model.norm import RMSNorm
 from aiollm.model.paths import LOAD_FORMATS, check_load_format, resolve_model_path
 from aiollm.model.rope import longrope_warning
 from aiollm.model.weights import WeightFiller
