@@ -1,7 +1,7 @@
 """Gemma 2 and 3 GGUF files, written here as llama.cpp's converter writes them (norm weights
 as 1 + w, the extra norms as post_attention_norm / ffn_norm / post_ffw_norm, the soft-caps
-and the window as metadata, Gemma 3's linear rope scaling as rope.scaling.*), against
-transformers on the safetensors model they came from, CPU fp32.
+and the window as metadata, Gemma 3's linear rope scaling as rope.scaling.* and its optional
+final soft-cap), against transformers on the safetensors model they came from, CPU fp32.
 
 llama.cpp reads no query_pre_attn_scalar (its softmax scale is 1 / sqrt(head_dim) but for
 the 27B models) nor layer_types nor rope_local_base_freq (Gemma 2 slides every other layer,
@@ -29,8 +29,10 @@ SMALL = dict(vocab_size=160, hidden_size=48, intermediate_size=96, num_attention
 CONFIGS = {
     "gemma2": Gemma2Config(**SMALL, num_hidden_layers=2, attn_logit_softcapping=2.0,
                            final_logit_softcapping=3.0),
+    # a final soft-cap, which llama.cpp reads from gemma3 files too (none by default)
     "gemma3": Gemma3TextConfig(**SMALL, num_hidden_layers=6, rope_local_base_freq=10000.0,
-                               rope_scaling={"rope_type": "linear", "factor": 4.0}),
+                               rope_scaling={"rope_type": "linear", "factor": 4.0},
+                               final_logit_softcapping=3.0),
 }
 LAYER_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
                "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -61,6 +63,7 @@ def write_gemma_gguf(hf, path: str) -> None:
     else:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(4.0)
+        w.add_final_logit_softcapping(c.final_logit_softcapping)
     for name, t in hf.state_dict().items():
         if name == "lm_head.weight":
             continue

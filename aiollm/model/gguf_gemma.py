@@ -10,7 +10,8 @@ norms as attn_q_norm / attn_k_norm. Metadata:
   sets it (set_swa_pattern): Gemma 2 every other layer from the first, Gemma 3 five of six
   (transformers' defaults for configs without layer_types);
 - Gemma 2's attn_logit_softcapping and final_logit_softcapping (llama.cpp's defaults 50 and
-  30 when absent); Gemma 3 has neither;
+  30 when absent); Gemma 3's final_logit_softcapping where the file has one (llama.cpp reads
+  it, absent or 0 for none), no attention cap (llama.cpp reads none for gemma3);
 - no query_pre_attn_scalar: llama.cpp's softmax scale is 1 / sqrt(hidden / heads) for the
   27B models (46 layers for Gemma 2, 62 for Gemma 3) and 1 / sqrt(head_dim) otherwise, which
   are those checkpoints' query_pre_attn_scalar (144, 168; 256);
@@ -21,6 +22,7 @@ norms as attn_q_norm / attn_k_norm. Metadata:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aiollm.model.gguf_metadata import field
@@ -40,8 +42,8 @@ def gemma_fields(reader: Any, p: str, arch: str, hidden: int, heads: int, head_d
                  num_layers: int) -> dict:
     """ModelConfig's Gemma 2/3 fields of a file of architecture `arch` (transformers'
     model_type; `p` its metadata prefix): the sliding window and layers, the softmax scale as
-    query_pre_attn_scalar, Gemma 2's soft-caps, Gemma 3's local rotary. Raises ValueError
-    naming a key with a value no model has."""
+    query_pre_attn_scalar, Gemma 2's soft-caps, Gemma 3's final cap (if any) and local rotary.
+    Raises ValueError naming a key with a value no model has."""
     window = int(field(reader, p + "attention.sliding_window", 0) or 0)
     if window < 0:
         raise ValueError(f"GGUF metadata {p}attention.sliding_window must be >= 0, got {window}")
@@ -58,5 +60,10 @@ def gemma_fields(reader: Any, p: str, arch: str, hidden: int, heads: int, head_d
                 raise ValueError(f"GGUF metadata {p}{name} must be > 0, got {value}")
             fields[name] = value
     else:
+        cap = float(field(reader, p + "final_logit_softcapping", 0.0) or 0.0)
+        if not 0 <= cap < math.inf:
+            raise ValueError(f"GGUF metadata {p}final_logit_softcapping must be >= 0 (0: none), "
+                             f"got {cap}")
+        fields["final_logit_softcapping"] = cap or None
         fields["rope_local"] = RopeConfig(theta=10000.0)
     return fields
