@@ -72,9 +72,9 @@ def test_each_gemma3_change_matters_at_this_shape(gemma3):
     def err():
         return (all_position_logits(loaded, PROMPTS) - ref).abs().max()
 
-    attn.local_rope = False  # the global table on the sliding layer
+    model.local_rope_layers = (False, False)  # the global table on the sliding layer
     assert err() > 1e-2
-    attn.local_rope = True
+    model.local_rope_layers = (True, False)
     attn.window = 0
     assert err() > 1e-2
     attn.window = 8

@@ -9,8 +9,8 @@ passes it to every attention kernel it runs, so a query at position p sees the k
 Granite's attention_multiplier and Gemma 2/3's query_pre_attn_scalar set the softmax scale
 (sm_scale); Gemma 2's attn_logit_softcapping caps each scaled score before the mask (softcap,
 passed to every attention kernel); Qwen3's and Gemma 3's per-head q/k norms run in the rotary
-kernel; Gemma 3's sliding layers rotate by their own table (local_rope: the model passes
-it, LlamaForCausalLM.layer_cos_sin).
+kernel; Gemma 3's sliding layers rotate by their own table (the model passes each layer's:
+LlamaForCausalLM.layer_cos_sin).
 """
 
 from __future__ import annotations
@@ -47,8 +47,6 @@ class Attention(nn.Module):
         # the sliding window in tokens, 0 for none (LlamaForCausalLM clears one no context
         # of the engine reaches)
         self.window = config.layer_window(layer_id)
-        # Gemma 3's sliding layers rotate by their own table (rope_local), whatever the window
-        self.local_rope = config.rope_local is not None and self.window > 0
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
         )

@@ -135,6 +135,10 @@ class LlamaForCausalLM(nn.Module):
         from aiollm.model.gemma_layers import decoder_layer  # builds on this module's layers
 
         self.layers = nn.ModuleList(decoder_layer(cfg, i) for i in range(cfg.num_layers))
+        # Gemma 3's sliding layers rotate by their own table (rope_local), whatever the window;
+        # a tuple, so that layer_cos_sin costs a step next to nothing
+        self.local_rope_layers = tuple(config.rope_local is not None and cfg.layer_window(i) > 0
+                                       for i in range(cfg.num_layers))
         for layer in self.layers:  # a window no context reaches: the unwindowed kernels
             if layer.self_attn.window >= self.max_len:
                 layer.self_attn.window = 0
@@ -173,7 +177,7 @@ class LlamaForCausalLM(nn.Module):
     def layer_cos_sin(self, layer: int) -> torch.Tensor:
         """The rotary table [max_len, head_dim] float32 layer `layer` rotates by: Gemma 3's
         sliding layers' own (rope_local), else the model's."""
-        if self.layers[layer].self_attn.local_rope:
+        if self.local_rope_layers[layer]:
             return self.local_cos_sin_cache
         return self.cos_sin_cache
 
