@@ -9,7 +9,8 @@ and generations pass the window. Undoing the local rotary, the q/k norms' 1 + w 
 window moves the logits past the tolerance. Greedy ids and logprobs through `Engine`; a
 Gemma3ForConditionalGeneration checkpoint (a tiny SigLIP vision tower beside it) served as
 its language model, equal to transformers' Gemma3ForCausalLM on those weights; dummy weights;
-transformers' defaults where the config is silent; Gemma 3n still refused.
+transformers' defaults where the config is silent; Gemma 3n and a quantized multimodal
+checkpoint refused.
 """
 
 from __future__ import annotations
@@ -161,3 +162,16 @@ def test_prefill_graph_segments_match_transformers(gemma3):
     path, hf, _, _ = gemma3
     want = [hf_greedy(hf, p, NEW_TOKENS) for p in PROMPTS]
     assert greedy_through_prefill_segments(path, PROMPTS, NEW_TOKENS) == want
+
+
+def test_a_quantized_multimodal_checkpoint_is_refused():
+    """quantization_config sits on a Gemma3ForConditionalGeneration's own config, not on
+    its text_config: it is refused as any quantized checkpoint is."""
+    from transformers import Gemma3Config
+
+    from aiollm.model.hf_config import config_from_hf
+
+    config = Gemma3Config(text_config=Gemma3TextConfig(**GEMMA3_TINY),
+                          quantization_config={"quant_method": "fp8"})
+    with pytest.raises(ValueError, match="quantized checkpoints are not supported .* 'fp8'"):
+        config_from_hf(config)

@@ -97,15 +97,6 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     if classes and not set(classes) & set(allowed):
         raise ValueError(f"architectures {classes} is not supported with model_type {arch!r} "
                          f"(supported: {', '.join(allowed)})")
-    outer = hf
-    if arch == "gemma3":  # Gemma3ForConditionalGeneration: its language model alone
-        log.info("model_type gemma3 (Gemma3ForConditionalGeneration): serving its language "
-                 "model (text_config) as text alone; the vision tower and the multimodal "
-                 "projector's weights are not loaded, and images are not accepted")
-        hf, arch = hf.text_config, "gemma3_text"
-        if getattr(hf, "model_type", None) != "gemma3_text":
-            raise ValueError(f"config.json: text_config has model_type "
-                             f"{getattr(hf, 'model_type', None)!r}, not 'gemma3_text'")
     quant = getattr(hf, "quantization_config", None)
     if quant:
         method = quant.get("quant_method") if isinstance(quant, dict) else getattr(
@@ -118,6 +109,15 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         raise ValueError(f"quantized checkpoints are not supported (config.json has "
                          f"quantization {mlx!r}: an MLX-quantized checkpoint): use a "
                          "float16/bfloat16/float32 checkpoint or a GGUF file")
+    outer = hf  # the checkpoint's own config (its torch_dtype), quantization checked above
+    if arch == "gemma3":  # Gemma3ForConditionalGeneration: its language model alone
+        log.info("model_type gemma3 (Gemma3ForConditionalGeneration): serving its language "
+                 "model (text_config) as text alone; the vision tower and the multimodal "
+                 "projector's weights are not loaded, and images are not accepted")
+        hf, arch = hf.text_config, "gemma3_text"
+        if getattr(hf, "model_type", None) != "gemma3_text":
+            raise ValueError(f"config.json: text_config has model_type "
+                             f"{getattr(hf, 'model_type', None)!r}, not 'gemma3_text'")
     # transformers reads mlp_bias for Llama only, attention_bias for Llama and Qwen3 (MoE
     # too) only: Mistral and Mixtral have no biases, Qwen2 q/k/v biases always, Qwen2-MoE
     # by qkv_bias. Other families run with either field in their config.json, ignored.
