@@ -9,7 +9,8 @@ and generations pass the window. Undoing the local rotary, the q/k norms' 1 + w 
 window moves the logits past the tolerance. Greedy ids and logprobs through `Engine`; a
 Gemma3ForConditionalGeneration checkpoint (a tiny SigLIP vision tower beside it) served as
 its language model, equal to transformers' Gemma3ForCausalLM on those weights; dummy weights;
-transformers' defaults where the config is silent; Gemma 3n and a quantized multimodal
+transformers' defaults where the config is silent; a multimodal checkpoint's own eos ids;
+Gemma 3n and a quantized multimodal
 checkpoint refused.
 """
 
@@ -175,3 +176,16 @@ def test_a_quantized_multimodal_checkpoint_is_refused():
                           quantization_config={"quant_method": "fp8"})
     with pytest.raises(ValueError, match="quantized checkpoints are not supported .* 'fp8'"):
         config_from_hf(config)
+
+
+def test_a_multimodal_checkpoint_stops_at_its_own_eos_ids():
+    """Without generation_config.json, a Gemma3ForConditionalGeneration's end-of-turn id
+    (106) is in its own config's eos_token_id, not its text_config's (1 by default): as
+    transformers' generate reads it."""
+    from transformers import Gemma3Config
+
+    from aiollm.model.hf_config import config_from_hf
+
+    config = Gemma3Config(text_config=Gemma3TextConfig(**GEMMA3_TINY), eos_token_id=[1, 106])
+    assert config.text_config.eos_token_id == 1
+    assert list(config_from_hf(config).eos_token_ids) == [1, 106]

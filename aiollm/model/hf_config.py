@@ -142,7 +142,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         rope_from_hf(hf, _head_dim(hf)), None)
     max_position = _context_of(hf, rope)
     window, sliding_layers = _sliding_window(hf, arch)
-    eos = (_as_list(hf.eos_token_id) if generation_eos is None
+    # a multimodal Gemma 3's own eos_token_id (with its end of turn), as generate reads it
+    config_eos = getattr(outer, "eos_token_id", None)
+    config_eos = hf.eos_token_id if config_eos is None else config_eos
+    eos = (_as_list(config_eos) if generation_eos is None
            else list(dict.fromkeys(generation_eos)))
     return ModelConfig(
         architecture=arch,
