@@ -10,8 +10,7 @@ window moves the logits past the tolerance. Greedy ids and logprobs through `Eng
 Gemma3ForConditionalGeneration checkpoint (a tiny SigLIP vision tower beside it) served as
 its language model, equal to transformers' Gemma3ForCausalLM on those weights; dummy weights;
 transformers' defaults where the config is silent; a multimodal checkpoint's own eos ids;
-Gemma 3n and a quantized multimodal
-checkpoint refused.
+Gemma 3n and a quantized multimodal checkpoint refused.
 """
 
 from __future__ import annotations
