@@ -24,6 +24,7 @@ from transformers import Gemma3TextConfig
 
 from aiollm import Engine, SamplingParams
 from aiollm.model import load_model
+from aiollm.model.llama import LlamaForCausalLM
 from test_gemma import hf_logits, save_gemma
 from test_gemma2 import PROMPTS
 from test_loader import all_position_logits
@@ -58,6 +59,9 @@ def test_config_reads_gemma3s_fields(gemma3):
     assert cfg.num_params() == sum(p.numel() for p in loaded.model.parameters())
     q_norm = loaded.model.layers[0].self_attn.q_norm.weight
     assert q_norm.dtype == torch.float32  # 1 + w, as every Gemma norm
+    # a context shorter than the window drops the window, not the sliding layer's own table
+    short = LlamaForCausalLM(cfg, max_len=8)
+    assert short.layers[0].self_attn.window == 0 and short.local_rope_layers == (True, False)
 
 
 def test_logits_match_transformers_at_every_position(gemma3):
