@@ -63,7 +63,7 @@ def main() -> None:
     import importlib
 
     from aiollm.kernels import attention_oproj, autotune, pdl
-    from aiollm.model import llama, mlp
+    from aiollm.model import attention, llama, mlp
 
     # the module: aiollm.kernels exports a function of the same name, on which a variant's
     # "merge" would be set without effect (as it was until 2026-12-04)
@@ -90,8 +90,8 @@ def main() -> None:
         with open(args.variants) as f:
             variants += list(json.load(f).items())
     skips = {
-        "attention": (llama.Attention, "attend", lambda self, q, batch: q),
-        "attention_block": (llama.Attention, "forward_small", lambda self, r, *a: r),
+        "attention": (attention.Attention, "attend", lambda self, q, batch: q),
+        "attention_block": (attention.Attention, "forward_small", lambda self, r, *a: r),
         "mlp": (mlp.MLP, "forward_small", lambda self, r, norm: r),
         "layers": (llama.DecoderLayer, "forward_small", lambda self, r, *a: r),
     }

@@ -5,7 +5,7 @@ the embedding scale rounds), head_dim 16 apart from hidden / heads (as gemma-7b'
 against 3,072), tied embeddings, 1 KV head (gemma-2b) and 2. Norm weights are random
 offsets w around 0 (the model multiplies by 1 + w). Logits at every position, greedy ids
 through `Engine` (batched, and one request alone: its decode steps run the fused one-token
-GEMVs), a llama.cpp-style GGUF file, dummy weights, and the refusals (later Gemmas, relabelled
+GEMVs), a llama.cpp-style GGUF file, dummy weights, and the refusals (Gemma 3n, relabelled
 checkpoints, activations no kernel computes).
 """
 
@@ -230,40 +230,6 @@ def test_gelu_tanh_in_a_llama_family_mlp_matches_transformers(tmp_path, config):
     assert loaded.config.hidden_act == "gelu_pytorch_tanh"
     assert not loaded.config.rms_norm_unit_offset and not loaded.config.scale_embeddings
     assert (all_position_logits(loaded, PROMPTS) - hf_logits(hf, PROMPTS)).abs().max() < 1e-4
-
-
-def _later_gemma_configs():
-    from transformers import Gemma2Config, Gemma3TextConfig
-
-    small = dict(vocab_size=160, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=1, head_dim=16)
-    return [(Gemma2Config(**small), "'gemma2' is not supported: .*soft-capping"),
-            (Gemma3TextConfig(**small), "'gemma3_text' is not supported: .*rope_local_base_freq")]
-
-
-@pytest.mark.parametrize("index", [0, 1], ids=["gemma2", "gemma3_text"])
-def test_later_gemmas_are_refused_naming_what_they_need(tmp_path, index):
-    config, message = _later_gemma_configs()[index]
-    config.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=message):
-        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
-
-
-@pytest.mark.parametrize("arch, message", [
-    ("gemma2", "GGUF architecture 'gemma2': model_type 'gemma2' is not supported: "
-               ".*attn_logit_softcapping"),
-    ("gemma3", "GGUF architecture 'gemma3': model_type 'gemma3_text' is not supported: "
-               ".*rope_local_base_freq"),
-])
-def test_later_gemma_ggufs_are_refused_naming_what_they_need(tmp_path, arch, message):
-    import gguf
-    import numpy as np
-
-    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), arch)
-    w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
-    finish_gguf(w)
-    with pytest.raises(ValueError, match=message):
-        load_model(str(tmp_path / "m.gguf"), dtype=torch.float32, device="cpu")
 
 
 @pytest.mark.parametrize("config, field", [

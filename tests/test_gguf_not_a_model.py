@@ -29,7 +29,8 @@ def test_an_architecture_aiollm_does_not_run_names_those_it_does_as_gguf_names_t
     with pytest.raises(ValueError, match=r"GGUF architecture 'phi2' is not supported "
                                          r"\(supported, as llama.cpp names them: llama "
                                          r"\(Llama, Mistral, Mixtral\), qwen2, qwen3, "
-                                         r"qwen2moe, qwen3moe, granite, granitemoe, gemma, phi3\)"):
+                                         r"qwen2moe, qwen3moe, granite, granitemoe, gemma, "
+                                         r"gemma2, gemma3, phi3\)"):
         load_model(write(tmp_path / "m.gguf", "phi2"), dtype=torch.float32, device="cpu")
 
 

@@ -525,3 +525,31 @@ def test_tp2_phi3_matches_transformers(tmp_path, monkeypatch):
     got, procs = asyncio.run(_generate(model_dir, 2, prompts))
     assert got[:4] == want
     assert [p.poll() for p in procs] == [0]
+
+
+def test_tp2_gemma3_with_soft_caps_matches_transformers(tmp_path, monkeypatch):
+    """Gemma 3 over two ranks, with Gemma 2's attention and final logit soft-caps set (one
+    model covers both generations' additions): each rank holds one KV head and its q/k
+    norms whole, the sandwich norms whole, both rotary tables (the sliding layer's own
+    base, the global one's linear scaling), and caps its own vocabulary part's logits
+    before the gather (161 tokens, split unevenly): greedy ids are transformers', and the
+    seeded sample (which the final cap, monotonic, moves where greedy ids cannot) one
+    rank's."""
+    from transformers import Gemma3TextConfig
+
+    from test_gemma import save_gemma
+    from test_gemma3 import GEMMA3_TINY
+    from test_moe_model import hf_greedy
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = tmp_path / "hf"
+    config = Gemma3TextConfig(**{**GEMMA3_TINY, "vocab_size": TINY.vocab_size},
+                              attn_logit_softcapping=1.0, final_logit_softcapping=2.0)
+    hf = save_gemma(config, model)
+    _save_tokenizer(str(model))
+    want = [hf_greedy(hf, p, 10) for p in PROMPTS]
+    got, procs = asyncio.run(_generate(str(model), 2))
+    assert got[:3] == want
+    assert [p.poll() for p in procs] == [0]
+    one, _ = asyncio.run(_generate(str(model), 1))
+    assert got == one

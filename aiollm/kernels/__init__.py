@@ -107,29 +107,31 @@ def store_kv(
 def decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
-    out: torch.Tensor | None = None, window: int | None = None,
+    out: torch.Tensor | None = None, window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """One query token per request over req_to_token[req_rows[b], :seq_lens[b]] -> [B,Hq,D],
     written into `out` when given (q's shape and dtype, contiguous head dim); with a sliding
-    `window` of W tokens over its last W positions only (None or 0: no window)."""
+    `window` of W tokens over its last W positions only (None or 0: no window); each score
+    soft-capped at `softcap` (None or 0: none; decode_attention_ref)."""
     fn = decode_attention_triton if q.is_cuda else decode_attention_ref
     return fn(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-              out=out, window=window)
+              out=out, window=window, softcap=softcap)
 
 
 def extend_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
     q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
-    out: torch.Tensor | None = None, window: int | None = None,
+    out: torch.Tensor | None = None, window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of the new tokens over prefix + themselves -> [T,Hq,D], written into
     `out` when given (rows of the requests given; q's shape and dtype, contiguous head dim);
     with a sliding `window` of W tokens the query at position p sees keys (p - W, p] only
-    (None or 0: no window)."""
+    (None or 0: no window); each score soft-capped at `softcap` (None or 0: none)."""
     fn = extend_attention_triton if q.is_cuda else extend_attention_ref
     return fn(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens,
-              q_start_loc, sm_scale, max_extend_len, out=out, window=window)
+              q_start_loc, sm_scale, max_extend_len, out=out, window=window,
+              softcap=softcap)
 
 
 def fused_moe(

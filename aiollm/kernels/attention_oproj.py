@@ -30,7 +30,9 @@ MAX_SEQ_LEN (engine/cuda_graph.py, SHORT_CONTEXT), so its short-context steps ta
 kernel too.
 
 With a sliding window of W tokens (SLIDING, a compile-time branch) a program reads only the
-positions [seq_len - W, seq_len), the window decode_attention_ref keeps.
+positions [seq_len - W, seq_len), the window decode_attention_ref keeps. With attention
+logit soft-capping (CAP_IN, CAP_OUT: compile-time constants, 0.0 for none) each score is
+capped as decode_attention_kernel.py caps it.
 
 Reduction, deterministic (no float atomics): each program writes its partial to a float32
 scratch [HKV, H], then counts itself in on its row block's int32 counter (a barrier, then
@@ -59,11 +61,12 @@ import triton.language as tl
 
 from aiollm.kernels import autotune, pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
-from aiollm.kernels.decode_attention import LOG2E, arrival_counters, decode_attention_ref
-from aiollm.kernels.decode_attention_kernel import _attend_context, _load_kv
+from aiollm.kernels.decode_attention import arrival_counters, decode_attention_ref
+from aiollm.kernels.decode_attention_kernel import _attend_context, _load_kv, _softcap
+from aiollm.kernels.extend_attention import softcap_args
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
-# The model takes this kernel for a decode batch of one request (llama.Attention.forward_small):
+# The model takes this kernel for a decode batch of one request (attention.Attention.forward_small):
 # None (the default) where the GPU's config table holds a config for the shape, which is
 # committed only where the fused kernel made the decode step faster than the unfused path
 # (bench/decode_step.py; on the H200 the 1B shape's, not the 8B's, where it lost); True
@@ -108,7 +111,7 @@ def _attention_oproj_kernel(
     GROUP: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr, GROUP_P2: tl.constexpr, BLOCK_N: tl.constexpr,
     TILE_N: tl.constexpr, BLOCK_KV: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
-    SLIDING: tl.constexpr = False,
+    SLIDING: tl.constexpr = False, CAP_IN: tl.constexpr = 0.0, CAP_OUT: tl.constexpr = 0.0,
 ):
     h = tl.program_id(0)
     j = tl.program_id(1)
@@ -152,9 +155,13 @@ def _attention_oproj_kernel(
 
     m_i, l_i, acc = _attend_context(q, k, v, nmask, r2t_row, k_base, v_base, lo, newest, d,
                                     dmask, stride_ks, stride_vs, sm_scale_log2, BLOCK_H,
-                                    BLOCK_D, BLOCK_KV, BLOCK_D == HEAD_DIM, PRECISION)
+                                    BLOCK_D, BLOCK_KV, BLOCK_D == HEAD_DIM, PRECISION,
+                                    CAP_IN, CAP_OUT)
     # the newest token: one score per query head, in float32; it always has weight > 0
-    s = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * sm_scale_log2
+    s = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1)
+    if CAP_OUT != 0.0:
+        s = _softcap(s, CAP_IN, CAP_OUT)
+    s = s * sm_scale_log2
     m_new = tl.maximum(m_i, s)
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new)
@@ -234,7 +241,7 @@ def _block_counters(device: torch.device) -> torch.Tensor:
 
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o, res_in,
-            out, cfg: Config, window: int | None = None) -> None:
+            out, cfg: Config, window: int | None = None, softcap: float | None = None) -> None:
     _, HQ, D = q.shape
     HKV = k_cache.shape[1]
     H = w_o.shape[0]
@@ -244,15 +251,17 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o
     n_blocks = triton.cdiv(H, block_n)
     assert n_blocks <= MAX_BLOCKS, f"{n_blocks} row blocks, more than {MAX_BLOCKS} counters"
     partial = torch.empty((HKV, H), dtype=torch.float32, device=q.device)
+    scale, cap_in, cap_out = softcap_args(sm_scale, softcap)
     _attention_oproj_kernel[(HKV, n_blocks)](
         q, k_cache, v_cache, req_to_token, req_rows, seq_lens, w_o, res_in, out, partial,
-        _block_counters(q.device), H, sm_scale * LOG2E, window or 0,
+        _block_counters(q.device), H, scale, window or 0,
         q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
         v_cache.stride(1), req_to_token.stride(0), w_o.stride(0), partial.stride(0),
         GROUP=group, HKV=HKV, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_H=max(16, group_p2),
         GROUP_P2=group_p2, BLOCK_N=block_n, TILE_N=_tile_rows(cfg, group_p2, block_d),
         BLOCK_KV=cfg["BLOCK_KV"], PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        SLIDING=bool(window), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        SLIDING=bool(window), CAP_IN=cap_in, CAP_OUT=cap_out, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
         **pdl.launch_kwargs(q.device))
 
 
@@ -272,7 +281,7 @@ def attention_oproj_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     w_o: torch.Tensor, residual: torch.Tensor, *, config: Config | None = None,
-    window: int | None = None,
+    window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """residual + o_proj(decode attention of q) for one request, in float32.
 
@@ -283,7 +292,8 @@ def attention_oproj_triton(
     w_o [H, HQ*D] (o_proj's weight, no bias); residual [1, H] of any float dtype. Returns
     [1, H] float32, written into residual itself when it is float32 (the residual stream).
     `config` overrides the tuned one; `window` the sliding window in tokens (None or 0:
-    none; decode_attention_ref). AssertionError when the shapes or strides do not fit.
+    none; decode_attention_ref); `softcap` the attention logit soft-cap (None or 0: none).
+    AssertionError when the shapes or strides do not fit.
     """
     _check(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, w_o, residual)
     out = residual if residual.dtype == torch.float32 else torch.empty(
@@ -299,12 +309,12 @@ def attention_oproj_triton(
             scratch = torch.empty_like(out)
             return time_config(lambda: _launch(q, k_cache, v_cache, req_to_token, req_rows,
                                                seq_lens, sm_scale, w_o, residual, scratch, cfg,
-                                               window))
+                                               window, softcap))
 
         config = get_config("attention_oproj", key, q.device, DEFAULT_CONFIG, candidates(D),
                             bench, classes={"n": LENGTH_CLASSES})
     _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o, residual,
-            out, config, window)
+            out, config, window, softcap)
     return out
 
 
@@ -312,12 +322,13 @@ def attention_oproj_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     w_o: torch.Tensor, residual: torch.Tensor, *, window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """decode_attention_ref (with its `window`), then o_proj, then the residual add, all in
-    float32 (the attention output is not rounded to q's dtype); in place when residual is
-    float32."""
+    """decode_attention_ref (with its `window` and `softcap`), then o_proj, then the residual
+    add, all in float32 (the attention output is not rounded to q's dtype); in place when
+    residual is float32."""
     o = decode_attention_ref(q.float(), k_cache, v_cache, req_to_token, req_rows, seq_lens,
-                             sm_scale, max_seq_len, window=window)
+                             sm_scale, max_seq_len, window=window, softcap=softcap)
     y = residual.float() + F.linear(o.reshape(q.shape[0], -1), w_o.float())
     if residual.dtype == torch.float32:
         return residual.copy_(y)
@@ -325,11 +336,11 @@ def attention_oproj_ref(
 
 
 def attention_oproj(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale,
-                    max_seq_len, w_o, residual, window=None):
+                    max_seq_len, w_o, residual, window=None, softcap=None):
     """Triton on CUDA tensors, the reference otherwise (attention_oproj_triton's contract)."""
     fn = attention_oproj_triton if q.is_cuda else attention_oproj_ref
     return fn(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-              w_o, residual, window=window)
+              w_o, residual, window=window, softcap=softcap)
 
 
 def takes(q: torch.Tensor, k_cache: torch.Tensor, w_o: torch.Tensor, max_seq_len: int) -> bool:

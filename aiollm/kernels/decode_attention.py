@@ -20,9 +20,8 @@ from aiollm.kernels.autotune import Config, time_config, untuned
 from aiollm.kernels.decode_attention_configs import CPU_CONFIG, _config
 from aiollm.kernels.decode_attention_kernel import _decode_kernel, _decode_reduce_kernel
 from aiollm.kernels.decode_splits import MAX_SPLITS, long_splits, num_kv_splits
-from aiollm.kernels.extend_attention import attention_out
+from aiollm.kernels.extend_attention import attention_out, capped, softcap_args
 
-LOG2E = 1.4426950408889634
 # the merging program reads up to this many partial-output elements (float32) at a time:
 # MERGE_CHUNK = MERGE_ELEMENTS / (query heads of the group x head dim) splits, at most 16
 MERGE_ELEMENTS = 4096
@@ -60,7 +59,8 @@ def _merge_counters(device: torch.device) -> torch.Tensor:
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
             out, cfg: Config, num_splits: int | None, merge_in_kernel: bool = True,
-            long_only: int | None = None, window: int | None = None) -> None:
+            long_only: int | None = None, window: int | None = None,
+            softcap: float | None = None) -> None:
     B, HQ, D = q.shape
     HKV = k_cache.shape[1]
     group = HQ // HKV
@@ -78,16 +78,17 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     else:
         long_only = None
     group_p2, block_d = triton.next_power_of_2(group), triton.next_power_of_2(D)
+    scale, cap_in, cap_out = softcap_args(sm_scale, softcap)
     common = dict(
         GROUP=group, BLOCK_H=max(16, group_p2), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_N=block_n,
         GROUP_P2=group_p2, MERGE_CHUNK=max(1, min(16, MERGE_ELEMENTS // (group_p2 * block_d))),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SLIDING=bool(window),
+        CAP_IN=cap_in, CAP_OUT=cap_out,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_kwargs(q.device),
     )
     args = (q, k_cache, v_cache, req_to_token, req_rows, seq_lens)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
                v_cache.stride(0), v_cache.stride(1), req_to_token.stride(0))
-    scale = sm_scale * LOG2E
     if num_splits == 1:
         _decode_kernel[(B, HKV, 1)](
             *args, out, out, out, out, scale, *strides, out.stride(0), out.stride(1), 0, 0, 0,
@@ -144,12 +145,13 @@ def decode_attention_triton(
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     *, config: Config | None = None, num_splits: int | None = None,
     merge_in_kernel: bool | None = None, out: torch.Tensor | None = None,
-    long_only: int | None = None, window: int | None = None,
+    long_only: int | None = None, window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """`config` and `num_splits` override the tuned config and the split rule,
     `merge_in_kernel` (default MERGE_IN_KERNEL) where split outputs merge, and `long_only`
     the splits a launch of one split (by the rule or num_splits=1) offers to long contexts
     (long_splits) (tests, bench); `window`: the sliding window in tokens (None or 0: none;
+    decode_attention_ref); `softcap` the attention logit soft-cap (None or 0: none;
     decode_attention_ref). The split rule still sizes a launch by max_seq_len, not by the
     window (the warm-up compiles the variants a length class reaches, launch_variant)."""
     if merge_in_kernel is None:
@@ -171,11 +173,11 @@ def decode_attention_triton(
             return time_config(lambda: _launch(q, k_cache, v_cache, req_to_token, req_rows,
                                                seq_lens, sm_scale, max_seq_len, scratch, cfg,
                                                num_splits, merge_in_kernel, long_only,
-                                               window))
+                                               window, softcap))
 
         config = _config(B, HQ, HKV, D, q.dtype, q.device, max_seq_len, bench)
     _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-            out, config, num_splits, merge_in_kernel, long_only, window)
+            out, config, num_splits, merge_in_kernel, long_only, window, softcap)
     return out
 
 
@@ -183,10 +185,12 @@ def decode_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     *, out: torch.Tensor | None = None, window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Padded to the longest context in the batch and masked; computed in fp32. With a
     `window` of W tokens the query at position p = seq_lens[b] - 1 sees keys (p - W, p]
-    only, the W newest (transformers' sliding_window_causal_mask_function)."""
+    only, the W newest (transformers' sliding_window_causal_mask_function); with a
+    `softcap` each scaled score s is softcap x tanh(s / softcap) before the mask (capped)."""
     B, HQ, D = q.shape
     HKV = k_cache.shape[1]
     L = int(seq_lens.max()) if B else 0
@@ -199,7 +203,7 @@ def decode_attention_ref(
     k = k_cache[slots].float().permute(0, 2, 1, 3)                         # [B, HKV, L, D]
     v = v_cache[slots].float().permute(0, 2, 1, 3)
     qg = q.float().view(B, HKV, HQ // HKV, D)
-    scores = (qg @ k.transpose(-1, -2)) * sm_scale                         # [B, HKV, G, L]
+    scores = capped((qg @ k.transpose(-1, -2)) * sm_scale, softcap)        # [B, HKV, G, L]
     scores = scores.masked_fill(~valid[:, None, None, :], -math.inf)
     o = torch.softmax(scores, dim=-1) @ v                                  # [B, HKV, G, D]
     return attention_out(q, out).copy_(o.reshape(B, HQ, D))

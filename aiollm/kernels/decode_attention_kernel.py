@@ -27,6 +27,12 @@ unchanged) the query at position seq_len - 1 attends to positions [seq_len - W, 
 as transformers' sliding-window mask keeps them (decode_attention.py): every variant splits
 that range instead of [0, seq_len), so the blocks before it are never read.
 
+With attention logit soft-capping (Gemma 2: each score s = q.k x sm_scale becomes
+cap x tanh(s / cap) before the mask and softmax, as transformers' Gemma2 eager attention
+computes it) the launch passes CAP_IN = sm_scale / cap and CAP_OUT = cap x log2(e) as
+compile-time constants (0.0: no cap, the kernel unchanged) and sm_scale_log2 = 1: the capped
+score comes out in the exp2 domain the online softmax works in (_softcap).
+
 The online-softmax pieces (_load_kv, _attend, _attend_context) are shared with the fused
 attention + o_proj kernel (attention_oproj.py). _decode_reduce_kernel is the second, reduce
 launch used where the splits do not merge in the split launch itself.
@@ -55,10 +61,25 @@ def _load_kv(r2t_row, k_base, v_base, offs_n, nmask, d, dmask, stride_ks, stride
 
 
 @triton.jit
-def _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION: tl.constexpr):
+def _softcap(x, CAP_IN: tl.constexpr, CAP_OUT: tl.constexpr):
+    """CAP_OUT x tanh(CAP_IN x x), elementwise in float32 (scores q.k -> capped scores in
+    the exp2 domain); tanh from exp2, odd by construction and saturating at +-1 without
+    overflow: (1 - e) / (1 + e) with e = exp(-2|y|), signed."""
+    y = x * CAP_IN
+    e = tl.exp2(-2.8853900817779268 * tl.abs(y))  # exp(-2|y|): 2 log2(e) = 2.885...
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(y < 0, -t, t) * CAP_OUT
+
+
+@triton.jit
+def _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION: tl.constexpr,
+            CAP_IN: tl.constexpr = 0.0, CAP_OUT: tl.constexpr = 0.0):
     """One block of keys into the running max m_i, sum l_i and output acc (online softmax).
-    A block with no valid key (a split without older tokens) leaves them as they are."""
+    A block with no valid key (a split without older tokens) leaves them as they are.
+    CAP_OUT != 0: the scores soft-capped first (_softcap; sm_scale_log2 is then 1)."""
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if CAP_OUT != 0.0:
+        qk = _softcap(qk, CAP_IN, CAP_OUT)
     qk = tl.where(nmask[None, :], qk, float("-inf"))
     # The softmax scale is applied inside max and exp2 so that it fuses into one FMA.
     m_new = tl.maximum(m_i, tl.max(qk, 1) * sm_scale_log2)
@@ -74,20 +95,23 @@ def _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION: tl.constexp
 def _attend_context(q, k, v, nmask, r2t_row, k_base, v_base, start, end, d, dmask,
                     stride_ks, stride_vs, sm_scale_log2, BLOCK_H: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, FULL_D: tl.constexpr,
-                    PRECISION: tl.constexpr):
+                    PRECISION: tl.constexpr, CAP_IN: tl.constexpr = 0.0,
+                    CAP_OUT: tl.constexpr = 0.0):
     """Online softmax of q [BLOCK_H, BLOCK_D] over positions [start, end) of a request:
     the first block k, v (its mask nmask), already loaded by the caller (before its
     dependent-launch wait), then the rest BLOCK_N at a time. Returns (m_i, l_i, acc)."""
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
+    m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION,
+                            CAP_IN, CAP_OUT)
     for start_n in range(start + BLOCK_N, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         nmask = offs_n < end
         k, v = _load_kv(r2t_row, k_base, v_base, offs_n, nmask, d, dmask, stride_ks,
                         stride_vs, FULL_D)
-        m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
+        m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION,
+                                CAP_IN, CAP_OUT)
     return m_i, l_i, acc
 
 
@@ -105,6 +129,7 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr, PRECISION: tl.constexpr,
     PDL: tl.constexpr, GROUP_P2: tl.constexpr, MERGE_CHUNK: tl.constexpr,
     LONG_ONLY: tl.constexpr = False, SLIDING: tl.constexpr = False,
+    CAP_IN: tl.constexpr = 0.0, CAP_OUT: tl.constexpr = 0.0,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -163,9 +188,12 @@ def _decode_kernel(
     m_i, l_i, acc = _attend_context(
         q, k, v, nmask, ReqToToken + row * stride_r2t, k_base, v_base, start, end_old, d,
         dmask, stride_ks, stride_vs, sm_scale_log2, BLOCK_H, BLOCK_D, BLOCK_N,
-        BLOCK_D == HEAD_DIM, PRECISION)
+        BLOCK_D == HEAD_DIM, PRECISION, CAP_IN, CAP_OUT)
     # the newest token: one score per query head, in float32
-    s = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * sm_scale_log2
+    s = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1)
+    if CAP_OUT != 0.0:
+        s = _softcap(s, CAP_IN, CAP_OUT)
+    s = s * sm_scale_log2
     s = tl.where((newest >= start) & (newest < end), s, float("-inf"))
     m_new = tl.maximum(m_i, s)
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)

@@ -15,6 +15,9 @@ queries see the most keys) start first and the short ones fill the tail. With a 
 (SLIDING, a compile-time branch: the unwindowed kernel is unchanged) a tile starts at the block
 of its first query's oldest key, skipping the blocks before it; the blocks its last query's
 window cuts run masked, those every query of the tile sees whole run without masks.
+With attention logit soft-capping (Gemma 2) each score is capped before the mask, as
+decode_attention_kernel.py caps it (CAP_IN, CAP_OUT: compile-time constants of softcap_args,
+0.0 for none: the uncapped kernel is unchanged).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import triton.language as tl
 
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
 from aiollm.kernels.decode_attention_configs import WIDE_ROW_BYTES
+from aiollm.kernels.decode_attention_kernel import _softcap
 
 LOG2E = 1.4426950408889634
 
@@ -51,13 +55,32 @@ CANDIDATES: list[Config] = [
 ]
 
 
+def softcap_args(sm_scale: float, softcap: float | None) -> tuple[float, float, float]:
+    """(sm_scale_log2, CAP_IN, CAP_OUT) for an attention kernel's launch: without a cap
+    (None or 0) sm_scale x log2(e) and no cap; with one, 1 and the constants of the capped
+    score in the exp2 domain, cap x log2(e) x tanh(q.k x sm_scale / cap) (_softcap).
+    ValueError for a cap that is not a positive finite number."""
+    if not softcap:
+        return sm_scale * LOG2E, 0.0, 0.0
+    if not math.isfinite(softcap) or softcap < 0:
+        raise ValueError(f"attention softcap must be a positive number, got {softcap}")
+    return 1.0, sm_scale / softcap, softcap * LOG2E
+
+
+def capped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """The references' soft-capping: cap x tanh(scores / cap) (scores already scaled), as
+    transformers' Gemma2 eager attention computes it; scores as they are without a cap."""
+    return softcap * torch.tanh(scores / softcap) if softcap else scores
+
+
 @triton.jit
 def _extend_step(
     q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d, sm_scale_log2,
     stride_ks, stride_vs,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, LAZY_RESCALE: tl.constexpr, PRECISION: tl.constexpr,
-    SLIDING: tl.constexpr = False, window=0,
+    SLIDING: tl.constexpr = False, window=0, CAP_IN: tl.constexpr = 0.0,
+    CAP_OUT: tl.constexpr = 0.0,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     nmask = offs_n < kv_end
@@ -72,6 +95,8 @@ def _extend_step(
     else:
         k = tl.load(k_ptrs, mask=(d < HEAD_DIM)[None, :], other=0.0)
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if CAP_OUT != 0.0:  # before the mask, as transformers' Gemma2 caps the scores
+        qk = _softcap(qk, CAP_IN, CAP_OUT)
     if MASKED:
         visible = (offs_n[None, :] <= q_pos[:, None]) & nmask[None, :]
         if SLIDING:
@@ -121,7 +146,8 @@ def _extend_kernel(
     stride_r2t, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LAZY_RESCALE: tl.constexpr,
-    PRECISION: tl.constexpr, SLIDING: tl.constexpr = False,
+    PRECISION: tl.constexpr, SLIDING: tl.constexpr = False, CAP_IN: tl.constexpr = 0.0,
+    CAP_OUT: tl.constexpr = 0.0,
 ):
     h = tl.program_id(0)
     b = tl.program_id(1)
@@ -160,28 +186,28 @@ def _extend_kernel(
             acc, m_i, l_i = _extend_step(
                 q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
                 sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-                LAZY_RESCALE, PRECISION, True, window)
+                LAZY_RESCALE, PRECISION, True, window, CAP_IN, CAP_OUT)
         for start_n in range(full_start, full_end, BLOCK_N):
             acc, m_i, l_i = _extend_step(
                 q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
                 sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, False,
-                LAZY_RESCALE, PRECISION, True, window)
+                LAZY_RESCALE, PRECISION, True, window, CAP_IN, CAP_OUT)
         for start_n in range(full_end, kv_end, BLOCK_N):
             acc, m_i, l_i = _extend_step(
                 q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
                 sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-                LAZY_RESCALE, PRECISION, True, window)
+                LAZY_RESCALE, PRECISION, True, window, CAP_IN, CAP_OUT)
     else:
         for start_n in range(0, full_end, BLOCK_N):
             acc, m_i, l_i = _extend_step(
                 q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
                 sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, False,
-                LAZY_RESCALE, PRECISION)
+                LAZY_RESCALE, PRECISION, CAP_IN=CAP_IN, CAP_OUT=CAP_OUT)
         for start_n in range(full_end, kv_end, BLOCK_N):
             acc, m_i, l_i = _extend_step(
                 q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
                 sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-                LAZY_RESCALE, PRECISION)
+                LAZY_RESCALE, PRECISION, CAP_IN=CAP_IN, CAP_OUT=CAP_OUT)
 
     o = acc / l_i[:, None]
     tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + d[None, :],
@@ -189,20 +215,23 @@ def _extend_kernel(
 
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens, q_start_loc,
-            sm_scale, max_extend_len, out, cfg: Config, window: int | None = None) -> None:
+            sm_scale, max_extend_len, out, cfg: Config, window: int | None = None,
+            softcap: float | None = None) -> None:
     T, HQ, D = q.shape
     HKV = k_cache.shape[1]
     B = req_rows.shape[0]
     grid = (HQ, B, triton.cdiv(max_extend_len, cfg["BLOCK_M"]))
+    scale, cap_in, cap_out = softcap_args(sm_scale, softcap)
     _extend_kernel[grid](
         q, k_cache, v_cache, out, req_to_token, req_rows, prefix_lens, extend_lens, q_start_loc,
-        sm_scale * LOG2E,
+        scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
         req_to_token.stride(0), window or 0,
         GROUP=HQ // HKV, HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], LAZY_RESCALE=bool(cfg.get("LAZY", 0)),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SLIDING=bool(window),
+        CAP_IN=cap_in, CAP_OUT=cap_out,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
 
@@ -212,10 +241,11 @@ def extend_attention_triton(
     req_rows: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
     q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
     *, config: Config | None = None, out: torch.Tensor | None = None,
-    window: int | None = None,
+    window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """`config` overrides the tuned launch config (tests, bench); `out` is where the rows go
-    (attention_out); `window` the sliding window in tokens (None or 0: none)."""
+    (attention_out); `window` the sliding window in tokens (None or 0: none); `softcap` the
+    attention logit soft-cap (None or 0: none; extend_attention_ref)."""
     T, HQ, D = q.shape
     HKV = k_cache.shape[1]
     B = req_rows.shape[0]
@@ -238,14 +268,15 @@ def extend_attention_triton(
             scratch = torch.empty_like(q)
             return time_config(lambda: _launch(q, k_cache, v_cache, req_to_token, req_rows,
                                                prefix_lens, extend_lens, q_start_loc, sm_scale,
-                                               max_extend_len, scratch, cfg, window))
+                                               max_extend_len, scratch, cfg, window,
+                                               softcap))
 
         wide = triton.next_power_of_2(D) * q.element_size() > WIDE_ROW_BYTES
         config = get_config("extend_attention", key, q.device,
                             WIDE_ROW_CONFIG if wide else DEFAULT_CONFIG, candidates, bench,
                             classes={"m": LENGTH_CLASSES})
     _launch(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens, q_start_loc,
-            sm_scale, max_extend_len, out, config, window)
+            sm_scale, max_extend_len, out, config, window, softcap)
     return out
 
 
@@ -254,10 +285,13 @@ def extend_attention_ref(
     req_rows: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
     q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
     q_chunk: int = 256, *, out: torch.Tensor | None = None, window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Per request, in fp32; queries in chunks so long prompts stay within memory, each
     chunk scored against the keys up to its last query only (the later ones are masked) and,
-    with a `window` of W tokens, from its first query's oldest key (p - W, p] on."""
+    with a `window` of W tokens, from its first query's oldest key (p - W, p] on. With a
+    `softcap` each scaled score s becomes softcap x tanh(s / softcap) before the mask
+    (capped(): transformers' Gemma2 eager_attention_forward)."""
     T, HQ, D = q.shape
     HKV = k_cache.shape[1]
     G = HQ // HKV
@@ -274,6 +308,7 @@ def extend_attention_ref(
             n0 = max(prefix + c0 - window + 1, 0) if window else 0  # ... from this one
             qc = q[qs + c0 : qs + c1].float().view(c1 - c0, HKV, G, D).permute(1, 2, 0, 3)
             scores = (qc @ k[:, None, n0:n].transpose(-1, -2)) * sm_scale   # [HKV, G, C, n]
+            scores = capped(scores, softcap)
             q_pos = prefix + torch.arange(c0, c1, device=q.device)
             hidden = key_pos[None, n0:n] > q_pos[:, None]
             if window:

@@ -5,9 +5,12 @@ checks every source shares, and the model types aiollm runs. They are filled fro
 config.json by hf_config.py (its MoE fields by hf_moe_config.py) and from GGUF metadata by
 weights_gguf.py. Gemma 1 is the same decoder with three changes of numerics: hidden_act and
 two properties of its architecture (rms_norm_unit_offset, scale_embeddings) that Gemma 2 and 3
-will reuse. Everything the model, the KV pool and the engine need is here, in one flat
-dataclass, so nothing downstream has to know transformers' config classes or their version
-differences (rope_scaling in 4.x, rope_parameters in 5.x).
+share; those add the fields of transformers' Gemma2/Gemma3 configs (query_pre_attn_scalar,
+the attention and final logit soft-caps, the sliding layers' own rotary) and the pre/post
+feed-forward norms of their architecture (sandwich_norms). Everything the model, the KV pool
+and the engine need is here, in one flat dataclass, so nothing downstream has to know
+transformers' config classes or their version differences (rope_scaling in 4.x,
+rope_parameters in 5.x).
 """
 
 from __future__ import annotations
@@ -21,25 +24,19 @@ from aiollm.model.rope_config import RopeConfig
 
 # model_type values of transformers configs that LlamaForCausalLM (llama.py) implements; the
 # mixture-of-experts ones replace (some of) the MLPs with moe.py's SparseMoe.
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "gemma", "phi3",
-                           "mixtral", "qwen2_moe", "qwen3_moe", "granitemoe")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "gemma", "gemma2",
+                           "gemma3_text", "phi3", "mixtral", "qwen2_moe", "qwen3_moe",
+                           "granitemoe")
+# Gemma 1, 2 and 3 (text): (1 + w) norms and embeddings scaled by sqrt(hidden_size)
+GEMMA_ARCHITECTURES = ("gemma", "gemma2", "gemma3_text")
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "granitemoe")
 # The MLP activations the kernels compute (transformers' ACT2FN names): SiLU (SwiGLU) and
 # GELU's tanh approximation (GeGLU: Gemma's).
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
-# Later Gemma generations, refused naming what aiollm lacks to run them as transformers does.
-# (aiollm's sliding-window attention is not among them: ModelConfig.layer_window)
-_GEMMA2 = ("attention and final logit soft-capping (attn_logit_softcapping, "
-           "final_logit_softcapping), query_pre_attn_scalar and the extra pre/post "
-           "feed-forward norms")
-_GEMMA3 = ("a rope base of the sliding layers' own (rope_local_base_freq), per-head q/k norms "
-           "of (1 + w), query_pre_attn_scalar and the extra pre/post feed-forward norms")
+# Gemma 3n, refused naming what aiollm lacks to run it as transformers does.
 _GEMMA3N = ("Gemma 3n's per-layer embeddings, AltUp and LAuReL blocks, activation "
             "sparsity and KV sharing across layers")
 UNSUPPORTED_GEMMA = {
-    "gemma2": _GEMMA2,
-    "gemma3_text": _GEMMA3,
-    "gemma3": _GEMMA3 + ", and its vision tower (aiollm serves text alone)",
     "gemma3n_text": _GEMMA3N,
     "gemma3n": _GEMMA3N + " and its audio and vision towers",
 }
@@ -50,8 +47,9 @@ def unsupported_gemma(model_type: str) -> str | None:
     missing = UNSUPPORTED_GEMMA.get(model_type)
     if missing is None:
         return None
-    return (f"model_type {model_type!r} is not supported: aiollm runs Gemma 1 (model_type "
-            f"'gemma') but lacks what {model_type} needs: {missing}")
+    return (f"model_type {model_type!r} is not supported: aiollm runs Gemma 1, 2 and 3 "
+            f"(model_type 'gemma', 'gemma2', 'gemma3_text' and 'gemma3' as text alone) but "
+            f"lacks what {model_type} needs: {missing}")
 
 
 @dataclass(slots=True)
@@ -131,6 +129,16 @@ class ModelConfig:
     attention_multiplier: float | None = None  # the softmax scale (None: 1 / sqrt(head_dim))
     logits_scaling: float = 1.0  # the logits are divided by it
     hidden_act: str = "silu"  # the MLP's gate activation, one of ACTIVATIONS
+    # Gemma 2 and 3 (transformers' Gemma2/Gemma3 configs' fields of the same names): the
+    # softmax scale is query_pre_attn_scalar ** -0.5; each attention score s (scaled) becomes
+    # cap x tanh(s / cap) before the mask with attn_logit_softcapping, each logit of the LM
+    # head likewise with final_logit_softcapping (None: no cap)
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    # Gemma 3: the rotary of the sliding layers (rope_local_base_freq, unscaled); None: every
+    # layer rotates by `rope`
+    rope_local: RopeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -163,6 +171,12 @@ class ModelConfig:
                 0 <= i < self.num_layers for i in self.sliding_layers):
             raise ValueError(f"model config: sliding_layers must be layer indices below "
                              f"num_layers {self.num_layers}, got {self.sliding_layers}")
+        for name in ("query_pre_attn_scalar", "attn_logit_softcapping",
+                     "final_logit_softcapping"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"model config: {name} must be a number > 0, or None for "
+                                 f"none, got {value}")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"model config: hidden_act {self.hidden_act!r} is not supported "
                              f"(supported: {', '.join(ACTIVATIONS)})")
@@ -180,19 +194,28 @@ class ModelConfig:
     def rms_norm_unit_offset(self) -> bool:
         """Gemma's RMSNorm x * (1 + w): the checkpoint holds w, the model 1 + w, computed in
         float32 at load and kept in float32 (in bfloat16 the sum would round)."""
-        return self.architecture == "gemma"
+        return self.architecture in GEMMA_ARCHITECTURES
 
     @property
     def scale_embeddings(self) -> bool:
         """Gemma's embeddings x sqrt(hidden_size), that factor rounded to the model dtype
         first."""
-        return self.architecture == "gemma"
+        return self.architecture in GEMMA_ARCHITECTURES
+
+    @property
+    def sandwich_norms(self) -> bool:
+        """Gemma 2 and 3's decoder layer (gemma_layers.py): a norm after the attention before
+        its residual add, and pre/post feed-forward norms around the MLP."""
+        return self.architecture in ("gemma2", "gemma3_text")
 
     @property
     def softmax_scale(self) -> float:
-        """The attention's softmax scale: attention_multiplier (Granite), else 1/sqrt(D)."""
+        """The attention's softmax scale: attention_multiplier (Granite),
+        query_pre_attn_scalar ** -0.5 (Gemma 2, 3), else 1/sqrt(D)."""
         if self.attention_multiplier is not None:
             return self.attention_multiplier
+        if self.query_pre_attn_scalar is not None:
+            return self.query_pre_attn_scalar**-0.5
         return self.head_dim**-0.5
 
     @property
@@ -211,7 +234,8 @@ class ModelConfig:
         attn += (self.q_size + 2 * self.kv_size) * self.qkv_bias + h * self.o_bias
         attn += 2 * self.head_dim * self.qk_norm
         total = h + v * h * (1 if self.tie_word_embeddings else 2)
-        return total + sum(attn + self.mlp_params(n, active) + 2 * h
+        norms = (4 if self.sandwich_norms else 2) * h
+        return total + sum(attn + self.mlp_params(n, active) + norms
                            for n in range(self.num_layers))
 
     def mlp_params(self, layer: int, active: bool = False) -> int:

@@ -298,16 +298,19 @@ def config_from_dict(d: dict) -> ModelConfig:
     beside it are load_config's)."""
     d = dict(d)
     d.pop("warnings", None)
-    rope = dict(d.pop("rope"))
-    for key in ("freq_factors", "short_factor", "long_factor"):  # JSON gave lists
-        if rope.get(key) is not None:
-            rope[key] = tuple(rope[key])
+    ropes = []
+    for stored in (d.pop("rope"), d.pop("rope_local", None)):  # Gemma 3's second: None here
+        rope = None if stored is None else dict(stored)
+        for key in ("freq_factors", "short_factor", "long_factor"):  # JSON gave lists
+            if rope is not None and rope.get(key) is not None:
+                rope[key] = tuple(rope[key])
+        ropes.append(None if rope is None else RopeConfig(**rope))
     moe = d.pop("moe")
     if moe is not None:
         moe = MoeConfig(**{**moe, "dense_layers": tuple(moe["dense_layers"])})
     if d.get("sliding_layers") is not None:  # a JSON list
         d["sliding_layers"] = tuple(d["sliding_layers"])
-    return ModelConfig(**d, rope=RopeConfig(**rope), moe=moe, torch_dtype=None)
+    return ModelConfig(**d, rope=ropes[0], rope_local=ropes[1], moe=moe, torch_dtype=None)
 
 
 def _sha256(path: str) -> str:

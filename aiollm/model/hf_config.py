@@ -4,8 +4,8 @@ config.json goes through transformers' AutoConfig (local files only), after chec
 raw fields that transformers would fail on without naming them; generation_config.json gives
 the eos ids (its end-of-turn ids) where the directory has one. config_from_hf maps a
 PretrainedConfig of a supported model_type onto ModelConfig: which fields each family (Llama,
-Mistral, Qwen2/3, Granite, Gemma, Phi-3, Mixtral, Qwen MoE, GraniteMoe) reads, what it
-refuses (quantized checkpoints, other heads, other activations, later Gemmas), the context
+Mistral, Qwen2/3, Granite, Gemma 1-3, Phi-3, Mixtral, Qwen MoE, GraniteMoe) reads, what it
+refuses (quantized checkpoints, other heads, other activations, Gemma 3n), the context
 (YaRN, LongRoPE) and which layers attend through a sliding window (as transformers 5 decides
 it, family by family). A bad value is refused naming its config.json field.
 """
@@ -13,12 +13,14 @@ it, family by family). A bad value is refused naming its config.json field.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 import torch
 
 from aiollm.model.config import (
+    GEMMA_ARCHITECTURES,
     MOE_ARCHITECTURES,
     SUPPORTED_ARCHITECTURES,
     ModelConfig,
@@ -27,6 +29,8 @@ from aiollm.model.config import (
 from aiollm.model.hf_moe_config import moe_from_hf
 from aiollm.model.paths import check_links, gguf_names, split_first_part
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
+
+log = logging.getLogger(__name__)
 
 try:  # huggingface_hub >= 0.35, which transformers 5 requires; older ones raise ValueErrors
     from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
@@ -49,7 +53,11 @@ GRANITE_SCALARS = ("embedding_multiplier", "residual_multiplier", "attention_mul
 # builds the class of the model_type whatever `architectures` says, so a Llama config naming
 # GemmaForCausalLM would run Gemma's weights without Gemma's numerics (the (1 + w) norms,
 # scaled embeddings, GELU), and a gemma config naming a Llama class is such a relabelling too.
-GEMMA_CLASSES = ("GemmaForCausalLM",)
+# So too for Gemma 2 and 3, each with its own class (Gemma 3's multimodal checkpoints,
+# model_type gemma3, are served as their language model alone: config_from_hf).
+GEMMA_CLASSES = {"gemma": ("GemmaForCausalLM",), "gemma2": ("Gemma2ForCausalLM",),
+                 "gemma3_text": ("Gemma3ForCausalLM",),
+                 "gemma3": ("Gemma3ForConditionalGeneration",)}
 # transformers' GELU activations that compute GELU's tanh approximation; Gemma's config reads
 # the legacy "gelu" of the first releases as that too (GemmaConfig.__post_init__), other
 # families as the exact (erf) GELU, which aiollm's kernels do not compute
@@ -85,7 +93,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     _check_model_type(arch)
     classes = getattr(hf, "architectures", None) or []
     classes = [classes] if isinstance(classes, str) else list(classes)  # transformers takes one
-    allowed = GEMMA_CLASSES if arch == "gemma" else CAUSAL_LM_CLASSES
+    allowed = GEMMA_CLASSES.get(arch, CAUSAL_LM_CLASSES)
     if classes and not set(classes) & set(allowed):
         raise ValueError(f"architectures {classes} is not supported with model_type {arch!r} "
                          f"(supported: {', '.join(allowed)})")
@@ -101,13 +109,22 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         raise ValueError(f"quantized checkpoints are not supported (config.json has "
                          f"quantization {mlx!r}: an MLX-quantized checkpoint): use a "
                          "float16/bfloat16/float32 checkpoint or a GGUF file")
+    outer = hf  # the checkpoint's own config (its torch_dtype), quantization checked above
+    if arch == "gemma3":  # Gemma3ForConditionalGeneration: its language model alone
+        log.info("model_type gemma3 (Gemma3ForConditionalGeneration): serving its language "
+                 "model (text_config) as text alone; the vision tower and the multimodal "
+                 "projector's weights are not loaded, and images are not accepted")
+        hf, arch = hf.text_config, "gemma3_text"
+        if getattr(hf, "model_type", None) != "gemma3_text":
+            raise ValueError(f"config.json: text_config has model_type "
+                             f"{getattr(hf, 'model_type', None)!r}, not 'gemma3_text'")
     # transformers reads mlp_bias for Llama only, attention_bias for Llama and Qwen3 (MoE
     # too) only: Mistral and Mixtral have no biases, Qwen2 q/k/v biases always, Qwen2-MoE
     # by qkv_bias. Other families run with either field in their config.json, ignored.
     if arch in ("llama", "granite") and getattr(hf, "mlp_bias", False):
         raise ValueError("config.json: models with mlp_bias=True are not supported")
     act = _activation(hf, arch)
-    if arch == "gemma" and getattr(hf, "use_bidirectional_attention", None):
+    if arch in GEMMA_ARCHITECTURES and getattr(hf, "use_bidirectional_attention", None):
         raise ValueError("config.json: use_bidirectional_attention true is not supported "
                          "(an encoder's attention over the whole text; aiollm's is causal)")
     # sizes by config.json's names (ModelConfig's own check names its fields, not these)
@@ -120,11 +137,15 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         raise ValueError(f"config.json: num_attention_heads {heads} is not a multiple of "
                          f"num_key_value_heads {kv_heads}")
     attention_bias = arch in ("llama", "qwen3", "qwen3_moe", "granite", "granitemoe",
-                              "gemma") and bool(getattr(hf, "attention_bias", False))
-    rope = rope_from_hf(hf, _head_dim(hf))
+                              *GEMMA_ARCHITECTURES) and bool(getattr(hf, "attention_bias", False))
+    rope, rope_local = _gemma3_ropes(hf) if arch == "gemma3_text" else (
+        rope_from_hf(hf, _head_dim(hf)), None)
     max_position = _context_of(hf, rope)
     window, sliding_layers = _sliding_window(hf, arch)
-    eos = (_as_list(hf.eos_token_id) if generation_eos is None
+    # a multimodal Gemma 3's own eos_token_id (with its end of turn), as generate reads it
+    config_eos = getattr(outer, "eos_token_id", None)
+    config_eos = hf.eos_token_id if config_eos is None else config_eos
+    eos = (_as_list(config_eos) if generation_eos is None
            else list(dict.fromkeys(generation_eos)))
     return ModelConfig(
         architecture=arch,
@@ -144,16 +165,61 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         qkv_bias=(arch == "qwen2" or attention_bias
                   or arch == "qwen2_moe" and bool(getattr(hf, "qkv_bias", True))),
         o_bias=attention_bias,
-        qk_norm=arch in ("qwen3", "qwen3_moe"),
+        qk_norm=arch in ("qwen3", "qwen3_moe", "gemma3_text"),
         eos_token_ids=eos,
         bos_token_id=getattr(hf, "bos_token_id", None),
-        torch_dtype=_checkpoint_dtype(hf),
+        torch_dtype=_checkpoint_dtype(outer) or _checkpoint_dtype(hf),
         moe=moe_from_hf(hf, fields or {}) if arch in MOE_ARCHITECTURES else None,
         sliding_window=window,
         sliding_layers=sliding_layers,
         **(_granite_scalars(hf) if arch.startswith("granite") else {}),
         hidden_act=act,
+        rope_local=rope_local,
+        **(_gemma_scalars(hf) if arch in ("gemma2", "gemma3_text") else {}),
     )
+
+
+def _gemma_scalars(hf: Any) -> dict[str, float | None]:
+    """Gemma 2/3's query_pre_attn_scalar and soft-caps, as their transformers configs hold
+    them (defaults filled in there: Gemma 2 caps at 50 and 30, Gemma 3 not). A value that is
+    not a number > 0 is refused naming the field (transformers would divide by it)."""
+    scalars: dict[str, float | None] = {}
+    for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
+        value = getattr(hf, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not value > 0):
+            raise ValueError(f"config.json: {name} must be a number > 0 (or null for none), "
+                             f"got {value!r}")
+        scalars[name] = None if value is None else float(value)
+    if scalars["query_pre_attn_scalar"] is None:
+        raise ValueError("config.json: query_pre_attn_scalar must be a number > 0, got null")
+    return scalars
+
+
+class _RopeView:
+    """A transformers config seen with rope_parameters replaced by one layer type's dict
+    (Gemma 3 keeps one per layer type), for rope_from_hf."""
+
+    def __init__(self, hf: Any, params: dict):
+        self._hf, self.rope_parameters = hf, params
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._hf, name)
+
+
+def _gemma3_ropes(hf: Any) -> tuple[RopeConfig, RopeConfig]:
+    """(the global layers' rotary, the sliding layers'), as transformers' Gemma3TextConfig
+    fills rope_parameters by layer type: full_attention from rope_theta (default 1e6) and
+    rope_scaling (e.g. linear, factor 8 on the 4B and larger), sliding_attention from
+    rope_local_base_freq (default 1e4), unscaled."""
+    params = getattr(hf, "rope_parameters", None) or {}
+    ropes = []
+    for kind in ("full_attention", "sliding_attention"):
+        if not isinstance(params.get(kind), dict):
+            raise ValueError(f"config.json: rope_parameters has no {kind!r} dict (transformers' "
+                             "Gemma3TextConfig keeps one per layer type)")
+        ropes.append(rope_from_hf(_RopeView(hf, params[kind]), _head_dim(hf)))
+    return ropes[0], ropes[1]
 
 
 def _activation(hf: Any, arch: str) -> str:
@@ -162,7 +228,9 @@ def _activation(hf: Any, arch: str) -> str:
     reads no hidden_activation, which transformers 4's Gemma preferred). Every MLP of a
     mixture of experts (experts, shared expert) runs the fused SiLU kernels: SiLU only.
     ValueError naming hidden_act otherwise."""
-    act = getattr(hf, "hidden_act", "silu")
+    # Gemma 2 and 3's configs name it hidden_activation (and read no hidden_act)
+    name = "hidden_activation" if arch in ("gemma2", "gemma3_text") else "hidden_act"
+    act = getattr(hf, name, "silu")
     if act in ("silu", "swish"):
         return "silu"
     if arch not in MOE_ARCHITECTURES and (act in _GELU_TANH or arch == "gemma"
@@ -171,7 +239,7 @@ def _activation(hf: Any, arch: str) -> str:
     why = ("the experts' kernels compute SiLU: hidden_act must be 'silu'"
            if arch in MOE_ARCHITECTURES else "aiollm's MLPs compute SiLU or GELU's tanh "
            "approximation: hidden_act must be 'silu' or 'gelu_pytorch_tanh'")
-    raise ValueError(f"hidden_act {act!r} is not supported ({why})")
+    raise ValueError(f"{name} {act!r} is not supported ({why})")
 
 
 def _granite_scalars(hf: Any) -> dict[str, float]:
@@ -199,6 +267,10 @@ def _granite_scalars(hf: Any) -> dict[str, float]:
 # another family, and transformers reads none of them)
 _EVERY_LAYER_SLIDES = ("mistral", "mixtral", "qwen3_moe", "phi3")
 _NEVER_SLIDES = ("llama", "gemma", "granite", "granitemoe")
+# Gemma 2 and 3 slide the layers their layer_types marks "sliding_attention" (their configs
+# derive it when absent: Gemma 2 every other layer from the first, Gemma 3 five of six) by
+# sliding_window, with no use_sliding_window field
+_GEMMA_SLIDES = ("gemma2", "gemma3_text")
 
 
 def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | None]:
@@ -209,7 +281,15 @@ def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | N
     if arch in _NEVER_SLIDES:
         return None, None
     window = getattr(hf, "sliding_window", None)
-    if arch in _EVERY_LAYER_SLIDES:
+    if arch in _GEMMA_SLIDES:
+        types = getattr(hf, "layer_types", None) or []
+        layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+        if not layers:
+            return None, None
+        if window is None:  # transformers' sliding mask fails on it
+            raise ValueError(f"config.json: layer_types marks layers {list(layers)} "
+                             "sliding_attention but sliding_window is null: set it")
+    elif arch in _EVERY_LAYER_SLIDES:
         layers = None
     else:
         types = getattr(hf, "layer_types", None)
@@ -258,10 +338,10 @@ def _context_of(hf: Any, rope: RopeConfig) -> int:
 def _check_model_type(model_type: Any) -> None:
     if (message := unsupported_gemma(model_type)) is not None:
         raise ValueError(message)
-    if model_type not in SUPPORTED_ARCHITECTURES:
+    if model_type not in SUPPORTED_ARCHITECTURES and model_type != "gemma3":
         raise ValueError(
             f"model_type {model_type!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}, gemma3 as text)"
         )
 
 

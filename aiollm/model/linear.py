@@ -24,3 +24,12 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
+
+
+def linear_into(x: torch.Tensor, linear: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """linear(x) written into `out` [T, out_features] (a static buffer of the prefill graphs),
+    through the same GEMM (with its bias, addmm) as F.linear; returns out."""
+    w, b = linear.weight, linear.bias
+    if b is None:
+        return torch.mm(x, w.t(), out=out)
+    return torch.addmm(b, x, w.t(), out=out)

@@ -1,14 +1,16 @@
 """The Llama-family decoder over the token-level KV pool.
 
-One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2, Granite 3, Gemma and
+One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2, Granite 3, Gemma 1-3 and
 Phi-3/Phi-4: they differ only in flags and scalars of ModelConfig (q/k/v biases, q/k norm, tied
 embeddings, Granite's multipliers; Gemma's GELU MLP, (1 + w) norms held as 1 + w in float32,
 and embeddings scaled by sqrt(hidden_size)) and in the rotary table (scaling; Phi-3's partial
 rotary, run through the loader's q/k head order: rope.py, weights_layout.py). Mixtral,
 Qwen2-MoE, Qwen3-MoE and GraniteMoe are the same decoder with moe.py's SparseMoe in place of
-the dense MLP (mlp.py, which picks the activation). Parameter names follow transformers' with
-q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one matmul each instead of three
-and two); the loaders fill the fused weights shard by shard.
+the dense MLP (mlp.py, which picks the activation); Gemma 2 and 3 are gemma_layers.py's
+layer with soft-capped attention and logits (Gemma 3: Qwen3's q/k norms, a second rotary
+table for its sliding layers). Parameter names follow transformers' with q/k/v fused into
+`qkv_proj` and gate/up into `gate_up_proj` (one matmul each instead of three and two); the
+loaders fill the fused weights shard by shard.
 
 Granite (and GraniteMoe) is this decoder with four scalars: attention_multiplier is the
 attention kernels' softmax scale (Attention.sm_scale, an argument every attention kernel
@@ -16,10 +18,8 @@ already takes); embedding_multiplier multiplies the embedded tokens (LlamaForCau
 the embedding is tied to the LM head, so its weight cannot carry it); residual_multiplier and
 logits_scaling are folded into the weights as they load (granite_scales.py says why).
 
-A layer with a sliding window (ModelConfig.layer_window: Mistral, Qwen2's upper layers, ...)
-passes it to every attention kernel it runs, so a query at position p sees the keys
-(p - window, p] only, as transformers masks them; the KV pool still keeps every token's K/V
-(the window saves reads, not memory), so the context is the model's max_position.
+The attention block (attention.py) passes each layer's sliding window and soft-cap to
+the attention kernels.
 
 forward() reads only the ForwardBatch's tensors and the Python scalars fixed when the batch was
 built (is_decode, max_extend_len, max_seq_len): no host syncs, so a decode step can be captured
@@ -34,25 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aiollm.kernels import (
-    attention_oproj,
-    decode_attention,
-    extend_attention,
-    rms_norm,
-    rotary_store_kv,
-)
-from aiollm.kernels.gemv import gemv_norm, gemv_norm_rope_kv, gemv_residual
+from aiollm.kernels import attention_oproj
+from aiollm.kernels.extend_attention import capped
+from aiollm.kernels.gemv import gemv_norm
+from aiollm.model.attention import Attention
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool
 from aiollm.model.linear import Linear
 from aiollm.model.mlp import MLP
-from aiollm.model.parallel import (
-    RowParallelLinear,
-    VocabParallelEmbedding,
-    current,
-    local_config,
-)
+from aiollm.model.norm import RMSNorm
+from aiollm.model.parallel import VocabParallelEmbedding, current, local_config
 from aiollm.model.rope import cos_sin_cache
 from aiollm.model.rope_rows import long_prompts
 
@@ -61,26 +53,6 @@ from aiollm.model.rope_rows import long_prompts
 # (H200, 2026-12-01, bench/README.md "Decode": batch-4 decode 2,595 against 3,531 tok/s on
 # the 1B shape, 528 against 825 on the 8B), at one faster (833 -> 1,085; 207.5 -> 237.7).
 FUSED_MAX_TOKENS = 1
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
-                residual_out: torch.Tensor | None = None):
-        return rms_norm(x, self.weight, self.eps, residual, residual_out)
-
-
-def linear_into(x: torch.Tensor, linear: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """linear(x) written into `out` [T, out_features] (a static buffer of the prefill graphs),
-    through the same GEMM (with its bias, addmm) as F.linear; returns out."""
-    w, b = linear.weight, linear.bias
-    if b is None:
-        return torch.mm(x, w.t(), out=out)
-    return torch.addmm(b, x, w.t(), out=out)
 
 
 @dataclass
@@ -104,122 +76,6 @@ class SegmentIO:
     @property
     def rotary_rows(self) -> torch.Tensor:  # as ForwardBatch's
         return self.positions
-
-
-class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int):
-        super().__init__()
-        self.layer_id = layer_id
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.num_kv_heads
-        self.head_dim = config.head_dim
-        self.q_size, self.kv_size = config.q_size, config.kv_size
-        self.sm_scale = config.softmax_scale  # Granite's attention_multiplier, or 1/sqrt(D)
-        # the sliding window in tokens, 0 for none (LlamaForCausalLM clears one no context
-        # of the engine reaches)
-        self.window = config.layer_window(layer_id)
-        self.qkv_proj = Linear(
-            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
-        )
-        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=config.o_bias)
-        if config.qk_norm:
-            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
-        self.qk_norm = config.qk_norm
-
-    def forward(self, x: torch.Tensor, batch: ForwardBatch, cos_sin: torch.Tensor) -> torch.Tensor:
-        return self.o_proj(self.attend(self.project(x, batch, cos_sin), batch)
-                           .reshape(x.shape[0], self.q_size))
-
-    def project(self, x: torch.Tensor, batch: ForwardBatch | SegmentIO, cos_sin: torch.Tensor,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-        """The attention's input: q [T, Hq, D] of x [T, H], rotated, with k and v rotated and
-        stored in the KV cache. With `out` ([T, (Hq + 2 Hkv) D], a static buffer) the
-        projection is written there and q is a view of it, q/k norms or not."""
-        if out is None:
-            return self.rope_store(self.qkv_proj(x), batch, cos_sin)
-        qkv = linear_into(x, self.qkv_proj, out)
-        q = self.rope_store(qkv, batch, cos_sin)
-        if q.data_ptr() != qkv.data_ptr():  # the q norm made a new q: put it in the buffer
-            qkv[:, : self.q_size].view_as(q).copy_(q)
-            q = qkv[:, : self.q_size].view_as(q)
-        return q
-
-    def rope_store(self, qkv: torch.Tensor, batch: ForwardBatch | SegmentIO,
-                   cos_sin: torch.Tensor) -> torch.Tensor:
-        """q [T, Hq, D] of the projection qkv [T, (Hq + 2 Hkv) D], rotated; the rotated k and
-        v stored in the layer's KV cache."""
-        T, D = qkv.shape[0], self.head_dim
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        # Views into the fused projection: the kernels take strided rows, so nothing is copied.
-        q = q.view(T, self.num_heads, D)
-        k = k.view(T, self.num_kv_heads, D)
-        v = v.view(T, self.num_kv_heads, D)
-        k_cache = batch.kv_pool.k_cache[self.layer_id]
-        v_cache = batch.kv_pool.v_cache[self.layer_id]
-        norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else ()
-        # the per-head q/k norms (Qwen3) run in the same kernel as the rotation and KV store
-        return rotary_store_kv(q, k, v, batch.rotary_rows, cos_sin, k_cache, v_cache,
-                               batch.out_cache_loc, *norms)
-
-    def forward_small(self, residual: torch.Tensor, norm: RMSNorm, batch: ForwardBatch,
-                      cos_sin: torch.Tensor) -> torch.Tensor:
-        """The attention block of a step of at most FUSED_MAX_TOKENS tokens on the residual
-        stream [T, H]: norm, projection, rotary and KV store fused (gemv.py), attention, and
-        o_proj adding into the stream (for a decode of one request all three in one kernel,
-        kernels/attention_oproj.py); returns the stream (float32, updated in place when it
-        was float32)."""
-        qkv_w, qkv_b = self.qkv_proj.weight, self.qkv_proj.bias
-        if self.qk_norm:  # the per-head norms sit between the projection and the rotation
-            q = self.rope_store(gemv_norm(residual, norm.weight, norm.eps, qkv_w, qkv_b),
-                                batch, cos_sin)
-        else:
-            q = gemv_norm_rope_kv(
-                residual, norm.weight, norm.eps, qkv_w, qkv_b, batch.rotary_rows, cos_sin,
-                batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
-                batch.out_cache_loc, self.num_heads)
-        if (batch.is_decode and self.o_proj.bias is None
-                and attention_oproj.takes(q, batch.kv_pool.k_cache[self.layer_id],
-                                          self.o_proj.weight, batch.max_seq_len)):
-            # one kernel: attention, o_proj and the residual add (kernels/attention_oproj.py)
-            return attention_oproj.attention_oproj(
-                q, batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
-                batch.req_to_token, batch.req_rows, batch.seq_lens, self.sm_scale,
-                batch.max_seq_len, self.o_proj.weight, residual, window=self.window)
-        o = self.attend(q, batch).reshape(residual.shape[0], self.q_size)
-        return gemv_residual(o, self.o_proj.weight, self.o_proj.bias, residual)
-
-    def attend(self, q: torch.Tensor, batch: ForwardBatch, out: torch.Tensor | None = None
-               ) -> torch.Tensor:
-        """Attention of q [T, Hq, D] over the layer's KV cache -> [T, Hq, D], written into
-        `out` when given (a static buffer of the prefill graphs)."""
-        k_cache = batch.kv_pool.k_cache[self.layer_id]
-        v_cache = batch.kv_pool.v_cache[self.layer_id]
-        if batch.is_decode:
-            return decode_attention(
-                q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.seq_lens,
-                self.sm_scale, batch.max_seq_len, out=out, window=self.window,
-            )
-        if batch.mixed_parts is not None:
-            # A mixed step: the decodes go through the decode kernel, which reads each KV
-            # head once for its query group; in the extend kernel each would fill a query
-            # tile of one row per query head. Each kernel writes its own rows of o.
-            n = batch.num_decode
-            (d_rows, d_seq), (e_rows, e_pre, e_ext, e_start) = batch.mixed_parts
-            o = extend_attention(
-                q, k_cache, v_cache, batch.req_to_token, e_rows, e_pre, e_ext, e_start,
-                self.sm_scale, batch.max_extend_len, out=out, window=self.window,
-            )
-            decode_attention(
-                q[:n], k_cache, v_cache, batch.req_to_token, d_rows, d_seq, self.sm_scale,
-                batch.decode_max_seq_len, out=o[:n], window=self.window,
-            )
-            return o
-        return extend_attention(
-            q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.prefix_lens,
-            batch.extend_lens, batch.q_start_loc, self.sm_scale, batch.max_extend_len, out=out,
-            window=self.window,
-        )
 
 
 class DecoderLayer(nn.Module):
@@ -281,12 +137,19 @@ class LlamaForCausalLM(nn.Module):
         cfg = self.shard_config = local_config(config, current())
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size,
                                                    config.vocab_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        from aiollm.model.gemma_layers import decoder_layer  # builds on this module's layers
+
+        self.layers = nn.ModuleList(decoder_layer(cfg, i) for i in range(cfg.num_layers))
+        # Gemma 3's sliding layers rotate by their own table (rope_local), whatever the window;
+        # a tuple, so that layer_cos_sin costs a step next to nothing
+        self.local_rope_layers = tuple(config.rope_local is not None and cfg.layer_window(i) > 0
+                                       for i in range(cfg.num_layers))
         for layer in self.layers:  # a window no context reaches: the unwindowed kernels
             if layer.self_attn.window >= self.max_len:
                 layer.self_attn.window = 0
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.embed_scale = config.hidden_size**0.5 if config.scale_embeddings else None
+        self.final_softcap = config.final_logit_softcapping
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         # a LongRoPE model served past its original context: prompts longer than it read
@@ -296,11 +159,17 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer(
             "cos_sin_cache", torch.empty(rows, config.head_dim), persistent=False
         )
+        if config.rope_local is not None:  # Gemma 3's sliding layers' table
+            self.register_buffer("local_cos_sin_cache",
+                                 torch.empty(self.max_len, config.head_dim), persistent=False)
         # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as fused
         # GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
-        # their all-reduce before the residual add) nor with a shared expert (moe.py).
+        # their all-reduce before the residual add) nor with a shared expert (moe.py). Nor
+        # for Gemma 2/3: their norms on o_proj's and the MLP's outputs, before the residual
+        # add, have no place in the fused GEMVs, and the LM head's GEMV no soft-cap; their
+        # one-token steps run the layered path (the same kernels as longer steps).
         self.single_rank = current() is None
-        self.fused_small = self.single_rank and all(
+        self.fused_small = self.single_rank and not config.sandwich_norms and all(
             isinstance(layer.mlp, MLP) or layer.mlp.takes_small for layer in self.layers)
         self.init_rope()
 
@@ -309,6 +178,17 @@ class LlamaForCausalLM(nn.Module):
         if self.cos_sin_cache.device.type != "meta":
             cache = cos_sin_cache(self.config.rope, self.config.head_dim, self.max_len)
             self.cos_sin_cache = cache.to(self.cos_sin_cache.device)
+            if self.config.rope_local is not None:
+                cache = cos_sin_cache(self.config.rope_local, self.config.head_dim,
+                                      self.max_len)
+                self.local_cos_sin_cache = cache.to(self.cos_sin_cache.device)
+
+    def layer_cos_sin(self, layer: int) -> torch.Tensor:
+        """The rotary table [max_len, head_dim] float32 layer `layer` rotates by: Gemma 3's
+        sliding layers' own (rope_local), else the model's."""
+        if self.local_rope_layers[layer]:
+            return self.local_cos_sin_cache
+        return self.cos_sin_cache
 
     def short_context_step(self, max_seq_len: int) -> bool:
         """Whether a one-request decode step sized for contexts up to max_seq_len tokens runs
@@ -344,8 +224,8 @@ class LlamaForCausalLM(nn.Module):
         if self.fused_small and x.shape[0] <= FUSED_MAX_TOKENS and batch.prompt_scoring is None:
             return self._forward_small(x, batch)
         residual = None
-        for layer in self.layers:
-            x, residual = layer(x, residual, batch, self.cos_sin_cache)
+        for i, layer in enumerate(self.layers):
+            x, residual = layer(x, residual, batch, self.layer_cos_sin(i))
         return self.logits(x, residual, batch)
 
     def segment(self, k: int, io: SegmentIO) -> None:
@@ -366,7 +246,7 @@ class LlamaForCausalLM(nn.Module):
                 io.x.copy_(x)
                 return
             h, _ = self.layers[k].attention_input(x, io.residual, io.residual)
-        self.layers[k].self_attn.project(h, io, self.cos_sin_cache, io.qkv)
+        self.layers[k].self_attn.project(h, io, self.layer_cos_sin(k), io.qkv)
 
     @property
     def graph_segments(self) -> bool:
@@ -378,7 +258,10 @@ class LlamaForCausalLM(nn.Module):
     def logits(self, x: torch.Tensor, residual: torch.Tensor, batch: ForwardBatch
                ) -> torch.Tensor:
         """Logits [B, vocab] float32 of each request's last new token from the last layer's
-        output x [T, H] and the residual stream [T, H]; prompt logprobs when asked for."""
+        output x [T, H] and the residual stream [T, H]; prompt logprobs when asked for. With
+        final_logit_softcapping (Gemma 2) each logit is cap x tanh(logit / cap), as
+        transformers' Gemma2ForCausalLM returns them: sampling, logprobs and logits
+        processors all see the capped logits."""
         # Only the last token of each request needs logits: select before the final norm.
         idx = batch.logits_index
         h, _ = self.norm(x[idx], residual[idx])
@@ -386,17 +269,19 @@ class LlamaForCausalLM(nn.Module):
         if batch.prompt_scoring is not None:
             p = batch.prompt_scoring.index
             batch.prompt_scoring.compute(self.norm(x[p], residual[p])[0], w,
-                                         self.embed_tokens.vocab_part)
+                                         self.embed_tokens.vocab_part, self.final_softcap)
         if h.is_cuda and h.dtype != torch.float32:
             # fp32 straight out of the matmul's fp32 accumulator: bf16 logits keep 8 bits of
             # mantissa (0.125 apart between 16 and 32), which ties close top candidates, and
             # the argmax then picks the lower token id instead of the larger logit
-            return self.embed_tokens.gather_logits(torch.mm(h, w.t(), out_dtype=torch.float32))
-        return self.embed_tokens.gather_logits(F.linear(h, w).float())
+            logits = torch.mm(h, w.t(), out_dtype=torch.float32)
+        else:
+            logits = F.linear(h, w).float()
+        return self.embed_tokens.gather_logits(capped(logits, self.final_softcap))
 
     def _forward_small(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer.forward_small(x, batch, self.cos_sin_cache)
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_small(x, batch, self.layer_cos_sin(i))
         if not batch.is_decode:  # a decode's logits rows are all its tokens
             x = x[batch.logits_index]
         # the final norm folded into the lm_head GEMV, float32 logits out

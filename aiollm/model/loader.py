@@ -22,7 +22,8 @@ from aiollm.model.config import ModelConfig
 from aiollm.model.derived_cache import GGUFCache
 from aiollm.model.granite_scales import fold_into
 from aiollm.model.hf_config import load_hf_config
-from aiollm.model.llama import LlamaForCausalLM, RMSNorm
+from aiollm.model.llama import LlamaForCausalLM
+from aiollm.model.norm import RMSNorm
 from aiollm.model.paths import LOAD_FORMATS, check_load_format, resolve_model_path
 from aiollm.model.weights import WeightFiller
 from aiollm.model.weights_layout import fused_source_name, to_llama_layout
@@ -227,6 +228,7 @@ def _hf_checkpoint(model_dir: str, config: ModelConfig, device: torch.device):
         LM_HEAD,
         count_tensors,
         iter_safetensors,
+        language_model_tensors,
         safetensors_files,
         tied_embedding_source,
     )
@@ -235,6 +237,8 @@ def _hf_checkpoint(model_dir: str, config: ModelConfig, device: torch.device):
     total = count_tensors(files)  # reads every header: a damaged file is named first
     source = tied_embedding_source(files) if config.tie_word_embeddings else "embed"
     tensors = iter_safetensors(files, device)
+    if config.architecture == "gemma3_text":  # a multimodal Gemma 3's language model alone
+        tensors = language_model_tensors(tensors)
     if source == "both":
         log.warning("%s ties the word embeddings (tie_word_embeddings), but the checkpoint "
                     "holds an %s that differs from %s: loading them untied, as transformers "

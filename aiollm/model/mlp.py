@@ -21,7 +21,7 @@ from aiollm.model.linear import Linear
 from aiollm.model.parallel import RowParallelLinear
 
 if TYPE_CHECKING:
-    from aiollm.model.llama import RMSNorm
+    from aiollm.model.norm import RMSNorm
 
 # hidden_act -> (act(gate) * up of [T, 2I], the same after a one-token step's gate/up GEMV)
 GATED_ACTIVATIONS = {"silu": (silu_and_mul, gemv_norm_silu),

@@ -26,7 +26,7 @@ from aiollm.kernels import fused_moe, fused_moe_decode, silu_and_mul
 from aiollm.kernels.gemv import gemv_norm
 from aiollm.model.config import ModelConfig
 from aiollm.model.linear import Linear
-from aiollm.model.llama import RMSNorm
+from aiollm.model.norm import RMSNorm
 from aiollm.model.mlp import MLP
 from aiollm.model.parallel import current
 

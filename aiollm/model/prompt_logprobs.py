@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aiollm.kernels.extend_attention import capped
 from aiollm.model.vocab_parallel_logprobs import combine, part_summary, target_logits
 
 if TYPE_CHECKING:
@@ -71,10 +72,11 @@ class PromptScoring:
                    top_k, [], results=False)
 
     def compute(self, hidden: torch.Tensor, lm_head: torch.Tensor,
-                part: VocabPart | None = None) -> None:
+                part: VocabPart | None = None, softcap: float | None = None) -> None:
         """hidden [P, H] (after the final norm), lm_head [V', H] (this rank's rows of it,
         `part` of the vocabulary under tensor parallelism, where every rank calls this
-        together): fill in the results (rank 0)."""
+        together): fill in the results (rank 0). softcap: the model's final logit soft-cap
+        (Gemma 2: each logit cap x tanh(logit / cap); None: none)."""
         start, vocab = (0, lm_head.shape[0]) if part is None else (part.start, part.vocab)
         k = min(self.top_k, vocab)
         lps, ranks, tids, tlps = [], [], [], []
@@ -84,6 +86,7 @@ class PromptScoring:
                 logits = torch.mm(h, lm_head.t(), out_dtype=torch.float32)
             else:
                 logits = F.linear(h, lm_head).float()
+            logits = capped(logits, softcap)
             chosen = target_logits(logits, self.targets[s : s + BLOCK], start)
             if part is not None:
                 chosen = part.tp.all_reduce(chosen)

@@ -10,7 +10,9 @@ does, so our rotate-half rotary sees the original Hugging Face weights. Qwen2/Qw
 not permuted (llama.cpp uses the neox rotary for them), nor are Gemma's, whose norm weights
 llama.cpp's converter stores as 1 + w (what aiollm's model holds: weights.py adds the 1 to a
 safetensors checkpoint's w only), nor Phi-3's (gguf_phi3.py: its partial rotary, LongRoPE
-factors, sliding window and fused attn_qkv / ffn_up).
+factors, sliding window and fused attn_qkv / ffn_up). Gemma 2 and 3 files (gguf_gemma.py) add
+the extra norms, the sliding window and soft-caps, and the softmax scale as llama.cpp derives
+it.
 
 Granite files (architecture "granite", "granitemoe") carry transformers' four scalars as
 llama.cpp's converter writes them: {arch}.embedding_scale, .residual_scale, .logit_scale and
@@ -32,7 +34,14 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 
-from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, unsupported_gemma
+from aiollm.model.config import (
+    GEMMA_ARCHITECTURES,
+    SUPPORTED_ARCHITECTURES,
+    ModelConfig,
+    unsupported_gemma,
+)
+from aiollm.model.gguf_gemma import LAYER_NAMES as _GEMMA_LAYER_NAMES
+from aiollm.model.gguf_gemma import gemma_fields
 from aiollm.model.gguf_eog import eog_token_ids
 from aiollm.model.gguf_granite import check_granite_file, granite_scalars
 from aiollm.model.gguf_metadata import field as _field
@@ -110,7 +119,7 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
 
 # SUPPORTED_ARCHITECTURES as llama.cpp's files name them (Mistral and Mixtral are "llama")
 _GGUF_SUPPORTED = ("llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe, "
-                   "granite, granitemoe, gemma, phi3")
+                   "granite, granitemoe, gemma, gemma2, gemma3, phi3")
 
 
 def _check_is_a_model(reader: GGUFReader, gguf_arch: Any) -> None:
@@ -134,7 +143,8 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     """ModelConfig of a GGUF file's metadata and tensor index. Metadata that is read and then
     ignored (llama.cpp ignores it too) is described in `warnings`, appended to, for the
     loader to log at every load of the file, the derived cache's too (derived_cache.py).
-    No sliding window but Phi-3's (its every layer, as transformers runs the model): llama.cpp's
+    No sliding window but Phi-3's (its every layer, as transformers runs the model) and Gemma 2
+    and 3's (their sliding layers: gguf_gemma.py): llama.cpp's
     llama, qwen2, qwen2moe, qwen3 and qwen3moe graphs attend over the whole sequence and its
     loader reads no `{arch}.attention.sliding_window` for them (a Mistral v0.1 GGUF is a llama
     one), so neither does this.
@@ -174,6 +184,10 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     elif any(name in tensors for name in ROPE_FACTOR_TENSORS):  # not to be skipped unread
         raise ValueError(f"GGUF file has LongRoPE factors ({', '.join(ROPE_FACTOR_TENSORS)}), "
                          f"which aiollm reads in phi3 files only, not {gguf_arch!r} ones")
+    num_layers = int(_required(reader, p + "block_count"))
+    gemma = gemma_fields(reader, p, arch, hidden, heads, head_dim, num_layers) if arch in (
+        "gemma2", "gemma3_text") else {}
+    window = gemma.pop("sliding_window", window)
     if "rope_freqs.weight" in tensors:
         # Llama 3.1+: llama.cpp stores the llama3 scaling as per-frequency divisors.
         rope.freq_factors = tuple(_dequantized(tensors["rope_freqs.weight"]).reshape(-1).tolist())
@@ -182,7 +196,7 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         vocab_size=int(tensors["token_embd.weight"].shape[1]),  # ggml order: [hidden, vocab]
         hidden_size=hidden,
         intermediate_size=int(_one_for_all_layers(reader, p + "feed_forward_length")),
-        num_layers=int(_required(reader, p + "block_count")),
+        num_layers=num_layers,
         num_heads=heads,
         num_kv_heads=int(_one_for_all_layers(reader, p + "attention.head_count_kv", heads)),
         head_dim=head_dim,
@@ -199,13 +213,16 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         moe=moe_from_gguf(reader, p, arch, tensors, warnings),
         sliding_window=window,
         **(granite_scalars(reader, p) if arch in ("granite", "granitemoe") else {}),
-        # llama.cpp's Gemma graph: GELU (ggml's is the tanh approximation); its norms of the
-        # stored 1 + w and embeddings x sqrt(embedding_length) are ModelConfig's for gemma
-        hidden_act="gelu_pytorch_tanh" if arch == "gemma" else "silu",
+        # llama.cpp's Gemma graphs: GELU (ggml's is the tanh approximation); its norms of the
+        # stored 1 + w and embeddings x sqrt(embedding_length) are ModelConfig's for Gemmas
+        hidden_act="gelu_pytorch_tanh" if arch in GEMMA_ARCHITECTURES else "silu",
+        **gemma,  # Gemma 2/3 (gguf_gemma.py)
     )
 
 
-def _hf_name(gguf_name: str) -> str:
+def _hf_name(gguf_name: str, layer_names: dict[str, str] = _LAYER_NAMES) -> str:
+    """transformers' name of the file's tensor `gguf_name`, its layers' modules named by
+    `layer_names` (Gemma 2/3's differ: gguf_gemma.LAYER_NAMES)."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     parts = gguf_name.split(".")
@@ -215,14 +232,15 @@ def _hf_name(gguf_name: str) -> str:
         # (blk.N.ffn_gate.E.weight), which llama.cpp still reads
         blk, layer, module, expert, suffix = parts
         return f"model.layers.{layer}.mlp.experts.{expert}.{_PER_EXPERT_NAMES[module]}.{suffix}"
-    if len(parts) != 4 or parts[0] != "blk" or parts[2] not in _LAYER_NAMES:
+    if len(parts) != 4 or parts[0] != "blk" or parts[2] not in layer_names:
         raise ValueError(f"GGUF tensor {gguf_name!r} is not part of a supported model")
     _, layer, module, suffix = parts
-    return f"model.layers.{layer}.{_LAYER_NAMES[module]}.{suffix}"
+    return f"model.layers.{layer}.{layer_names[module]}.{suffix}"
 
 
 _GGUF_GLOBAL_NAMES = {hf: g for g, hf in _GLOBAL_NAMES.items()}
-_GGUF_LAYER_NAMES = {hf: g for g, hf in _LAYER_NAMES.items()} | {"mlp.gate_up_proj": "ffn_up"}
+_GGUF_LAYER_NAMES = {hf: g for g, hf in _LAYER_NAMES.items()} | {"mlp.gate_up_proj": "ffn_up"} | {
+    hf: g for g, hf in _GEMMA_LAYER_NAMES.items() if hf != "post_attention_layernorm"}
 _GGUF_PER_EXPERT_NAMES = {hf: g for g, hf in _PER_EXPERT_NAMES.items()}
 
 
@@ -305,6 +323,8 @@ def iter_gguf(gguf: GGUFModel) -> Iterator[tuple[str, torch.Tensor]]:
     config = gguf.config
     permuted = config.architecture in _PERMUTED_ARCHS
     fused_up = config.architecture == "phi3"  # its ffn_up holds gate and up
+    names = ({**_LAYER_NAMES, **_GEMMA_LAYER_NAMES} if config.sandwich_norms
+             else _LAYER_NAMES)
     for t in gguf.tensors:
         if t.name in _CONFIG_TENSORS:
             continue
@@ -315,7 +335,7 @@ def iter_gguf(gguf: GGUFModel) -> Iterator[tuple[str, torch.Tensor]]:
             w = _unpermute(w, config.num_kv_heads)
         elif ".ffn_gate_inp_shexp." in t.name:
             w = w.reshape(1, -1)  # [hidden] in some files, transformers' [1, hidden] in ours
-        name = _hf_name(t.name)
+        name = _hf_name(t.name, names)
         if fused_up and name.endswith(".mlp.up_proj.weight"):
             name = name.replace(".up_proj.", ".gate_up_proj.")
         yield name, w

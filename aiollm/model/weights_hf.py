@@ -186,3 +186,29 @@ def iter_safetensors(files: list[str], device: torch.device) -> Iterator[tuple[s
         with _open(path, device=target) as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
+
+
+# Gemma3ForConditionalGeneration's checkpoints: the language model under one of these
+# prefixes (transformers 4's layout, which transformers 5 still saves, and its own), the
+# vision tower and the projector beside it
+_LANGUAGE_MODEL_PREFIXES = (("language_model.model.", "model."),
+                            ("model.language_model.", "model."),
+                            ("language_model.lm_head.", "lm_head."))
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                    "model.multi_modal_projector.")
+
+
+def language_model_tensors(tensors: Iterator[tuple[str, torch.Tensor]]
+                           ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The (transformers name, tensor) pairs of a Gemma 3 checkpoint's language model, named
+    as Gemma3ForCausalLM names them: a multimodal checkpoint's (Gemma3ForConditionalGeneration)
+    language-model tensors renamed, its vision tower and multimodal projector left out; a
+    text-only checkpoint's as they are."""
+    for name, tensor in tensors:
+        if name.startswith(_VISION_PREFIXES):
+            continue
+        for old, new in _LANGUAGE_MODEL_PREFIXES:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        yield name, tensor
