@@ -13,7 +13,6 @@ points, 90% at least).
 from __future__ import annotations
 
 import asyncio
-import copy
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from transformers import Gemma2Config, Gemma3TextConfig
 from aiollm import Engine, SamplingParams
 from aiollm.model import load_model
 from test_gemma import save_gemma
-from test_gpu_gemma import _all_position_logits_on
+from test_gpu_gemma import _all_position_logits_on, assert_bf16_top1_agrees
 from test_loader import all_position_logits
 from test_moe_model import hf_greedy
 from test_prefill_graphs import save_any_tokenizer
@@ -88,15 +87,4 @@ def test_gpu_fp32_logits_match_cpu(model):
 def test_gpu_bf16_top1_agrees_with_transformers(model, monkeypatch):
     monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
     path, hf = model
-    seqs = [p + g for p, g in zip(PROMPTS, _engine_greedy(path, "bfloat16", PROMPTS, False))]
-    ours = _all_position_logits_on(load_model(path, dtype=torch.bfloat16, device="cuda"),
-                                   seqs).argmax(-1).cpu()
-    with torch.no_grad():
-        ref = torch.cat([hf.float()(torch.tensor([s])).logits[0] for s in seqs]).argmax(-1)
-        hf16 = copy.deepcopy(hf).to("cuda", torch.bfloat16)
-        theirs = torch.cat([hf16(torch.tensor([s], device="cuda")).logits[0].float()
-                            for s in seqs]).argmax(-1).cpu()
-    ours_vs_ref = (ours == ref).float().mean().item()
-    theirs_vs_ref = (theirs == ref).float().mean().item()
-    print({"ours_vs_hf32": ours_vs_ref, "hf16_vs_hf32": theirs_vs_ref})
-    assert ours_vs_ref >= max(0.9, theirs_vs_ref - 0.02)
+    assert_bf16_top1_agrees(path, hf, PROMPTS, _engine_greedy)
