@@ -252,7 +252,7 @@ def _activation(hf: Any, arch: str) -> str:
     is SiLU, Gemma's "gelu" the tanh approximation (as its config reads it; transformers 5
     reads no hidden_activation, which transformers 4's Gemma preferred). Every MLP of a
     mixture of experts (experts, shared expert) runs the fused SiLU kernels: SiLU only.
-    ValueError naming hidden_act otherwise."""
+    ValueError naming the field (hidden_act, Gemma 2 and 3's hidden_activation) otherwise."""
     # Gemma 2 and 3's configs name it hidden_activation (and read no hidden_act)
     name = "hidden_activation" if arch in ("gemma2", "gemma3_text") else "hidden_act"
     act = getattr(hf, name, "silu")
@@ -261,9 +261,9 @@ def _activation(hf: Any, arch: str) -> str:
     if arch not in MOE_ARCHITECTURES and (act in _GELU_TANH or arch == "gemma"
                                           and act == "gelu"):
         return "gelu_pytorch_tanh"
-    why = ("the experts' kernels compute SiLU: hidden_act must be 'silu'"
+    why = (f"the experts' kernels compute SiLU: {name} must be 'silu'"
            if arch in MOE_ARCHITECTURES else "aiollm's MLPs compute SiLU or GELU's tanh "
-           "approximation: hidden_act must be 'silu' or 'gelu_pytorch_tanh'")
+           f"approximation: {name} must be 'silu' or 'gelu_pytorch_tanh'")
     raise ValueError(f"{name} {act!r} is not supported ({why})")
 
 
