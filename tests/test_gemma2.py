@@ -148,7 +148,8 @@ def test_layer_types_and_transformers_defaults(tmp_path):
 @pytest.mark.parametrize("edit, message", [
     ({"attn_logit_softcapping": 0.0}, "attn_logit_softcapping must be a number > 0"),
     ({"final_logit_softcapping": -30.0}, "final_logit_softcapping must be a number > 0"),
-    ({"hidden_activation": "relu"}, "hidden_activation 'relu' is not supported"),
+    ({"hidden_activation": "relu"}, "hidden_activation 'relu' is not supported .* "
+                                    "hidden_activation must be 'silu' or 'gelu_pytorch_tanh'"),
     ({"architectures": ["GemmaForCausalLM"]}, r"architectures \['GemmaForCausalLM'\] is not "
                                               "supported with model_type 'gemma2'"),
     ({"sliding_window": None}, "sliding_window is null"),

@@ -10,7 +10,8 @@ window moves the logits past the tolerance. Greedy ids and logprobs through `Eng
 Gemma3ForConditionalGeneration checkpoint (a tiny SigLIP vision tower beside it) served as
 its language model, equal to transformers' Gemma3ForCausalLM on those weights; dummy weights;
 transformers' defaults where the config is silent; a multimodal checkpoint's own eos ids;
-Gemma 3n and a quantized multimodal checkpoint refused.
+Gemma 3n, a quantized multimodal checkpoint and one without text_config refused; a bad
+value in text_config named there.
 """
 
 from __future__ import annotations
@@ -192,3 +193,28 @@ def test_a_multimodal_checkpoint_stops_at_its_own_eos_ids():
     config = Gemma3Config(text_config=Gemma3TextConfig(**GEMMA3_TINY), eos_token_id=[1, 106])
     assert config.text_config.eos_token_id == 1
     assert list(config_from_hf(config).eos_token_ids) == [1, 106]
+
+
+def test_a_multimodal_config_without_text_config_is_refused_naming_it(tmp_path):
+    """model_type gemma3 with its language model's fields at the top level and no
+    text_config: transformers would size the model by Gemma3TextConfig's defaults (vocab
+    262,208), not by those fields, so it is refused, naming text_config and gemma3_text."""
+    import json
+
+    fields = {**GEMMA3_TINY, "model_type": "gemma3",
+              "architectures": ["Gemma3ForConditionalGeneration"]}
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match="model_type gemma3 .* no text_config.*gemma3_text"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_a_multimodal_configs_bad_field_is_named_under_text_config(tmp_path):
+    """A bad value in a Gemma3ForConditionalGeneration's text_config is named there."""
+    import json
+
+    text = {**GEMMA3_TINY, "model_type": "gemma3_text", "query_pre_attn_scalar": -2}
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+        "text_config": text}))
+    with pytest.raises(ValueError, match=r"text_config\.query_pre_attn_scalar must be a number"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")

@@ -109,15 +109,40 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         raise ValueError(f"quantized checkpoints are not supported (config.json has "
                          f"quantization {mlx!r}: an MLX-quantized checkpoint): use a "
                          "float16/bfloat16/float32 checkpoint or a GGUF file")
-    outer = hf  # the checkpoint's own config (its torch_dtype), quantization checked above
     if arch == "gemma3":  # Gemma3ForConditionalGeneration: its language model alone
-        log.info("model_type gemma3 (Gemma3ForConditionalGeneration): serving its language "
-                 "model (text_config) as text alone; the vision tower and the multimodal "
-                 "projector's weights are not loaded, and images are not accepted")
-        hf, arch = hf.text_config, "gemma3_text"
-        if getattr(hf, "model_type", None) != "gemma3_text":
-            raise ValueError(f"config.json: text_config has model_type "
-                             f"{getattr(hf, 'model_type', None)!r}, not 'gemma3_text'")
+        text = _gemma3_text_config(hf, fields)
+        try:
+            return _text_model_config(text, "gemma3_text", hf, generation_eos, fields)
+        except ValueError as e:  # the fields named are text_config's
+            raise ValueError(str(e).replace("config.json: ", "config.json: text_config.", 1)
+                             ) from None
+    return _text_model_config(hf, arch, hf, generation_eos, fields)
+
+
+def _gemma3_text_config(hf: Any, fields: dict | None) -> Any:
+    """A Gemma3Config's text_config (its language model's); ValueError for a config.json
+    without one (transformers would give that model Gemma3TextConfig's defaults, vocab_size
+    262,208 and hidden_size 2,304, whatever the top-level fields say) or of another type."""
+    if fields is not None and not isinstance(fields.get("text_config"), dict):
+        raise ValueError("config.json: model_type gemma3 (Gemma3ForConditionalGeneration) "
+                         "has no text_config, which sizes its language model (transformers "
+                         "would take Gemma3TextConfig's defaults, not the top-level fields): "
+                         "give text_config, or model_type gemma3_text (Gemma3ForCausalLM) "
+                         "for a text-only Gemma 3")
+    log.info("model_type gemma3 (Gemma3ForConditionalGeneration): serving its language "
+             "model (text_config) as text alone; the vision tower and the multimodal "
+             "projector's weights are not loaded, and images are not accepted")
+    text = hf.text_config
+    if getattr(text, "model_type", None) != "gemma3_text":
+        raise ValueError(f"config.json: text_config has model_type "
+                         f"{getattr(text, 'model_type', None)!r}, not 'gemma3_text'")
+    return text
+
+
+def _text_model_config(hf: Any, arch: str, outer: Any, generation_eos: list[int] | None,
+                       fields: dict | None) -> ModelConfig:
+    """config_from_hf's ModelConfig of a text model's config `hf` (a multimodal Gemma 3's
+    text_config, `outer` its own config: its dtype and eos ids; else `outer` is `hf`)."""
     # transformers reads mlp_bias for Llama only, attention_bias for Llama and Qwen3 (MoE
     # too) only: Mistral and Mixtral have no biases, Qwen2 q/k/v biases always, Qwen2-MoE
     # by qkv_bias. Other families run with either field in their config.json, ignored.
@@ -227,7 +252,7 @@ def _activation(hf: Any, arch: str) -> str:
     is SiLU, Gemma's "gelu" the tanh approximation (as its config reads it; transformers 5
     reads no hidden_activation, which transformers 4's Gemma preferred). Every MLP of a
     mixture of experts (experts, shared expert) runs the fused SiLU kernels: SiLU only.
-    ValueError naming hidden_act otherwise."""
+    ValueError naming the field (hidden_act, Gemma 2 and 3's hidden_activation) otherwise."""
     # Gemma 2 and 3's configs name it hidden_activation (and read no hidden_act)
     name = "hidden_activation" if arch in ("gemma2", "gemma3_text") else "hidden_act"
     act = getattr(hf, name, "silu")
@@ -236,9 +261,9 @@ def _activation(hf: Any, arch: str) -> str:
     if arch not in MOE_ARCHITECTURES and (act in _GELU_TANH or arch == "gemma"
                                           and act == "gelu"):
         return "gelu_pytorch_tanh"
-    why = ("the experts' kernels compute SiLU: hidden_act must be 'silu'"
+    why = (f"the experts' kernels compute SiLU: {name} must be 'silu'"
            if arch in MOE_ARCHITECTURES else "aiollm's MLPs compute SiLU or GELU's tanh "
-           "approximation: hidden_act must be 'silu' or 'gelu_pytorch_tanh'")
+           f"approximation: {name} must be 'silu' or 'gelu_pytorch_tanh'")
     raise ValueError(f"{name} {act!r} is not supported ({why})")
 
 
