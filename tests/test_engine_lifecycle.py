@@ -360,8 +360,11 @@ def test_repeated_ctrl_c_during_a_scripts_batch_exits_by_the_interrupt():
     assert proc.returncode == -signal.SIGINT, err
     # a press that lands once the interpreter runs its atexit callbacks (torch's own, on a
     # loaded machine) is reported by Python as "Exception ignored in atexit callback" with
-    # a traceback of its own, as in any script: those are not counted
-    ignored = err.count("Exception ignored in atexit callback")
+    # a traceback of its own, as in any script: those are not counted; nor is the second
+    # of a chained report (one press cutting short the wait that ends the first's call, when
+    # the call took more than the 0.15 s between presses: seen on a loaded machine)
+    ignored = (err.count("Exception ignored in atexit callback")
+               + err.count("During handling of the above exception, another exception"))
     assert err.count("Traceback") - ignored == 1 and "terminate called" not in err, err
 
 
