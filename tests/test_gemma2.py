@@ -36,12 +36,19 @@ PROMPTS = [[3, 17, 99, 4, 150, 23, 7, 8, 9, 10, 11, 12, 13, 14],
 NEW_TOKENS = 10
 
 
-@pytest.fixture(scope="module")
-def gemma2(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gemma2")
-    hf = save_gemma(Gemma2Config(**GEMMA2_TINY), path, tokenizer=True)
+def built_gemma(tmp_path_factory, name: str, config) -> tuple:
+    """A tiny Gemma 2/3 of transformers' `config` saved (with a tokenizer) in a fresh
+    directory `name`: (its path, transformers' model, ours loaded in float32 on the CPU,
+    transformers' logits [sum of PROMPTS' lengths, vocab] at every position of PROMPTS)."""
+    path = tmp_path_factory.mktemp(name)
+    hf = save_gemma(config, path, tokenizer=True)
     loaded = load_model(str(path), dtype=torch.float32, device="cpu")
     return path, hf, loaded, hf_logits(hf, PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def gemma2(tmp_path_factory):
+    return built_gemma(tmp_path_factory, "gemma2", Gemma2Config(**GEMMA2_TINY))
 
 
 def test_config_reads_gemma2s_fields(gemma2):

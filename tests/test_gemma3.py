@@ -26,8 +26,8 @@ from transformers import Gemma3TextConfig
 from aiollm import Engine, SamplingParams
 from aiollm.model import load_model
 from aiollm.model.llama import LlamaForCausalLM
-from test_gemma import hf_logits, save_gemma
-from test_gemma2 import PROMPTS
+from test_gemma import save_gemma
+from test_gemma2 import PROMPTS, built_gemma
 from test_loader import all_position_logits
 from test_moe_model import hf_greedy
 
@@ -42,10 +42,7 @@ NEW_TOKENS = 10
 
 @pytest.fixture(scope="module")
 def gemma3(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gemma3")
-    hf = save_gemma(Gemma3TextConfig(**GEMMA3_TINY), path, tokenizer=True)
-    loaded = load_model(str(path), dtype=torch.float32, device="cpu")
-    return path, hf, loaded, hf_logits(hf, PROMPTS)
+    return built_gemma(tmp_path_factory, "gemma3", Gemma3TextConfig(**GEMMA3_TINY))
 
 
 def test_config_reads_gemma3s_fields(gemma3):
