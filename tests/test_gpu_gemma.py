@@ -45,14 +45,17 @@ def gemma(tmp_path_factory):
     return str(path), hf
 
 
-def _engine_greedy(path: str, dtype: str, prompts, alone: bool):
+def engine_greedy(path: str, dtype: str, prompts, alone: bool, fused: bool = True):
+    """Greedy token ids of `prompts` through Engine on the GPU in `dtype`, all at once or
+    each alone; `fused`: whether the model takes the fused one-token path (Gemma 1 does,
+    Gemma 2/3 do not: their sandwich norms)."""
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
 
     async def run():
         async with Engine(path, kv_tokens=4096, max_model_len=512, device="cuda",
                           dtype=dtype) as engine:
+            assert engine.runner.model.fused_small == fused
             if alone:
-                assert engine.runner.model.fused_small
                 return [(await engine.generate(p, params)).token_ids for p in prompts]
             outs = await asyncio.gather(*(engine.generate(p, params) for p in prompts))
             return [o.token_ids for o in outs]
@@ -66,7 +69,7 @@ def test_gpu_fp32_greedy_matches_transformers(gemma, monkeypatch, alone):
     monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")  # the untuned defaults; no table written
     path, hf = gemma
     want = [hf_greedy(hf.float(), p, NEW_TOKENS) for p in PROMPTS]
-    assert _engine_greedy(path, "float32", PROMPTS, alone) == want
+    assert engine_greedy(path, "float32", PROMPTS, alone) == want
 
 
 def test_gpu_fp32_fused_attention_oproj_at_head_dim_256(gemma, monkeypatch):
@@ -79,7 +82,7 @@ def test_gpu_fp32_fused_attention_oproj_at_head_dim_256(gemma, monkeypatch):
     monkeypatch.setattr(attention_oproj, "ENABLED", True)
     path, hf = gemma
     want = [hf_greedy(hf.float(), p, NEW_TOKENS) for p in PROMPTS[:2]]
-    assert _engine_greedy(path, "float32", PROMPTS[:2], alone=True) == want
+    assert engine_greedy(path, "float32", PROMPTS[:2], alone=True) == want
 
 
 def test_gpu_fp32_logits_match_cpu(gemma):
@@ -123,15 +126,15 @@ def test_gpu_bf16_top1_agrees_with_transformers(gemma, monkeypatch):
     Random weights give small top-1 margins, so bfloat16 rounding alone flips some."""
     monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
     path, hf = gemma
-    assert_bf16_top1_agrees(path, hf, PROMPTS, _engine_greedy)
+    assert_bf16_top1_agrees(path, hf, PROMPTS, engine_greedy)
 
 
-def assert_bf16_top1_agrees(path: str, hf, prompts, engine_greedy) -> None:
+def assert_bf16_top1_agrees(path: str, hf, prompts, greedy) -> None:
     """The checkpoint at `path` in bfloat16 on the GPU against `hf` (transformers, float32)
-    at every position of `prompts` and of our own greedy continuations (`engine_greedy(path,
+    at every position of `prompts` and of our own greedy continuations (`greedy(path,
     dtype, prompts, alone)`, teacher-forced): the same top-1 at least as often as
     transformers' own bfloat16, less 2 points, and 90% at least."""
-    seqs = [p + g for p, g in zip(prompts, engine_greedy(path, "bfloat16", prompts, False))]
+    seqs = [p + g for p, g in zip(prompts, greedy(path, "bfloat16", prompts, False))]
     ours = _all_position_logits_on(load_model(path, dtype=torch.bfloat16, device="cuda"),
                                    seqs).argmax(-1).cpu()
     with torch.no_grad():

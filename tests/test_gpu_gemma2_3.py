@@ -12,16 +12,16 @@ points, 90% at least).
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 
 import pytest
 import torch
 from transformers import Gemma2Config, Gemma3TextConfig
 
-from aiollm import Engine, SamplingParams
 from aiollm.model import load_model
 from test_gemma import save_gemma
-from test_gpu_gemma import _all_position_logits_on, assert_bf16_top1_agrees
+from test_gpu_gemma import (NEW_TOKENS, _all_position_logits_on, assert_bf16_top1_agrees,
+                            engine_greedy)
 from test_loader import all_position_logits
 from test_moe_model import hf_greedy
 from test_prefill_graphs import save_any_tokenizer
@@ -39,7 +39,6 @@ CONFIGS = {
                                rope_scaling={"rope_type": "linear", "factor": 8.0}),
 }
 PROMPTS = [[3, 17, 99, 4, 150, 23, 7], list(range(100, 160)), [5], list(range(200, 240))]
-NEW_TOKENS = 12
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
@@ -52,28 +51,13 @@ def model(request, tmp_path_factory):
     return str(path), hf
 
 
-def _engine_greedy(path: str, dtype: str, prompts, alone: bool):
-    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
-
-    async def run():
-        async with Engine(path, kv_tokens=4096, max_model_len=512, device="cuda",
-                          dtype=dtype) as engine:
-            assert not engine.runner.model.fused_small
-            if alone:
-                return [(await engine.generate(p, params)).token_ids for p in prompts]
-            outs = await asyncio.gather(*(engine.generate(p, params) for p in prompts))
-            return [o.token_ids for o in outs]
-
-    return asyncio.run(run())
-
-
 @pytest.mark.parametrize("alone", [False, True], ids=["batched", "alone"])
 def test_gpu_fp32_greedy_matches_transformers(model, monkeypatch, alone):
     torch.backends.cuda.matmul.allow_tf32 = False
     monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
     path, hf = model
     want = [hf_greedy(hf.float(), p, NEW_TOKENS) for p in PROMPTS]
-    assert _engine_greedy(path, "float32", PROMPTS, alone) == want
+    assert engine_greedy(path, "float32", PROMPTS, alone, fused=False) == want
 
 
 def test_gpu_fp32_logits_match_cpu(model):
@@ -87,4 +71,4 @@ def test_gpu_fp32_logits_match_cpu(model):
 def test_gpu_bf16_top1_agrees_with_transformers(model, monkeypatch):
     monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
     path, hf = model
-    assert_bf16_top1_agrees(path, hf, PROMPTS, _engine_greedy)
+    assert_bf16_top1_agrees(path, hf, PROMPTS, partial(engine_greedy, fused=False))
