@@ -325,14 +325,15 @@ def test_a_prompt_that_fills_the_context_is_scored_with_max_tokens_0(loop):
     assert more.param == "max_tokens" and "65 were requested" in str(more), more
 
 
-def test_max_tokens_none_generates_to_the_end_of_the_context(loop):
+def test_max_tokens_none_generates_to_the_end_of_the_context(loop, tiny):
     """max_tokens None (vLLM's: no limit but the context) was refused; each prompt of a batch
     now gets the room the context leaves it, streams too, and a prompt that leaves none (or
-    less than min_tokens) is refused naming the field."""
+    less than min_tokens) is refused naming the field. (On conftest's tiny random Llama: the
+    lengths are the engine's, whatever the model; the default model spent 3 s on them.)"""
     params = SamplingParams(max_tokens=None, temperature=0, ignore_eos=True)
 
     async def go():
-        async with Engine(None, kv_tokens=1024, max_model_len=24) as eng:
+        async with Engine(tiny, load_format="dummy", kv_tokens=1024, max_model_len=24) as eng:
             short, longer = await eng.generate_batch([[5] * 4, [5] * 14], params, False)
             streamed = [t async for d in eng.stream([5] * 14, params) for t in d.token_ids]
             with pytest.raises(InvalidRequest, match="none is left") as e:
