@@ -597,7 +597,7 @@ def _wait_healthy(proc: subprocess.Popen, log: Path, timeout: float = 240) -> st
                 return base
         except aiohttp.ClientError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.05)  # (0.5 s: a quarter of a second lost, on average, by each server)
     pytest.fail(f"aiollm serve did not become healthy:\n{log.read_text()}")
 
 

@@ -325,14 +325,15 @@ def test_a_prompt_that_fills_the_context_is_scored_with_max_tokens_0(loop):
     assert more.param == "max_tokens" and "65 were requested" in str(more), more
 
 
-def test_max_tokens_none_generates_to_the_end_of_the_context(loop):
+def test_max_tokens_none_generates_to_the_end_of_the_context(loop, tiny):
     """max_tokens None (vLLM's: no limit but the context) was refused; each prompt of a batch
     now gets the room the context leaves it, streams too, and a prompt that leaves none (or
-    less than min_tokens) is refused naming the field."""
+    less than min_tokens) is refused naming the field. (On conftest's tiny random Llama: the
+    lengths are the engine's, whatever the model; the default model spent 3 s on them.)"""
     params = SamplingParams(max_tokens=None, temperature=0, ignore_eos=True)
 
     async def go():
-        async with Engine(None, kv_tokens=1024, max_model_len=24) as eng:
+        async with Engine(tiny, load_format="dummy", kv_tokens=1024, max_model_len=24) as eng:
             short, longer = await eng.generate_batch([[5] * 4, [5] * 14], params, False)
             streamed = [t async for d in eng.stream([5] * 14, params) for t in d.token_ids]
             with pytest.raises(InvalidRequest, match="none is left") as e:
@@ -2102,16 +2103,25 @@ def test_warm_up_plan_compiles_every_decode_kernel_a_step_can_launch():
     assert launch_variant(64, 8, 2, 64, torch.float32, cpu, 4000)[1:] == (False, False, False)
 
 
-def test_warm_up_frees_what_it_takes_and_changes_no_output(engine, loop):
+def test_warm_up_frees_what_it_takes_and_changes_no_output(loop):
+    """On an engine of 1,024 tokens of context: the warm-up's mixed steps read contexts up to
+    the longest a row holds, and on the module engine's 8,192 (five context classes, each
+    read by every decode of a step, on the CPU) they took 9 s; two classes take the same
+    paths (prefills, mixed steps, sampling) through the same KV pool and request table."""
     from aiollm.engine.warm_up import warm_up
 
     params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
-    before = run(loop, engine.generate(PROMPTS[1], params)).token_ids
-    free_slots = engine.kv_pool.n_free
-    warm_up(engine.runner, max_prefill=80, max_mixed=16, max_batch=5)
-    assert engine.kv_pool.n_free == free_slots
-    assert_all_free(engine)
-    assert run(loop, engine.generate(PROMPTS[1], params)).token_ids == before
+
+    async def go():
+        async with Engine(None, kv_tokens=1024, max_model_len=1024) as engine:
+            before = (await engine.generate(PROMPTS[1], params)).token_ids
+            free_slots = engine.kv_pool.n_free
+            warm_up(engine.runner, max_prefill=80, max_mixed=16, max_batch=5)
+            assert engine.kv_pool.n_free == free_slots
+            assert_all_free(engine)
+            assert (await engine.generate(PROMPTS[1], params)).token_ids == before
+
+    run(loop, go())
 
 
 def test_stop_strings_wait_for_min_tokens_and_keep_the_token_that_completes_them(loop, engine):

@@ -20,6 +20,14 @@ from script_run import ROOT, run_script, script_env
 LONG = SamplingParams(max_tokens=400, ignore_eos=True)
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> str:
+    """A tiny random Llama (conftest.tiny_llama, 1,024 positions; load_format="dummy") for
+    the tests about how calls and batches take turns, which compare outputs with outputs of
+    the same model: the default model's tens of ms a token bought them nothing."""
+    return tiny_llama(tmp_path_factory.mktemp("small"), max_position_embeddings=1024)
+
+
 def assert_idle(eng: Engine) -> None:
     """Nothing held by a request: what an idle engine shows (the prefix cache may keep
     unlocked prefixes; they are evictable, not used)."""
@@ -165,7 +173,7 @@ def test_an_interrupted_offline_batch_holds_nothing(where):
         assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
 
 
-def test_the_offline_llm_works_inside_a_running_event_loop():
+def test_the_offline_llm_works_inside_a_running_event_loop(small):
     """LLM() and its calls inside a running event loop raised RuntimeError pointing to the
     Engine, so LLM was unusable in a notebook (its cells run inside the kernel's loop) and
     from async code, where vLLM's LLM works. The LLM runs its engine on a loop of its own
@@ -180,7 +188,7 @@ def test_the_offline_llm_works_inside_a_running_event_loop():
         return ([o.token_ids for o in llm.generate(prompts, params, progress=False)],
                 llm.chat(conversation, params, progress=False)[0].token_ids)
 
-    with LLM(None, kv_tokens=1024) as llm:
+    with LLM(small, load_format="dummy", kv_tokens=1024) as llm:
         outside = outputs(llm)
 
         async def use():
@@ -197,7 +205,7 @@ def test_the_offline_llm_works_inside_a_running_event_loop():
         assert_idle(llm.engine)
 
     async def make_and_use():
-        with LLM(None, kv_tokens=1024) as llm:
+        with LLM(small, load_format="dummy", kv_tokens=1024) as llm:
             return outputs(llm)
 
     assert asyncio.run(make_and_use()) == outside
@@ -368,14 +376,14 @@ def test_repeated_ctrl_c_during_a_scripts_batch_exits_by_the_interrupt():
     assert err.count("Traceback") - ignored == 1 and "terminate called" not in err, err
 
 
-def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
+def test_the_offline_llm_takes_calls_from_several_threads_in_turn(small):
     """LLM.generate from several threads at once (a thread pool over data shards): all but
     one raised asyncio's 'This event loop is already running'. They take turns, and each
     gets the outputs it would get alone."""
     import threading
 
     params = SamplingParams(max_tokens=4, temperature=0)
-    with LLM(None, kv_tokens=2048) as llm:
+    with LLM(small, load_format="dummy", kv_tokens=2048) as llm:
         alone = [o.token_ids for o in llm.generate(["Hello", "Hi"], params, progress=False)]
         results = []
 
@@ -645,7 +653,7 @@ def test_stop_waits_for_the_model_thread_without_blocking_the_loop(loop):
     assert ticked >= 50 and took < 30, (took, ticked)
 
 
-def test_a_batch_larger_than_the_request_table_waits_for_room(loop):
+def test_a_batch_larger_than_the_request_table_waits_for_room(loop, small):
     """generate_batch (LLM.generate) submitted every prompt at once: past the request
     table's slots (or the waiting queue) the rest got Overloaded, and so the whole batch, so
     an offline batch of 10,000 prompts failed on a default engine (max_waiting_requests
@@ -654,7 +662,7 @@ def test_a_batch_larger_than_the_request_table_waits_for_room(loop):
     prompts = [f"Question {i}:" for i in range(7)]
 
     async def go(**options):
-        eng = Engine(None, kv_tokens=1024, **options)
+        eng = Engine(small, load_format="dummy", kv_tokens=1024, **options)
         await eng.start()
         try:
             outs = await eng.generate_batch(prompts, params, progress=False)
@@ -668,13 +676,14 @@ def test_a_batch_larger_than_the_request_table_waits_for_room(loop):
     assert run(loop, go(max_waiting_requests=2)) == one_by_one
 
 
-def test_concurrent_batches_share_the_room(loop):
+def test_concurrent_batches_share_the_room(loop, small):
     """Batches run at once (asyncio.gather over generate_batch calls, one per data set) each
     let as many prompts in as the request table or the waiting queue holds, so together
     they overfilled them: all but one raised Overloaded from an engine nobody else used.
     They share the room and all finish."""
     async def go():
-        eng = Engine(None, kv_tokens=1024, table_capacity=4, max_waiting_requests=4)
+        eng = Engine(small, load_format="dummy", kv_tokens=1024, table_capacity=4,
+                     max_waiting_requests=4)
         await eng.start()
         try:
             batches = [[f"Question {i}-{j}:" for j in range(6)] for i in range(3)]

@@ -26,7 +26,7 @@ def test_a_collection_near_the_recursion_limit_is_no_unraisable_error():
     def deep(left: int) -> None:
         if left > 0:
             return deep(left - 1)
-        gc.collect()
+        gc.collect(0)  # the youngest generation: the callback runs as for any, at no cost
 
     try:
         for k in range(2, 40):  # the collection at each depth a few frames short of the limit
@@ -38,4 +38,4 @@ def test_a_collection_near_the_recursion_limit_is_no_unraisable_error():
         sys.unraisablehook = hook
         metrics.watch_gc(False)
     assert not seen, [repr(s.exc_value) for s in seen]
-    assert metrics.gc_pause.labels("2")._sum.get() > 0  # those with room were timed
+    assert metrics.gc_pause.labels("0")._sum.get() > 0  # those with room were timed

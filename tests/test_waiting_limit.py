@@ -15,9 +15,24 @@ from aiollm.errors import Overloaded
 from conftest import out_of_memory_once, run, tiny_llama
 
 PARAMS = SamplingParams(max_tokens=3, temperature=0)
-LONG = SamplingParams(max_tokens=400, ignore_eos=True)
+# a busy request, aborted once the test is done with it: on a tiny model (~ms a step) it must
+# outlast the seconds a test waits beside it
+LONG = SamplingParams(max_tokens=7000, ignore_eos=True)
 SOME = SamplingParams(max_tokens=20, ignore_eos=True)
 SOME_OF_FOUR = SamplingParams(max_tokens=20, ignore_eos=True, n=4)
+
+
+@pytest.fixture(scope="module")
+def long_tiny(tmp_path_factory) -> str:
+    """A tiny random Llama (conftest.tiny_llama) with room for LONG: the limits here are about
+    counting requests, not about what a model answers, so the default model's tens of ms a
+    token bought nothing (test_generate_batch_fills_the_running_batch took 31 s on it)."""
+    return tiny_llama(tmp_path_factory.mktemp("long_tiny"), max_position_embeddings=8192)
+
+
+def tiny_engine(path: str, **kwargs) -> Engine:
+    """An Engine on the tiny model at `path`, with its random weights and room for LONG."""
+    return Engine(path, load_format="dummy", kv_tokens=8192, **kwargs)
 
 
 async def drain(streams) -> list[str]:
@@ -43,13 +58,13 @@ def assert_idle(eng: Engine) -> None:
     assert (s["running"], s["waiting"], s["table_used"], s["kv_used"]) == (0, 0, 0, 0), s
 
 
-def test_a_burst_the_running_batch_takes_is_not_refused(loop):
+def test_a_burst_the_running_batch_takes_is_not_refused(loop, long_tiny):
     """At an idle engine with room for 3 running and a waiting limit of 2, a burst of 5
     requests submitted before the step loop turns once was refused from the third on
     (the running batch, empty, was not counted as room): all 5 are served; the sixth waits
     beyond the limit and is refused, holding nothing."""
     async def go():
-        eng = Engine(None, kv_tokens=2048, max_running_requests=3, max_waiting_requests=2)
+        eng = tiny_engine(long_tiny, max_running_requests=3, max_waiting_requests=2)
         await eng.start()
         try:
             streams = [eng.stream(f"Question {i}:", PARAMS) for i in range(5)]
@@ -69,11 +84,11 @@ def test_a_burst_the_running_batch_takes_is_not_refused(loop):
     run(loop, go())
 
 
-def test_a_busy_batch_leaves_only_the_waiting_limit(loop):
+def test_a_busy_batch_leaves_only_the_waiting_limit(loop, long_tiny):
     """With the running batch full, the limit counts every waiting request: a real overload
     is still refused after max_waiting_requests of them."""
     async def go():
-        eng = Engine(None, kv_tokens=2048, max_running_requests=1, max_waiting_requests=2)
+        eng = tiny_engine(long_tiny, max_running_requests=1, max_waiting_requests=2)
         await eng.start()
         try:
             busy = eng.stream("Count:", LONG)
@@ -91,13 +106,13 @@ def test_a_busy_batch_leaves_only_the_waiting_limit(loop):
     run(loop, go())
 
 
-def test_generate_batch_fills_the_running_batch(loop):
+def test_generate_batch_fills_the_running_batch(loop, long_tiny):
     """generate_batch (and generate with n > 1) keeps as many prompts in flight as the
     engine takes without refusing one: the running batch and the waiting queue. It held
     them to max_waiting_requests, so with a waiting limit of 1 a batch ran one prompt at a
     time, whatever room the running batch had."""
     async def go():
-        eng = Engine(None, kv_tokens=2048, max_running_requests=3, max_waiting_requests=1)
+        eng = tiny_engine(long_tiny, max_running_requests=3, max_waiting_requests=1)
         await eng.start()
         try:
             batch = eng.generate_batch([f"Question {i}:" for i in range(6)], SOME, progress=False)
@@ -208,7 +223,7 @@ def test_a_health_probe_takes_no_place_in_the_waiting_queue_nor_needs_one(tiny, 
         unstuck.set()
 
 
-def test_refusals_are_logged_once_then_counted(loop, caplog, monkeypatch):
+def test_refusals_are_logged_once_then_counted(loop, caplog, monkeypatch, long_tiny):
     """A full queue's 503s were not logged: an operator saw clients turned away nowhere but
     in their own logs. The first refusal is one WARNING line at once, naming the limit; the
     refusals that follow within the interval (a client retrying in a loop) are one line at
@@ -221,7 +236,7 @@ def test_refusals_are_logged_once_then_counted(loop, caplog, monkeypatch):
         return [r.getMessage() for r in caplog.records if r.name == refusal_log.log.name]
 
     async def go():
-        eng = Engine(None, kv_tokens=2048, max_running_requests=1, max_waiting_requests=1)
+        eng = tiny_engine(long_tiny, max_running_requests=1, max_waiting_requests=1)
         await eng.start()
         try:
             busy = eng.stream("Count:", LONG)
@@ -250,12 +265,12 @@ def test_refusals_are_logged_once_then_counted(loop, caplog, monkeypatch):
     run(loop, go())
 
 
-def test_a_queue_timeout_is_logged(loop, caplog):
+def test_a_queue_timeout_is_logged(loop, caplog, long_tiny):
     """A request that waited past --queue-timeout gets a 503 too: logged as a refusal."""
     from aiollm.engine import refusal_log
 
     async def go():
-        eng = Engine(None, kv_tokens=2048, max_running_requests=1, queue_timeout=0.2)
+        eng = tiny_engine(long_tiny, max_running_requests=1, queue_timeout=0.2)
         await eng.start()
         try:
             busy = eng.stream("Count:", LONG)
@@ -272,7 +287,8 @@ def test_a_queue_timeout_is_logged(loop, caplog):
     run(loop, go())
 
 
-def test_refusals_counted_when_the_engine_stops_are_told_once(loop, caplog, monkeypatch):
+def test_refusals_counted_when_the_engine_stops_are_told_once(loop, caplog, monkeypatch,
+                                                              long_tiny):
     """Refusals counted but not yet told when the engine stops are logged by its stop(),
     once: they waited on a timer of the event loop, which stop() left behind, so a server
     shut down (its loop closed) within the interval after a burst of 503s never logged
@@ -285,7 +301,7 @@ def test_refusals_counted_when_the_engine_stops_are_told_once(loop, caplog, monk
         return [r.getMessage() for r in caplog.records if r.name == refusal_log.log.name]
 
     async def go():
-        eng = Engine(None, kv_tokens=2048, max_running_requests=1, max_waiting_requests=1)
+        eng = tiny_engine(long_tiny, max_running_requests=1, max_waiting_requests=1)
         await eng.start()
         with caplog.at_level("WARNING", logger=refusal_log.log.name):
             try:
