@@ -10,10 +10,10 @@ import logging
 
 import gguf
 import numpy as np
+from test_gguf_qwen_tokenizer_log import default_tokenizer_fields
 from test_loader import finish_gguf, gguf_writer
 
 from aiollm import Engine, SamplingParams
-from aiollm.model import default_model_path
 from aiollm.model.gguf_eog import end_of_generation
 from aiollm.model.weights_gguf import read_gguf
 
@@ -26,14 +26,14 @@ LLAMA3 = {0: "<|end_of_text|>", 1: "<|begin_of_text|>", 2: "<|eot_id|>", 3: "<|s
 def write_model(path: str, renamed: dict[int, str], types: dict[int, int] | None = None,
                 keys: dict[str, int] | None = None) -> None:
     """A tiny random Llama GGUF file (one layer, hidden 32) whose vocabulary is the default
-    model's with the texts `renamed` (id -> text) and token types `types` (id -> type) in
-    place of its own, and whose token-id keys are `keys` (e.g. eos_token_id -> id; no others:
-    the default model's are left out)."""
+    model's first tokens (default_tokenizer_fields) with the texts `renamed` (id -> text) and
+    token types `types` (id -> type) in place of its own, and whose token-id keys are `keys`
+    (e.g. eos_token_id -> id; no others: the default model's are left out)."""
     from transformers import LlamaConfig
 
-    source = gguf.GGUFReader(default_model_path())
-    texts = source.fields["tokenizer.ggml.tokens"].contents()
-    token_types = source.fields["tokenizer.ggml.token_type"].contents()
+    fields = {key: (value, kind, sub) for key, value, kind, sub in default_tokenizer_fields()}
+    texts = list(fields["tokenizer.ggml.tokens"][0])
+    token_types = list(fields["tokenizer.ggml.token_type"][0])
     for i, text in renamed.items():
         texts[i] = text
     for i, kind in (types or {}).items():
@@ -42,12 +42,11 @@ def write_model(path: str, renamed: dict[int, str], types: dict[int, int] | None
                     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                     max_position_embeddings=256)
     w = gguf_writer(c, path, "llama")
-    for key, field in source.fields.items():
-        if (key.startswith("tokenizer.") and not key.endswith("_token_id")
+    for key, (value, kind, sub) in fields.items():
+        if (not key.endswith("_token_id")
                 and key not in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
                                 "tokenizer.chat_template")):
-            sub = field.types[1] if len(field.types) > 1 else None
-            w.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+            w.add_key_value(key, value, kind, sub_type=sub)
     w.add_token_list(texts)
     w.add_token_types(token_types)
     for key, token in (keys or {}).items():

@@ -13,7 +13,7 @@ import json
 
 import pytest
 from live_server import LiveServer, http
-from test_gguf_qwen_tokenizer_log import write_tokenizer_only
+from test_gguf_qwen_tokenizer_log import VOCAB, write_tokenizer_only
 
 from aiollm.engine import Engine
 
@@ -30,13 +30,14 @@ LLAMA3 = ("{% for m in messages %}{{ m.content }}{% endfor %}{{ tools | tojson }
 
 def _tiny(tmp_path, tool_use: str) -> dict:
     """Engine options of a tiny random Llama (dummy weights) whose tokenizer is a GGUF file
-    holding the default model's tokenizer and chat template, and `tool_use`."""
+    holding the default model's tokenizer (its first VOCAB tokens) and chat template, and
+    `tool_use`."""
     tok = str(tmp_path / "tok.gguf")
     write_tokenizer_only(tok, "llama", {"tokenizer.chat_template.tool_use": tool_use})
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": VOCAB,
         "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
         "rms_norm_eps": 1e-5, "tie_word_embeddings": False}))

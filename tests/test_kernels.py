@@ -244,9 +244,9 @@ def test_decode_attention_splits_only_long_contexts(dtype, device=CPU):
                               long_only=4)
     test_decode_attention([40, 33, 47, 35], 4, 2, 16, 1, dtype, device, long_only=4)
     test_decode_attention([301], 6, 2, 32, 1, dtype, device, long_only=8)
-    # two long ones of different lengths (over twice the mean of 113: 240 tokens in whole
-    # blocks), one of them past long_only x that: 400 in two splits, 900 in three
-    test_decode_attention([5, 6, 400, 7, 900, 4, 5, 6, 5, 6, 7, 4], 8, 2, 16, 1, dtype,
+    # two long ones of different lengths (over twice the mean of 32: 64 tokens in whole
+    # blocks), one of them past long_only x that: 100 in two splits, 225 in three (of 80)
+    test_decode_attention([5, 6, 100, 7, 225, 4, 5, 6, 5, 6, 7, 4], 4, 1, 16, 1, dtype,
                           device, long_only=3)
     # long_only takes the place of one split only: an explicit split count stands
     test_decode_attention([10, 12, 9, 11, 300, 7], 4, 2, 16, 3, dtype, device, long_only=4)
@@ -268,14 +268,14 @@ def test_long_only_launches_from_eight_thousand_tokens():
 @pytest.mark.parametrize("merge_in_kernel", [True, False])
 def test_decode_attention_merge(merge_in_kernel, device=CPU):
     """Splits merged by the last split program or by a reduce launch, some of them empty;
-    the long request uses 35 of its 36 splits (32 tokens each), more than the merge reads at a
-    time (16 at these heads), so the merge crosses two of its chunk boundaries; twice, so a
-    counter left non-zero shows. Under the CPU interpreter the cost is the program count
-    (B x HKV x splits), not the context length."""
+    the long request uses 10 of its 11 splits (32 tokens each), more than the merge reads at a
+    time (4 at these heads: 16 query heads to a KV head, D 64), so the merge crosses two of
+    its chunk boundaries; twice, so a counter left non-zero shows. Under the CPU interpreter
+    the cost is the program count (B x HKV x splits), not the context length."""
     for _ in range(2):
         test_decode_attention([1, 40, 97], 8, 2, 16, 7, torch.float32, device,
                               merge_in_kernel=merge_in_kernel)
-        test_decode_attention([1, 40, 1100], 8, 2, 64, 36, torch.float32, device,
+        test_decode_attention([1, 40, 300], 16, 1, 64, 11, torch.float32, device,
                               merge_in_kernel=merge_in_kernel)
 
 

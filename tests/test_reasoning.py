@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from live_server import post_ok
+from live_server import at_once, post_ok
 from aiollm.api.reasoning import ReasoningSplitter, partial_tail, prompt_state, split, \
     splitter_for
 
@@ -185,7 +185,8 @@ def test_forced_thinking_split_and_streamed_alike(thinker):
     (one token a delta, the tags split over several) joins to the same fields, and the
     logprobs, as without a parser, cover every token of the raw output."""
     kw = {"guided_regex": THINK, "max_tokens": 40, "logprobs": True}
-    choice, usage = _whole(thinker, **kw)
+    (choice, usage), streamed = at_once(lambda: _whole(thinker, **kw),
+                                        lambda: _streamed(thinker, **kw))
     m = choice["message"]
     assert m["reasoning_content"] and re.fullmatch(r"[a-z ]{3,24}", m["reasoning_content"]), m
     assert m["reasoning"] == m["reasoning_content"]
@@ -194,7 +195,7 @@ def test_forced_thinking_split_and_streamed_alike(thinker):
     raw = b"".join(bytes(t["bytes"]) for t in choice["logprobs"]["content"]).decode()
     assert raw == f"<think>{m['reasoning_content']}</think>{m['content']}"
     assert usage["completion_tokens"] == len(choice["logprobs"]["content"])
-    reasoning, content, finish, chunks = _streamed(thinker, **kw)
+    reasoning, content, finish, chunks = streamed
     assert (reasoning, content, finish) == (m["reasoning_content"], m["content"], "stop")
     assert sum("reasoning_content" in c["choices"][0]["delta"] for c in chunks if c["choices"]
                ) > 1, "the reasoning was not streamed as it came"
@@ -206,8 +207,6 @@ def test_include_and_separate_reasoning(thinker):
     """vLLM's include_reasoning false drops the reasoning (content as with it), streamed and
     not; SGLang's separate_reasoning false leaves the output unsplit, tags and all, in
     content."""
-    from live_server import at_once
-
     kw = {"guided_regex": THINK, "max_tokens": 40}
     split, dropped, (reasoning, content, _, _), raw, (_, raw_streamed, _, _) = at_once(
         lambda: _whole(thinker, **kw)[0]["message"],
@@ -248,20 +247,22 @@ def test_reasoning_sent_back_reaches_the_template(thinker):
 
 def test_forced_unclosed_thinking_is_reasoning(thinker):
     kw = {"guided_regex": r"<think>[a-z ]{30,60}", "max_tokens": 6}
-    choice, _ = _whole(thinker, **kw)
+    (choice, _), streamed = at_once(lambda: _whole(thinker, **kw),
+                                    lambda: _streamed(thinker, **kw))
     m = choice["message"]
     assert choice["finish_reason"] == "length" and m["content"] is None and m["reasoning_content"]
-    assert _streamed(thinker, **kw)[:3] == (m["reasoning_content"], "", "length")
+    assert streamed[:3] == (m["reasoning_content"], "", "length")
 
 
 def test_grammar_without_tags_is_content(thinker):
     """A grammar that starts the output (here a regex) left no room to reason: its output is
     the answer, with deepseek_r1 too (whose free output starts inside the reasoning)."""
     kw = {"guided_regex": r"[A-Z][a-z]{2,8}", "max_tokens": 10}
-    choice, _ = _whole(thinker, **kw)
+    (choice, _), streamed = at_once(lambda: _whole(thinker, **kw),
+                                    lambda: _streamed(thinker, **kw))
     m = choice["message"]
     assert m["reasoning_content"] is None and re.fullmatch(r"[A-Z][a-z]{2,8}", m["content"])
-    assert _streamed(thinker, **kw)[:2] == (None, m["content"])
+    assert streamed[:2] == (None, m["content"])
 
 
 def test_free_output_without_tags(thinker):
@@ -269,15 +270,15 @@ def test_free_output_without_tags(thinker):
     block), qwen3 all as content; either way it is the raw text /v1/completions gives for the
     same prompt, unchanged there."""
     ids = post_ok(thinker, {"messages": ASK}, "/tokenize")["tokens"]
-    raw = post_ok(thinker, {"prompt": ids, "max_tokens": 8, "temperature": 0},
-                "/v1/completions")["choices"][0]["text"]
+    raw, (choice, usage), (reasoning, content, _, _) = at_once(
+        lambda: post_ok(thinker, {"prompt": ids, "max_tokens": 8, "temperature": 0},
+                        "/v1/completions")["choices"][0]["text"],
+        lambda: _whole(thinker, max_tokens=8), lambda: _streamed(thinker, max_tokens=8))
     assert "think>" not in raw
-    choice, usage = _whole(thinker, max_tokens=8)
     m = choice["message"]
     parser = thinker.engine.config.reasoning_parser
     assert (m["reasoning_content"], m["content"]) == (
         (raw, None) if parser == "deepseek_r1" else (None, raw))
-    reasoning, content, _, _ = _streamed(thinker, max_tokens=8)
     assert (reasoning, content) == (m["reasoning_content"], m["content"] or "")
     assert usage["completion_tokens"] == 8
 
@@ -299,10 +300,10 @@ def test_output_ended_right_after_the_opening_tag(thinker):
     the answer."""
     kw = {"guided_regex": r"<think>\n[a-z ]{3,24}</think>\n\n[A-Z][a-z]{2,8}",
           "max_tokens": 40, "stop": ["\n"]}
-    choice, _ = _whole(thinker, **kw)
+    (choice, _), (reasoning, content, finish, _) = at_once(lambda: _whole(thinker, **kw),
+                                                           lambda: _streamed(thinker, **kw))
     m = choice["message"]
     assert (m["reasoning_content"], m["content"], choice["finish_reason"]) == ("", None, "stop")
-    reasoning, content, finish, _ = _streamed(thinker, **kw)
     assert (reasoning or "", content, finish) == ("", "", "stop")
 
 
@@ -318,13 +319,14 @@ def test_continued_message_with_its_own_reasoning(thinker, prefill, inside):
     msgs = [*ASK, {"role": "assistant", "content": prefill}]
     opts = {"add_generation_prompt": False, "continue_final_message": True}
     ids = post_ok(thinker, {"messages": msgs, **opts}, "/tokenize")["tokens"]
-    raw = post_ok(thinker, {"prompt": ids, "max_tokens": 6, "temperature": 0},
-                "/v1/completions")["choices"][0]["text"]
+    raw, (choice, _), (reasoning, content, _, _) = at_once(
+        lambda: post_ok(thinker, {"prompt": ids, "max_tokens": 6, "temperature": 0},
+                        "/v1/completions")["choices"][0]["text"],
+        lambda: _whole(thinker, messages=msgs, max_tokens=6, **opts),
+        lambda: _streamed(thinker, messages=msgs, max_tokens=6, **opts))
     assert raw and "think>" not in raw
-    choice, _ = _whole(thinker, messages=msgs, max_tokens=6, **opts)
     m = choice["message"]
     assert (m["reasoning_content"], m["content"]) == ((raw, None) if inside else (None, raw))
-    reasoning, content, _, _ = _streamed(thinker, messages=msgs, max_tokens=6, **opts)
     assert (reasoning, content) == (m["reasoning_content"], m["content"] or "")
 
 
@@ -361,10 +363,11 @@ def test_a_response_with_reasoning_is_continued_as_its_items_sent_back(thinker):
     assert "reasoning" in [i.type for i in first.output] or thinker.engine.config \
         .reasoning_parser == "qwen3", first.output
     follow = [{"role": "user", "content": "Why?"}]
-    continued = client.responses.create(input=follow, previous_response_id=first.id, **kw)
-    sent = client.responses.create(store=False, **kw, input=[
-        {"role": "user", "content": ASK[0]["content"]},
-        *[i.model_dump(exclude_none=True) for i in first.output], *follow])
+    continued, sent = at_once(
+        lambda: client.responses.create(input=follow, previous_response_id=first.id, **kw),
+        lambda: client.responses.create(store=False, **kw, input=[
+            {"role": "user", "content": ASK[0]["content"]},
+            *[i.model_dump(exclude_none=True) for i in first.output], *follow]))
     assert continued.usage.input_tokens == sent.usage.input_tokens
     assert continued.output_text == sent.output_text
 
@@ -377,13 +380,15 @@ def test_responses_put_the_reasoning_in_a_reasoning_item(thinker):
     import openai
 
     client = openai.OpenAI(base_url=thinker.base + "/v1", api_key="unused", max_retries=0)
-    m = _whole(thinker, max_tokens=8)[0]["message"]
     kw = dict(model=client.models.list().data[0].id, input=ASK[0]["content"],
               max_output_tokens=8, temperature=0)
-    whole = client.responses.create(**kw)
-    with client.responses.stream(**kw) as stream:
-        types = [e.type for e in stream]
-        streamed = stream.get_final_response()
+
+    def stream_it():
+        with client.responses.stream(**kw) as stream:
+            return [e.type for e in stream], stream.get_final_response()
+
+    m, whole, (types, streamed) = at_once(lambda: _whole(thinker, max_tokens=8)[0]["message"],
+                                          lambda: client.responses.create(**kw), stream_it)
     for r in (whole, streamed):
         thought = [i.content[0].text for i in r.output if i.type == "reasoning"]
         assert (thought[0] if thought else None, r.output_text or None) == (

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from live_server import post_ok
+from live_server import at_once, post_ok
 from aiollm.api.reasoning import ReasoningTokens, reasoning_tokens, split, splitter_for
 
 ASK = [{"role": "user", "content": "Think about the sky, then name a colour."}]
@@ -84,24 +84,27 @@ def test_chat_counts_reasoning_tokens(thinker):
     last chunk of a stream (include_usage) and, growing to it, in continuous usage stats;
     summed over the choices of n > 1."""
     body = {"messages": ASK, "temperature": 0, "max_tokens": 40, "guided_regex": THINK}
-    r = post_ok(thinker, {**body, "logprobs": True})
+    # the five requests at once (greedy: each answers as alone), in one batch of steps
+    r, ends, continuous, both, chunks = at_once(
+        lambda: post_ok(thinker, {**body, "logprobs": True}),
+        lambda: _stream_usage(thinker, {**body, "stream_options": {"include_usage": True}}),
+        lambda: _stream_usage(thinker, {**body, "stream_options": {
+            "include_usage": True, "continuous_usage_stats": True}}),
+        lambda: post_ok(thinker, {**body, "n": 2})["usage"],
+        lambda: _stream_chunks(thinker, {**body, "n": 2, "stream_options": {
+            "include_usage": True, "continuous_usage_stats": True}}))
     n = _completing(r["choices"][0]["logprobs"])
     usage = r["usage"]
     assert usage["completion_tokens_details"] == {"reasoning_tokens": n}
     assert 0 < n < usage["completion_tokens"]
-    [last] = _stream_usage(thinker, {**body, "stream_options": {"include_usage": True}})
+    [last] = ends
     for key in ("completion_tokens", "completion_tokens_details"):
         assert last[key] == usage[key]
-    counts = [u["completion_tokens_details"]["reasoning_tokens"] for u in _stream_usage(
-        thinker, {**body, "stream_options": {"include_usage": True,
-                                             "continuous_usage_stats": True}})]
+    counts = [u["completion_tokens_details"]["reasoning_tokens"] for u in continuous]
     assert counts == sorted(counts) and counts[0] < n and counts[-1] == n, counts
-    both = post_ok(thinker, {**body, "n": 2})["usage"]
     assert both["completion_tokens_details"] == {"reasoning_tokens": 2 * n}
     # streamed with n = 2, a choice's chunks count its own reasoning tokens (as vLLM's),
     # the last chunk both choices'
-    chunks = _stream_chunks(thinker, {**body, "n": 2, "stream_options": {
-        "include_usage": True, "continuous_usage_stats": True}})
     last = {c["choices"][0]["index"]: c["usage"]["completion_tokens_details"]
             for c in chunks if c["choices"]}
     assert last == {0: {"reasoning_tokens": n}, 1: {"reasoning_tokens": n}}, last
@@ -131,10 +134,13 @@ def test_responses_count_and_cut_reasoning(thinker):
     client = openai.OpenAI(base_url=thinker.base + "/v1", api_key="unused", max_retries=0)
     kw = dict(model=client.models.list().data[0].id, input=ASK[0]["content"],
               max_output_tokens=8, temperature=0)
-    whole = client.responses.create(**kw)
-    with client.responses.stream(**kw) as stream:
-        done = [e.item for e in stream if e.type == "response.output_item.done"]
-        streamed = stream.get_final_response()
+
+    def stream_it():
+        with client.responses.stream(**kw) as stream:
+            done = [e.item for e in stream if e.type == "response.output_item.done"]
+            return done, stream.get_final_response()
+
+    whole, (done, streamed) = at_once(lambda: client.responses.create(**kw), stream_it)
     cut_inside = thinker.engine.config.reasoning_parser == "deepseek_r1"
     for r in (whole, streamed):
         assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"

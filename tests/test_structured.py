@@ -13,7 +13,7 @@ import jsonschema
 import openai
 import pydantic
 import pytest
-from live_server import http, refused_status
+from live_server import at_once, http, refused_status
 
 ASK = [{"role": "user", "content": "Describe a person as JSON."}]
 NAME = {"type": "string", "minLength": 1, "maxLength": 12}
@@ -91,12 +91,13 @@ def test_json_schema_validates(client, k):
 
 
 def test_json_object_and_guided_json_on_completions(client):
-    text, finish = _chat(client, False, messages=ASK, max_tokens=30, temperature=0,
-                         response_format={"type": "json_object"})
+    (text, finish), r = at_once(
+        lambda: _chat(client, False, messages=ASK, max_tokens=30, temperature=0,
+                      response_format={"type": "json_object"}),
+        lambda: client.completions.create(model=None, prompt="A user record:", max_tokens=60,
+                                          temperature=0, extra_body={"guided_json": SCHEMAS[2]}))
     # any JSON object may run past a small max_tokens: then it is a prefix of one
     assert text.startswith("{") and (finish == "length" or isinstance(json.loads(text), dict))
-    r = client.completions.create(model=None, prompt="A user record:", max_tokens=60,
-                                  temperature=0, extra_body={"guided_json": SCHEMAS[2]})
     jsonschema.validate(json.loads(r.choices[0].text), SCHEMAS[2])
 
 
@@ -106,11 +107,14 @@ def test_json_schema_without_a_schema_is_any_json_object(client, json_schema):
     """OpenAI's json_schema.schema is optional (it was a 400): without one the output is
     held to a JSON object, as json_object holds it."""
     kw = dict(messages=ASK, max_tokens=12, temperature=0)
-    want = _chat(client, False, **kw, response_format={"type": "json_object"})
     fmt = {"type": "json_schema", "json_schema": json_schema}
+    want, whole, streamed = at_once(
+        lambda: _chat(client, False, **kw, response_format={"type": "json_object"}),
+        lambda: _chat(client, False, **kw, response_format=fmt),
+        lambda: _chat(client, True, **kw, response_format=fmt))
     assert want[0].startswith("{")
-    assert _chat(client, False, **kw, response_format=fmt) == want
-    assert _chat(client, True, **kw, response_format=fmt) == want
+    assert whole == want
+    assert streamed == want
 
 
 def test_regex_and_choice(client, server):
@@ -131,7 +135,9 @@ def test_seeded_grammar_sampling_is_reproducible(client):
     kw = dict(messages=ASK, max_tokens=24, temperature=1.0, seed=1234,
               response_format={"type": "json_schema", "json_schema": {
                   "name": "p", "schema": SCHEMAS[1]}})
-    assert _chat(client, False, **kw) == _chat(client, True, **kw)
+    whole, streamed = at_once(lambda: _chat(client, False, **kw),
+                              lambda: _chat(client, True, **kw))
+    assert whole == streamed
 
 
 def test_greedy_unchanged_beside_constrained(client):
@@ -565,6 +571,20 @@ def _streamed_message(stream):
     return msg, finish
 
 
+def _whole_and_stream_state(client, kw: dict):
+    """The chat completion for `kw` and the openai SDK's stream state fed the same request
+    streamed, both requests made at once (the server batches them)."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    def streamed():
+        state = ChatCompletionStreamState()
+        for chunk in client.chat.completions.create(**kw, stream=True):
+            state.handle_chunk(chunk)
+        return state
+
+    return at_once(lambda: client.chat.completions.create(**kw), streamed)
+
+
 def _check_call(call, tool: dict) -> dict:
     assert call.type == "function" and call.id
     assert call.function.name == tool["function"]["name"]
@@ -643,13 +663,14 @@ def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(serve
     body = {"messages": [{"role": "user", "content": "What is the weather in Paris?"}],
             "tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": False,
             "max_tokens": 100, "temperature": 0}
-    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    (status, _, raw), (stream_status, _, stream_raw) = at_once(
+        lambda: http(server, "POST", "/v1/chat/completions", json=body),
+        lambda: http(server, "POST", "/v1/chat/completions", json={**body, "stream": True}))
     assert status == 200, raw
     whole = json.loads(raw)["choices"][0]
     assert whole["message"]["content"] is None and whole["message"]["tool_calls"], whole
-    status, _, raw = http(server, "POST", "/v1/chat/completions", json={**body, "stream": True})
-    assert status == 200, raw
-    events = sse_events(raw)
+    assert stream_status == 200, stream_raw
+    events = sse_events(stream_raw)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     choices = [c["choices"][0] for c in chunks]
@@ -685,20 +706,15 @@ def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(client, choice):
     the call's markup ('<tool_call>', the name) is no content. Its text stayed in content,
     under a tool_choice that allows calls only. Streamed and not, the message is the same
     (but for the content the stream builds: "", as from vLLM)."""
-    from openai.lib.streaming.chat import ChatCompletionStreamState
-
     kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
               tools=[WEATHER], tool_choice=choice, max_tokens=22, temperature=0)
-    r = client.chat.completions.create(**kw)
+    r, state = _whole_and_stream_state(client, kw)
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
     assert finish == "length" and msg.content is None, msg
     [call] = msg.tool_calls
     assert call.function.name == "get_weather" and call.function.arguments.startswith("{")
     with pytest.raises(ValueError):  # cut: no JSON yet
         json.loads(call.function.arguments)
-    state = ChatCompletionStreamState()
-    for chunk in client.chat.completions.create(**kw, stream=True):
-        state.handle_chunk(chunk)
     built = state.current_completion_snapshot.choices[0]  # the final one raises on "length"
     # content: the role chunk's "", as vLLM's stream opens (the whole answer's null)
     assert built.finish_reason == "length" and built.message.content == "", built
@@ -713,18 +729,13 @@ def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, a
     in content), with finish_reason "stop", not "tool_calls": it is not complete. Its text
     ('<tool_call>\n{"name": "get_weather", ') came back as content. Streamed and not alike
     (but for the content the stream builds: "", as from vLLM)."""
-    from openai.lib.streaming.chat import ChatCompletionStreamState
-
     kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
               tools=[WEATHER], tool_choice="required", max_tokens=60, temperature=0, stop=[stop])
-    r = client.chat.completions.create(**kw)
+    r, state = _whole_and_stream_state(client, kw)
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
     assert finish == "stop" and msg.content is None, msg
     assert [(c.function.name, c.function.arguments.strip()) for c in msg.tool_calls] == [
         ("get_weather", arguments)], msg
-    state = ChatCompletionStreamState()
-    for chunk in client.chat.completions.create(**kw, stream=True):
-        state.handle_chunk(chunk)
     built = state.current_completion_snapshot.choices[0]
     assert built.finish_reason == "stop" and built.message.content == "", built
     assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
@@ -742,20 +753,16 @@ def test_a_stop_string_before_a_forced_calls_name_streamed_or_not(client, choice
     content), as vLLM does; a named tool_choice is the named call whatever was written, its
     arguments "" (vLLM answers a named choice with the call and the output as arguments),
     as when max_tokens cuts it there."""
-    from openai.lib.streaming.chat import ChatCompletionStreamState
-
     kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
               tools=[WEATHER], tool_choice=choice, max_tokens=20, temperature=0, stop=[stop])
     calls = [] if choice == "required" else [("get_weather", "")]
     content = "" if choice == "required" else None
-    r = client.chat.completions.create(**kw).choices[0]
+    whole, state = _whole_and_stream_state(client, kw)
+    r = whole.choices[0]
     assert (r.finish_reason, r.stop_reason) == ("stop", stop), r
     assert r.message.content == content, r
     assert [(c.function.name, c.function.arguments) for c in r.message.tool_calls or []] == \
         calls, r
-    state = ChatCompletionStreamState()
-    for chunk in client.chat.completions.create(**kw, stream=True):
-        state.handle_chunk(chunk)
     built = state.get_final_completion().choices[0]
     # the role chunk's "", as vLLM's stream opens, where the whole answer's is null too
     assert built.finish_reason == "stop" and built.message.content == "", built

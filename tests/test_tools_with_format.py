@@ -186,8 +186,10 @@ def test_named_call_finishes_as_vllm_answers_it_whole_and_streamed(server, strea
     "length" where max_tokens cut it; and the stream's finish agrees with the whole answer's."""
     ask = {"messages": ASK, "tools": [WEATHER], "tool_choice": NAMED, "temperature": 1.0,
            "seed": 3, "stream": stream}
-    status, _, raw = http(server, "POST", "/v1/chat/completions",
-                          json={**ask, "n": 2, "max_tokens": 60})
+    (status, _, raw), cut = at_once(  # at once (the server batches them), for time
+        lambda: http(server, "POST", "/v1/chat/completions",
+                     json={**ask, "n": 2, "max_tokens": 60}),
+        lambda: _post(server, {**ask, "max_tokens": 5}))
     assert status == 200, raw
     if stream:
         finishes = {c["index"]: c["finish_reason"] for data in sse_events(raw)[:-1]
@@ -195,7 +197,6 @@ def test_named_call_finishes_as_vllm_answers_it_whole_and_streamed(server, strea
     else:
         finishes = {c["index"]: c["finish_reason"] for c in json.loads(raw)["choices"]}
     assert finishes == {0: "stop", 1: "stop"}, raw
-    cut = _post(server, {**ask, "max_tokens": 5})
     assert cut["finish_reason"] == "length", cut
 
 
@@ -207,12 +208,13 @@ def test_a_cut_named_call_is_still_the_call_as_vllm_answers_it(server, stream):
     name was complete (its marker, or part of its head) answered no call at all."""
     ask = {"messages": ASK, "tools": [WEATHER], "tool_choice": NAMED, "temperature": 0,
            "stream": stream}
-    whole = _post(server, {**ask, "max_tokens": 60})
+    cuts = (1, 7, 18)  # the whole answer and the cut ones at once, for time
+    whole, *answers = at_once(*(functools.partial(_post, server, {**ask, "max_tokens": n})
+                                for n in (60, *cuts)))
     [call] = whole["tool_calls"]
     done = call["function"]["arguments"]
     assert json.loads(done)["city"] in ("Paris", "Rome"), whole
-    for max_tokens in (1, 7, 18):
-        cut = _post(server, {**ask, "max_tokens": max_tokens})
+    for max_tokens, cut in zip(cuts, answers):
         assert cut["finish_reason"] == "length" and not cut["content"], cut
         assert len(cut.get("tool_calls") or []) == 1, cut
         [call] = cut["tool_calls"]
@@ -231,10 +233,13 @@ def test_sdk_stream_helper_and_parse_take_a_named_call(client):
     ask = dict(model=None, messages=ASK, max_tokens=60, temperature=0,
                tools=[openai.pydantic_function_tool(GetWeather)],
                tool_choice={"type": "function", "function": {"name": "GetWeather"}})
-    with client.chat.completions.stream(**ask) as s:
-        done = [e for e in s if e.type == "tool_calls.function.arguments.done"]
-        streamed = s.get_final_completion()
-    parsed = client.chat.completions.parse(**ask)
+
+    def stream_it():
+        with client.chat.completions.stream(**ask) as s:
+            done = [e for e in s if e.type == "tool_calls.function.arguments.done"]
+            return done, s.get_final_completion()
+
+    (done, streamed), parsed = at_once(stream_it, lambda: client.chat.completions.parse(**ask))
     for r in (streamed, parsed):
         assert r.choices[0].finish_reason == "stop", r
         [call] = r.choices[0].message.tool_calls
