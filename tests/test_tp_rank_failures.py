@@ -215,7 +215,9 @@ def test_a_signal_to_the_servers_process_group_drains_it(tiny_model, tmp_path,  
         base = asyncio.run(_until_healthy(proc, log))
 
         async def terminated_while_streaming():
-            body = {"prompt": [3, 17], "max_tokens": 120, "temperature": 0, "stream": True,
+            # (31 steps left at the signal, each needing rank 1: one that died of it
+            # fails the next within milliseconds)
+            body = {"prompt": [3, 17], "max_tokens": 32, "temperature": 0, "stream": True,
                     "ignore_eos": True}
             async with aiohttp.ClientSession() as s:
                 async with s.post(base + "/v1/completions", json=body) as r:
