@@ -176,7 +176,11 @@ def rank_folders_removed(tmp_path):
     ranks remove their files, follower.RankFiles), no folder of spawned ranks is left in
     the nodes' TMPDIR (_two_nodes). Import it into a module to check its tests."""
     yield
-    folder = tmp_path / "tmp"
+    no_rank_folders_left(tmp_path / "tmp")
+
+
+def no_rank_folders_left(folder) -> None:
+    """Fail unless no folder of spawned ranks is left in `folder` (a TMPDIR) within 10 s."""
     deadline = time.monotonic() + 10  # (a rank sees its lead gone within 0.2 s)
     while left := sorted(folder.glob("aiollm-tp-*")) if folder.exists() else []:
         if time.monotonic() > deadline:
