@@ -236,12 +236,16 @@ def test_a_signal_to_the_servers_process_group_drains_it(tiny_model, tmp_path,  
 
 _SLOW_RENDEZVOUS = '''
 import os
-if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank: it reaches the rendezvous late
+if os.environ.get("AIOLLM_TP_CONFIG"):  # the first spawned rank reaches the rendezvous late
     import time
     from aiollm.distributed.rendezvous import Rendezvous
     _meet = Rendezvous.meet
     def meet(*args, **kwargs):
-        time.sleep(3)
+        try:  # (the next start's rank, once this file exists, comes at once)
+            open(os.environ["AIOLLM_TEST_LATE_ONCE"], "x").close()
+            time.sleep(3)
+        except FileExistsError:
+            pass
         return _meet(*args, **kwargs)
     Rendezvous.meet = meet
 '''
@@ -288,7 +292,8 @@ def test_a_start_cancelled_in_the_rendezvous_leaves_the_next_one_to_start(tiny_m
     (tmp_path / "sitecustomize.py").write_text(_SLOW_RENDEZVOUS)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(tmp)}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(tmp),
+           "AIOLLM_TEST_LATE_ONCE": str(tmp_path / "late-once")}
     proc = subprocess.run([sys.executable, "-c", _CANCELLED_IN_RENDEZVOUS, tiny_model],
                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     out = proc.stdout + proc.stderr
