@@ -89,8 +89,16 @@ except Exception as e:
 llm.close()
 print("closed; rank 1:", rank1.poll(), "children:", os.listdir(f"/proc/{os.getpid()}/task") and
       open(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read().split(), flush=True)
-time.sleep(2)  # the watchdog had ended the process by now
-print("the process goes on", flush=True)
+# the watchdog had ended the process (on a thread of its own, once the requests in flight
+# had failed) by the time every other thread ended but tqdm's monitor, which lives on: wait
+# for them (2 s at most)
+def others():
+    return [t for t in threading.enumerate()
+            if t is not threading.current_thread() and t.name != "tqdm_monitor"]
+deadline = time.monotonic() + 2
+while others() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("the process goes on; other threads:", [t.name for t in others()], flush=True)
 """
 
 
