@@ -20,7 +20,7 @@ import time
 import pytest
 from test_tensor_parallel import AIOLLM, tiny_model  # noqa: F401 - a fixture
 from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
-from test_tp_start_checks import _end, _last_error, _two_nodes
+from test_tp_start_checks import _end, _last_error, _two_nodes, no_rank_folders_left
 
 TIMEOUT_S = 300  # (processes that import torch on a loaded 2-core machine)
 INIT_TIMEOUT_S = 40  # the group's timeout here: the wait this test would see before
@@ -87,23 +87,6 @@ def _died_at(path: str) -> float:
         return float(f.read())
 
 
-@pytest.mark.parametrize("at", ["init_process_group", "new_group"])
-def test_an_offline_llm_names_a_rank_lost_while_the_group_is_made(tiny_model, tmp_path,  # noqa: F811
-                                                                  at):
-    """Node 0 of an offline LLM (rank 0 in the caller's process): its start raises RankLost
-    naming rank 1 and its signal within seconds of rank 1's death. It waited out
-    INIT_TIMEOUT inside init_process_group (the watchdog could only record the loss)."""
-    env, died = _env(tmp_path, 1, at)
-    (tmp_path / "tmp").mkdir()
-    env["TMPDIR"] = str(tmp_path / "tmp")  # (rank_folders_removed: none left there)
-    proc = subprocess.run([sys.executable, "-c", _OFFLINE_START, tiny_model], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
-    out = proc.stdout + proc.stderr
-    assert "raised: RankLost tensor parallel rank 1 was killed by SIGKILL\n" in proc.stdout, out
-    ended = float(proc.stdout.rsplit("at ", 1)[1])
-    assert ended - _died_at(died) < FAST_S, out
-
-
 _START_AGAIN = _OFFLINE_START + """
 from aiollm import SamplingParams
 llm = LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
@@ -112,21 +95,41 @@ print("again:", len(out[0].outputs[0].token_ids), "tokens", flush=True)
 """
 
 
-@pytest.mark.parametrize("at", ["init_process_group", "new_group"])
-def test_an_offline_llm_made_again_after_the_loss_starts(tiny_model, tmp_path, at):  # noqa: F811
+@pytest.fixture(scope="module", params=["init_process_group", "new_group"])
+def lost_then_again(request, tiny_model, tmp_path_factory):  # noqa: F811
+    """One script per place of the loss (the param): an offline LLM whose rank 1 dies
+    there, then a second LLM in the same process; its stdout, its stdout and stderr, and
+    the file with the time of the death. The first start's error and time, and the second
+    start's tokens, are checked by separate tests (each script once: both are start-ups)."""
+    tmp_path = tmp_path_factory.mktemp(f"lost-{request.param}")
+    env, died = _env(tmp_path, 1, request.param)
+    (tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    proc = subprocess.run([sys.executable, "-c", _START_AGAIN, tiny_model], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    no_rank_folders_left(tmp_path / "tmp")
+    return proc.stdout, proc.stdout + proc.stderr, died
+
+
+def test_an_offline_llm_names_a_rank_lost_while_the_group_is_made(lost_then_again):
+    """Node 0 of an offline LLM (rank 0 in the caller's process): its start raises RankLost
+    naming rank 1 and its signal within seconds of rank 1's death. It waited out
+    INIT_TIMEOUT inside init_process_group (the watchdog could only record the loss)."""
+    stdout, out, died = lost_then_again
+    assert "raised: RankLost tensor parallel rank 1 was killed by SIGKILL\n" in stdout, out
+    ended = float(stdout.split("\nat ", 1)[1].split("\n", 1)[0])
+    assert ended - _died_at(died) < FAST_S, out
+
+
+def test_an_offline_llm_made_again_after_the_loss_starts(lost_then_again):
     """The same process makes its LLM again once the first start raised RankLost: it
     starts and generates. A loss in init_process_group left torch's count of groups (which
     names their keys in the store) advanced on rank 0, destroy_process_group resetting it
     only for a group made: the new start's names were not its fresh ranks', and it failed
     after INIT_TIMEOUT (gloo's wait for a key no rank sets)."""
-    env, _ = _env(tmp_path, 1, at)
-    (tmp_path / "tmp").mkdir()
-    env["TMPDIR"] = str(tmp_path / "tmp")
-    proc = subprocess.run([sys.executable, "-c", _START_AGAIN, tiny_model], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
-    out = proc.stdout + proc.stderr
-    assert "raised: RankLost tensor parallel rank 1 was killed by SIGKILL\n" in proc.stdout, out
-    assert "again: 4 tokens\n" in proc.stdout, out
+    stdout, out, _ = lost_then_again
+    assert "raised: RankLost tensor parallel rank 1 was killed by SIGKILL\n" in stdout, out
+    assert "again: 4 tokens\n" in stdout, out
 
 
 def test_serve_exits_naming_a_rank_lost_while_the_group_is_made(tiny_model, tmp_path):  # noqa: F811

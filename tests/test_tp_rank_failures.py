@@ -89,8 +89,16 @@ except Exception as e:
 llm.close()
 print("closed; rank 1:", rank1.poll(), "children:", os.listdir(f"/proc/{os.getpid()}/task") and
       open(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read().split(), flush=True)
-time.sleep(2)  # the watchdog had ended the process by now
-print("the process goes on", flush=True)
+# the watchdog had ended the process (on a thread of its own, once the requests in flight
+# had failed) by the time every other thread ended but tqdm's monitor, which lives on: wait
+# for them (2 s at most)
+def others():
+    return [t for t in threading.enumerate()
+            if t is not threading.current_thread() and t.name != "tqdm_monitor"]
+deadline = time.monotonic() + 2
+while others() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("the process goes on; other threads:", [t.name for t in others()], flush=True)
 """
 
 
@@ -215,7 +223,9 @@ def test_a_signal_to_the_servers_process_group_drains_it(tiny_model, tmp_path,  
         base = asyncio.run(_until_healthy(proc, log))
 
         async def terminated_while_streaming():
-            body = {"prompt": [3, 17], "max_tokens": 120, "temperature": 0, "stream": True,
+            # (31 steps left at the signal, each needing rank 1: one that died of it
+            # fails the next within milliseconds)
+            body = {"prompt": [3, 17], "max_tokens": 32, "temperature": 0, "stream": True,
                     "ignore_eos": True}
             async with aiohttp.ClientSession() as s:
                 async with s.post(base + "/v1/completions", json=body) as r:
@@ -234,12 +244,16 @@ def test_a_signal_to_the_servers_process_group_drains_it(tiny_model, tmp_path,  
 
 _SLOW_RENDEZVOUS = '''
 import os
-if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank: it reaches the rendezvous late
+if os.environ.get("AIOLLM_TP_CONFIG"):  # the first spawned rank reaches the rendezvous late
     import time
     from aiollm.distributed.rendezvous import Rendezvous
     _meet = Rendezvous.meet
     def meet(*args, **kwargs):
-        time.sleep(3)
+        try:  # (the next start's rank, once this file exists, comes at once)
+            open(os.environ["AIOLLM_TEST_LATE_ONCE"], "x").close()
+            time.sleep(3)
+        except FileExistsError:
+            pass
         return _meet(*args, **kwargs)
     Rendezvous.meet = meet
 '''
@@ -286,7 +300,8 @@ def test_a_start_cancelled_in_the_rendezvous_leaves_the_next_one_to_start(tiny_m
     (tmp_path / "sitecustomize.py").write_text(_SLOW_RENDEZVOUS)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(tmp)}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(tmp),
+           "AIOLLM_TEST_LATE_ONCE": str(tmp_path / "late-once")}
     proc = subprocess.run([sys.executable, "-c", _CANCELLED_IN_RENDEZVOUS, tiny_model],
                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     out = proc.stdout + proc.stderr

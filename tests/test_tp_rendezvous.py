@@ -5,7 +5,8 @@ with torch's generic timeout; a node that never comes is named by the ranks that
 arrive; Ctrl-C in the rendezvous' wait ends that node at once, its spawned ranks too.
 
 A sitecustomize on the children's PYTHONPATH shortens the rendezvous' timeout
-(launch.INIT_TIMEOUT) and marks each rank's entry into the group's join (launch.join)."""
+(launch.INIT_TIMEOUT), marks each rank's entry into the group's join (launch.join) and a
+lead's first look of the rendezvous' wait (join's `check`, called at each look)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ def join(cfg, rank, *args, **kwargs):  # where the rank is: about to join the gr
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+    check = kwargs.get("check")  # (a node's lead: called at each look of the wait)
+    if check is not None:
+        waiting = os.environ["AIOLLM_TEST_WAITING"] + str(rank)
+
+        def look():  # where the rank is: in the rendezvous' wait
+            if not os.path.exists(waiting):
+                open(waiting, "w").close()
+            check()
+        kwargs["check"] = look
     return _join(cfg, rank, *args, **kwargs)
 
 launch.join = join
@@ -46,10 +56,17 @@ launch.join = join
 
 
 def _env(tmp_path, timeout_s: float) -> tuple[dict, str]:
+    """The children's env (the sitecustomize above) and the path prefix of the marks of a
+    rank's entry into the join (+ the rank); a lead's first look of the rendezvous' wait is
+    marked at WAITING + its rank."""
     (tmp_path / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     marker = str(tmp_path / "joining-rank")
     return {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_INIT_TIMEOUT":
-            str(timeout_s), "AIOLLM_TEST_JOINING": marker}, marker
+            str(timeout_s), "AIOLLM_TEST_JOINING": marker,
+            "AIOLLM_TEST_WAITING": str(tmp_path / WAITING)}, marker
+
+
+WAITING = "waiting-rank"  # (in tmp_path)
 
 
 def _wait_for(path: str, node, log) -> None:
@@ -137,14 +154,14 @@ def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node
     status 130 within seconds, and the rank it spawned is gone too. SIGTERM (a supervisor's
     stop) does the same with 143, 128 + SIGTERM, as torchrun's and a shell's: node 0 exited
     130, as at Ctrl-C."""
-    env, marker = _env(tmp_path, timeout_s=120)
+    env, _ = _env(tmp_path, timeout_s=120)
     nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4, start=(node,))
     try:
         lead = 2 * node
-        _wait_for(marker + str(lead), nodes[0], logs[0])  # the lead joins once rank lead+1 does
+        # the lead joins once rank lead+1 does: then it waits for the other node
+        _wait_for(str(tmp_path / WAITING) + str(lead), nodes[0], logs[0])
         spawned = _children(nodes[0].pid)
         assert spawned, logs[0].read_text()
-        time.sleep(1.0)  # inside the rendezvous' wait
         nodes[0].send_signal(sig)
         assert nodes[0].wait(timeout=20) == 128 + sig, logs[0].read_text()
         deadline = time.monotonic() + 10
@@ -164,13 +181,13 @@ def test_node_0_is_told_of_a_node_stopped_in_the_rendezvous(tiny_model, tmp_path
     exits 128 + the signal and tells node 0, which exits 1 naming node 1 and why. At
     SIGTERM node 1 died of Python's default handler: node 0 was not told and waited the
     rendezvous' timeout (10 minutes), then named ranks 2-3 as never arrived."""
-    env, marker = _env(tmp_path, timeout_s=120)
+    env, _ = _env(tmp_path, timeout_s=120)
     release = tmp_path / "release"
     env.update(AIOLLM_TEST_HOLD_RANK="1", AIOLLM_TEST_HOLD_UNTIL=str(release))
     nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
     try:
-        _wait_for(marker + "2", nodes[1], logs[1])  # node 1's lead joins once rank 3 does
-        time.sleep(1.0)  # inside the rendezvous' wait
+        # node 1's lead joins once rank 3 does, then waits for rank 1
+        _wait_for(str(tmp_path / WAITING) + "2", nodes[1], logs[1])
         nodes[1].send_signal(sig)
         assert nodes[1].wait(timeout=20) == 128 + sig, logs[1].read_text()
         # (node 0's lead is still held, waiting for its rank 1: it looks at the rendezvous

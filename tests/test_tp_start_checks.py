@@ -104,22 +104,25 @@ def tiny3_model(tmp_path_factory) -> str:
 def test_engine_names_the_rank_whose_start_up_failed(tiny3_model, tmp_path, monkeypatch,
                                                      where):
     """3 ranks on one node; rank 2 fails loading its weights, while rank 0 still loads (for
-    6 s, past the watchdog's grace), or allocating its KV pool, after the pools' size is
-    agreed: Engine's start raises naming rank 2 and its error, and no rank is left. Rank 2's
-    weights: the error named rank 1, which had only lost its neighbour ("exited with status
-    1", its error file gone with the watchdog's kill). Rank 2's pool: the start succeeded
-    (no collective follows on the CPU)."""
+    3 s, past the watchdog's grace, here 1 s), or allocating its KV pool, after the pools'
+    size is agreed: Engine's start raises naming rank 2 and its error, and no rank is left.
+    Rank 2's weights: the error named rank 1, which had only lost its neighbour ("exited
+    with status 1", its error file gone with the watchdog's kill). Rank 2's pool: the start
+    succeeded (no collective follows on the CPU)."""
     for key, value in _fault_env(tmp_path, 2, where).items():
         monkeypatch.setenv(key, value)  # the spawned ranks' (this process has started)
     # (a child an earlier test of this worker left, still exiting, is none of this test's)
     before = set(_children(os.getpid()))
     if where == "weights":
         import aiollm.model
+        from aiollm.distributed import rank_watchdog
 
         load_model = aiollm.model.load_model
+        # (the grace 1 s, not 5: rank 0 loads 3 s, past it once rank 2 failed within 2 s)
+        monkeypatch.setattr(rank_watchdog, "START_GRACE_S", 1.0)
 
         def slow_load_model(*args, **kwargs):
-            time.sleep(6)
+            time.sleep(3)
             return load_model(*args, **kwargs)
 
         monkeypatch.setattr(aiollm.model, "load_model", slow_load_model)
@@ -176,7 +179,11 @@ def rank_folders_removed(tmp_path):
     ranks remove their files, follower.RankFiles), no folder of spawned ranks is left in
     the nodes' TMPDIR (_two_nodes). Import it into a module to check its tests."""
     yield
-    folder = tmp_path / "tmp"
+    no_rank_folders_left(tmp_path / "tmp")
+
+
+def no_rank_folders_left(folder) -> None:
+    """Fail unless no folder of spawned ranks is left in `folder` (a TMPDIR) within 10 s."""
     deadline = time.monotonic() + 10  # (a rank sees its lead gone within 0.2 s)
     while left := sorted(folder.glob("aiollm-tp-*")) if folder.exists() else []:
         if time.monotonic() > deadline:

@@ -11,7 +11,8 @@ all-reduce and all-gather that combine the scores of the prompt positions rank 0
 sampled rows' logits' all-gather and, when rank 0 sampled, the broadcast of the sampled ids.
 
 Run as `python -m aiollm.distributed.follower --rank R --init HOST:PORT` by a node's lead
-process (spawned_ranks.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG; `follow()` is
+process (spawned_ranks.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG (and the
+model's config as its lead read it); `follow()` is
 what `aiollm serve --node-rank K` (K > 0) runs on the other nodes.
 """
 
@@ -45,18 +46,21 @@ from aiollm.distributed.group import (
 from aiollm.distributed import launch
 from aiollm.distributed.launch import NodeRanks, join
 from aiollm.distributed.peer_lost import peer_ended_error
+from aiollm.distributed.spawned_ranks import lead_model_config
 from aiollm.stop_signal import sigterm_raises
 
 log = logging.getLogger(__name__)
 
 
-def build_runner(cfg: EngineConfig, tp: TensorParallel):
-    """This rank's ModelRunner, built as rank 0's Engine builds its own (engine/loading.py)."""
+def build_runner(cfg: EngineConfig, tp: TensorParallel, model_config=None):
+    """This rank's ModelRunner, built as rank 0's Engine builds its own (engine/loading.py);
+    `model_config`: the model's ModelConfig as its lead read it (None: read here)."""
     from aiollm.engine.loading import build_rank_model, resolve_dtype
     from aiollm.model import load_model
 
     loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=tp.device,
-                        load_format=cfg.load_format, max_model_len=cfg.max_model_len)
+                        load_format=cfg.load_format, max_model_len=cfg.max_model_len,
+                        config=model_config)
     return build_rank_model(cfg, loaded, tp.device, loaded.dtype, tp).runner
 
 
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EngineConfig(**json.loads(os.environ["AIOLLM_TP_CONFIG"]))
         tp = join(cfg, args.rank, args.init, launch.INIT_TIMEOUT,
                   joining=files.touch_joining)
-        runner = build_runner(cfg, tp)
+        runner = build_runner(cfg, tp, lead_model_config())
         serve_steps(tp, runner)
     except BaseException as e:  # noqa: BLE001 - whatever it is, rank 0 must learn why
         files.write_error(e)

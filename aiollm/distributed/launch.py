@@ -148,7 +148,7 @@ class NodeRanks:
             for rank in ranks[1:]:
                 if self._abandoned:
                     raise RuntimeError(_GIVEN_UP)
-                self.spawned.spawn(rank, addr, config_json)
+                self.spawned.spawn(rank, addr, config_json, model)
         log.info("tensor parallel: %d ranks over %d node(s); this node runs ranks %d-%d, "
                  "rendezvous at %s", cfg.tensor_parallel_size, cfg.nnodes, ranks[0],
                  ranks[-1], addr)

@@ -24,9 +24,9 @@ it waited: SIGKILL, OOM) it replaces the first; a rank whose heartbeat stood sti
 STALE_S is not counted as arrived;
 "failed/K", set by node K's lead process, "Type: message" of its error; "told", counted
 by each rank that read a failure (rank 0 keeps its store up until all that arrived have,
-up to LINGER_S). A client waits for the server's port to accept before it makes its
-TCPStore (a connection probe): torch's client retries inside C++, uninterruptible and
-logging each failed try.
+up to LINGER_S; on one node, whose ranks are all its lead's, it does not wait). A client
+waits for the server's port to accept before it makes its TCPStore (a connection probe):
+torch's client retries inside C++, uninterruptible and logging each failed try.
 """
 
 from __future__ import annotations
@@ -348,8 +348,9 @@ class Rendezvous:
         rank 0's store up to TELL_S (Ctrl-C ends the wait), unless `error` is a
         KeyboardInterrupt or SystemExit; past that, rank 0 names the ranks that never came
         when its wait times out. Nothing when the failure came from the rendezvous
-        itself (another node's), or every rank has met (the group tells it). Never raises
-        but KeyboardInterrupt."""
+        itself (another node's), or every rank has met (the group tells it). Rank 0 over
+        nodes then keeps its store up until the ranks that arrived have read it (_linger).
+        Never raises but KeyboardInterrupt."""
         if self.met or self._told:
             return
         if isinstance(error, RankLost):
@@ -366,7 +367,9 @@ class Rendezvous:
                           "nodes through the rendezvous at %s (node 0)", node, why, self.addr)
                 self.open(check, TELL_S)
             self.store.set(f"{PREFIX}failed/{node}", why)
-            if self.rank == 0:
+            if self.rank == 0 and self.nnodes > 1:
+                # (on one node every other rank is this process's own, which it ends now:
+                # none is left to read it, and waiting for one cost each failed start 1 s)
                 self._linger()
         except (Exception, KeyboardInterrupt) as e:
             if isinstance(e, KeyboardInterrupt) and not isinstance(error, KeyboardInterrupt):

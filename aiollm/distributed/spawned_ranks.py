@@ -2,7 +2,9 @@
 processes, and the files through which they speak to it before the group exists.
 
 Each child is a `python -m aiollm.distributed.follower` with its rank, the rendezvous
-address and the EngineConfig (as JSON in $AIOLLM_TP_CONFIG). It writes its `.joining` file
+address, the EngineConfig (as JSON in $AIOLLM_TP_CONFIG) and the model's config as the lead
+read it (pickled in $AIOLLM_TP_MODEL_CONFIG: the rank does not read config.json again, which
+imports transformers, ~1.4 s of CPU per rank). It writes its `.joining` file
 just before it enters the rendezvous, and its `.err` file (its exception, whole or not at
 all: follower.py) when it fails; both live in one temporary folder per node, made with the
 first rank's files and removed once the ranks have ended (NodeRanks' stop, abort and
@@ -14,8 +16,10 @@ the failure of the requests in flight) is NodeRanks'.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -24,6 +28,8 @@ import tempfile
 import time
 
 log = logging.getLogger(__name__)
+
+MODEL_CONFIG_ENV = "AIOLLM_TP_MODEL_CONFIG"
 
 
 def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
@@ -44,13 +50,18 @@ class SpawnedRanks:
         self.procs: dict[int, subprocess.Popen] = {}
         self._dir: str | None = None
 
-    def spawn(self, rank: int, addr: str, config_json: str) -> None:
+    def spawn(self, rank: int, addr: str, config_json: str, model_config=None) -> None:
         """Start rank `rank` as a follower that joins the group at `addr` (host:port of the
-        rendezvous) with the EngineConfig `config_json`."""
+        rendezvous) with the EngineConfig `config_json` and `model_config` (the lead's
+        ModelConfig of the model, which the rank then loads without reading it again; None:
+        the rank reads it)."""
         cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank", str(rank),
                "--init", addr, "--error-file", self.error_file(rank),
                "--joining-file", self.joining_file(rank), "--lead-pid", str(os.getpid())]
         env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
+        env.pop(MODEL_CONFIG_ENV, None)  # (a lead that is itself a spawned rank's child)
+        if model_config is not None:
+            env[MODEL_CONFIG_ENV] = base64.b64encode(pickle.dumps(model_config)).decode()
         self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_stop_signals)
 
     def joining_file(self, rank: int) -> str:
@@ -125,3 +136,11 @@ class SpawnedRanks:
         still be failing, so only once they have ended)."""
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def lead_model_config():
+    """The ModelConfig the lead that spawned this process passed it (SpawnedRanks.spawn),
+    or None. Unpickled: it comes from this process's own parent, on this machine, never
+    from another node."""
+    text = os.environ.get(MODEL_CONFIG_ENV)
+    return None if not text else pickle.loads(base64.b64decode(text))

@@ -152,6 +152,7 @@ def load_model(
     device: torch.device | str,
     load_format: str = "auto",
     max_model_len: int | None = None,
+    config: ModelConfig | None = None,
 ) -> LoadedModel:
     """Build the model of `path` (None: the default model) in `dtype` on `device`.
 
@@ -160,7 +161,8 @@ def load_model(
     max_model_len bounds the positions the rotary cache covers (default: the model's own
     context); load_format="dummy" fills the weights with random numbers instead of reading them;
     "safetensors" and "gguf" (vLLM's names) read them as "auto" does, from a path of that
-    kind (else ValueError: paths.check_load_format).
+    kind (else ValueError: paths.check_load_format). `config`: the path's ModelConfig as
+    read_config gave it, which is then not read again (a spawned rank: its lead's).
     """
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}")
@@ -170,8 +172,9 @@ def load_model(
     full_path = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
     if gguf_name is not None:
         cache = GGUFCache(full_path)
-        config = _gguf_config(full_path, cache, need_reader=False, warn=True)[0]
-    else:
+        if config is None:
+            config = _gguf_config(full_path, cache, need_reader=False, warn=True)[0]
+    elif config is None:
         config = load_hf_config(model_dir)
     if max_model_len is not None and max_model_len > config.max_position:
         raise ValueError(f"max_model_len {max_model_len} exceeds the model's context of "
