@@ -171,14 +171,14 @@ def test_exact_repeat_reuses_all_but_the_last_token(loop, engines, text_ids):
 def test_shared_prefix_of_any_length(loop, engines, text_ids):
     """The cache holds a 200-token prompt computed in 128-token chunks; prompts branch off
     it at every kind of place: inside the first chunk, at a chunk's end, one past it, and
-    one token before its end."""
+    one token before its end. They come at once (each shares with the others only what the
+    cache holds, so each hit is its own)."""
     on, off = engines
     base = text_ids[:200]
     run(loop, on.generate(base, GREEDY))
     tail = words(engines, " Xylophones, zebras and quokkas walk into a bar.")
     prompts = [base[:k] + tail for k in (1, 57, 128, 129, 199)]
-    outs_on = [run(loop, on.generate(p, GREEDY)) for p in prompts]
-    outs_off = [run(loop, off.generate(p, GREEDY)) for p in prompts]
+    outs_on, outs_off = run(loop, both(engines, prompts))
     assert [o.cached_tokens for o in outs_on] == [1, 57, 128, 129, 199]
     assert_same(outs_on, outs_off)
     assert_idle_and_flush(on)
