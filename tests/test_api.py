@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 from conftest import tiny_llama
-from live_server import KV_TOKENS, MAX_MODEL_LEN, http, sse_events
+from live_server import KV_TOKENS, MAX_MODEL_LEN, at_once, http, sse_events
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -43,9 +43,10 @@ def test_chat_capital_of_france(client, model):
 
 def test_completion_stream_equals_non_stream(client, model):
     kw = dict(model=model, prompt="The three primary colors are", temperature=0, max_tokens=16)
-    full = client.completions.create(**kw)
-    chunks = list(client.completions.create(**kw, stream=True,
-                                            stream_options={"include_usage": True}))
+    full, chunks = at_once(  # independent: the server batches them
+        lambda: client.completions.create(**kw),
+        lambda: list(client.completions.create(**kw, stream=True,
+                                               stream_options={"include_usage": True})))
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == full.choices[0].text and text
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -58,8 +59,8 @@ def test_completion_stream_equals_non_stream(client, model):
 def test_chat_stream_equals_non_stream(client, model):
     kw = dict(model=model, messages=[{"role": "user", "content": "Name a fruit."}],
               temperature=0, max_completion_tokens=20)
-    full = client.chat.completions.create(**kw)
-    chunks = list(client.chat.completions.create(**kw, stream=True))
+    full, chunks = at_once(lambda: client.chat.completions.create(**kw),
+                           lambda: list(client.chat.completions.create(**kw, stream=True)))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text == full.choices[0].message.content and text
@@ -70,12 +71,14 @@ def test_chat_stream_equals_non_stream(client, model):
 def test_prompt_forms(client, model, server):
     _, _, body = http(server, "POST", "/tokenize", json={"prompt": "Once upon a time"})
     ids = json.loads(body)["tokens"]
-    as_text = client.completions.create(model=model, prompt="Once upon a time", temperature=0,
-                                        max_tokens=8)
-    as_ids = client.completions.create(model=model, prompt=ids, temperature=0, max_tokens=8)
+    as_text, as_ids, batch = at_once(  # independent: the server batches them
+        lambda: client.completions.create(model=model, prompt="Once upon a time",
+                                          temperature=0, max_tokens=8),
+        lambda: client.completions.create(model=model, prompt=ids, temperature=0,
+                                          max_tokens=8),
+        lambda: client.completions.create(model=model, prompt=["Once upon a time", "Hello"],
+                                          temperature=0, max_tokens=8, echo=True))
     assert as_ids.choices[0].text == as_text.choices[0].text
-    batch = client.completions.create(model=model, prompt=["Once upon a time", "Hello"],
-                                      temperature=0, max_tokens=8, echo=True)
     assert [c.index for c in batch.choices] == [0, 1]
     assert batch.choices[0].text == "Once upon a time" + as_text.choices[0].text
     assert batch.choices[1].text.startswith("Hello")
@@ -259,14 +262,23 @@ def test_chat_continues_the_final_message(client, model, server):
 
 def test_lightllm_generate_and_stream(server):
     req = {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 8}}
-    status, _, body = http(server, "POST", "/generate", json=req)
+    sampled = {"inputs": [1, 2, 3], "parameters": {
+        "do_sample": True, "temperature": 0.8, "top_k": 10, "max_new_tokens": 3,
+        "ignore_eos": True, "n": 2, "return_details": True, "stop_sequences": ["zzz", [0]]}}
+    # independent: the server batches them
+    (status, _, body), streamed, default, (sampled_status, _, sampled_body) = at_once(
+        lambda: http(server, "POST", "/generate", json=req),
+        lambda: http(server, "POST", "/generate_stream", json=req),
+        lambda: http(server, "POST", "/generate", json={
+            "inputs": "The capital of France is", "parameters": {"ignore_eos": True}}),
+        lambda: http(server, "POST", "/generate", json=sampled))
     assert status == 200
     out = json.loads(body)
     assert isinstance(out["generated_text"], list) and "Paris" in out["generated_text"][0]
     assert out["count_output_tokens"] == 8 and out["finish_reason"] == "length"
     assert out["prompt_tokens"] > 0
 
-    status, headers, body = http(server, "POST", "/generate_stream", json=req)
+    status, headers, body = streamed
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
     assert body.startswith(b"data:{")  # LightLLM's framing: no space after the colon
     events = [json.loads(e) for e in sse_events(body)]
@@ -277,16 +289,11 @@ def test_lightllm_generate_and_stream(server):
     assert events[-1]["generated_text"] is None  # as LightLLM: the texts join to it
     assert all(isinstance(e["token"]["id"], int) and e["token"]["logprob"] <= 0 for e in events)
     # without max_new_tokens: LightLLM's default, 16 (the fuzz tests give theirs 4)
-    status, _, body = http(server, "POST", "/generate", json={
-        "inputs": "The capital of France is", "parameters": {"ignore_eos": True}})
+    status, _, body = default
     assert status == 200 and json.loads(body)["count_output_tokens"] == 16, body
 
-    sampled = {"inputs": [1, 2, 3], "parameters": {
-        "do_sample": True, "temperature": 0.8, "top_k": 10, "max_new_tokens": 3,
-        "ignore_eos": True, "n": 2, "return_details": True, "stop_sequences": ["zzz", [0]]}}
-    status, _, body = http(server, "POST", "/generate", json=sampled)
-    out = json.loads(body)
-    assert status == 200 and len(out["generated_text"]) == 2
+    out = json.loads(sampled_body)
+    assert sampled_status == 200 and len(out["generated_text"]) == 2
     assert out["count_output_tokens"] == [3, 3] and len(out["tokens"][0]) == 3
 
 

@@ -113,26 +113,31 @@ def test_stop_string_output_tokens_text_and_usage_agree(server):
 def test_include_stop_str_in_output_ends_the_output_after_the_stop(server):
     """vLLM's include_stop_str_in_output: the output ends after the stop string (or with the
     stop token id's text), not before it; it changes the output, so it must not be ignored."""
-    greedy = completion(server, {"prompt": PARIS, "max_tokens": 8, "temperature": 0,
-                                 "logprobs": 0})["choices"][0]["logprobs"]["tokens"]
-    assert greedy[:3] == [" Paris", ".", "\n"]
     body = {"prompt": PARIS, "max_tokens": 20, "temperature": 0, "logprobs": 0,
             "include_stop_str_in_output": True}
-    for extra, text, tokens in (
-            ({"stop": ["is.\n"]}, " Paris.\n", [" Paris", ".", "\n"]),  # across tokens
-            ({"stop": ["ar"]}, " Par", [" Par"]),  # ends inside a token: it keeps its part
-            ({"stop_token_ids": [198]}, " Paris.\n", [" Paris", ".", "\n"])):
-        out = completion(server, {**body, **extra})
+    cases = (({"stop": ["is.\n"]}, " Paris.\n", [" Paris", ".", "\n"]),  # across tokens
+             ({"stop": ["ar"]}, " Par", [" Par"]),  # ends inside a token: it keeps its part
+             ({"stop_token_ids": [198]}, " Paris.\n", [" Paris", ".", "\n"]))
+    # all at once: none depends on another's answer
+    greedy, off, *answers = at_once(
+        lambda: completion(server, {"prompt": PARIS, "max_tokens": 8, "temperature": 0,
+                                    "logprobs": 0})["choices"][0]["logprobs"]["tokens"],
+        lambda: completion(server, {**body, "include_stop_str_in_output": False,
+                                    "stop": ["is.\n"]}),
+        *(call for extra, _, _ in cases for call in (
+            lambda extra=extra: completion(server, {**body, **extra}),
+            lambda extra=extra: completion_stream(server, {**body, **extra}))))
+    assert greedy[:3] == [" Paris", ".", "\n"]
+    for (extra, text, tokens), out, (stext, slp, chunks) in zip(
+            cases, answers[::2], answers[1::2], strict=True):
         choice = out["choices"][0]
         assert (choice["text"], choice["logprobs"]["tokens"]) == (text, tokens), extra
         assert choice["finish_reason"] == "stop"
         assert out["usage"]["completion_tokens"] == len(tokens)
-        stext, slp, chunks = completion_stream(server, {**body, **extra})
         assert (stext, slp["tokens"]) == (text, tokens), extra
         assert chunks[-1]["usage"]["completion_tokens"] == len(tokens)
     # off (the default): the stop string is cut, the stop token has no text
-    assert completion(server, {**body, "include_stop_str_in_output": False,
-                               "stop": ["is.\n"]})["choices"][0]["text"] == " Par"
+    assert off["choices"][0]["text"] == " Par"
 
 
 # -- fault 2: logprob bytes are the tokens' real bytes -----------------------------------------
@@ -197,8 +202,8 @@ def test_completion_top_logprobs_list_the_chosen_token(server):
     body = {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 1.8, "seed": 3,
             "logprobs": 1}
     extra = 0
-    for lp in (completion(server, body)["choices"][0]["logprobs"],
-               completion_stream(server, body)[1]):
+    for lp in at_once(lambda: completion(server, body)["choices"][0]["logprobs"],
+                      lambda: completion_stream(server, body)[1]):
         for t, v, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
             if t.isascii() and t:  # a token's share is its own text
                 assert top[t] == v
@@ -209,7 +214,15 @@ def test_completion_top_logprobs_list_the_chosen_token(server):
 
 def test_echo_logprobs_include_the_prompt(server):
     body = {"prompt": PARIS, "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 1}
-    out = completion(server, body)
+    ids = json.loads(http(server, "POST", "/tokenize", json={"prompt": PARIS})[2])["tokens"]
+    # all at once: none depends on another's answer
+    out, (text, slp, _), score, (stext, sslp, _), refused, *nexts = at_once(
+        lambda: completion(server, body), lambda: completion_stream(server, body),
+        lambda: completion(server, {**body, "max_tokens": 0}),  # prompt scoring
+        lambda: completion_stream(server, {**body, "max_tokens": 0}),
+        lambda: http(server, "POST", "/v1/completions", json={"prompt": PARIS, "max_tokens": 0}),
+        *(lambda j=j: completion(server, {"prompt": ids[:j], "max_tokens": 1, "temperature": 0,
+                                          "logprobs": 20}) for j in range(1, len(ids))))
     choice, usage = out["choices"][0], out["usage"]
     lp = choice["logprobs"]
     n_prompt = usage["prompt_tokens"]
@@ -224,32 +237,27 @@ def test_echo_logprobs_include_the_prompt(server):
     assert all(1 <= len(top) <= 2 and top.get(t, v) == v for t, v, top in zip(
         lp["tokens"][1:], lp["token_logprobs"][1:], lp["top_logprobs"][1:]))
     # each prompt logprob is what generating that token from the prompt before it gives
-    ids = json.loads(http(server, "POST", "/tokenize", json={"prompt": PARIS})[2])["tokens"]
+    assert len(ids) == n_prompt
     compared = 0
-    for j in range(1, n_prompt):
-        nxt = completion(server, {"prompt": ids[:j], "max_tokens": 1, "temperature": 0,
-                                  "logprobs": 20})["choices"][0]["logprobs"]["top_logprobs"][0]
+    for j, nxt in enumerate(nexts, 1):
+        nxt = nxt["choices"][0]["logprobs"]["top_logprobs"][0]
         if lp["tokens"][j] in nxt:  # among the 20 most likely
             assert lp["token_logprobs"][j] == pytest.approx(nxt[lp["tokens"][j]], abs=2e-3)
             compared += 1
     assert compared >= 2
 
-    text, slp, _ = completion_stream(server, body)
     assert text == choice["text"] and slp["tokens"] == lp["tokens"]
     assert slp["text_offset"] == lp["text_offset"]
     assert slp["token_logprobs"][1:] == pytest.approx(lp["token_logprobs"][1:], abs=1e-4)
 
     # max_tokens 0: prompt scoring
-    score = completion(server, {**body, "max_tokens": 0})
     s = score["choices"][0]
     assert s["text"] == PARIS and score["usage"]["completion_tokens"] == 0
     assert s["logprobs"]["tokens"] == lp["tokens"][:n_prompt]
     assert s["logprobs"]["token_logprobs"][1:] == pytest.approx(
         lp["token_logprobs"][1:n_prompt], abs=1e-4)
-    text, slp, chunks = completion_stream(server, {**body, "max_tokens": 0})
-    assert text == PARIS and slp["tokens"] == lp["tokens"][:n_prompt]
-    status, _, raw = http(server, "POST", "/v1/completions",
-                          json={"prompt": PARIS, "max_tokens": 0})
+    assert stext == PARIS and sslp["tokens"] == lp["tokens"][:n_prompt]
+    status, _, raw = refused
     assert status == 400 and json.loads(raw)["error"]["param"] == "max_tokens"
 
 
@@ -262,14 +270,14 @@ def test_echo_of_a_prompt_that_fills_the_context(server):
     ids = ids[:MAX_MODEL_LEN]
     assert len(ids) == MAX_MODEL_LEN
     body = {"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 0}
-    out = completion(server, body)
+    out, (text, lps, chunks) = at_once(lambda: completion(server, body),
+                                       lambda: completion_stream(server, body))
     choice = out["choices"][0]
     assert choice["finish_reason"] == "length"
     assert out["usage"]["prompt_tokens"] == MAX_MODEL_LEN
     assert out["usage"]["completion_tokens"] == 0
     assert len(choice["logprobs"]["tokens"]) == MAX_MODEL_LEN
     assert choice["text"] == "".join(choice["logprobs"]["tokens"])
-    text, lps, chunks = completion_stream(server, body)
     assert text == choice["text"] and chunks[-1]["usage"]["completion_tokens"] == 0
     status, _, raw = http(server, "POST", "/v1/completions", json={**body, "max_tokens": 1})
     err = json.loads(raw)["error"]
@@ -547,11 +555,13 @@ def test_include_usage_gives_every_other_chunk_a_null_usage(server, path, body):
     """OpenAI's stream_options.include_usage: "All other chunks will also include a usage
     field, but with a null value". Other chunks had no usage field at all (a client reading
     chunk["usage"] failed on the first one)."""
-    *others, last = usage_stream(server, path, body)
+    chunks, (status, _, raw) = at_once(
+        lambda: usage_stream(server, path, body),
+        lambda: http(server, "POST", path, json={**body, "max_tokens": 3, "stream": True}))
+    *others, last = chunks
     assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0, last
     assert others and all("usage" in c and c["usage"] is None for c in others), others
     # without include_usage no chunk has the field, as OpenAI sends them
-    status, _, raw = http(server, "POST", path, json={**body, "max_tokens": 3, "stream": True})
     assert status == 200 and b'"usage"' not in raw, raw
 
 
@@ -562,7 +572,11 @@ def test_continuous_usage_stats_count_each_choice_so_far(server, path, body):
     vLLM counts them), the last chunk the whole request's. With n > 1 a chunk said the
     request's running total over all choices, which no choice's count is and which vLLM
     never sends."""
-    chunks = usage_stream(server, path, body, continuous_usage_stats=True)
+    chunks, (status, _, raw) = at_once(
+        lambda: usage_stream(server, path, body, continuous_usage_stats=True),
+        lambda: http(server, "POST", path, json={
+            **body, "max_tokens": 3, "stream": True,
+            "stream_options": {"continuous_usage_stats": True}}))
     assert all(c["usage"] is not None for c in chunks), chunks
     *others, last = chunks
     final = last["usage"]
@@ -590,9 +604,6 @@ def test_continuous_usage_stats_count_each_choice_so_far(server, path, body):
     assert sum(u[-1]["completion_tokens"] for u in by_choice.values()) == final[
         "completion_tokens"], (by_choice, final)
     # only with include_usage, as in vLLM: alone it asks for nothing
-    status, _, raw = http(server, "POST", path, json={
-        **body, "max_tokens": 3, "stream": True,
-        "stream_options": {"continuous_usage_stats": True}})
     assert status == 200 and b'"usage"' not in raw, raw
 
 
@@ -600,11 +611,12 @@ def test_chat_messages_have_the_fields_openai_requires(server):
     """OpenAI's schema requires role, content and refusal on a response's message (null when
     there is none): clients generated from it with required-field checks failed on the
     missing refusal. With text and with tool calls."""
-    for body in ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
-                 {"messages": [{"role": "user", "content": "Weather in Paris?"}],
-                  "tools": WEATHER, "tool_choice": "required", "max_tokens": 40,
-                  "temperature": 0}):
-        status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    bodies = ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+              {"messages": [{"role": "user", "content": "Weather in Paris?"}],
+               "tools": WEATHER, "tool_choice": "required", "max_tokens": 40,
+               "temperature": 0})
+    for status, _, raw in at_once(*(lambda body=body: http(
+            server, "POST", "/v1/chat/completions", json=body) for body in bodies)):
         assert status == 200, raw
         message = json.loads(raw)["choices"][0]["message"]
         assert {"role", "content", "refusal"} <= set(message), message

@@ -3,7 +3,8 @@ counting alone: its engine, request table (native memory), prefix-cache tree, me
 event loop. They sat in reference cycles (the engine's metrics, planner and health probe held
 the engine back, every prefix-cache node its parent), so they lived until Python's collector
 happened to run: 25 LLM()/generate/close cycles grew a process from 342 to 574 MB. The tests
-run with the collector off, which makes any cycle left a failure."""
+run with the collector off, which makes any cycle left a failure. The cycles were the
+engine's, whatever its model: the tests run conftest's tiny random Llama (`tiny`)."""
 
 from __future__ import annotations
 
@@ -45,13 +46,13 @@ def garbage() -> list[str]:
 
 
 @pytest.mark.parametrize("closed", [True, False], ids=["closed", "dropped-unclosed"])
-def test_a_dropped_llm_is_freed_without_the_collector(closed):
+def test_a_dropped_llm_is_freed_without_the_collector(tiny, closed):
     """Closed then dropped, or dropped unclosed (its finalizer stops the engine and ends
     its thread): nothing of it is left once its thread has ended."""
     gc.collect()
     gc.disable()
     try:
-        llm = LLM(None, **FAST)
+        llm = LLM(tiny, load_format="dummy", **FAST)
         out = llm.generate(["Hello there"], SamplingParams(max_tokens=2), progress=False)
         assert len(out[0].outputs[0].token_ids) == 2
         refs, thread = held(llm.engine), llm._thread.thread
@@ -69,11 +70,11 @@ def test_a_dropped_llm_is_freed_without_the_collector(closed):
         gc.enable()
 
 
-def test_an_engine_stopped_after_a_restart_is_freed_without_the_collector(loop):
+def test_an_engine_stopped_after_a_restart_is_freed_without_the_collector(loop, tiny):
     """Started again after a stop, then stopped and dropped: the engine of each start is
     freed, also the first start's parts it replaced."""
     async def go() -> tuple[dict, dict]:
-        eng = Engine(None, **FAST)
+        eng = Engine(tiny, load_format="dummy", **FAST)
         await eng.start()
         await eng.generate("Hello there", SamplingParams(max_tokens=2))
         first = held(eng)
