@@ -21,8 +21,8 @@ from aiollm.distributed import group
 from aiollm.engine import Engine
 from aiollm.sampling_params import SamplingParams
 
-TIMEOUT_S = 2.0  # the follower's: three of them pass idle, any one would end it
-KEEPALIVE_S = 0.25  # 8 a timeout: a loaded machine's late one is not a lost follower
+TIMEOUT_S = 3.0  # the follower's: three of them pass idle, any one would end it
+KEEPALIVE_S = 0.25  # 12 a timeout: a loaded machine's late one is not a lost follower
 _SITECUSTOMIZE = f'''
 from datetime import timedelta
 import torch.distributed.distributed_c10d as c10d
