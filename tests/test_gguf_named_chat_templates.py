@@ -55,3 +55,25 @@ def test_named_templates_llama_cpp_never_renders_leave_no_default_to_fail(tmp_pa
         tok = load_serving_tokenizer(path)
     assert not tok.chat_template
     assert "has no chat template" in caplog.text
+
+
+@pytest.mark.parametrize("reader", ["transformers", "gguf"])
+def test_the_named_templates_read_without_parsing_the_vocabulary(tmp_path, monkeypatch,
+                                                                  reader):
+    """The named templates come from transformers' metadata-only reader (the gguf
+    package's GGUFReader parses every field, the vocabulary's strings too: ~3.5 s more on a
+    GGUF's first start at 49k tokens), or from GGUFReader on a transformers without that
+    reader: both give the file's templates, and the vocabulary only as its length."""
+    import sys
+
+    from aiollm.model.tokenizer import _gguf_metadata
+
+    path = str(tmp_path / "model.gguf")
+    write_tokenizer_only(path, "llama", {"tokenizer.chat_template.tool_use": TOOL_USE})
+    if reader == "gguf":  # a transformers without integrations.gguf: its import fails
+        monkeypatch.setitem(sys.modules, "transformers.integrations.gguf", None)
+    meta = _gguf_metadata(path)
+    assert meta["tokenizer.chat_template.tool_use"] == TOOL_USE
+    assert meta["tokenizer.chat_template"].startswith("{%")
+    if reader == "transformers":
+        assert meta["tokenizer.ggml.tokens"] == 1024  # a length: no string parsed
