@@ -6,10 +6,10 @@ random w, every projection moving the logits): 2 layers, the first sliding with 
 prompts and generations longer than the window, query_pre_attn_scalar 24 (not head_dim 16),
 and soft-caps small enough to change the logits (attention 2, final 3): turning either off,
 or the window, or the sandwich norms' weights, moves the logits past the tolerance. Greedy ids
-through `Engine` (batched, and one request alone: its one-token steps run the layered path,
-not the fused GEMVs, which have no place for Gemma 2's norms), logprobs of generated and
-prompt tokens against transformers' log_softmax of its capped logits, dummy weights, and the
-config fields refused.
+through `Engine` (batched, and one request alone: its one-token steps run the fused GEMV
+layers, gemma_layers.SandwichDecoderLayer.forward_small), logprobs of generated and prompt
+tokens against transformers' log_softmax of its capped logits, dummy weights, and the config
+fields refused.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_config_reads_gemma2s_fields(gemma2):
     assert (cfg.attn_logit_softcapping, cfg.final_logit_softcapping) == (2.0, 3.0)
     assert cfg.softmax_scale == 24**-0.5 and cfg.rms_norm_unit_offset and cfg.sandwich_norms
     assert cfg.num_params() == sum(p.numel() for p in loaded.model.parameters())
-    assert not loaded.model.fused_small  # the layered path for one-token steps too
+    assert loaded.model.fused_small  # one-token steps: the fused GEMV layers
 
 
 def test_logits_match_transformers_at_every_position(gemma2):
@@ -108,7 +108,8 @@ def test_greedy_and_logprobs_through_engine_match_transformers(gemma2):
     together, alone = asyncio.run(main())
     assert [o.token_ids for o in together] == want
     assert [o.token_ids for o in alone] == want[:2]
-    for prompt, out in zip(PROMPTS, together):
+    # the batched steps run the layered path, one request's decode steps the fused one
+    for prompt, out in [*zip(PROMPTS, together), *zip(PROMPTS, alone)]:
         ids = prompt + out.token_ids
         with torch.no_grad():
             ref = torch.log_softmax(hf(torch.tensor([ids])).logits[0], -1)

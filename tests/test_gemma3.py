@@ -6,7 +6,8 @@ norms, the per-head q/k norms too): 2 layers, the first sliding with a window of
 rotating by its own base (rope_local_base_freq 100), the second global with rope_theta 1e6 and
 linear scaling 4 (as the 4B and larger scale theirs by 8), query_pre_attn_scalar 24; prompts
 and generations pass the window. Undoing the local rotary, the q/k norms' 1 + w or the
-window moves the logits past the tolerance. Greedy ids and logprobs through `Engine`; a
+window moves the logits past the tolerance. Greedy ids and logprobs through `Engine` (batched,
+and one request alone: its one-token steps run the fused GEMV layers); a
 Gemma3ForConditionalGeneration checkpoint (a tiny SigLIP vision tower beside it) served as
 its language model, equal to transformers' Gemma3ForCausalLM on those weights; dummy weights;
 transformers' defaults where the config is silent; a multimodal checkpoint's own eos ids;
@@ -96,17 +97,20 @@ def test_greedy_and_logprobs_through_engine_match_transformers(gemma3):
     async def main():
         async with Engine(str(path), kv_tokens=1024, max_model_len=256) as engine:
             together = await asyncio.gather(*(engine.generate(p, params) for p in PROMPTS))
+            # alone, each decode step is one token: the fused one-token layers (references)
+            assert engine.runner.model.fused_small
             alone = await engine.generate(PROMPTS[0], params)
         return together, alone
 
     together, alone = asyncio.run(main())
     assert [o.token_ids for o in together] == want and alone.token_ids == want[0]
-    prompt, out = PROMPTS[0], together[0]
+    prompt = PROMPTS[0]
     with torch.no_grad():
-        ref = torch.log_softmax(hf(torch.tensor([prompt + out.token_ids])).logits[0], -1)
-    want_lp = ref[len(prompt) - 1 : -1].gather(1, torch.tensor(out.token_ids)[:, None])[:, 0]
-    torch.testing.assert_close(torch.tensor([lp.logprob for lp in out.logprobs]), want_lp,
-                               atol=1e-4, rtol=0)
+        ref = torch.log_softmax(hf(torch.tensor([prompt + want[0]])).logits[0], -1)
+    want_lp = ref[len(prompt) - 1 : -1].gather(1, torch.tensor(want[0])[:, None])[:, 0]
+    for out in (together[0], alone):
+        torch.testing.assert_close(torch.tensor([lp.logprob for lp in out.logprobs]), want_lp,
+                                   atol=1e-4, rtol=0)
 
 
 def test_multimodal_checkpoint_serves_its_language_model(tmp_path, gemma3, caplog):

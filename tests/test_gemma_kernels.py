@@ -97,6 +97,35 @@ def test_rms_norm_with_float32_weights_over_bfloat16(with_residual):
     assert out.dtype == torch.bfloat16 and rel_err(out, ref) <= 1e-2
 
 
+@pytest.mark.parametrize("stream", [torch.float32, torch.bfloat16])
+def test_rms_norm_add_adds_the_normed_output_to_the_stream(stream):
+    """Gemma 2/3's one-token steps: stream + rmsnorm(a) * (1 + w) in float32, a sub-block's
+    output a in bfloat16 normed before it is added; in place on a float32 stream (the
+    model's), a new float32 tensor on layer 0's bfloat16 embedding."""
+    a, w = rand(3, 48, dtype=torch.bfloat16, scale=4.0), 1 + rand(48, scale=0.3)
+    res = rand(3, 48, dtype=stream)
+    before = res.clone()
+    ref = kernels.rms_norm_add_ref(a, w, 1e-6, before.clone())
+    out = kernels.rms_norm_add_triton(a, w, 1e-6, res)
+    assert out.dtype == torch.float32 and (out is res) == (stream == torch.float32)
+    assert rel_err(out, ref) <= 1e-5
+    normed = kernels.rms_norm_ref(a.float(), w, 1e-6)
+    assert torch.allclose(ref, before.float() + normed, atol=1e-6)
+    assert rel_err(kernels.rms_norm_add_ref(a, w - 1, 1e-6, before), ref) > 1e-2  # w matters
+    assert kernels.rms_norm_add_triton(a[:0], w, 1e-6, res[:0]).shape == (0, 48)
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 37, 13), (3, 64, 40)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_plain(M, K, N, bias, config):
+    """x @ w^T (+ bias) with no prologue or epilogue (Gemma 2/3's o_proj and down_proj at
+    one token), in w's dtype."""
+    x, w = rand(M, K, dtype=torch.bfloat16), rand(N, K, dtype=torch.bfloat16, scale=K**-0.5)
+    b = rand(N, dtype=torch.bfloat16) if bias else None
+    out = gemv.gemv_plain_triton(x, w, b)
+    assert out.dtype == torch.bfloat16 and rel_err(out, gemv.gemv_plain_ref(x, w, b)) <= 1e-2
+
+
 # ---- head_dim 256 ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seq_lens,HQ,HKV,num_splits", [

@@ -45,16 +45,15 @@ def gemma(tmp_path_factory):
     return str(path), hf
 
 
-def engine_greedy(path: str, dtype: str, prompts, alone: bool, fused: bool = True):
+def engine_greedy(path: str, dtype: str, prompts, alone: bool):
     """Greedy token ids of `prompts` through Engine on the GPU in `dtype`, all at once or
-    each alone; `fused`: whether the model takes the fused one-token path (Gemma 1 does,
-    Gemma 2/3 do not: their sandwich norms)."""
+    each alone (its decode steps: the fused one-token path, which Gemma 1, 2 and 3 take)."""
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
 
     async def run():
         async with Engine(path, kv_tokens=4096, max_model_len=512, device="cuda",
                           dtype=dtype) as engine:
-            assert engine.runner.model.fused_small == fused
+            assert engine.runner.model.fused_small
             if alone:
                 return [(await engine.generate(p, params)).token_ids for p in prompts]
             outs = await asyncio.gather(*(engine.generate(p, params) for p in prompts))

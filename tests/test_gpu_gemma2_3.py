@@ -3,16 +3,14 @@ decode with its splits), the sandwich norms, the capped final logits, Gemma 3's 
 and second rotary table, against transformers and the CPU path. Skipped without CUDA.
 
 Random models at a small size with Gemma's head_dim 256 and a window of 32, so that prompts
-and generations pass it: in float32 (no TF32) the greedy tokens through `Engine` (batched and
-one request alone: the layered path for one-token steps) are transformers'; the logits of a
-batched prefill equal the CPU path's; in bfloat16 the top-1 token at every position agrees
+and generations pass it: in float32 (no TF32) the greedy tokens through `Engine` (batched, and
+one request alone: the fused GEMV layers for one-token steps) are transformers'; the logits
+of a batched prefill equal the CPU path's; in bfloat16 the top-1 token at every position agrees
 with transformers' float32 at least as often as transformers' own bfloat16 does (less 2
 points, 90% at least).
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import pytest
 import torch
@@ -57,7 +55,7 @@ def test_gpu_fp32_greedy_matches_transformers(model, monkeypatch, alone):
     monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
     path, hf = model
     want = [hf_greedy(hf.float(), p, NEW_TOKENS) for p in PROMPTS]
-    assert engine_greedy(path, "float32", PROMPTS, alone, fused=False) == want
+    assert engine_greedy(path, "float32", PROMPTS, alone) == want
 
 
 def test_gpu_fp32_logits_match_cpu(model):
@@ -71,4 +69,4 @@ def test_gpu_fp32_logits_match_cpu(model):
 def test_gpu_bf16_top1_agrees_with_transformers(model, monkeypatch):
     monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
     path, hf = model
-    assert_bf16_top1_agrees(path, hf, PROMPTS, partial(engine_greedy, fused=False))
+    assert_bf16_top1_agrees(path, hf, PROMPTS, engine_greedy)

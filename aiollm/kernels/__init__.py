@@ -24,19 +24,25 @@ from aiollm.kernels.fused_moe import fused_moe_decode_ref, fused_moe_ref, fused_
 from aiollm.kernels.fused_moe_gemv import fused_moe_decode_triton
 from aiollm.kernels.kv_store import store_kv_ref, store_kv_triton
 from aiollm.kernels.moe_align import moe_route_ref, moe_route_triton
-from aiollm.kernels.norm import rms_norm_ref, rms_norm_triton
+from aiollm.kernels.norm import (
+    rms_norm_add_ref,
+    rms_norm_add_triton,
+    rms_norm_ref,
+    rms_norm_triton,
+)
 from aiollm.kernels.rotary import apply_rotary_ref, apply_rotary_triton, rotary_store_kv_triton
 
 __all__ = [
-    "rms_norm", "silu_and_mul", "gelu_tanh_and_mul", "apply_rotary", "store_kv",
-    "rotary_store_kv", "decode_attention", "extend_attention", "fused_moe", "fused_moe_decode",
-    "rms_norm_triton", "silu_and_mul_triton", "gelu_tanh_and_mul_triton", "apply_rotary_triton",
-    "store_kv_triton", "rotary_store_kv_triton",
+    "rms_norm", "rms_norm_add", "silu_and_mul", "gelu_tanh_and_mul", "apply_rotary",
+    "store_kv", "rotary_store_kv", "decode_attention", "extend_attention", "fused_moe",
+    "fused_moe_decode",
+    "rms_norm_triton", "rms_norm_add_triton", "silu_and_mul_triton", "gelu_tanh_and_mul_triton",
+    "apply_rotary_triton", "store_kv_triton", "rotary_store_kv_triton",
     "decode_attention_triton", "extend_attention_triton", "fused_moe_triton",
     "fused_moe_decode_triton",
     "moe_route_triton",
-    "rms_norm_ref", "silu_and_mul_ref", "gelu_tanh_and_mul_ref", "apply_rotary_ref",
-    "store_kv_ref",
+    "rms_norm_ref", "rms_norm_add_ref", "silu_and_mul_ref", "gelu_tanh_and_mul_ref",
+    "apply_rotary_ref", "store_kv_ref",
     "decode_attention_ref", "extend_attention_ref", "fused_moe_ref", "moe_route_ref",
     "fused_moe_decode_ref",
 ]
@@ -51,6 +57,14 @@ def rms_norm(
     [T, H]; it may be `residual` itself: the add then happens in place)."""
     fn = rms_norm_triton if x.is_cuda else rms_norm_ref
     return fn(x, weight, eps, residual, residual_out)
+
+
+def rms_norm_add(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: torch.Tensor) -> torch.Tensor:
+    """residual + rmsnorm(x) * weight: x [T, H], residual [T, H] -> [T, H] float32 (the
+    residual stream), in place when residual is float32 (norm.rms_norm_add_triton)."""
+    fn = rms_norm_add_triton if x.is_cuda else rms_norm_add_ref
+    return fn(x, weight, eps, residual)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -276,6 +276,20 @@ def gemv_norm_ref(x, norm_w, eps, w, bias=None, out_dtype=None):
     return F.linear(h, w, bias).to(out_dtype or w.dtype)
 
 
+def gemv_plain_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """x @ w^T (+ bias) with no prologue or epilogue: x [M, K] (M <= 4), w [N, K] -> [M, N]
+    in w's dtype (Gemma 2/3's o_proj and down_proj, whose outputs are normed before the
+    residual add: gemma_layers.py)."""
+    out = torch.empty((x.shape[0], w.shape[0]), dtype=w.dtype, device=x.device)
+    _run(PLAIN, x, w, bias, None, 0.0, out)
+    return out
+
+
+def gemv_plain_ref(x, w, bias=None):
+    return F.linear(x.to(w.dtype), w, bias)
+
+
 def gemv_residual_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
                          residual: torch.Tensor) -> torch.Tensor:
     """residual + x @ w^T (+ bias) in float32: x [M, K], w [N, K], residual [M, N] -> [M, N]
@@ -367,6 +381,10 @@ def gemv_norm_rope_kv_ref(x, norm_w, eps, w, bias, positions, cos_sin_cache, k_c
 def gemv_norm(x, norm_w, eps, w, bias=None, out_dtype=None):
     fn = gemv_norm_triton if x.is_cuda else gemv_norm_ref
     return fn(x, norm_w, eps, w, bias, out_dtype)
+
+
+def gemv_plain(x, w, bias=None):
+    return (gemv_plain_triton if x.is_cuda else gemv_plain_ref)(x, w, bias)
 
 
 def gemv_residual(x, w, bias, residual):

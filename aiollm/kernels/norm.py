@@ -19,6 +19,7 @@ def _rms_norm_kernel(
     H, eps,
     BLOCK: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
+    ADD_AFTER: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -29,7 +30,10 @@ def _rms_norm_kernel(
         tl.store(ResOut + row * stride_ro + cols, x.to(ResOut.dtype.element_ty), mask=mask)
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / H + eps)
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Out + row * stride_o + cols, (x * rstd * w).to(Out.dtype.element_ty), mask=mask)
+    y = x * rstd * w
+    if ADD_AFTER:  # the normed x added to the stream: ResOut = Res + y (Out is ResOut)
+        y += tl.load(Res + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Out + row * stride_o + cols, y.to(Out.dtype.element_ty), mask=mask)
 
 
 def rms_norm_triton(
@@ -54,9 +58,44 @@ def rms_norm_triton(
         x.stride(0), residual.stride(0) if residual is not None else 0,
         out.stride(0), res_out.stride(0) if res_out is not None else 0,
         H, eps,
-        BLOCK=block, HAS_RESIDUAL=residual is not None, num_warps=num_warps,
+        BLOCK=block, HAS_RESIDUAL=residual is not None, ADD_AFTER=False, num_warps=num_warps,
     )
     return out if residual is None else (out, res_out)
+
+
+def rms_norm_add_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                        residual: torch.Tensor) -> torch.Tensor:
+    """residual + rmsnorm(x) * weight in float32 (the residual stream after a sub-block whose
+    output is normed before it is added: Gemma 2/3's post-attention and post-feed-forward
+    norms): x [T, H] any float dtype, residual [T, H] -> [T, H] float32, written into
+    residual itself when it is float32. The normed x is not rounded to x's dtype first."""
+    assert x.dim() == 2 and x.stride(1) == 1, "x must be [T, H] with contiguous rows"
+    T, H = x.shape
+    assert weight.shape == (H,) and weight.is_contiguous()
+    assert residual.shape == x.shape and residual.stride(1) == 1
+    out = residual if residual.dtype == torch.float32 else torch.empty(
+        x.shape, dtype=torch.float32, device=x.device)
+    if T == 0:
+        return out
+    block = triton.next_power_of_2(H)
+    num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    # each row's residual is read before its sum is written: out may be residual itself
+    _rms_norm_kernel[(T,)](
+        x, residual, weight, out, out, x.stride(0), residual.stride(0), out.stride(0), 0,
+        H, eps, BLOCK=block, HAS_RESIDUAL=False, ADD_AFTER=True, num_warps=num_warps,
+    )
+    return out
+
+
+def rms_norm_add_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                     residual: torch.Tensor) -> torch.Tensor:
+    """rms_norm_add_triton's reference (the CPU path): the same sum, in float32."""
+    xf = x.float()
+    y = residual.float() + xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) \
+        * weight.float()
+    if residual.dtype == torch.float32:
+        return residual.copy_(y)
+    return y
 
 
 def rms_norm_ref(

@@ -98,15 +98,7 @@ class Attention(nn.Module):
         o_proj adding into the stream (for a decode of one request all three in one kernel,
         kernels/attention_oproj.py); returns the stream (float32, updated in place when it
         was float32)."""
-        qkv_w, qkv_b = self.qkv_proj.weight, self.qkv_proj.bias
-        if self.qk_norm:  # the per-head norms sit between the projection and the rotation
-            q = self.rope_store(gemv_norm(residual, norm.weight, norm.eps, qkv_w, qkv_b),
-                                batch, cos_sin)
-        else:
-            q = gemv_norm_rope_kv(
-                residual, norm.weight, norm.eps, qkv_w, qkv_b, batch.rotary_rows, cos_sin,
-                batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
-                batch.out_cache_loc, self.num_heads)
+        q = self.project_small(residual, norm, batch, cos_sin)
         if (batch.is_decode and self.o_proj.bias is None
                 and attention_oproj.takes(q, batch.kv_pool.k_cache[self.layer_id],
                                           self.o_proj.weight, batch.max_seq_len)):
@@ -118,6 +110,21 @@ class Attention(nn.Module):
                 softcap=self.softcap)
         o = self.attend(q, batch).reshape(residual.shape[0], self.q_size)
         return gemv_residual(o, self.o_proj.weight, self.o_proj.bias, residual)
+
+    def project_small(self, residual: torch.Tensor, norm: RMSNorm, batch: ForwardBatch,
+                      cos_sin: torch.Tensor) -> torch.Tensor:
+        """The attention's input for at most FUSED_MAX_TOKENS tokens: q [T, Hq, D] of the
+        residual stream [T, H] normed by `norm`, rotated, k and v rotated and stored, the
+        norm, projection, rotary and KV store in one GEMV (gemv.py); with q/k norms the
+        GEMV's output is rotated and stored by rope_store."""
+        qkv_w, qkv_b = self.qkv_proj.weight, self.qkv_proj.bias
+        if self.qk_norm:  # the per-head norms sit between the projection and the rotation
+            return self.rope_store(gemv_norm(residual, norm.weight, norm.eps, qkv_w, qkv_b),
+                                   batch, cos_sin)
+        return gemv_norm_rope_kv(
+            residual, norm.weight, norm.eps, qkv_w, qkv_b, batch.rotary_rows, cos_sin,
+            batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
+            batch.out_cache_loc, self.num_heads)
 
     def attend(self, q: torch.Tensor, batch: ForwardBatch, out: torch.Tensor | None = None
                ) -> torch.Tensor:

@@ -13,16 +13,21 @@ added), which the next layer's input_layernorm (or the final norm) adds. The att
 attention.py's Attention, which takes the rest of Gemma 2/3 from ModelConfig (softmax scale,
 soft-capping, window, Gemma 3's q/k norms and local rotary).
 
-The one-token fused GEMV path (DecoderLayer.forward_small) adds o_proj's and down_proj's
-outputs straight into the stream, with no place for the norms between: these layers do not
-take it (LlamaForCausalLM.fused_small is False for them).
+One-token steps (LlamaForCausalLM.fused_small) run the layer as the Llama layer's fused
+GEMVs (gemv.py: norm + q/k/v + rotary + KV store; norm + gate/up + GeGLU) with o_proj and
+down_proj as GEMVs without an epilogue, since their outputs are normed before they are
+added: one kernel norms each and adds it to the stream (kernels.rms_norm_add), 7 launches a
+layer with attention where the layered path takes about 12.
 """
 
 from __future__ import annotations
 
 import torch
 
+from aiollm.kernels import rms_norm_add
+from aiollm.kernels.gemv import gemv_plain
 from aiollm.model.config import ModelConfig
+from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.llama import DecoderLayer
 from aiollm.model.norm import RMSNorm
 
@@ -46,9 +51,23 @@ class SandwichDecoderLayer(DecoderLayer):
         h, residual = self.pre_feedforward_layernorm(a, residual, residual_out)
         return self.post_feedforward_layernorm(self.mlp(h)), residual
 
-    def forward_small(self, residual: torch.Tensor, batch, cos_sin: torch.Tensor):
-        raise AssertionError("Gemma 2/3 layers do not run the fused one-token path "
-                             "(LlamaForCausalLM.fused_small is False for them)")
+    def forward_small(self, residual: torch.Tensor, batch: ForwardBatch,
+                      cos_sin: torch.Tensor) -> torch.Tensor:
+        """The layer on the residual stream [T, H] of a step of at most FUSED_MAX_TOKENS
+        tokens (module docstring); returns the stream, float32 (updated in place when it
+        was float32). The normed sub-block outputs are added in float32, not rounded to the
+        model dtype first as the layered path's are."""
+        attn, mlp = self.self_attn, self.mlp
+        q = attn.project_small(residual, self.input_layernorm, batch, cos_sin)
+        o = attn.attend(q, batch).reshape(residual.shape[0], attn.q_size)
+        a = gemv_plain(o, attn.o_proj.weight, attn.o_proj.bias)
+        norm = self.post_attention_layernorm
+        residual = rms_norm_add(a, norm.weight, norm.eps, residual)
+        norm = self.pre_feedforward_layernorm
+        h = mlp.gemv_norm_act(residual, norm.weight, norm.eps, mlp.gate_up_proj.weight)
+        d = gemv_plain(h, mlp.down_proj.weight)
+        norm = self.post_feedforward_layernorm
+        return rms_norm_add(d, norm.weight, norm.eps, residual)
 
 
 def decoder_layer(config: ModelConfig, layer_id: int) -> DecoderLayer:

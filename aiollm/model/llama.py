@@ -163,13 +163,11 @@ class LlamaForCausalLM(nn.Module):
             self.register_buffer("local_cos_sin_cache",
                                  torch.empty(self.max_len, config.head_dim), persistent=False)
         # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as fused
-        # GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
-        # their all-reduce before the residual add) nor with a shared expert (moe.py). Nor
-        # for Gemma 2/3: their norms on o_proj's and the MLP's outputs, before the residual
-        # add, have no place in the fused GEMVs, and the LM head's GEMV no soft-cap; their
-        # one-token steps run the layered path (the same kernels as longer steps).
+        # GEMVs on a float32 residual stream (Gemma 2/3's with a norm-and-add kernel after
+        # o_proj and down_proj: gemma_layers.py); not under tensor parallelism (o/down need
+        # their all-reduce before the residual add) nor with a shared expert (moe.py)
         self.single_rank = current() is None
-        self.fused_small = self.single_rank and not config.sandwich_norms and all(
+        self.fused_small = self.single_rank and all(
             isinstance(layer.mlp, MLP) or layer.mlp.takes_small for layer in self.layers)
         self.init_rope()
 
@@ -197,7 +195,9 @@ class LlamaForCausalLM(nn.Module):
         batch-1 graph for (engine/cuda_graph.py)."""
         attn = self.layers[0].self_attn
         w_o = attn.o_proj.weight
-        return (self.fused_small and attn.o_proj.bias is None
+        # Gemma 2/3's o_proj output is normed before the add: no attention_oproj for them
+        return (self.fused_small and not self.config.sandwich_norms
+                and attn.o_proj.bias is None
                 and attention_oproj.takes_shape(attn.num_heads, attn.num_kv_heads,
                                                 attn.head_dim, w_o.shape[0], w_o.dtype,
                                                 w_o.device, max_seq_len))
@@ -287,4 +287,4 @@ class LlamaForCausalLM(nn.Module):
         # the final norm folded into the lm_head GEMV, float32 logits out
         logits = gemv_norm(x, self.norm.weight, self.norm.eps, self.lm_head_weight, None,
                            torch.float32)
-        return self.embed_tokens.gather_logits(logits)
+        return self.embed_tokens.gather_logits(capped(logits, self.final_softcap))
