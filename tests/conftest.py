@@ -149,6 +149,29 @@ def tiny_llama(path, *, vocab_size: int = 49152, hidden_size: int = 32,
     return str(path)
 
 
+def sharp_tiny_llama(path, **shape) -> str:
+    """tiny_llama(path, **shape) with random weights saved beside its config as HF
+    safetensors (seed 0), for engine tests that compare the engine's output with its own
+    (batch mixes, chunking, eviction, the prefix cache on and off) where the default model's
+    compute is the cost. Its projections and lm_head have std 0.2, not the usual 0.02:
+    attention then picks out a few keys, as a trained model's does, so a step that reads
+    one wrong key, or misses one, changes a token; at 0.02 every key weighs about the same
+    and such a fault hides in the mean. The directory has no tokenizer: give the engine
+    tokenizer=default_model_path()."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tiny_llama(path, **shape)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig.from_pretrained(path))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.weight") or name == "lm_head.weight":
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> str:
     """A directory holding tiny_llama's default config, for tests that serve an app in

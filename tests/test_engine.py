@@ -14,8 +14,9 @@ import torch
 from aiollm import Engine, SamplingParams
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
+from aiollm.model import default_model_path
 from aiollm.sampling_params import MAX_N_SEQUENCES, Constraint, GrammarSpec
-from conftest import load_bench, run
+from conftest import load_bench, run, sharp_tiny_llama
 from test_api_review import TOOL_CALL, BAD_MESSAGES
 
 PROMPTS = load_bench("accuracy").PROMPTS[:8] + ["A haiku about autumn:"]
@@ -24,6 +25,27 @@ PROMPTS = load_bench("accuracy").PROMPTS[:8] + ["A haiku about autumn:"]
 @pytest.fixture(scope="module")
 def engine(loop):
     eng = Engine(None, kv_tokens=8192, max_prefill_tokens=256)
+    loop.run_until_complete(eng.start())
+    yield eng
+    loop.run_until_complete(eng.stop())
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    """conftest.sharp_tiny_llama with two layers, hidden 64 and 2,048 positions (the
+    longest prompt here is 522 tokens)."""
+    return sharp_tiny_llama(tmp_path_factory.mktemp("tiny2"), hidden_size=64,
+                            intermediate_size=128, num_hidden_layers=2,
+                            max_position_embeddings=2048)
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(loop, tiny_dir):
+    """The module engine's pool and step budget on tiny_dir's model, for the tests that
+    compare the engine's output with its own (batch mixes, chunked prefill, eviction, step
+    shapes): a decode step costs a few ms where the default model's costs 75."""
+    eng = Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=8192,
+                 max_prefill_tokens=256)
     loop.run_until_complete(eng.start())
     yield eng
     loop.run_until_complete(eng.stop())
@@ -59,8 +81,7 @@ GREEDY_48 = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
 @pytest.fixture(scope="module")
 def greedy_outs(loop, engine):
     """(prompt ids, output) of each of PROMPTS: 48 greedy tokens, all generated at once by the
-    module engine. test_greedy_matches_transformers checks them against transformers, and
-    test_eviction_resumes_with_identical_greedy_output compares a tight pool's with them."""
+    module engine, which test_greedy_matches_transformers checks against transformers."""
     prompt_ids = [engine.tokenizer.encode(p) for p in PROMPTS]
 
     async def all_at_once():
@@ -79,31 +100,31 @@ def test_greedy_matches_transformers(loop, engine, hf_model, greedy_outs):
     assert_all_free(engine)
 
 
-def test_chunked_prefill_and_batch_mix_do_not_change_greedy_output(loop, engine):
+def test_chunked_prefill_and_batch_mix_do_not_change_greedy_output(loop, tiny_engine):
     long_prompt = " ".join(PROMPTS * 9)  # 522 tokens: three chunks of max_prefill_tokens=256
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-    alone = run(loop, engine.generate(long_prompt, params))
+    alone = run(loop, tiny_engine.generate(long_prompt, params))
 
     async def mixed():
-        others = [engine.generate(p, SamplingParams(max_tokens=20, temperature=0.8))
+        others = [tiny_engine.generate(p, SamplingParams(max_tokens=20, temperature=0.8))
                   for p in PROMPTS]
-        return await asyncio.gather(engine.generate(long_prompt, params), *others)
+        return await asyncio.gather(tiny_engine.generate(long_prompt, params), *others)
 
     together = run(loop, mixed())[0]
-    assert len(engine.tokenizer.encode(long_prompt)) > 2 * 256
+    assert len(tiny_engine.tokenizer.encode(long_prompt)) > 2 * 256
     assert together.token_ids == alone.token_ids
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
-def test_seeded_sampling_reproducible_across_batch_mixes(loop, engine):
+def test_seeded_sampling_reproducible_across_batch_mixes(loop, tiny_engine):
     # 16 tokens: the neighbours (8 to 15 tokens) finish one by one while it samples, so the
     # batch it shares changes under it
     params = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, top_k=50, seed=1234)
 
     async def with_neighbours(n):
-        others = [engine.generate(p, SamplingParams(max_tokens=8 + i, temperature=1.0))
+        others = [tiny_engine.generate(p, SamplingParams(max_tokens=8 + i, temperature=1.0))
                   for i, p in enumerate(PROMPTS[:n])]
-        res = await asyncio.gather(*others[: n // 2], engine.generate(PROMPTS[0], params),
+        res = await asyncio.gather(*others[: n // 2], tiny_engine.generate(PROMPTS[0], params),
                                    *others[n // 2:])
         return res[n // 2]
 
@@ -111,7 +132,7 @@ def test_seeded_sampling_reproducible_across_batch_mixes(loop, engine):
     b = run(loop, with_neighbours(3))
     c = run(loop, with_neighbours(8))
     assert a.token_ids == b.token_ids == c.token_ids
-    other_seed = run(loop, engine.generate(PROMPTS[0], SamplingParams(
+    other_seed = run(loop, tiny_engine.generate(PROMPTS[0], SamplingParams(
         max_tokens=16, temperature=1.0, top_p=0.95, top_k=50, seed=99)))
     assert other_seed.token_ids != a.token_ids
 
@@ -218,7 +239,7 @@ def test_stop_token_ids_min_tokens_and_eos(loop, engine):
     assert "<|im_end|>" not in chat.text
 
 
-def test_many_concurrent_requests_then_everything_is_free(loop, engine):
+def test_many_concurrent_requests_then_everything_is_free(loop, tiny_engine):
     rnd = random.Random(0)
 
     async def go():
@@ -230,13 +251,13 @@ def test_many_concurrent_requests_then_everything_is_free(loop, engine):
             # admitted while others decode and finish (1,456 prompt tokens, 256 a step)
             params = SamplingParams(max_tokens=rnd.randint(1, 16), temperature=rnd.choice([0, 1]),
                                     ignore_eos=rnd.random() < 0.5)
-            reqs.append(engine.generate(prompt, params))
+            reqs.append(tiny_engine.generate(prompt, params))
         return await asyncio.gather(*reqs)
 
     outs = run(loop, go())
     assert len(outs) == 64
     assert all(o.finish_reason in ("stop", "length") for o in outs)
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
 def test_cancelling_half_leaves_nothing_held(loop, engine):
@@ -433,38 +454,38 @@ def test_a_failing_batch_holds_nothing(loop, engine):
     assert_all_free(engine)
 
 
-def test_a_batch_checks_every_prompt_before_it_runs_any(loop, engine):
+def test_a_batch_checks_every_prompt_before_it_runs_any(loop, tiny_engine):
     """A bad prompt late in a batch failed it only once the prompts before it had run (for
     hours in a long offline batch), their results thrown away with the error. Every prompt is
     checked first: the batch fails before a prompt token is processed."""
     def prompt_tokens() -> float:
-        return engine.metrics.registry.get_sample_value("aiollm_prompt_tokens_total")
+        return tiny_engine.metrics.registry.get_sample_value("aiollm_prompt_tokens_total")
 
     before = prompt_tokens()
     params = SamplingParams(max_tokens=100, ignore_eos=True)
-    for bad in ("", [engine.model_config.vocab_size], [1] * engine.max_model_len):
+    for bad in ("", [tiny_engine.model_config.vocab_size], [1] * tiny_engine.max_model_len):
         with pytest.raises(InvalidRequest) as e:
-            run(loop, engine.generate_batch(["Tell me a long story"] * 40 + [bad], params,
-                                            progress=False))
+            run(loop, tiny_engine.generate_batch(["Tell me a long story"] * 40 + [bad],
+                                                 params, progress=False))
         assert e.value.param == "prompts[40]"
     assert prompt_tokens() == before
     # long text is checked off the loop's thread
-    outs = run(loop, engine.generate_batch(["word " * 200, "Hi"], SamplingParams(max_tokens=1),
-                                           progress=False))
+    outs = run(loop, tiny_engine.generate_batch(["word " * 200, "Hi"],
+                                                SamplingParams(max_tokens=1), progress=False))
     assert [len(o.token_ids) for o in outs] == [1, 1]
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
-def test_a_string_is_one_prompt_of_a_batch(loop, engine):
+def test_a_string_is_one_prompt_of_a_batch(loop, tiny_engine):
     """generate_batch("Hello") (LLM.generate("Hello")) is one prompt: it was five, one per
     character, since a str is a sequence of strings."""
     params = SamplingParams(max_tokens=4, temperature=0)
-    outs = run(loop, engine.generate_batch("Hello", params, progress=False))
-    one = run(loop, engine.generate("Hello", params))
+    outs = run(loop, tiny_engine.generate_batch("Hello", params, progress=False))
+    one = run(loop, tiny_engine.generate("Hello", params))
     assert [o.token_ids for o in outs] == [one.token_ids]
 
 
-def test_a_batch_takes_one_sampling_params_per_prompt(loop, engine):
+def test_a_batch_takes_one_sampling_params_per_prompt(loop, tiny_engine):
     """vLLM's LLM.generate takes a list of SamplingParams, one per prompt; generate_batch
     (and so LLM.generate) refused it ('params must be SamplingParams, got list', naming no
     field). Each prompt now runs with its own; a list of another length, or a bad item, is
@@ -473,8 +494,8 @@ def test_a_batch_takes_one_sampling_params_per_prompt(loop, engine):
     prompts = ["The capital of France is", "Once upon a time"]
 
     async def go():
-        batch = await engine.generate_batch(prompts, greedy, progress=False)
-        alone = [await engine.generate(p, sp) for p, sp in zip(prompts, greedy)]
+        batch = await tiny_engine.generate_batch(prompts, greedy, progress=False)
+        alone = [await tiny_engine.generate(p, sp) for p, sp in zip(prompts, greedy)]
         return batch, alone
 
     batch, alone = run(loop, go())
@@ -485,12 +506,12 @@ def test_a_batch_takes_one_sampling_params_per_prompt(loop, engine):
     for params, param in ((greedy[:1], "params"), ([greedy[0], bad], "params[1].temperature"),
                           ((greedy[0], {"max_tokens": 2}), "params[1]")):
         with pytest.raises(InvalidRequest) as e:
-            run(loop, engine.generate_batch(prompts, params, progress=False))
+            run(loop, tiny_engine.generate_batch(prompts, params, progress=False))
         assert e.value.param == param
     with pytest.raises(InvalidRequest) as e:
-        run(loop, engine.generate(prompts[0], {"max_tokens": 2}))
+        run(loop, tiny_engine.generate(prompts[0], {"max_tokens": 2}))
     assert e.value.param == "params"
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
 def test_a_batch_names_its_bad_prompt_and_refuses_what_is_no_batch(loop, engine):
@@ -630,20 +651,20 @@ def test_one_prompt_dict_is_a_batch_of_one(loop, engine):
     assert_all_free(engine)
 
 
-def test_a_batch_runs_on_its_params_as_they_were_when_it_was_called(loop, engine):
+def test_a_batch_runs_on_its_params_as_they_were_when_it_was_called(loop, tiny_engine):
     """generate_batch's prompts past the room (the request table, the waiting queue) are
     submitted later, and read the caller's SamplingParams then: params changed meanwhile
     (reused by another thread for its next batch) changed the batch's later prompts, and a
     max_tokens past the context failed the whole batch it had accepted. vLLM's
     LLM.generate takes each request's params as they are at the call."""
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
-    room = engine._batch_room
-    engine._batch_room = asyncio.Semaphore(1)  # one prompt at a time: the others wait
+    room = tiny_engine._batch_room
+    tiny_engine._batch_room = asyncio.Semaphore(1)  # one prompt at a time: the others wait
 
     async def go():
-        batch = asyncio.ensure_future(engine.generate_batch(["Hi", "Hello", "Hey"], params,
-                                                            progress=False))
-        while not engine._requests:  # the first prompt submitted, the others waiting
+        batch = asyncio.ensure_future(tiny_engine.generate_batch(["Hi", "Hello", "Hey"],
+                                                                 params, progress=False))
+        while not tiny_engine._requests:  # the first prompt submitted, the others waiting
             await asyncio.sleep(0.001)
         params.max_tokens = 10 ** 6
         return await batch
@@ -651,9 +672,9 @@ def test_a_batch_runs_on_its_params_as_they_were_when_it_was_called(loop, engine
     try:
         outs = run(loop, go())
     finally:
-        engine._batch_room = room
+        tiny_engine._batch_room = room
     assert [len(o.token_ids) for o in outs] == [4, 4, 4]
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
 def test_token_ids_of_numpy_are_ids_and_a_bad_id_is_named(loop, engine):
@@ -1020,7 +1041,7 @@ def test_one_bad_schema_in_two_fields_at_once_names_each_field(loop, engine):
     assert_all_free(engine)
 
 
-def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
+def test_long_prompt_text_is_tokenized_off_the_loop(loop, tiny_engine):
     """generate() encodes text past TOKENIZE_INLINE_CHARS on a worker thread, as the HTTP API
     does, and chat() a long conversation: the loop keeps ticking while a megabyte prompt is
     encoded (each held the loop for the whole encode), and a long prompt that fits gets the
@@ -1028,14 +1049,14 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
     context could not hold it, and it is refused before it is encoded.)"""
     text = " ".join(f"word{i % 5000} w" for i in range(120_000))  # ~1.4 MB
     t0 = time.perf_counter()
-    engine.tokenize(text, 8)
+    tiny_engine.tokenize(text, 8)
     encode_s = time.perf_counter() - t0
     assert encode_s > 0.2, encode_s  # long enough to see the loop held
     cut = SamplingParams(max_tokens=1, truncate_prompt_tokens=8)
 
     async def served():
-        assert (await engine.generate(text, cut)).prompt_tokens == 8
-        out = await engine.chat([{"role": "user", "content": text}], cut)  # likewise
+        assert (await tiny_engine.generate(text, cut)).prompt_tokens == 8
+        out = await tiny_engine.chat([{"role": "user", "content": text}], cut)  # likewise
         assert out.prompt_tokens == 8
 
     gap = run(loop, _longest_loop_gap(served))
@@ -1045,11 +1066,11 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
     fits = " ".join(f"word{i}" for i in range(100))
     params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
     assert len(fits) > TOKENIZE_INLINE_CHARS
-    out = run(loop, engine.generate(fits, params))
-    ids = engine.tokenize(fits)
+    out = run(loop, tiny_engine.generate(fits, params))
+    ids = tiny_engine.tokenize(fits)
     assert out.prompt_tokens == len(ids)
-    assert out.token_ids == run(loop, engine.generate(ids, params)).token_ids
-    assert_all_free(engine)
+    assert out.token_ids == run(loop, tiny_engine.generate(ids, params)).token_ids
+    assert_all_free(tiny_engine)
 
 
 def test_long_tool_call_arguments_are_rendered_off_the_loop(loop, tmp_path):
@@ -1521,17 +1542,20 @@ def test_control_token_text_in_chat_content_stays_text(engine):
     assert allowed.count(start) == 4
 
 
-def test_eviction_resumes_with_identical_greedy_output(loop, greedy_outs):
+def test_eviction_resumes_with_identical_greedy_output(loop, tiny_engine, tiny_dir):
     """A KV pool too small for the batch forces pauses; paused requests are recomputed and
-    must produce exactly the tokens they would have produced uninterrupted (greedy_outs: the
-    module engine's, with room for all)."""
-    # greedy output is prefix-stable: the first 32 of the 48 tokens are what 32 would be
-    roomy = [out.token_ids[:32] for _, out in greedy_outs[:6]]
-    prompts = [ids for ids, _ in greedy_outs[:6]]
+    must produce exactly the tokens they would have produced uninterrupted (tiny_engine's,
+    with room for all, on the same weights)."""
+    prompts = [tiny_engine.tokenizer.encode(p) for p in PROMPTS[:6]]
     params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
 
+    async def roomy_outs():
+        return await asyncio.gather(*(tiny_engine.generate(p, params) for p in prompts))
+
+    roomy = [out.token_ids for out in run(loop, roomy_outs())]
+
     async def go(**opts):
-        eng = Engine(None, **opts)
+        eng = Engine(tiny_dir, tokenizer=default_model_path(), **opts)
         await eng.start()
         try:
             outs = await asyncio.gather(*(eng.generate(p, params) for p in prompts))
@@ -1588,57 +1612,57 @@ def test_pending_token_is_a_placeholder():
     assert r.token_at(0, 3) == [10, 11, 12]
 
 
-def test_steps_are_planned_while_the_previous_one_runs(loop, engine):
+def test_steps_are_planned_while_the_previous_one_runs(loop, tiny_engine):
     """Decode steps take the previous step's tokens from the device (placeholders), and a
     request ends exactly at max_tokens or at its stop token although one more step was
     already planned for it: the extra token is dropped and its KV given back."""
     launches = []
-    real = engine.runner.launch
+    real = tiny_engine.runner.launch
 
     def spy(inp):
         launches.append(inp.placeholders)
         return real(inp)
 
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-    engine.runner.launch = spy
+    tiny_engine.runner.launch = spy
     try:
-        full = run(loop, engine.generate(PROMPTS[1], params))
+        full = run(loop, tiny_engine.generate(PROMPTS[1], params))
         assert full.completion_tokens == 12 and full.finish_reason == "length"
         assert sum(launches) >= 9, launches  # every decode step after the first
         ids = full.token_ids
         k = next(i for i in range(2, 12) if ids[i] not in ids[:i])
-        cut = run(loop, engine.generate(PROMPTS[1], SamplingParams(
+        cut = run(loop, tiny_engine.generate(PROMPTS[1], SamplingParams(
             max_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=[ids[k]])))
     finally:
-        engine.runner.launch = real
+        tiny_engine.runner.launch = real
     assert cut.token_ids == ids[: k + 1] and cut.finish_reason == "stop"
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
-def test_penalties_wait_for_the_pending_token(loop, engine):
+def test_penalties_wait_for_the_pending_token(loop, tiny_engine):
     """A request with a penalty needs its whole history on the host: its steps are planned
     after the previous token is back, and a penalised run differs from a plain one."""
     launches = []
-    real = engine.runner.launch
+    real = tiny_engine.runner.launch
 
     def spy(inp):
         launches.append(inp.placeholders)
         return real(inp)
 
-    engine.runner.launch = spy
+    tiny_engine.runner.launch = spy
     try:
-        out = run(loop, engine.generate(PROMPTS[4], SamplingParams(
+        out = run(loop, tiny_engine.generate(PROMPTS[4], SamplingParams(
             max_tokens=16, temperature=0, ignore_eos=True, repetition_penalty=5.0)))
     finally:
-        engine.runner.launch = real
-    plain = run(loop, engine.generate(PROMPTS[4], SamplingParams(
+        tiny_engine.runner.launch = real
+    plain = run(loop, tiny_engine.generate(PROMPTS[4], SamplingParams(
         max_tokens=16, temperature=0, ignore_eos=True)))
     assert not any(launches)
     assert out.completion_tokens == 16 and out.token_ids != plain.token_ids
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
-def test_decode_batches_padded_to_a_graph_bucket_give_the_same_tokens(loop, engine):
+def test_decode_batches_padded_to_a_graph_bucket_give_the_same_tokens(loop, tiny_engine):
     """On a GPU a decode batch is padded up to its CUDA-graph bucket: padding rows write
     the KV pool's scratch slot and the req_to_token table's padding row. Run the same
     padding eagerly here (3 requests run as 4) and compare with the unpadded batches."""
@@ -1646,9 +1670,9 @@ def test_decode_batches_padded_to_a_graph_bucket_give_the_same_tokens(loop, engi
 
     async def three():
         return [o.token_ids for o in await asyncio.gather(
-            *(engine.generate(p, params) for p in PROMPTS[:3]))]
+            *(tiny_engine.generate(p, params) for p in PROMPTS[:3]))]
 
-    graphs = engine.runner.graphs
+    graphs = tiny_engine.runner.graphs
     assert graphs.bucket(3) == 3
     plain = run(loop, three())
     graphs.pad = True
@@ -1660,12 +1684,12 @@ def test_decode_batches_padded_to_a_graph_bucket_give_the_same_tokens(loop, engi
     assert padded == plain
     # the padding row went to the table's padding row (on the CPU the device table is the
     # master copy), position 0, slot scratch
-    pad_row = engine.req_to_token.table[engine.req_to_token.pad_row]
-    assert pad_row[0] == engine.kv_pool.scratch_slot and not pad_row[1:].any()
-    assert_all_free(engine)
+    pad_row = tiny_engine.req_to_token.table[tiny_engine.req_to_token.pad_row]
+    assert pad_row[0] == tiny_engine.kv_pool.scratch_slot and not pad_row[1:].any()
+    assert_all_free(tiny_engine)
 
 
-def test_a_staging_turn_is_reused_only_after_its_step_is_collected(loop, engine):
+def test_a_staging_turn_is_reused_only_after_its_step_is_collected(loop, tiny_engine):
     """DecodeGraphs reuses a staging turn (its input buffer, and the host row its graph writes
     a greedy result to) STAGING stages later: the loop must have collected that turn's step
     by then. On a GPU a step staged too early overwrites a result the host has not read, so
@@ -1673,7 +1697,7 @@ def test_a_staging_turn_is_reused_only_after_its_step_is_collected(loop, engine)
     from aiollm.engine.cuda_graph import STAGING
     from aiollm.engine.step_results import Launched
 
-    graphs, runner = engine.runner.graphs, engine.runner
+    graphs, runner = tiny_engine.runner.graphs, tiny_engine.runner
     real_stage, real_launch, real_collect = graphs.stage, runner.launch, Launched.collect
     uncollected: dict[int, object] = {}  # turn -> the launch of the step staged there
     reused = []
@@ -1695,11 +1719,11 @@ def test_a_staging_turn_is_reused_only_after_its_step_is_collected(loop, engine)
 
     async def go():
         greedy = SamplingParams(max_tokens=3 * STAGING + 4, temperature=0, ignore_eos=True)
-        tasks = [asyncio.ensure_future(engine.generate(p, greedy)) for p in PROMPTS[:3]]
+        tasks = [asyncio.ensure_future(tiny_engine.generate(p, greedy)) for p in PROMPTS[:3]]
         await asyncio.sleep(0.05)
-        tasks.append(asyncio.ensure_future(engine.generate(PROMPTS[3], SamplingParams(
+        tasks.append(asyncio.ensure_future(tiny_engine.generate(PROMPTS[3], SamplingParams(
             max_tokens=STAGING + 2, temperature=0.8, seed=1))))
-        stream = engine.stream(PROMPTS[4], greedy)
+        stream = tiny_engine.stream(PROMPTS[4], greedy)
         async for _ in stream:
             break
         await stream.aclose()
@@ -1712,29 +1736,29 @@ def test_a_staging_turn_is_reused_only_after_its_step_is_collected(loop, engine)
         del graphs.stage, runner.launch
         Launched.collect = real_collect
     assert len(reused) > 2 * STAGING and not any(reused)
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
-def test_batch_one_short_context_steps_take_the_short_graph(loop, engine):
+def test_batch_one_short_context_steps_take_the_short_graph(loop, tiny_engine):
     """A decode batch of one request whose context fits short_len runs the step sized for
     short_len (on a GPU its own CUDA graph, SHORT_CONTEXT), a longer one and any larger batch
     the step sized for the table's longest; the tokens are those of the plain steps."""
-    graphs = engine.runner.graphs
+    graphs = tiny_engine.runner.graphs
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-    prompt = engine.tokenizer.encode(PROMPTS[0])
+    prompt = tiny_engine.tokenizer.encode(PROMPTS[0])
     short = len(prompt) + 5  # the first decode steps fit, the later ones do not
-    assert short < engine.max_model_len
+    assert short < tiny_engine.max_model_len
 
     async def one():
-        return (await engine.generate(prompt, params)).token_ids
+        return (await tiny_engine.generate(prompt, params)).token_ids
 
     async def two():
         return [o.token_ids for o in await asyncio.gather(
-            engine.generate(prompt, params), engine.generate(PROMPTS[1], params))]
+            tiny_engine.generate(prompt, params), tiny_engine.generate(PROMPTS[1], params))]
 
     plain, plain_two = run(loop, one()), run(loop, two())
     seen = []
-    model = engine.runner.model
+    model = tiny_engine.runner.model
     forward = model.forward
 
     def spy(batch):
@@ -1748,11 +1772,11 @@ def test_batch_one_short_context_steps_take_the_short_graph(loop, engine):
     finally:
         graphs.short_len, graphs._short = None, False
         del model.forward
-    long = engine.req_to_token.max_len
+    long = tiny_engine.req_to_token.max_len
     assert {m for b, n, m in seen if b == 1 and n <= short} == {short}
     assert {m for b, n, m in seen if b == 1 and n > short} == {long}
     assert {m for b, n, m in seen if b > 1} == {long}
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
 LONG_PROMPT = " ".join(PROMPTS * 5)  # 290 tokens: prefilled in several steps, even alone
@@ -1760,20 +1784,20 @@ MIXED_PARAMS = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def alone(loop, engine):
+def alone(loop, tiny_engine):
     """The greedy tokens of PROMPTS[0] and LONG_PROMPT (MIXED_PARAMS), each run alone: what
     the tests of mixed steps compare their output with."""
-    return [run(loop, engine.generate(p, MIXED_PARAMS)).token_ids
+    return [run(loop, tiny_engine.generate(p, MIXED_PARAMS)).token_ids
             for p in (PROMPTS[0], LONG_PROMPT)]
 
 
-def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine, alone):
+def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, tiny_engine, alone):
     """With mixed_prefill_tokens, a step that decodes carries at most that many prompt
     tokens (running streams wait less for their next token); a step with nothing to decode
     still takes the full max_prefill_tokens, and so does a step while more prompts are in
     line than streams decode (a burst). Greedy output is unchanged."""
     steps = []
-    real = engine.runner.prepare
+    real = tiny_engine.runner.prepare
 
     def spy(step, table):
         decodes = sum(1 for n, p, r in zip(step.extend_lens, step.prefix_lens, step.reqs)
@@ -1784,44 +1808,44 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine, al
     long_prompt, params = LONG_PROMPT, MIXED_PARAMS
 
     async def pair(n_long=1):
-        first = asyncio.ensure_future(engine.generate(PROMPTS[0], params))
+        first = asyncio.ensure_future(tiny_engine.generate(PROMPTS[0], params))
         decoded = len([d for d, _ in steps if d])
         while len([d for d, _ in steps if d]) == decoded:  # the first request is decoding
             await asyncio.sleep(0.01)                       # when the long ones arrive
-        outs = await asyncio.gather(first, *(engine.generate(long_prompt, params)
+        outs = await asyncio.gather(first, *(tiny_engine.generate(long_prompt, params)
                                              for _ in range(n_long)))
         return [o.token_ids for o in outs]
 
-    engine.runner.prepare = spy
-    saved, engine.planner.mixed_budget = engine.planner.mixed_budget, 40
+    tiny_engine.runner.prepare = spy
+    saved, tiny_engine.planner.mixed_budget = tiny_engine.planner.mixed_budget, 40
     try:
         # the prompts repeat: emptying the prefix cache before each part makes them prefill
-        engine.flush_cache()
+        tiny_engine.flush_cache()
         mixed = run(loop, pair())
-        engine.flush_cache()
-        again = run(loop, engine.generate(long_prompt, params))  # alone: nothing else decodes
+        tiny_engine.flush_cache()
+        again = run(loop, tiny_engine.generate(long_prompt, params))  # alone: nothing else decodes
         capped = list(steps)
         steps.clear()
-        engine.flush_cache()
+        tiny_engine.flush_cache()
         burst = run(loop, pair(n_long=3))  # three prompts in line, one stream
     finally:
-        engine.planner.mixed_budget = saved
-        engine.runner.prepare = real
+        tiny_engine.planner.mixed_budget = saved
+        tiny_engine.runner.prepare = real
     assert mixed == alone and burst == alone[:1] + alone[1:] * 3
     assert again.token_ids == alone[1]
     assert any(d and p for d, p in capped), capped  # some step mixed decodes and prefill
     assert all(p <= 40 for d, p in capped if d), capped
     assert max(p for d, p in capped) > 40, capped  # prefill-only steps use the full budget
     assert any(d and p > 40 for d, p in steps), steps  # the burst lifts the cap
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
-def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine, alone):
+def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, tiny_engine, alone):
     """With Planner.fill_to (the prefill graphs' bucket of a step), a step whose prompt tokens
     the mixed cap limits takes more, up to the rows its bucket computes anyway; the output
     is unchanged and nothing leaks."""
     steps = []
-    real = engine.runner.prepare
+    real = tiny_engine.runner.prepare
 
     def spy(step, table):
         decodes = sum(1 for n, p, r in zip(step.extend_lens, step.prefix_lens, step.reqs)
@@ -1833,33 +1857,33 @@ def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine, a
 
     async def pair():
         # two streams decoding when the long prompt arrives: no burst, the cap holds
-        first = [asyncio.ensure_future(engine.generate(PROMPTS[0], params)) for _ in range(2)]
+        first = [asyncio.ensure_future(tiny_engine.generate(PROMPTS[0], params)) for _ in range(2)]
         while not any(d == 2 for d, _ in steps):  # both decoding (a fixed sleep was too short
             await asyncio.sleep(0.01)             # on a loaded CPU)
-        outs = await asyncio.gather(*first, engine.generate(long_prompt, params))
+        outs = await asyncio.gather(*first, tiny_engine.generate(long_prompt, params))
         return [o.token_ids for o in outs[1:]]
 
-    engine.runner.prepare = spy
-    saved = engine.planner.mixed_budget, engine.planner.fill_to
-    engine.planner.mixed_budget = 40
-    engine.planner.fill_to = lambda t: -(-t // 16) * 16 if t > 1 else t
+    tiny_engine.runner.prepare = spy
+    saved = tiny_engine.planner.mixed_budget, tiny_engine.planner.fill_to
+    tiny_engine.planner.mixed_budget = 40
+    tiny_engine.planner.fill_to = lambda t: -(-t // 16) * 16 if t > 1 else t
     try:
-        engine.flush_cache()
+        tiny_engine.flush_cache()
         outs = run(loop, pair())
     finally:
-        engine.planner.mixed_budget, engine.planner.fill_to = saved
-        engine.runner.prepare = real
+        tiny_engine.planner.mixed_budget, tiny_engine.planner.fill_to = saved
+        tiny_engine.runner.prepare = real
     assert outs == alone
     mixed = [(d, t) for d, t in steps if d and t > d]
     assert any(t - d > 40 for d, t in mixed), mixed  # the cap was lifted to fill a bucket
     # up to the bucket, but for the prompt's last chunk (what was left of it)
     assert all(t - d <= 40 or t % 16 == 0 for d, t in mixed[:-1]), mixed
     assert all(t - d <= 40 + 15 for d, t in mixed), mixed
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
 @pytest.mark.parametrize("grammar", [False, True])
-def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop, engine,
+def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop, tiny_engine,
                                                                            grammar):
     """stream.aclose() from another task (a timeout watcher, a disconnect handler) while the
     consumer's `async for` waits for tokens: it raised Python's "asynchronous generator is
@@ -1870,8 +1894,8 @@ def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop,
     constraint = Constraint(GrammarSpec("regex", "[a-z ]{1,4000}h86", "r")) if grammar else None
 
     async def go():
-        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=400, ignore_eos=True,
-                                                               constraint=constraint))
+        stream = tiny_engine.stream("Count to ten:", SamplingParams(
+            max_tokens=400, ignore_eos=True, constraint=constraint))
         got = []
 
         async def consume():
@@ -1889,16 +1913,17 @@ def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop,
     got = run(loop, go())
     assert got[-1].finish_reason == "abort"
     assert got[-1].completion_tokens < 400
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
-def test_a_stream_its_own_reader_closed_ends_as_a_closed_generator(loop, engine):
+def test_a_stream_its_own_reader_closed_ends_as_a_closed_generator(loop, tiny_engine):
     """A consumer that closes its stream itself (`await stream.aclose()` in its `async for`,
     without a break) was handed the deltas queued meanwhile and then one more, the abort's,
     so its loop body ran on after it had closed the stream. As after an async generator's
     aclose(), the next read ends the iteration; nothing is held."""
     async def go():
-        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=400, ignore_eos=True))
+        stream = tiny_engine.stream("Count to ten:", SamplingParams(max_tokens=400,
+                                                                    ignore_eos=True))
         closed, after = False, []  # after: what the loop is given once it has closed it
         async for delta in stream:
             if closed:
@@ -1910,7 +1935,7 @@ def test_a_stream_its_own_reader_closed_ends_as_a_closed_generator(loop, engine)
         return closed, after
 
     assert run(loop, go()) == (True, [])
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
 def test_a_stream_its_consumer_stops_reading_ends_at_its_stop_string(loop, engine):
@@ -1973,17 +1998,17 @@ def test_a_stream_dropped_on_another_thread_is_released_on_its_loop(loop):
     assert calls == [(threading.get_ident(), "abort")]
 
 
-def test_a_stream_read_from_another_event_loop_is_a_usage_error(loop, engine):
+def test_a_stream_read_from_another_event_loop_is_a_usage_error(loop, tiny_engine):
     """A stream read from another thread's event loop (asyncio.run in a worker thread) waited
-    on a queue whose wake-ups come from the engine's loop, which cannot wake another loop:
+    on a queue whose wake-ups come from the tiny_engine's loop, which cannot wake another loop:
     the reader stalled until something else woke its loop (forever, without a timeout). It
-    raises RuntimeError, as the engine's calls from another loop do (so does aclose(), which
+    raises RuntimeError, as the tiny_engine's calls from another loop do (so does aclose(), which
     released the request on the calling thread), and the stream is still read to its end on
     its own loop, holding nothing after."""
     import threading
 
     async def make():
-        return engine.stream("Count to ten:", SamplingParams(max_tokens=20, ignore_eos=True))
+        return tiny_engine.stream("Count to ten:", SamplingParams(max_tokens=20, ignore_eos=True))
 
     stream = run(loop, make())
     errors = []
@@ -2014,16 +2039,16 @@ def test_a_stream_read_from_another_event_loop_is_a_usage_error(loop, engine):
         return [d async for d in stream]
 
     assert sum(len(d.token_ids) for d in run(loop, read_here())) == 20
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
-def test_a_stream_made_outside_a_loop_and_read_on_another_is_a_usage_error(loop, engine):
-    """A stream made in plain code while the engine's loop is not running (between its
+def test_a_stream_made_outside_a_loop_and_read_on_another_is_a_usage_error(loop, tiny_engine):
+    """A stream made in plain code while the tiny_engine's loop is not running (between its
     run_until_complete calls) takes the loop it is first read on as its own: read first on
     another (asyncio.run in the same thread), it took that one, and stalled there, as a
     read from another loop did before it was refused. It is refused as that is, and is
-    still read to its end on the engine's loop."""
-    stream = engine.stream("Count to ten:", SamplingParams(max_tokens=20, ignore_eos=True))
+    still read to its end on the tiny_engine's loop."""
+    stream = tiny_engine.stream("Count to ten:", SamplingParams(max_tokens=20, ignore_eos=True))
 
     async def read():
         return [d async for d in stream]
@@ -2031,10 +2056,10 @@ def test_a_stream_made_outside_a_loop_and_read_on_another_is_a_usage_error(loop,
     with pytest.raises(RuntimeError, match="another event loop"):
         asyncio.run(asyncio.wait_for(read(), 5))
     assert sum(len(d.token_ids) for d in run(loop, read())) == 20
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
-def test_a_stream_the_collector_frees_amid_loop_code_is_released_after_it(loop, engine):
+def test_a_stream_the_collector_frees_amid_loop_code_is_released_after_it(loop, tiny_engine):
     """The cycle collector runs where an allocation trips it, on the loop's thread too: in
     the middle of the step loop or the planner. A stream it frees there must not release its
     request (planner, table, KV) inside the code it interrupted, only when the loop next
@@ -2042,18 +2067,18 @@ def test_a_stream_the_collector_frees_amid_loop_code_is_released_after_it(loop, 
     import gc
 
     async def go():
-        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=50, ignore_eos=True))
+        stream = tiny_engine.stream("Count to ten:", SamplingParams(max_tokens=50, ignore_eos=True))
         await stream.__anext__()
         cycle = [stream]
         cycle.append(cycle)  # garbage only the collector frees
         del stream, cycle
-        gc.collect()  # as an allocation amid the engine's code would trip it
-        during = engine.stats()["table_used"]
+        gc.collect()  # as an allocation amid the tiny_engine's code would trip it
+        during = tiny_engine.stats()["table_used"]
         await asyncio.sleep(0.05)
         return during
 
     assert run(loop, go()) == 1
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)
 
 
 def test_warm_up_plan_covers_each_kernel_shape_class():
@@ -2103,7 +2128,7 @@ def test_warm_up_plan_compiles_every_decode_kernel_a_step_can_launch():
     assert launch_variant(64, 8, 2, 64, torch.float32, cpu, 4000)[1:] == (False, False, False)
 
 
-def test_warm_up_frees_what_it_takes_and_changes_no_output(loop):
+def test_warm_up_frees_what_it_takes_and_changes_no_output(loop, tiny_dir):
     """On an engine of 1,024 tokens of context: the warm-up's mixed steps read contexts up to
     the longest a row holds, and on the module engine's 8,192 (five context classes, each
     read by every decode of a step, on the CPU) they took 9 s; two classes take the same
@@ -2113,7 +2138,8 @@ def test_warm_up_frees_what_it_takes_and_changes_no_output(loop):
     params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 
     async def go():
-        async with Engine(None, kv_tokens=1024, max_model_len=1024) as engine:
+        async with Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=1024,
+                          max_model_len=1024) as engine:
             before = (await engine.generate(PROMPTS[1], params)).token_ids
             free_slots = engine.kv_pool.n_free
             warm_up(engine.runner, max_prefill=80, max_mixed=16, max_batch=5)
@@ -2188,16 +2214,16 @@ def test_prompt_logprobs_match_transformers_over_chunked_prefill(loop, engine, h
     assert_all_free(engine)
 
 
-def test_scoring_a_prompt_one_token_past_the_budget_finishes(loop, engine):
+def test_scoring_a_prompt_one_token_past_the_budget_finishes(loop, tiny_engine):
     """max_tokens 0 on a prompt of the step budget plus one (257 tokens, budget 256): its
     first chunk leaves one prompt token, which the planner read as neither a prefill chunk
     (one token left is a decode's share) nor a decode (max_tokens 0 counted it done), so the
     request stayed running and its caller waited for ever (found by helper r30)."""
-    ids = engine.tokenize(" ".join(PROMPTS * 6))[:257]
+    ids = tiny_engine.tokenize(" ".join(PROMPTS * 6))[:257]
     assert len(ids) == 257
     params = SamplingParams(max_tokens=0, prompt_logprobs=0)
-    out = loop.run_until_complete(asyncio.wait_for(engine.generate(ids, params), 60))
+    out = loop.run_until_complete(asyncio.wait_for(tiny_engine.generate(ids, params), 60))
     assert out.token_ids == [] and out.finish_reason == "length"
     assert len(out.prompt_logprobs) == 257 and out.prompt_logprobs[0] is None
     assert [lp.token_id for lp in out.prompt_logprobs[1:]] == ids[1:]
-    assert_all_free(engine)
+    assert_all_free(tiny_engine)

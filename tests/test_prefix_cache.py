@@ -1,7 +1,9 @@
 """The prefix cache (aiollm/engine/prefix_cache.py): greedy and seeded outputs are the same
-with the cache on and off (default model, CPU, fp32), hits are reported, nothing leaks
-(a randomized run on a tiny random Llama checks the invariants after every step), and the
-HTTP API reports cached tokens."""
+with the cache on and off (conftest.sharp_tiny_llama, CPU, fp32: a cache that hands a
+request one wrong key changes its tokens), a hit makes a long prompt's first token 5x
+faster (the default model: its prefill costs what a real one does), hits are reported,
+nothing leaks (a randomized run on a tiny random Llama checks the invariants after every
+step), and the HTTP API reports cached tokens."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from live_server import http, sse_events
 
 from aiollm import Engine, SamplingParams
 from aiollm.engine.prefix_cache import RadixTree
-from conftest import load_bench, run as run_with_timeout, tiny_llama
+from aiollm.model import default_model_path
+from conftest import load_bench, run as run_with_timeout, sharp_tiny_llama, tiny_llama
 
 PROMPTS = load_bench("accuracy").PROMPTS
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
@@ -28,10 +31,20 @@ def run(loop, coro):
 
 
 @pytest.fixture(scope="module")
-def engines(loop):
+def sharp(tmp_path_factory) -> dict:
+    """Engine's model and tokenizer options for a sharp_tiny_llama of two layers and 2,048
+    positions (text_ids fit) with the default tokenizer."""
+    path = sharp_tiny_llama(tmp_path_factory.mktemp("sharp"), hidden_size=64,
+                            intermediate_size=128, num_hidden_layers=2,
+                            max_position_embeddings=2048)
+    return dict(model=path, tokenizer=default_model_path())
+
+
+@pytest.fixture(scope="module")
+def engines(loop, sharp):
     """Cache on and off, small prefill chunks (a few hundred tokens span several)."""
-    on = Engine(None, kv_tokens=4096, max_prefill_tokens=128, prefix_cache=True)
-    off = Engine(None, kv_tokens=4096, max_prefill_tokens=128, prefix_cache=False)
+    on = Engine(**sharp, kv_tokens=4096, max_prefill_tokens=128, prefix_cache=True)
+    off = Engine(**sharp, kv_tokens=4096, max_prefill_tokens=128, prefix_cache=False)
     run(loop, on.start())
     run(loop, off.start())
     yield on, off
@@ -264,7 +277,7 @@ def test_abort_mid_prefill_of_a_shared_prompt(loop, engines, text_ids):
 
 
 @pytest.mark.slow  # a third engine; the randomized test below covers a tiny pool quickly
-def test_tiny_pool_eviction_and_pauses_keep_outputs(loop, engines, text_ids):
+def test_tiny_pool_eviction_and_pauses_keep_outputs(loop, engines, text_ids, sharp):
     """A pool of 450 tokens under traffic that needs more: cached prefixes are evicted,
     running requests paused (their KV goes to the cache) and resumed; the tokens are the
     same as with a roomy pool and no cache."""
@@ -275,7 +288,7 @@ def test_tiny_pool_eviction_and_pauses_keep_outputs(loop, engines, text_ids):
     ref = [run(loop, off.generate(p, params)) for p in prompts]
 
     async def tight():
-        eng = Engine(None, kv_tokens=450, max_prefill_tokens=128, scheduler="aggressive")
+        eng = Engine(**sharp, kv_tokens=450, max_prefill_tokens=128, scheduler="aggressive")
         await eng.start()
         try:
             first = await asyncio.gather(*(eng.generate(p, params) for p in prompts))
@@ -292,7 +305,10 @@ def test_tiny_pool_eviction_and_pauses_keep_outputs(loop, engines, text_ids):
 
 
 def test_repeated_1500_token_system_prompt_is_5x_faster(loop, engines, text_ids):
-    on, _ = engines
+    """On the default model, whose 1,500-token prefill is the cost a hit saves (the tiny
+    model's prefill is cheap next to a step's fixed costs)."""
+    on = Engine(None, kv_tokens=4096, max_prefill_tokens=128, prefix_cache=True)
+    run(loop, on.start())
     system = text_ids[:1500]
 
     async def ttft(question):
@@ -301,11 +317,14 @@ def test_repeated_1500_token_system_prompt_is_5x_faster(loop, engines, text_ids)
         deltas = [d async for d in stream]
         return time.perf_counter() - t0, deltas[-1].cached_tokens
 
-    first, _ = run(loop, ttft(words(engines, " What is a quokka?")))
-    second, cached = run(loop, ttft(words(engines, " Where do quokkas live?")))
+    try:
+        first, _ = run(loop, ttft(words(engines, " What is a quokka?")))
+        second, cached = run(loop, ttft(words(engines, " Where do quokkas live?")))
+        assert_idle_and_flush(on)
+    finally:
+        run(loop, on.stop())
     assert cached >= 1499
     assert second * 5 <= first, (first, second)
-    assert_idle_and_flush(on)
 
 
 def test_a_hit_with_no_slot_left_for_its_new_tokens_waits(loop, tmp_path):
