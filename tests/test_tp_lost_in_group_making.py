@@ -7,8 +7,9 @@ init_process_group; the host group's 30 minutes in new_group). It now ends withi
 naming the rank and why, as the watchdog words it.
 
 A sitecustomize on the processes' PYTHONPATH shortens INIT_TIMEOUT to INIT_TIMEOUT_S (the
-old wait's length) and kills the chosen rank where AIOLLM_TEST_KILL_AT says, writing the
-time of its death to a file first."""
+old wait's length) and, where AIOLLM_TEST_START_GRACE is set, the watchdog's START_GRACE_S,
+and kills the chosen rank where AIOLLM_TEST_KILL_AT says, writing the time of its death to
+a file first."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ import datetime, os
 import aiollm.distributed.launch as launch
 
 launch.INIT_TIMEOUT = datetime.timedelta(seconds=float(os.environ["AIOLLM_TEST_INIT_TIMEOUT"]))
+if os.environ.get("AIOLLM_TEST_START_GRACE"):
+    import aiollm.distributed.rank_watchdog as rank_watchdog
+    rank_watchdog.START_GRACE_S = float(os.environ["AIOLLM_TEST_START_GRACE"])
 if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank
     import signal, time
     import torch.distributed as dist
@@ -157,8 +161,11 @@ def test_serve_exits_naming_a_rank_lost_while_the_group_is_made(tiny_model, tmp_
 def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_model, tmp_path):  # noqa: F811
     """-tp 4 over 2 nodes: node 1's spawned rank 3 dies as it enters init_process_group.
     Node 1, whose lead waits there for it (a client of node 0's store: it cannot end that
-    wait), exits 1 within seconds naming rank 3 and its signal."""
+    wait), exits 1 within seconds naming rank 3 and its signal: its watchdog fails the
+    group once its start-up grace has passed (0.5 s here, not 5: only the watchdog can end
+    that wait, so the grace is all the time it waits)."""
     env, died = _env(tmp_path, 3, "init_process_group")
+    env["AIOLLM_TEST_START_GRACE"] = "0.5"
     nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
     try:
         assert nodes[1].wait(timeout=TIMEOUT_S) == 1, logs[1].read_text()
