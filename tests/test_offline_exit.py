@@ -1,23 +1,40 @@
 """The exit of a script whose LLM is still generating (loop_thread._end_all), interrupted.
 
-Each script loads the model (about 20 s on a loaded 2-core machine) before what it tests; the
-faults these tests catch ran for minutes or for ever, hence the 90 s limits."""
+Each script loads a tiny random model (`tiny4k`: its outputs are not what is checked) before
+what it tests; a call of 4,000 tokens runs for seconds there (1-3 ms a step on 2 CPU cores),
+long past the interrupt at 0.8 s. The faults these tests catch ran to a call's end or for ever,
+hence the 90 s limits."""
 
 import time
 
+import pytest
+from conftest import tiny_llama
 from script_run import run_script
+from test_tensor_parallel import _save_tokenizer
 
 
-def test_ctrl_c_during_the_exits_wait_for_a_non_daemon_threads_call_ends_it():
+@pytest.fixture(scope="module")
+def tiny4k(tmp_path_factory) -> str:
+    """`LLM(...)`'s arguments, as Python source, for a tiny random Llama of 4,096 positions
+    (a 4,000-token call fits) with a word-level tokenizer of its 161 tokens (the default
+    model's takes seconds to parse from its GGUF file) and no end token (a call's length is
+    its max_tokens)."""
+    path = tiny_llama(tmp_path_factory.mktemp("tiny4k"), vocab_size=161,
+                      max_position_embeddings=4096, eos_token_id=None)
+    _save_tokenizer(path)
+    return f"{path!r}, load_format='dummy'"
+
+
+def test_ctrl_c_during_the_exits_wait_for_a_non_daemon_threads_call_ends_it(tiny4k):
     """A script whose main thread ended while a non-daemon thread's long LLM.generate ran,
     then Ctrl-C (a timer thread's signal.raise_signal, as a SIGINT the kernel hands to
     another thread): the exit's untimed join of that thread slept through the interrupt,
-    to the end of the thread's call (minutes here). Now the exit stops the engine at once,
+    to the end of the thread's call (seconds here). Now the exit stops the engine at once,
     the thread's call raises EngineStopped, and the engine is not started again under it
     (that raised CancelledError from the exit)."""
     script = ("import signal, threading, time\n"
               "from aiollm import LLM, SamplingParams\n"
-              "llm = LLM(None, kv_tokens=4096)\n"
+              f"llm = LLM({tiny4k}, kv_tokens=4096)\n"
               "def endless():\n"
               "    llm.generate(['Tell'], SamplingParams(max_tokens=4000, ignore_eos=True),\n"
               "                 progress=False)\n"
@@ -33,7 +50,7 @@ def test_ctrl_c_during_the_exits_wait_for_a_non_daemon_threads_call_ends_it():
     assert "CancelledError" not in done.stderr and "destroyed" not in done.stderr, done.stderr
 
 
-def test_ctrl_c_during_the_exits_wait_still_waits_for_the_threads_own_end():
+def test_ctrl_c_during_the_exits_wait_still_waits_for_the_threads_own_end(tiny4k):
     """The same exit and Ctrl-C, with a thread that goes on after its call ended: Python
     must still wait for it. The exit's wait was a Thread.join, and a KeyboardInterrupt
     inside it (CPython 3.11's _wait_for_tstate_lock) marks the joined thread as ended while
@@ -41,7 +58,7 @@ def test_ctrl_c_during_the_exits_wait_still_waits_for_the_threads_own_end():
     (here a print; in CI a traceback) was cut off."""
     script = ("import signal, threading, time\n"
               "from aiollm import LLM, SamplingParams\n"
-              "llm = LLM(None, kv_tokens=4096)\n"
+              f"llm = LLM({tiny4k}, kv_tokens=4096)\n"
               "def endless():\n"
               "    try:\n"
               "        llm.generate(['Tell'], SamplingParams(max_tokens=4000, ignore_eos=True),\n"
@@ -58,10 +75,10 @@ def test_ctrl_c_during_the_exits_wait_still_waits_for_the_threads_own_end():
     assert done.stdout == "main ends\nEngineStopped\nthread ends\n", done.stderr
 
 
-def test_ctrl_c_in_asyncio_run_ends_an_llm_call_of_its_main_task():
+def test_ctrl_c_in_asyncio_run_ends_an_llm_call_of_its_main_task(tiny4k):
     """Async code that calls the blocking LLM.generate under asyncio.run, then Ctrl-C:
     asyncio.run's handler only cancels the main task (KeyboardInterrupt comes at a second
-    press), and the task stayed blocked in the call to its end (minutes here). The call
+    press), and the task stayed blocked in the call to its end (seconds here). The call
     now ends at the cancellation, its requests aborted, and the script ends by its
     interrupt as asyncio.run ends it."""
     import signal
@@ -69,7 +86,7 @@ def test_ctrl_c_in_asyncio_run_ends_an_llm_call_of_its_main_task():
     script = ("import asyncio, signal, threading\n"
               "from aiollm import LLM, SamplingParams\n"
               "async def main():\n"
-              "    llm = LLM(None, kv_tokens=4096)\n"
+              f"    llm = LLM({tiny4k}, kv_tokens=4096)\n"
               "    threading.Timer(0.5, signal.raise_signal, (signal.SIGINT,)).start()\n"
               "    llm.generate(['Tell'], SamplingParams(max_tokens=4000, ignore_eos=True),\n"
               "                 progress=False)\n"
@@ -81,7 +98,7 @@ def test_ctrl_c_in_asyncio_run_ends_an_llm_call_of_its_main_task():
     assert "destroyed" not in done.stderr and "cannot schedule" not in done.stderr, done.stderr
 
 
-def test_a_non_daemon_thread_waiting_for_its_turn_behind_a_daemon_threads_call_is_served():
+def test_a_non_daemon_thread_waiting_for_its_turn_behind_a_daemon_threads_call_is_served(tiny4k):
     """A script whose daemon thread's LLM call was under way while a non-daemon thread
     waited for its turn, and whose main thread then ended: the exit did not wait for the
     waiting thread (it had not called yet), stopped the engine and parked the daemon
@@ -89,9 +106,10 @@ def test_a_non_daemon_thread_waiting_for_its_turn_behind_a_daemon_threads_call_i
     non-daemon thread forever. It is waited for as a caller, and served."""
     script = ("import threading, time\n"
               "from aiollm import LLM, SamplingParams\n"
-              "llm = LLM(None, kv_tokens=2048)\n"
+              f"llm = LLM({tiny4k}, kv_tokens=2048)\n"
               "def daemon():\n"
-              "    llm.generate(['Tell'], SamplingParams(max_tokens=40, ignore_eos=True),\n"
+              # (a call of seconds: under way still as the main thread ends, at 0.5 s)
+              "    llm.generate(['Tell'], SamplingParams(max_tokens=1500, ignore_eos=True),\n"
               "                 progress=False)\n"
               "def waiting():\n"
               "    out = llm.generate(['Hi'], SamplingParams(max_tokens=3), progress=False)\n"

@@ -7,8 +7,9 @@ init_process_group; the host group's 30 minutes in new_group). It now ends withi
 naming the rank and why, as the watchdog words it.
 
 A sitecustomize on the processes' PYTHONPATH shortens INIT_TIMEOUT to INIT_TIMEOUT_S (the
-old wait's length) and kills the chosen rank where AIOLLM_TEST_KILL_AT says, writing the
-time of its death to a file first."""
+old wait's length) and, where AIOLLM_TEST_START_GRACE is set, the watchdog's START_GRACE_S,
+and kills the chosen rank where AIOLLM_TEST_KILL_AT says, writing the time of its death to
+a file first."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ import datetime, os
 import aiollm.distributed.launch as launch
 
 launch.INIT_TIMEOUT = datetime.timedelta(seconds=float(os.environ["AIOLLM_TEST_INIT_TIMEOUT"]))
+if os.environ.get("AIOLLM_TEST_START_GRACE"):
+    import aiollm.distributed.rank_watchdog as rank_watchdog
+    rank_watchdog.START_GRACE_S = float(os.environ["AIOLLM_TEST_START_GRACE"])
 if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank
     import signal, time
     import torch.distributed as dist
@@ -62,18 +66,6 @@ if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank
 
     dist.init_process_group, dist.new_group = init_process_group, new_group
 '''
-_OFFLINE_START = """
-import sys, time
-from aiollm import LLM
-try:
-    LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
-    print("started", flush=True)
-except Exception as e:
-    print("raised:", type(e).__name__, e, flush=True)
-print("at", repr(time.time()), flush=True)
-"""
-
-
 def _env(tmp_path, rank: int, at: str) -> tuple[dict, str]:
     (tmp_path / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     died = str(tmp_path / "died")
@@ -87,47 +79,73 @@ def _died_at(path: str) -> float:
         return float(f.read())
 
 
-_START_AGAIN = _OFFLINE_START + """
-from aiollm import SamplingParams
-llm = LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
-out = llm.generate([[3, 17]], SamplingParams(max_tokens=4, ignore_eos=True))
-print("again:", len(out[0].outputs[0].token_ids), "tokens", flush=True)
+PLACES = ["init_process_group", "new_group"]
+# an offline LLM whose rank 1 dies at each place in turn, each loss followed by an LLM made
+# again in the same process (the next place's spawned ranks read its env as they start)
+_LOST_THEN_AGAIN = """
+import os, sys, time
+from aiollm import LLM, SamplingParams
+died = os.environ["AIOLLM_TEST_DIED"]  # (+ the place: each rank 1 dies once)
+for at in sys.argv[2:]:
+    os.environ["AIOLLM_TEST_KILL_AT"], os.environ["AIOLLM_TEST_DIED"] = at, died + at
+    print("place:", at, flush=True)
+    try:
+        LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
+        print("started", flush=True)
+    except Exception as e:
+        print("raised:", type(e).__name__, e, flush=True)
+    print("at", repr(time.time()), flush=True)
+    llm = LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256,
+              max_model_len=128)
+    out = llm.generate([[3, 17]], SamplingParams(max_tokens=4, ignore_eos=True))
+    print("again:", len(out[0].outputs[0].token_ids), "tokens", flush=True)
+    llm.close()
 """
 
 
-@pytest.fixture(scope="module", params=["init_process_group", "new_group"])
-def lost_then_again(request, tiny_model, tmp_path_factory):  # noqa: F811
-    """One script per place of the loss (the param): an offline LLM whose rank 1 dies
-    there, then a second LLM in the same process; its stdout, its stdout and stderr, and
-    the file with the time of the death. The first start's error and time, and the second
-    start's tokens, are checked by separate tests (each script once: both are start-ups)."""
-    tmp_path = tmp_path_factory.mktemp(f"lost-{request.param}")
-    env, died = _env(tmp_path, 1, request.param)
+@pytest.fixture(scope="module")
+def lost_then_again(tiny_model, tmp_path_factory):  # noqa: F811
+    """One script for both places of the loss (PLACES, in turn): an offline LLM whose rank 1
+    dies there, then a second LLM in the same process. For each place: its part of the
+    stdout, the whole stdout and stderr, and the file with the time of the death. The first
+    start's error and time, and the second start's tokens, are checked by separate tests
+    (one process for all: each a start-up; a place's loss comes after the other's LLM made
+    again and closed, as a notebook's next cell's would)."""
+    tmp_path = tmp_path_factory.mktemp("lost")
+    env, _ = _env(tmp_path, 1, PLACES[0])
     (tmp_path / "tmp").mkdir()
     env["TMPDIR"] = str(tmp_path / "tmp")
-    proc = subprocess.run([sys.executable, "-c", _START_AGAIN, tiny_model], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    died = str(tmp_path / "died-")
+    proc = subprocess.run([sys.executable, "-c", _LOST_THEN_AGAIN, tiny_model, *PLACES],
+                          env={**env, "AIOLLM_TEST_DIED": died}, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
     no_rank_folders_left(tmp_path / "tmp")
-    return proc.stdout, proc.stdout + proc.stderr, died
+    out = proc.stdout + proc.stderr
+    parts = proc.stdout.split("place: ")[1:]
+    return {place: ((parts[i] if i < len(parts) else ""), out, died + place)
+            for i, place in enumerate(PLACES)}
 
 
-def test_an_offline_llm_names_a_rank_lost_while_the_group_is_made(lost_then_again):
+@pytest.mark.parametrize("place", PLACES)
+def test_an_offline_llm_names_a_rank_lost_while_the_group_is_made(lost_then_again, place):
     """Node 0 of an offline LLM (rank 0 in the caller's process): its start raises RankLost
     naming rank 1 and its signal within seconds of rank 1's death. It waited out
     INIT_TIMEOUT inside init_process_group (the watchdog could only record the loss)."""
-    stdout, out, died = lost_then_again
+    stdout, out, died = lost_then_again[place]
+    assert stdout.startswith(place + "\n"), out
     assert "raised: RankLost tensor parallel rank 1 was killed by SIGKILL\n" in stdout, out
     ended = float(stdout.split("\nat ", 1)[1].split("\n", 1)[0])
     assert ended - _died_at(died) < FAST_S, out
 
 
-def test_an_offline_llm_made_again_after_the_loss_starts(lost_then_again):
+@pytest.mark.parametrize("place", PLACES)
+def test_an_offline_llm_made_again_after_the_loss_starts(lost_then_again, place):
     """The same process makes its LLM again once the first start raised RankLost: it
     starts and generates. A loss in init_process_group left torch's count of groups (which
     names their keys in the store) advanced on rank 0, destroy_process_group resetting it
     only for a group made: the new start's names were not its fresh ranks', and it failed
     after INIT_TIMEOUT (gloo's wait for a key no rank sets)."""
-    stdout, out, _ = lost_then_again
+    stdout, out, _ = lost_then_again[place]
     assert "raised: RankLost tensor parallel rank 1 was killed by SIGKILL\n" in stdout, out
     assert "again: 4 tokens\n" in stdout, out
 
@@ -157,8 +175,11 @@ def test_serve_exits_naming_a_rank_lost_while_the_group_is_made(tiny_model, tmp_
 def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_model, tmp_path):  # noqa: F811
     """-tp 4 over 2 nodes: node 1's spawned rank 3 dies as it enters init_process_group.
     Node 1, whose lead waits there for it (a client of node 0's store: it cannot end that
-    wait), exits 1 within seconds naming rank 3 and its signal."""
+    wait), exits 1 within seconds naming rank 3 and its signal: its watchdog fails the
+    group once its start-up grace has passed (0.5 s here, not 5: only the watchdog can end
+    that wait, so the grace is all the time it waits)."""
     env, died = _env(tmp_path, 3, "init_process_group")
+    env["AIOLLM_TEST_START_GRACE"] = "0.5"
     nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
     try:
         assert nodes[1].wait(timeout=TIMEOUT_S) == 1, logs[1].read_text()

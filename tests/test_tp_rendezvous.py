@@ -19,7 +19,15 @@ import time
 import pytest
 from test_tensor_parallel import _alive, _children, tiny_model  # noqa: F401 - a fixture
 from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
-from test_tp_start_checks import TINY3, _completion, _end, _last_error, _serving, _two_nodes
+from test_tp_start_checks import (
+    TINY3,
+    _completion,
+    _end,
+    _last_error,
+    _serving,
+    _two_nodes,
+    no_rank_folders_left,
+)
 
 # two processes import torch: seconds, up to a minute on a loaded 2-core machine
 TIMEOUT_S = 300
@@ -132,7 +140,7 @@ def test_node_1_names_node_0_whose_checks_failed(tiny_model, tmp_path):  # noqa:
 def test_node_0_names_the_ranks_that_never_arrived(tiny_model, tmp_path):  # noqa: F811
     """Node 1 was never started: node 0 fails after the rendezvous' timeout naming the
     ranks that did not arrive, their node and what to check, not torch's bare timeout."""
-    env, _ = _env(tmp_path, timeout_s=3)
+    env, _ = _env(tmp_path, timeout_s=1)  # (its wait ends at the timeout: 1 s)
     nodes, logs = _two_nodes(tiny_model, tmp_path, env, start=(0,))
     try:
         assert nodes[0].wait(timeout=TIMEOUT_S) == 1, logs[0].read_text()
@@ -330,14 +338,20 @@ def test_a_signal_ends_node_1_at_once_while_it_serves(tiny_model, tmp_path, sig)
         _end(nodes)
 
 
-def test_node_1_started_ignoring_ctrl_c_serves_on_at_it(tiny_model, tmp_path):  # noqa: F811
-    """Node 1 started with SIGINT ignored, as a shell script's background job is (POSIX:
-    `aiollm serve --node-rank 1 ... &`), so that Ctrl-C in the script's terminal reaches
-    node 0 alone, whose drain needs node 1. Node 1 put the default back once it served and
-    died of that Ctrl-C at once, failing node 0's requests in flight; it now serves on."""
-    import urllib.request
+KEEPALIVE_S = 0.5  # node 0's idle message in idle_pair (group.KEEPALIVE_S: 60 s)
 
+
+@pytest.fixture(scope="module")
+def idle_pair(tiny_model, tmp_path_factory):  # noqa: F811
+    """Two nodes that serve (-tp 2, one rank each), node 1 started with SIGINT ignored,
+    node 0 sending its idle message every KEEPALIVE_S: (nodes, logs, node 0's base URL).
+    Shared, in the file's order, by test_node_1_started_ignoring_ctrl_c_serves_on_at_it,
+    which leaves both serving, and test_node_0_idle_names_node_1_ended_at_its_keep_alive,
+    which ends them (two processes that import torch and load, started once)."""
+    tmp_path = tmp_path_factory.mktemp("idle-pair")
     env, _ = _env(tmp_path, timeout_s=120)
+    with open(tmp_path / "sitecustomize.py", "a") as f:
+        f.write(f"\nimport aiollm.distributed.group as group\ngroup.KEEPALIVE_S = {KEEPALIVE_S}\n")
     nodes, logs = _two_nodes(tiny_model, tmp_path, env, start=(0,))
     args = list(nodes[0].args)  # node 0's, at the same --dist-init-addr
     args[args.index("--node-rank") + 1] = "1"
@@ -349,34 +363,40 @@ def test_node_1_started_ignoring_ctrl_c_serves_on_at_it(tiny_model, tmp_path):  
             env={**env, "TMPDIR": str(tmp_path / "tmp")},
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)))
     try:
-        base = _serving(nodes, logs)
-        nodes[1].send_signal(signal.SIGINT)
-        time.sleep(1.0)
-        assert nodes[1].poll() is None, logs[1].read_text()
-        with urllib.request.urlopen(_completion(base), timeout=60) as r:
-            assert r.status == 200
+        yield nodes, logs, _serving(nodes, logs)
     finally:
         _end(nodes)
+        no_rank_folders_left(tmp_path / "tmp")
 
 
-def test_node_0_idle_names_node_1_ended_at_its_keep_alive(tiny_model, tmp_path):  # noqa: F811
+def test_node_1_started_ignoring_ctrl_c_serves_on_at_it(idle_pair):
+    """Node 1 started with SIGINT ignored, as a shell script's background job is (POSIX:
+    `aiollm serve --node-rank 1 ... &`), so that Ctrl-C in the script's terminal reaches
+    node 0 alone, whose drain needs node 1. Node 1 put the default back once it served and
+    died of that Ctrl-C at once, failing node 0's requests in flight; it now serves on."""
+    import urllib.request
+
+    nodes, logs, base = idle_pair
+    nodes[1].send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert nodes[1].poll() is None, logs[1].read_text()
+    with urllib.request.urlopen(_completion(base), timeout=60) as r:
+        assert r.status == 200
+
+
+def test_node_0_idle_names_node_1_ended_at_its_keep_alive(idle_pair):
     """Two nodes serve, idle; node 1 is killed. Node 0's next message is its keep-alive
-    (group.KEEPALIVE_S, 2 s here), which fails: it went to the loop's catch-all, which
-    logged "engine loop error" and tried again every 10 ms, for as long as no request came
-    (a hundred tracebacks a second, /health ok). Node 0 now exits 1 naming node 1, with no
-    traceback of gloo's closed socket (which says no more than that name)."""
-    env, _ = _env(tmp_path, timeout_s=120)
-    with open(tmp_path / "sitecustomize.py", "a") as f:
-        f.write("\nimport aiollm.distributed.group as group\ngroup.KEEPALIVE_S = 2.0\n")
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
-    try:
-        _serving(nodes, logs)
-        nodes[1].kill()
-        nodes[1].wait()
-        assert nodes[0].wait(timeout=30) == 1, logs[0].read_text()[-3000:]
-        text = logs[0].read_text()
-        assert "engine loop error" not in text and "Traceback" not in text, text[-3000:]
-        error = _last_error(text)
-        assert "tensor parallel node 1 (rank 1) ended while this node served" in error, error
-    finally:
-        _end(nodes)
+    (group.KEEPALIVE_S, KEEPALIVE_S here), which fails: it went to the loop's catch-all,
+    which logged "engine loop error" and tried again every 10 ms, for as long as no
+    request came (a hundred tracebacks a second, /health ok). Node 0 now exits 1 naming
+    node 1, with no traceback of gloo's closed socket (which says no more than that
+    name)."""
+    nodes, logs, _ = idle_pair
+    assert nodes[0].poll() is None and nodes[1].poll() is None, logs[0].read_text()[-3000:]
+    nodes[1].kill()
+    nodes[1].wait()
+    assert nodes[0].wait(timeout=30) == 1, logs[0].read_text()[-3000:]
+    text = logs[0].read_text()
+    assert "engine loop error" not in text and "Traceback" not in text, text[-3000:]
+    error = _last_error(text)
+    assert "tensor parallel node 1 (rank 1) ended while this node served" in error, error
