@@ -4,7 +4,7 @@ lead was killed (SIGKILL: the lead cleans nothing) removes its files and, the la
 folder; a rank that fails after its folder was removed makes none again, and still says
 why it failed. Each test runs a follower (follower.py) as its lead would: seconds each.
 NodeRanks.procs, the spawned ranks' processes, is read and assigned as before they moved to
-SpawnedRanks."""
+SpawnedRanks. A node that spawned no rank does not wait for one of its own to be lost."""
 
 from __future__ import annotations
 
@@ -133,3 +133,18 @@ def test_the_spawned_ranks_can_be_given_as_procs(tmp_path, monkeypatch):
     finally:
         ranks.abort()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_node_that_spawned_no_rank_does_not_wait_for_one_to_be_lost(tmp_path, monkeypatch):
+    """A collective that failed at start-up on a node of one rank (-tp 2 --nnodes 2) looked
+    for a lost spawned rank of its own for a second (start_failed's lost_rank(wait=1.0))
+    though it had none: every such failed start ended a second late on both nodes."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ranks = NodeRanks(EngineConfig(device="cpu", tensor_parallel_size=2, nnodes=2,
+                                   dist_init_addr=f"127.0.0.1:{_free_port()}"))
+    try:
+        t0 = time.monotonic()
+        assert ranks.lost_rank(wait=10.0) is None
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        ranks.abort()

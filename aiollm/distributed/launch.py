@@ -213,7 +213,10 @@ class NodeRanks:
         `wait` seconds; None when all are alive. A collective that failed on rank 0 usually
         means a rank died: its peers see its sockets close a moment before it can be reaped.
         Serving over nodes, ranks that exited only on another node's closed sockets name
-        that node (peer_lost.only_collateral)."""
+        that node (peer_lost.only_collateral). A node that spawned no rank (one rank a
+        node) has none to lose: no wait."""
+        if not self.spawned.procs:
+            return None
         deadline = time.monotonic() + wait
         while (lost := self._lost_rank()) is None and time.monotonic() < deadline:
             time.sleep(0.01)
