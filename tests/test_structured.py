@@ -118,16 +118,17 @@ def test_json_schema_without_a_schema_is_any_json_object(client, json_schema):
 
 
 def test_regex_and_choice(client, server):
-    text, _ = _chat(client, True, messages=ASK, max_tokens=20, temperature=0.9, seed=1,
-                    extra_body={"guided_regex": r"[A-Z][a-z]{2,6}-[0-9]{3}"})
-    assert re.fullmatch(r"[A-Z][a-z]{2,6}-[0-9]{3}", text)
     choices = ["yes", "no", "maybe later"]
-    text, finish = _chat(client, False, messages=ASK, max_tokens=10, temperature=0.9,
-                         extra_body={"structured_outputs": {"choice": choices}})
-    assert text in choices and finish == "stop"
-    status, _, body = http(server, "POST", "/generate", json={
-        "inputs": "Code:", "parameters": {"max_new_tokens": 12,
-                                          "regular_constraint": "[0-9]{4}"}})
+    (text, _), (choice, finish), (status, _, body) = at_once(  # at once: the server batches
+        lambda: _chat(client, True, messages=ASK, max_tokens=20, temperature=0.9, seed=1,
+                      extra_body={"guided_regex": r"[A-Z][a-z]{2,6}-[0-9]{3}"}),
+        lambda: _chat(client, False, messages=ASK, max_tokens=10, temperature=0.9,
+                      extra_body={"structured_outputs": {"choice": choices}}),
+        lambda: http(server, "POST", "/generate", json={
+            "inputs": "Code:", "parameters": {"max_new_tokens": 12,
+                                              "regular_constraint": "[0-9]{4}"}}))
+    assert re.fullmatch(r"[A-Z][a-z]{2,6}-[0-9]{3}", text)
+    assert choice in choices and finish == "stop"
     assert status == 200 and re.fullmatch("[0-9]{4}", json.loads(body)["generated_text"][0])
 
 
