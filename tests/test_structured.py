@@ -79,15 +79,24 @@ def test_parse_pydantic_model(client):
     assert r.choices[0].finish_reason == "stop"
 
 
+@pytest.fixture(scope="module")
+def schema_answers(client) -> list[tuple[str, str]]:
+    """(text, finish) of an answer held to each of SCHEMAS (the odd ones streamed), the
+    requests made at once (the server batches them)."""
+    def answer(k: int) -> tuple[str, str]:
+        fmt = {"type": "json_schema", "json_schema": {"name": "out", "schema": SCHEMAS[k],
+                                                      "strict": True}}
+        return _chat(client, stream=k % 2 == 1, messages=ASK, response_format=fmt,
+                     max_tokens=90, temperature=0.7, seed=k)
+
+    return at_once(*(lambda k=k: answer(k) for k in range(len(SCHEMAS))))
+
+
 @pytest.mark.parametrize("k", range(len(SCHEMAS)))
-def test_json_schema_validates(client, k):
-    schema = SCHEMAS[k]
-    fmt = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema,
-                                                  "strict": True}}
-    text, finish = _chat(client, stream=k % 2 == 1, messages=ASK, response_format=fmt,
-                         max_tokens=90, temperature=0.7, seed=k)
+def test_json_schema_validates(schema_answers, k):
+    text, finish = schema_answers[k]
     assert finish == "stop", text
-    jsonschema.validate(json.loads(text), schema)
+    jsonschema.validate(json.loads(text), SCHEMAS[k])
 
 
 def test_json_object_and_guided_json_on_completions(client):
