@@ -725,16 +725,31 @@ def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(serve
         for c in whole["message"]["tool_calls"]]
 
 
-@pytest.mark.parametrize("choice", ["required", NAMED])
-def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(client, choice):
+CUT_CHOICES = {"required": "required", "named": NAMED}
+
+
+@pytest.fixture(scope="module")
+def cut_calls(client) -> dict:
+    """test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not's answers, choice ->
+    (chat completion, the SDK's stream state of the same request streamed): the four
+    requests made at once (the server batches them)."""
+    def both(choice) -> tuple:
+        kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                  tools=[WEATHER], tool_choice=choice, max_tokens=22, temperature=0)
+        return _whole_and_stream_state(client, kw)
+
+    answers = at_once(*(lambda c=c: both(c) for c in CUT_CHOICES.values()))
+    return dict(zip(CUT_CHOICES, answers))
+
+
+@pytest.mark.parametrize("choice", list(CUT_CHOICES))
+def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(cut_calls, choice):
     """A call max_tokens cuts ends with finish_reason "length" (not "tool_calls": it is not
     complete) as a call whose arguments are the text written so far, as OpenAI answers it;
     the call's markup ('<tool_call>', the name) is no content. Its text stayed in content,
     under a tool_choice that allows calls only. Streamed and not, the message is the same
     (but for the content the stream builds: "", as from vLLM)."""
-    kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
-              tools=[WEATHER], tool_choice=choice, max_tokens=22, temperature=0)
-    r, state = _whole_and_stream_state(client, kw)
+    r, state = cut_calls[choice]
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
     assert finish == "length" and msg.content is None, msg
     [call] = msg.tool_calls
