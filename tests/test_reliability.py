@@ -1035,11 +1035,11 @@ def assert_stream_failed(status: int, body: bytes, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory) -> LiveServer:
-    """The server whose model forward the engine-fault tests below wrap: the shared server's
-    limits (MAX_MODEL_LEN, KV_TOKENS) on conftest's tiny random Llama (one layer, dummy
-    weights, the default tokenizer). What they check is what the engine does with a failed
-    or non-finite step, which no model's words change; the default model's 30 layers cost
-    ~0.15 s of a 2-core CPU a step."""
+    """The server whose model forward (or tokenizer) the engine-fault tests below wrap: the
+    shared server's limits (MAX_MODEL_LEN, KV_TOKENS) on conftest's tiny random Llama (one
+    layer, dummy weights, the default tokenizer). What they check is what the engine does
+    with a failed or non-finite step or a failed decode, which no model's words change; the
+    default model's 30 layers cost ~0.15 s of a 2-core CPU a step."""
     model = tiny_llama(tmp_path_factory.mktemp("faulty"), max_position_embeddings=MAX_MODEL_LEN)
     srv = LiveServer(model=model, load_format="dummy").start()
     yield srv
@@ -1285,7 +1285,8 @@ class FailingTokenizer:
         return self._inner.backend_tokenizer.decode(ids, *args, **kwargs)
 
 
-def test_tokenizer_failure_fails_only_its_request(server):
+def test_tokenizer_failure_fails_only_its_request(faulty):
+    server = faulty  # the tokenizer is the default model's: only the model is tiny
     engine = server.engine
     original = engine.tokenizer
     engine.tokenizer = FailingTokenizer(original)
