@@ -190,11 +190,17 @@ def server(request):
 
 
 @pytest.fixture(scope="module", params=["deepseek_r1", "qwen3"])
-def thinker(request):
-    """A server started with --reasoning-parser, one per parser, for the module."""
+def thinker(request, tmp_path_factory):
+    """A server started with --reasoning-parser, one per parser, for the module: a tiny
+    random Llama (tiny_llama, 1,024 positions, dummy weights) with the default model's
+    tokenizer and chat template. What the reasoning tests check is how the output is split,
+    and the grammar (a regex, a tool call) shapes it, not the model's words: the default
+    model's 30 layers cost ~50 ms of CPU a token for nothing they assert."""
     from live_server import LiveServer
 
-    srv = LiveServer(reasoning_parser=request.param).start()
+    model = tiny_llama(tmp_path_factory.mktemp("thinker"), max_position_embeddings=1024)
+    srv = LiveServer(model=model, load_format="dummy", max_model_len=1024,
+                     reasoning_parser=request.param).start()
     yield srv
     srv.close()
 

@@ -25,7 +25,8 @@ import aiohttp
 import pytest
 import torch
 from conftest import out_of_memory_once, tiny_llama
-from live_server import MAX_MODEL_LEN, LiveServer, http, is_idle, refused_status, sse_events
+from live_server import (MAX_MODEL_LEN, LiveServer, at_once, http, is_idle, refused_status,
+                         sse_events)
 
 QUEUE_TIMEOUT = 2.0
 KEY = "secret-key-0123"
@@ -605,9 +606,9 @@ def test_top_k_0_is_off_as_in_vllm(server, path, body):
         return "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
                        for e in sse_events(raw_body) if e != "[DONE]")
 
-    off = text_of(-1)
-    assert text_of(0) == off
-    assert text_of(1) != off  # the seed and temperature do sample past the top token
+    off, zero, one = at_once(*(lambda k=k: text_of(k) for k in (-1, 0, 1)))  # one batch
+    assert zero == off
+    assert one != off  # the seed and temperature do sample past the top token
     server.wait_idle()
 
 
@@ -1032,7 +1033,22 @@ def assert_stream_failed(status: int, body: bytes, text: str) -> None:
     assert last["error"]["type"] == "internal_error" and text in last["error"]["message"]
 
 
-def test_nan_logits_fail_only_their_request(server):
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory) -> LiveServer:
+    """The server whose model forward (or tokenizer) the engine-fault tests below wrap: the
+    shared server's limits (MAX_MODEL_LEN, KV_TOKENS) on conftest's tiny random Llama (one
+    layer, dummy weights, the default tokenizer). What they check is what the engine does
+    with a failed or non-finite step or a failed decode, which no model's words change; the
+    default model's 30 layers cost ~0.15 s of a 2-core CPU a step."""
+    model = tiny_llama(tmp_path_factory.mktemp("faulty"), max_position_embeddings=MAX_MODEL_LEN)
+    srv = LiveServer(model=model, load_format="dummy").start()
+    yield srv
+    srv.close()
+
+
+def test_nan_logits_fail_only_their_request(faulty):
+    server = faulty
+
     def nan_on_victim(forward):
         def wrapper(batch):
             logits = forward(batch)
@@ -1059,9 +1075,11 @@ def test_nan_logits_fail_only_their_request(server):
     server.wait_idle()
 
 
-def test_step_exception_fails_its_requests_and_the_server_goes_on(server):
+def test_step_exception_fails_its_requests_and_the_server_goes_on(faulty):
     """An exception in a step fails the requests of that step (here: every step with a victim
     in it); later steps run as usual."""
+    server = faulty
+
     def raise_on_victims(forward):
         def wrapper(batch):
             if poisoned_rows(batch).any():
@@ -1081,14 +1099,15 @@ def test_step_exception_fails_its_requests_and_the_server_goes_on(server):
     server.wait_idle()
 
 
-def test_out_of_memory_pauses_and_resumes(server, monkeypatch):
+def test_out_of_memory_pauses_and_resumes(faulty, monkeypatch):
     """An out-of-memory error in a decode step pauses the step's requests and halves the batch
     limits; the requests resume by recompute and finish with the output they would have had,
     and good steps double the limits back."""
+    server = faulty
     import aiollm.engine.oom as oom
 
     # every 32 good steps, not 64: the count is a tuning value, the doubling is the check,
-    # and each step here is a model forward (~0.15 s on 2 cores)
+    # and each step here is a model forward
     monkeypatch.setattr(oom, "REGROW_STEPS", 32)
     bodies = [(C, prompt(prompt=p, max_tokens=6, temperature=0, ignore_eos=True))
               for p in ("The sky is", "One, two, three,", "Paris is the capital of")]
@@ -1128,13 +1147,14 @@ def test_out_of_memory_pauses_and_resumes(server, monkeypatch):
     server.wait_idle()
 
 
-def test_out_of_memory_alone_at_the_smallest_step_fails_the_request(server):
+def test_out_of_memory_alone_at_the_smallest_step_fails_the_request(faulty):
     """A request that runs out of device memory even alone in a step of the fewest tokens the
     backoff plans (one decode token, or a prefill chunk of at most its smallest token
     budget, 64) was paused and resumed for ever: its client waited for ever and /health
     said 200. Now it fails (500 naming out of memory and its tokens) and gives back what it
     held; the requests beside it and after it are served.
     The victim's prompt (100 tokens) takes two chunks once the budget is down to 64."""
+    server = faulty
     n = 100  # shorter than the module's victims: each resume recomputes the prompt
 
     def oom_on_victim(forward):
@@ -1265,7 +1285,8 @@ class FailingTokenizer:
         return self._inner.backend_tokenizer.decode(ids, *args, **kwargs)
 
 
-def test_tokenizer_failure_fails_only_its_request(server):
+def test_tokenizer_failure_fails_only_its_request(faulty):
+    server = faulty  # the tokenizer is the default model's: only the model is tiny
     engine = server.engine
     original = engine.tokenizer
     engine.tokenizer = FailingTokenizer(original)

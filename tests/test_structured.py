@@ -79,15 +79,24 @@ def test_parse_pydantic_model(client):
     assert r.choices[0].finish_reason == "stop"
 
 
+@pytest.fixture(scope="module")
+def schema_answers(client) -> list[tuple[str, str]]:
+    """(text, finish) of an answer held to each of SCHEMAS (the odd ones streamed), the
+    requests made at once (the server batches them)."""
+    def answer(k: int) -> tuple[str, str]:
+        fmt = {"type": "json_schema", "json_schema": {"name": "out", "schema": SCHEMAS[k],
+                                                      "strict": True}}
+        return _chat(client, stream=k % 2 == 1, messages=ASK, response_format=fmt,
+                     max_tokens=90, temperature=0.7, seed=k)
+
+    return at_once(*(lambda k=k: answer(k) for k in range(len(SCHEMAS))))
+
+
 @pytest.mark.parametrize("k", range(len(SCHEMAS)))
-def test_json_schema_validates(client, k):
-    schema = SCHEMAS[k]
-    fmt = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema,
-                                                  "strict": True}}
-    text, finish = _chat(client, stream=k % 2 == 1, messages=ASK, response_format=fmt,
-                         max_tokens=90, temperature=0.7, seed=k)
+def test_json_schema_validates(schema_answers, k):
+    text, finish = schema_answers[k]
     assert finish == "stop", text
-    jsonschema.validate(json.loads(text), schema)
+    jsonschema.validate(json.loads(text), SCHEMAS[k])
 
 
 def test_json_object_and_guided_json_on_completions(client):
@@ -118,16 +127,17 @@ def test_json_schema_without_a_schema_is_any_json_object(client, json_schema):
 
 
 def test_regex_and_choice(client, server):
-    text, _ = _chat(client, True, messages=ASK, max_tokens=20, temperature=0.9, seed=1,
-                    extra_body={"guided_regex": r"[A-Z][a-z]{2,6}-[0-9]{3}"})
-    assert re.fullmatch(r"[A-Z][a-z]{2,6}-[0-9]{3}", text)
     choices = ["yes", "no", "maybe later"]
-    text, finish = _chat(client, False, messages=ASK, max_tokens=10, temperature=0.9,
-                         extra_body={"structured_outputs": {"choice": choices}})
-    assert text in choices and finish == "stop"
-    status, _, body = http(server, "POST", "/generate", json={
-        "inputs": "Code:", "parameters": {"max_new_tokens": 12,
-                                          "regular_constraint": "[0-9]{4}"}})
+    (text, _), (choice, finish), (status, _, body) = at_once(  # at once: the server batches
+        lambda: _chat(client, True, messages=ASK, max_tokens=20, temperature=0.9, seed=1,
+                      extra_body={"guided_regex": r"[A-Z][a-z]{2,6}-[0-9]{3}"}),
+        lambda: _chat(client, False, messages=ASK, max_tokens=10, temperature=0.9,
+                      extra_body={"structured_outputs": {"choice": choices}}),
+        lambda: http(server, "POST", "/generate", json={
+            "inputs": "Code:", "parameters": {"max_new_tokens": 12,
+                                              "regular_constraint": "[0-9]{4}"}}))
+    assert re.fullmatch(r"[A-Z][a-z]{2,6}-[0-9]{3}", text)
+    assert choice in choices and finish == "stop"
     assert status == 200 and re.fullmatch("[0-9]{4}", json.loads(body)["generated_text"][0])
 
 
@@ -618,18 +628,34 @@ def test_tool_of_a_recursive_pydantic_model(client):
         assert msg.tool_calls[0].function.arguments.startswith("{"), msg
 
 
-@pytest.mark.parametrize("choice", ["required", "named", "auto"])
-def test_tool_call_round_trip(client, choice):
-    ask = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
-    tool_choice = {"named": {"type": "function", "function": {"name": "get_weather"}},
-                   }.get(choice, choice)
-    kw = dict(model=None, messages=ask, tools=[TIME, WEATHER], tool_choice=tool_choice,
-              max_tokens=100, temperature=0)  # room for two calls: the model makes two
-    if choice == "required":  # streamed: delta.tool_calls fragments with their index
-        msg, finish = _streamed_message(client.chat.completions.create(stream=True, **kw))
-    else:
+ROUND_TRIP_ASK = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+ROUND_TRIP_CHOICES = ("required", "named", "auto")
+
+
+@pytest.fixture(scope="module")
+def first_turns(client) -> dict:
+    """test_tool_call_round_trip's first turns, choice -> (message, finish), the three
+    requests made at once (the server batches them; one after another they took ~25 s of a
+    2-core CPU). "required" is streamed: delta.tool_calls fragments with their index."""
+    def first_turn(choice: str):
+        tool_choice = {"named": {"type": "function", "function": {"name": "get_weather"}},
+                       }.get(choice, choice)
+        kw = dict(model=None, messages=ROUND_TRIP_ASK, tools=[TIME, WEATHER],
+                  tool_choice=tool_choice, max_tokens=100,
+                  temperature=0)  # room for two calls: the model makes two
+        if choice == "required":
+            return _streamed_message(client.chat.completions.create(stream=True, **kw))
         r = client.chat.completions.create(**kw)
-        msg, finish = r.choices[0].message, r.choices[0].finish_reason
+        return r.choices[0].message, r.choices[0].finish_reason
+
+    answers = at_once(*(lambda c=c: first_turn(c) for c in ROUND_TRIP_CHOICES))
+    return dict(zip(ROUND_TRIP_CHOICES, answers))
+
+
+@pytest.mark.parametrize("choice", ROUND_TRIP_CHOICES)
+def test_tool_call_round_trip(client, first_turns, choice):
+    ask = ROUND_TRIP_ASK
+    msg, finish = first_turns[choice]
     if choice == "auto" and not msg.tool_calls:  # the model chose to answer: fine for auto
         assert finish in ("stop", "length") and msg.content
         return
@@ -699,16 +725,31 @@ def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(serve
         for c in whole["message"]["tool_calls"]]
 
 
-@pytest.mark.parametrize("choice", ["required", NAMED])
-def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(client, choice):
+CUT_CHOICES = {"required": "required", "named": NAMED}
+
+
+@pytest.fixture(scope="module")
+def cut_calls(client) -> dict:
+    """test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not's answers, choice ->
+    (chat completion, the SDK's stream state of the same request streamed): the four
+    requests made at once (the server batches them)."""
+    def both(choice) -> tuple:
+        kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                  tools=[WEATHER], tool_choice=choice, max_tokens=22, temperature=0)
+        return _whole_and_stream_state(client, kw)
+
+    answers = at_once(*(lambda c=c: both(c) for c in CUT_CHOICES.values()))
+    return dict(zip(CUT_CHOICES, answers))
+
+
+@pytest.mark.parametrize("choice", list(CUT_CHOICES))
+def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(cut_calls, choice):
     """A call max_tokens cuts ends with finish_reason "length" (not "tool_calls": it is not
     complete) as a call whose arguments are the text written so far, as OpenAI answers it;
     the call's markup ('<tool_call>', the name) is no content. Its text stayed in content,
     under a tool_choice that allows calls only. Streamed and not, the message is the same
     (but for the content the stream builds: "", as from vLLM)."""
-    kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
-              tools=[WEATHER], tool_choice=choice, max_tokens=22, temperature=0)
-    r, state = _whole_and_stream_state(client, kw)
+    r, state = cut_calls[choice]
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
     assert finish == "length" and msg.content is None, msg
     [call] = msg.tool_calls
