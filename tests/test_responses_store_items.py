@@ -8,8 +8,12 @@ import os
 
 import pydantic
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import run
 from openai.types.responses import ResponseItem
-from test_responses_store import _with_store
+
+from aiollm.api import create_app
+from aiollm.engine import Engine
 
 THOUGHT = [{"type": "reasoning_text", "text": "hm"}]
 ODD = [  # (an item sent before a user message, the param of its 400 or None: answered)
@@ -40,8 +44,26 @@ ODD = [  # (an item sent before a user message, the param of its 400 or None: an
 ]
 
 
+@pytest.fixture(scope="module")
+def store_client(tiny, loop):
+    """A client of one app keeping 10 responses around the tiny model, for the module: each
+    case posts its own response and lists its items at once, so the ones kept before it
+    (or dropped as the store turns over) are not what it reads."""
+    async def start():
+        app = create_app(Engine(tiny, load_format="dummy", kv_tokens=512),
+                         max_stored_responses=10)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        return client
+
+    client = run(loop, start())
+    yield client
+    run(loop, client.close())
+
+
 @pytest.mark.parametrize("item, param", ODD)
-def test_an_odd_item_is_kept_in_the_sdk_shape_or_refused(tiny, item, param):
+def test_an_odd_item_is_kept_in_the_sdk_shape_or_refused(tiny, loop, store_client, item,
+                                                          param):
     # an output answers a call of its conversation (else a 400 naming its call_id)
     call = [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}] \
         if item.get("type") == "function_call_output" else []
@@ -56,7 +78,7 @@ def test_an_odd_item_is_kept_in_the_sdk_shape_or_refused(tiny, item, param):
         listed = await client.get(f"/v1/responses/{got['id']}/input_items?order=asc")
         return r.status, got, await listed.json()
 
-    status, got, listed = _with_store(tiny, 10, calls)
+    status, got, listed = run(loop, calls(store_client))
     if param is not None:
         assert (status, got["error"]["param"]) == (400, param), got
         return
