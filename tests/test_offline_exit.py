@@ -106,10 +106,11 @@ def test_a_non_daemon_thread_waiting_for_its_turn_behind_a_daemon_threads_call_i
     non-daemon thread forever. It is waited for as a caller, and served."""
     script = ("import threading, time\n"
               "from aiollm import LLM, SamplingParams\n"
-              f"llm = LLM({tiny4k}, kv_tokens=2048)\n"
+              f"llm = LLM({tiny4k}, kv_tokens=4096)\n"
               "def daemon():\n"
-              # (a call of seconds: under way still as the main thread ends, at 0.5 s)
-              "    llm.generate(['Tell'], SamplingParams(max_tokens=1500, ignore_eos=True),\n"
+              # (a call of seconds, 1-3 ms a step here, less on a faster CPU: under way still
+              # as the main thread ends, at 0.5 s, else nothing is parked and this cannot fail)
+              "    llm.generate(['Tell'], SamplingParams(max_tokens=4000, ignore_eos=True),\n"
               "                 progress=False)\n"
               "def waiting():\n"
               "    out = llm.generate(['Hi'], SamplingParams(max_tokens=3), progress=False)\n"
