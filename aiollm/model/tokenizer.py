@@ -183,10 +183,10 @@ def _add_named_templates(tok: PreTrainedTokenizerBase, path: str) -> None:
 
 
 def _gguf_metadata(path: str) -> dict:
-    """The GGUF file's metadata, key -> value (a string array as its length), read by
-    transformers' metadata-only reader (~20 ms at a 49k vocabulary); through the gguf
-    package's GGUFReader, which parses every field (~3.5 s there), on a transformers
-    without that reader."""
+    """The GGUF file's metadata, key -> value, read by transformers' metadata-only reader
+    (~20 ms at a 49k vocabulary; a string array comes back as its length); through the
+    gguf package's GGUFReader, which parses every field (~3.5 s there; arrays as lists), on
+    a transformers without that reader. Strings are the same either way."""
     try:
         from transformers.integrations.gguf import read_gguf_metadata
     except ImportError:
