@@ -552,8 +552,8 @@ def test_ctrl_c_during_close_raises_at_once_and_a_second_close_finishes_the_stop
 
 
 @pytest.fixture(scope="module")
-def engine(loop, small):
-    eng = Engine(small, load_format="dummy", kv_tokens=2048)
+def engine(loop):
+    eng = Engine(None, kv_tokens=2048)
     loop.run_until_complete(eng.start())
     yield eng
     loop.run_until_complete(eng.stop())
