@@ -182,11 +182,12 @@ def rss_bytes() -> int:
 
 
 def tiny_server(server: LiveServer, tmp_path, add_tokens: Callable[[Any], None],
-                calls_template: str) -> tuple[LiveServer, Any]:
+                calls_template: str, **engine_options: Any) -> tuple[LiveServer, Any]:
     """A started LiveServer of a tiny random Llama (1 layer, hidden 32, dummy weights) whose
     tokenizer is `server`'s plus what `add_tokens(tokenizer)` adds, with a chat template
     that names `calls_template` (so the tool parser is chosen by it); and that transformers
-    tokenizer. The caller closes the server."""
+    tokenizer. engine_options: Engine's, over max_model_len 1024 and kv_tokens 2048. The
+    caller closes the server."""
     import transformers
 
     server.engine.tokenizer.hf_tokenizer.save_pretrained(tmp_path / "tok")
@@ -203,5 +204,5 @@ def tiny_server(server: LiveServer, tmp_path, add_tokens: Callable[[Any], None],
         "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
         "rms_norm_eps": 1e-5, "tie_word_embeddings": False}))
     srv = LiveServer(model=str(model), tokenizer=str(tmp_path / "tok"), load_format="dummy",
-                     max_model_len=1024, kv_tokens=2048).start()
+                     **{"max_model_len": 1024, "kv_tokens": 2048, **engine_options}).start()
     return srv, tok

@@ -7,10 +7,23 @@ from __future__ import annotations
 import json
 
 import pytest
-from live_server import MAX_MODEL_LEN, at_once, http, sse_events
+from live_server import KV_TOKENS, MAX_MODEL_LEN, at_once, http, sse_events
 
 PARIS = "The capital of France is"
 ROCKETS = [{"role": "user", "content": "Repeat exactly: 🚀🚀🚀 rocket 🚀🚀🚀"}]
+
+
+@pytest.fixture(scope="module")
+def random_server(server, tmp_path_factory):
+    """A tiny random Llama (dummy weights) with the default model's tokenizer and the
+    default server's limits, for tests that check no answer of the model: what the API
+    says about an output, whatever the output is."""
+    from live_server import tiny_server
+
+    srv, _ = tiny_server(server, tmp_path_factory.mktemp("random"), lambda tok: None,
+                         "<tool_call>", max_model_len=MAX_MODEL_LEN, kv_tokens=KV_TOKENS)
+    yield srv
+    srv.close()
 
 
 def completion(server, body: dict) -> dict:
@@ -195,10 +208,12 @@ def test_token_bytes_agree_with_the_tokenizer_for_every_id():
 
 # -- fault 3: echo with logprobs scores the prompt ------------------------------------------------
 
-def test_completion_top_logprobs_list_the_chosen_token(server):
+def test_completion_top_logprobs_list_the_chosen_token(random_server):
     """Legacy completions list the chosen token among its top_logprobs even when it is not
     one of the `logprobs` most likely ("up to logprobs+1 elements", as OpenAI and vLLM do):
-    a sampled token outside the top 1 was missing, so a client could not find it there."""
+    a sampled token outside the top 1 was missing, so a client could not find it there.
+    (The tiny random model: its near-flat distribution, sampled hot, picks such tokens.)"""
+    server = random_server
     body = {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 1.8, "seed": 3,
             "logprobs": 1}
     extra = 0
@@ -261,10 +276,11 @@ def test_echo_logprobs_include_the_prompt(server):
     assert status == 400 and json.loads(raw)["error"]["param"] == "max_tokens"
 
 
-def test_echo_of_a_prompt_that_fills_the_context(server):
+def test_echo_of_a_prompt_that_fills_the_context(random_server):
     """echo with max_tokens 0 on a prompt of exactly max_model_len tokens scores it (it was
     refused as too long): nothing is generated, so it fits. With max_tokens 1 it is a 400
     naming the prompt and both numbers."""
+    server = random_server
     ids = json.loads(http(server, "POST", "/tokenize", json={
         "prompt": "The quick brown fox jumps over the lazy dog. " * 60})[2])["tokens"]
     ids = ids[:MAX_MODEL_LEN]
@@ -410,7 +426,7 @@ MAX_LAG_S = 2.5
 MAX_GAP_S = 15.0
 
 
-def test_inputs_at_their_limits_do_not_stall_a_stream(server):
+def test_inputs_at_their_limits_do_not_stall_a_stream(random_server):
     """Each per-request field at its documented maximum (or just past it) while a stream
     runs: the server's event loop never falls behind by MAX_LAG_S, the stream's largest
     gap between tokens stays under MAX_GAP_S, and what is past a limit gets its 400 naming
@@ -422,6 +438,8 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
     import msgspec
 
     from aiollm.sampling_params import MAX_LOGPROBS, MAX_STOP_CHARS, MAX_STOP_STRING_CHARS
+
+    server = random_server
 
     most = MAX_STOP_CHARS // MAX_STOP_STRING_CHARS  # the longest stop strings, as many as fit
     long_stop = ["x" * (MAX_STOP_STRING_CHARS - 1) + chr(97 + i) for i in range(most)]
@@ -481,7 +499,9 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
             arrivals: list[float] = []
 
             async def stream():
-                body = {"prompt": PARIS, "max_tokens": 400, "ignore_eos": True,
+                # the context's whole room (the tiny model's steps are quick: the cases
+                # took ~200 of its tokens, alone on the machine)
+                body = {"prompt": PARIS, "max_tokens": MAX_MODEL_LEN - 8, "ignore_eos": True,
                         "temperature": 0, "stream": True}
                 async with s.post(server.base + "/v1/completions", json=body) as r:
                     assert r.status == 200
@@ -524,8 +544,13 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
 
 # -- usage in a stream ----------------------------------------------------------------------------
 
+# the city an enum: the grammar completes the call whatever model writes it
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+    "required": ["city"]}}}]
+# room for a whole call from the tiny random model, which fills the whitespace runs (of up to
+# 16 tokens each) that the calls' grammar allows in a call's JSON
+CALL_ROOM = 120
 STREAMS = [  # each with n > 1: the count is the request's, all choices together
     pytest.param("/v1/completions", {"prompt": ["Hello", "Bye"], "n": 2, "echo": True,
                                      "logprobs": 1}, id="completions-batch"),
@@ -534,7 +559,8 @@ STREAMS = [  # each with n > 1: the count is the request's, all choices together
     # the call and its finish go out as two chunks of one render
     pytest.param("/v1/chat/completions", {
         "messages": [{"role": "user", "content": "Weather in Paris?"}], "n": 2,
-        "tools": WEATHER, "tool_choice": "required", "max_tokens": 40, "ignore_eos": False},
+        "tools": WEATHER, "tool_choice": "required", "max_tokens": CALL_ROOM,
+        "ignore_eos": False},
         id="chat-tool-calls"),
 ]
 
@@ -551,10 +577,11 @@ def usage_stream(server, path: str, body: dict, **options) -> list[dict]:
 
 
 @pytest.mark.parametrize("path,body", STREAMS)
-def test_include_usage_gives_every_other_chunk_a_null_usage(server, path, body):
+def test_include_usage_gives_every_other_chunk_a_null_usage(random_server, path, body):
     """OpenAI's stream_options.include_usage: "All other chunks will also include a usage
     field, but with a null value". Other chunks had no usage field at all (a client reading
     chunk["usage"] failed on the first one)."""
+    server = random_server
     chunks, (status, _, raw) = at_once(
         lambda: usage_stream(server, path, body),
         lambda: http(server, "POST", path, json={**body, "max_tokens": 3, "stream": True}))
@@ -566,12 +593,13 @@ def test_include_usage_gives_every_other_chunk_a_null_usage(server, path, body):
 
 
 @pytest.mark.parametrize("path,body", STREAMS)
-def test_continuous_usage_stats_count_each_choice_so_far(server, path, body):
+def test_continuous_usage_stats_count_each_choice_so_far(random_server, path, body):
     """vLLM's (and SGLang's) stream_options.continuous_usage_stats: every chunk of a choice
     carries that choice's usage so far (its prompt's tokens, its own completion tokens, as
     vLLM counts them), the last chunk the whole request's. With n > 1 a chunk said the
     request's running total over all choices, which no choice's count is and which vLLM
     never sends."""
+    server = random_server
     chunks, (status, _, raw) = at_once(
         lambda: usage_stream(server, path, body, continuous_usage_stats=True),
         lambda: http(server, "POST", path, json={
@@ -607,16 +635,16 @@ def test_continuous_usage_stats_count_each_choice_so_far(server, path, body):
     assert status == 200 and b'"usage"' not in raw, raw
 
 
-def test_chat_messages_have_the_fields_openai_requires(server):
+def test_chat_messages_have_the_fields_openai_requires(random_server):
     """OpenAI's schema requires role, content and refusal on a response's message (null when
     there is none): clients generated from it with required-field checks failed on the
     missing refusal. With text and with tool calls."""
     bodies = ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
               {"messages": [{"role": "user", "content": "Weather in Paris?"}],
-               "tools": WEATHER, "tool_choice": "required", "max_tokens": 40,
+               "tools": WEATHER, "tool_choice": "required", "max_tokens": CALL_ROOM,
                "temperature": 0})
     for status, _, raw in at_once(*(lambda body=body: http(
-            server, "POST", "/v1/chat/completions", json=body) for body in bodies)):
+            random_server, "POST", "/v1/chat/completions", json=body) for body in bodies)):
         assert status == 200, raw
         message = json.loads(raw)["choices"][0]["message"]
         assert {"role", "content", "refusal"} <= set(message), message

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -24,8 +25,27 @@ def tiny(tmp_path_factory) -> str:
     return tiny_llama(tmp_path_factory.mktemp("tiny"), max_position_embeddings=512)
 
 
-def serve(tiny: str, check, engine_options: dict | None = None, **app_options):
+@pytest.fixture(scope="module")
+def shared(tiny):
+    """One server of the tiny model with the default options, for the tests that ask for
+    none (each leaves it idle: its requests are answered whole)."""
+    from live_server import LiveServer
+
+    srv = LiveServer(model=tiny, load_format="dummy", kv_tokens=1024, chat_template=TEMPLATE,
+                     max_model_len=None).start()
+    yield srv
+    srv.close()
+
+
+def serve(tiny, check, engine_options: dict | None = None, **app_options):
+    """What `check(client)` returns, `client` an aiohttp client of an app around the tiny
+    model: the `shared` server's (a LiveServer passed as `tiny`), or one made for these
+    options (`tiny` the model's directory)."""
     async def main():
+        if not isinstance(tiny, str):
+            assert not engine_options and not app_options
+            async with aiohttp.ClientSession(base_url=tiny.base) as client:
+                return await check(client)
         engine = Engine(tiny, load_format="dummy", kv_tokens=1024, chat_template=TEMPLATE,
                         **(engine_options or {}))
         async with TestClient(TestServer(create_app(engine, **app_options))) as client:
@@ -65,7 +85,7 @@ COMPLETION = {"prompt": "hello there", "max_tokens": 6, "temperature": 0, "logpr
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_completion_logprobs_name_tokens_by_id(tiny, stream):
+def test_completion_logprobs_name_tokens_by_id(shared, stream):
     """Each token, and each key of top_logprobs, is "token_id:N" (vLLM's form), echoed
     prompt tokens too (the first, without a logprob, as well); the logprobs and text_offset
     are those of the text form (offsets index the text, as without the option)."""
@@ -82,7 +102,7 @@ def test_completion_logprobs_name_tokens_by_id(tiny, stream):
                             "logprobs": ch["logprobs"]})
         return out
 
-    text, ids, plain = serve(tiny, check)
+    text, ids, plain = serve(shared, check)
     assert plain == text and ids["text"] == text["text"] and ids["ids"] == text["ids"]
     lp, tlp = ids["logprobs"], text["logprobs"]
     assert len(ids["ids"]) == len(lp["tokens"]) > 6
@@ -113,14 +133,14 @@ def chat_logprobs(got: dict | list[dict]) -> tuple[list[int], list[dict]]:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_chat_logprobs_name_tokens_by_id(tiny, stream):
+def test_chat_logprobs_name_tokens_by_id(shared, stream):
     """Chat's token and top_logprobs' tokens are "token_id:N"; the bytes stay the token's
     own UTF-8 bytes (they join to the content), the logprobs those of the text form."""
     async def check(client):
         return [await post(client, "/v1/chat/completions", {**CHAT, **extra, "stream": stream})
                 for extra in ({}, {AS_ID: True})]
 
-    text, ids = (chat_logprobs(g) for g in serve(tiny, check))
+    text, ids = (chat_logprobs(g) for g in serve(shared, check))
     assert ids[0] == text[0] and len(ids[0]) == 6
     assert [e["token"] for e in ids[1]] == named(ids[0])
     for e, t in zip(ids[1], text[1]):
@@ -163,7 +183,7 @@ def chat_content(got: dict | list[dict], n: int) -> list[str | None]:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_chat_echo_puts_the_last_message_of_the_answers_role_before_the_answer(tiny, stream):
+def test_chat_echo_puts_the_last_message_of_the_answers_role_before_the_answer(shared, stream):
     """vLLM's chat echo: the last message's content comes before each choice's answer when
     its role is the answer's (a new turn's assistant, or with add_generation_prompt false
     the last message's own); else nothing is added. A stream sends it in one chunk per
@@ -186,7 +206,7 @@ def test_chat_echo_puts_the_last_message_of_the_answers_role_before_the_answer(t
             out.append((chat_content(plain, 2), chat_content(echoed, 2), echoed))
         return out
 
-    results = serve(tiny, check)
+    results = serve(shared, check)
     for (messages, _, echo), (plain, echoed, _) in zip(cases, results):
         assert echoed == [echo + p for p in plain], (messages, plain, echoed)
     if stream:  # role chunks for both choices, then an echo chunk for each, then tokens
@@ -197,7 +217,7 @@ def test_chat_echo_puts_the_last_message_of_the_answers_role_before_the_answer(t
         assert all(c["choices"][0]["finish_reason"] is None for c in chunks[2:4])
 
 
-def test_streamed_echo_sends_no_empty_chunk_for_text_a_tool_call_holds_back(tiny):
+def test_streamed_echo_sends_no_empty_chunk_for_text_a_tool_call_holds_back(shared):
     """With echo the content has begun before the first token; the tokens of a tool call
     (held back until the call is whole) still get no chunk of their own, as without echo
     (each had a chunk of content "" alone: one a token)."""
@@ -212,7 +232,7 @@ def test_streamed_echo_sends_no_empty_chunk_for_text_a_tool_call_holds_back(tiny
         return [await post(client, "/v1/chat/completions", {**body, "echo": echo})
                 for echo in (False, True)]
 
-    plain, echoed = serve(tiny, check)
+    plain, echoed = serve(shared, check)
     choices = [c["choices"][0] for c in echoed]
     assert choices[1]["delta"] == {"content": "Once"}
     assert not [ch for ch in choices[2:] if ch["delta"] == {"content": ""}
@@ -252,7 +272,7 @@ TWO_PARTS = [{"type": "text", "text": "Once"}, {"type": "text", "text": "upon"}]
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_chat_echo_of_text_parts_joins_them_by_newline_as_the_prompt_does(tiny, stream):
+def test_chat_echo_of_text_parts_joins_them_by_newline_as_the_prompt_does(shared, stream):
     """A last message of text parts is echoed as vLLM echoes it, the parts joined by "\n"
     (they were joined by ""), and the template renders it so too: the prompt of the parts
     is the prompt of that string."""
@@ -265,7 +285,7 @@ def test_chat_echo_of_text_parts_joins_them_by_newline_as_the_prompt_does(tiny, 
             {"role": "assistant", "content": content}]}) for content in (TWO_PARTS,
                                                                          "Once\nupon")]
 
-    parts, joined = serve(tiny, check)
+    parts, joined = serve(shared, check)
     if stream:
         assert parts[1]["choices"][0]["delta"] == {"content": "Once\nupon"}, parts[:2]
         assert parts[0]["prompt_token_ids"] == joined[0]["prompt_token_ids"]

@@ -300,13 +300,14 @@ def test_request_table_slots_are_a_metric(loop, engine):
     assert gauge("aiollm_request_table_slots_total") == engine.table.capacity
 
 
-def test_a_stream_that_fails_while_its_consumer_holds_a_delta_raises(loop):
+def test_a_stream_that_fails_while_its_consumer_holds_a_delta_raises(loop, tiny_dir):
     """A request that fails between two deltas (here: the engine stops while the consumer
     works on one) makes the stream raise, not end as if it had finished: it once ended
     quietly, with no finish_reason and no error, because the generator saw the request done
     when it resumed after the yield (over HTTP: [DONE] instead of the error event)."""
     async def go():
-        async with Engine(None, kv_tokens=1024, max_model_len=512) as eng:
+        async with Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=1024,
+                          max_model_len=512) as eng:
             stream = eng.stream("Once upon a time", SamplingParams(max_tokens=200,
                                                                    ignore_eos=True))
             first = await stream.__anext__()
@@ -320,12 +321,13 @@ def test_a_stream_that_fails_while_its_consumer_holds_a_delta_raises(loop):
     assert stats["table_used"] == 0 and stats["kv_used"] == 0
 
 
-def test_a_prompt_that_fills_the_context_is_scored_with_max_tokens_0(loop):
+def test_a_prompt_that_fills_the_context_is_scored_with_max_tokens_0(loop, tiny_dir):
     """A prompt of exactly max_model_len tokens was refused whatever max_tokens: with
     max_tokens 0 it generates nothing, so it fits (in a pool of exactly that many tokens
     too), streamed or not. With any output it is refused, naming both numbers."""
     async def go():
-        async with Engine(None, kv_tokens=64, max_model_len=64) as eng:
+        async with Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=64,
+                          max_model_len=64) as eng:
             ids = eng.tokenize("hello world " * 40)[:64]
             score = SamplingParams(max_tokens=0, prompt_logprobs=0)
             out = await eng.generate(ids, score)

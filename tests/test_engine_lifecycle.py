@@ -24,7 +24,9 @@ LONG = SamplingParams(max_tokens=400, ignore_eos=True)
 def small(tmp_path_factory) -> str:
     """A tiny random Llama (conftest.tiny_llama, 1,024 positions; load_format="dummy") for
     the tests about how calls and batches take turns, which compare outputs with outputs of
-    the same model: the default model's tens of ms a token bought them nothing."""
+    the same model: the default model's tens of ms a token bought them nothing; and for the
+    tests of start, stop and usage errors that check no answer and no step's length (the
+    default model's load cost each of them a second or so)."""
     return tiny_llama(tmp_path_factory.mktemp("small"), max_position_embeddings=1024)
 
 
@@ -66,10 +68,10 @@ async def assert_cancelled_stop_ended_the_engine(eng: Engine, stopping: asyncio.
 
 
 
-def started_engine(loop) -> Engine:
-    """A default-model engine started on `loop`."""
+def started_engine(loop, model: str) -> Engine:
+    """An engine of `model` (the `small` fixture's tiny random Llama) started on `loop`."""
     async def start():
-        eng = Engine(None, kv_tokens=1024)
+        eng = Engine(model, load_format="dummy", kv_tokens=1024)
         await eng.start()
         return eng
 
@@ -108,12 +110,12 @@ def test_an_engine_from_a_config_keeps_that_config():
         Engine.from_config({"kv_tokens": 1024})
 
 
-def test_an_engine_whose_event_loop_ended_says_so_and_starts_again():
+def test_an_engine_whose_event_loop_ended_says_so_and_starts_again(small):
     """asyncio.run(engine.start()) ends the loop the engine's step loop runs on; a request
     made later (in the next asyncio.run) waited forever: the engine still took it, and no
     loop was left to serve it. It raises EngineStopped saying why, and start() on the new
     loop starts the engine afresh."""
-    eng = Engine(None, kv_tokens=1024)
+    eng = Engine(small, load_format="dummy", kv_tokens=1024)
     asyncio.run(eng.start())
     params = SamplingParams(max_tokens=3, temperature=0)
 
@@ -131,10 +133,10 @@ def test_an_engine_whose_event_loop_ended_says_so_and_starts_again():
     assert len(asyncio.run(after()).token_ids) == 3
 
 
-def test_a_call_from_another_event_loop_is_a_usage_error(loop):
+def test_a_call_from_another_event_loop_is_a_usage_error(loop, small):
     """An engine serves the loop it was started on: a request from another loop (another
     thread's asyncio.run) was taken, and its waiter then hung or woke on the wrong loop."""
-    eng = started_engine(loop)
+    eng = started_engine(loop, small)
     try:
         errors = errors_from_another_loop(
             lambda: eng.generate("Hello", SamplingParams(max_tokens=2)))
@@ -729,14 +731,14 @@ def test_concurrent_starts_load_once_and_run_one_step_loop(loop, monkeypatch):
     run(loop, go())
 
 
-def test_a_start_while_stop_runs_starts_the_engine_again(loop):
+def test_a_start_while_stop_runs_starts_the_engine_again(loop, small):
     """A start() called while a stop() ran (its step loop cancelled, not yet ended: two
     tasks that restart an engine, a reload handler beside a shutdown) saw the engine
     started and returned at once; the stop() then ended it, and the caller's next request
     got EngineStopped from an engine start() had just returned on. It waits for the stop()
     and starts the engine again."""
     async def go():
-        eng = Engine(None, kv_tokens=1024)
+        eng = Engine(small, load_format="dummy", kv_tokens=1024)
         await eng.start()
         stopping = asyncio.ensure_future(eng.stop())
         await asyncio.sleep(0)  # stop() is awaiting the end of the step loop
@@ -843,14 +845,14 @@ def test_a_cancelled_shutdown_leaves_the_engine_serving(loop):
 
 @pytest.mark.parametrize("timeout", [None, "30", True, -1, float("nan")])
 def test_a_shutdown_timeout_that_is_no_number_of_seconds_is_refused_changing_nothing(
-        loop, timeout):
+        loop, timeout, small):
     """shutdown(None) (meaning "no limit") or shutdown("30") raised TypeError from inside
     its wait ('unsupported operand type(s) for +'), after it had stopped accepting: the
     engine then refused every request with Overloaded ('the server is shutting down') for
     a shutdown that never ran. -1 and nan stopped at once, as if 0. Each is refused naming
     the argument, before anything changes, as --shutdown-timeout's are."""
     async def go():
-        eng = Engine(None, kv_tokens=1024)
+        eng = Engine(small, load_format="dummy", kv_tokens=1024)
         await eng.start()
         try:
             with pytest.raises(ValueError, match=r"shutdown\(\) timeout must be a number of "
@@ -865,12 +867,12 @@ def test_a_shutdown_timeout_that_is_no_number_of_seconds_is_refused_changing_not
 
 @pytest.mark.parametrize("timeout", [np.int64(5), np.float32(0.5), Fraction(1, 2)],
                          ids=["int64", "float32", "Fraction"])
-def test_a_shutdown_timeout_of_numpys_numbers_is_taken(loop, timeout):
+def test_a_shutdown_timeout_of_numpys_numbers_is_taken(loop, timeout, small):
     """Any real number of seconds >= 0 was taken before the timeout was checked up front;
     the check took Python's int and float alone, refusing numpy's (a config read with
     numpy, a value computed from an array) as "no number of seconds"."""
     async def go():
-        eng = Engine(None, kv_tokens=1024)
+        eng = Engine(small, load_format="dummy", kv_tokens=1024)
         await eng.start()
         try:
             await eng.shutdown(timeout)
@@ -881,14 +883,14 @@ def test_a_shutdown_timeout_of_numpys_numbers_is_taken(loop, timeout):
     run(loop, go())
 
 
-def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
+def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop, small):
     """stop() from another thread's event loop failed the requests in flight and stopped
     the engine's accepting, then raised asyncio's 'attached to a different loop' from its
     await of the step loop: the engine was left running but refusing every request ('the
     server is shutting down'). It raises the usage error before it changes anything, as a
     request from another loop does; start() there says the same rather than nothing, and
     shutdown() too (it stopped the engine's accepting first)."""
-    eng = started_engine(loop)
+    eng = started_engine(loop, small)
     try:
         errors = errors_from_another_loop(eng.stop, eng.start, lambda: eng.shutdown(0))
         assert len(errors) == 3, errors
@@ -901,7 +903,7 @@ def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop
         run(loop, eng.stop())
 
 
-def test_a_call_from_a_thread_outside_the_engines_running_loop_is_a_usage_error():
+def test_a_call_from_a_thread_outside_the_engines_running_loop_is_a_usage_error(small):
     """An engine serving on a loop in another thread took a stream() or flush_cache() from a
     plain thread (no event loop there, so the check of the loop passed): they changed the
     request table, the planner and the prefix cache under the running step loop, and woke
@@ -919,7 +921,7 @@ def test_a_call_from_a_thread_outside_the_engines_running_loop_is_a_usage_error(
     async def idle():
         assert_idle(eng)
 
-    eng = Engine(None, kv_tokens=1024)
+    eng = Engine(small, load_format="dummy", kv_tokens=1024)
     on_loop(eng.start())
     try:
         with pytest.raises(RuntimeError, match="another event loop"):

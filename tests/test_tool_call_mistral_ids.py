@@ -29,6 +29,19 @@ CALLED = "Sure.[TOOL_CALLS]get_weather[CALL_ID]a1B2c3D4e[ARGS]" + P
 _HEAD = re.compile(r"\[TOOL_CALLS\]([^\[]+)\[CALL_ID\]([A-Za-z0-9]{9})\[ARGS\]")
 
 
+@pytest.fixture(scope="module")
+def tiny(server, tmp_path_factory):
+    """A tiny random Llama (dummy weights) with the default model's tokenizer: the requests
+    here force the call (a named tool_choice, its grammar) and bring their own template, so
+    the model's weights decide nothing that is checked."""
+    from live_server import tiny_server
+
+    srv, _ = tiny_server(server, tmp_path_factory.mktemp("tiny"), lambda tok: None,
+                         "[TOOL_CALLS]")
+    yield srv
+    srv.close()
+
+
 def _parser():
     return parser_for(TEMPLATE)
 
@@ -122,10 +135,12 @@ def test_the_grammar_writes_the_id(mode):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_forced_call_over_http_under_small_3_2s_template(server, stream):
+def test_a_forced_call_over_http_under_small_3_2s_template(tiny, stream):
     """Served end to end: the template's [CALL_ID] picks the form, the grammar writes the
     id, and the answer's call has that id (every fragment of a stream the same)."""
     from aiollm.api.state import STATE
+
+    server = tiny
 
     st = server.app[STATE]
     server.call(lambda: setattr(st, "trust_request_chat_template", True))
@@ -163,7 +178,7 @@ def test_an_id_the_model_wrote_twice_is_the_first_calls_only():
             assert re.fullmatch("[A-Za-z0-9]{9}", joined[1][0]), joined
 
 
-def test_a_call_sent_back_renders_as_the_model_wrote_it(server):
+def test_a_call_sent_back_renders_as_the_model_wrote_it(tiny):
     """The agent loop under a template that writes [CALL_ID] and checks ids as Mistral's
     do: a forced call, then the history with it and its result renders (the ids 9 letters
     or digits), the model's id or, where max_tokens cut the call before it, ours."""
@@ -172,6 +187,7 @@ def test_a_call_sent_back_renders_as_the_model_wrote_it(server):
     from aiollm.api.state import STATE
     from test_tool_call_ids import CHECKING_TEMPLATE
 
+    server = tiny
     st = server.app[STATE]
     # as Mistral-Small-3.2's: arguments a JSON object (the server hands a template the
     # history's arguments parsed, as vLLM does) are written with tojson

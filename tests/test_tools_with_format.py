@@ -2,7 +2,9 @@
 /v1/chat/completions, against the real server: under tool_choice "auto" the output is calls or
 the format's content, the model's pick; under "required" or a named function calls only;
 structural tags beside tools refused. The model's pick is forced with a logit bias on the first
-token of one branch, so both are exercised deterministically."""
+token of one branch, so both are exercised deterministically. Where the grammar and the bias
+force every token of the answer, a tiny random model with the default model's tokenizer serves
+the request (`hermes`); json_object's content is free, so it stays on the default model."""
 
 from __future__ import annotations
 
@@ -32,6 +34,28 @@ FORMATS = {
 }
 
 
+@pytest.fixture(scope="module")
+def hermes(server, tmp_path_factory):
+    """A tiny random Llama (dummy weights) with the default model's tokenizer, whose template
+    names no call format (the hermes parser, as the default model's): for requests whose
+    every token the grammar (and a logit bias) forces, the model's weights do not matter."""
+    from live_server import tiny_server
+
+    srv, _ = tiny_server(server, tmp_path_factory.mktemp("hermes"), lambda tok: None,
+                         "<tool_call>")
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def hermes_client(hermes):
+    """The official `openai` client on the `hermes` server."""
+    import openai
+
+    return openai.OpenAI(base_url=hermes.base + "/v1", api_key="unused", max_retries=0,
+                         timeout=120)
+
+
 def _call_first(server) -> dict[str, int]:
     """A logit bias that makes the model open a call: toward the first token of a call's
     marker (the marker is several tokens)."""
@@ -43,7 +67,7 @@ def _content_first(server) -> dict[str, int]:
     """A logit bias that keeps the model from opening a call: every token that could begin
     the marker banned (a bias toward the content's first token, "{", would hold in its
     strings too)."""
-    vocab = server.engine.tokenizer.hf_tokenizer.get_vocab()
+    vocab = server.engine.tokenizer.get_vocab()
     return {str(t): -100 for piece, t in vocab.items() if "<tool_call>".startswith(piece)}
 
 
@@ -70,14 +94,19 @@ def _post(server, body: dict) -> dict:
             "tool_calls": [{"function": calls[i]} for i in sorted(calls)] or None}
 
 
+# room for a call's JSON with the whitespace the tiny random model writes in it (the calls'
+# grammar lets each run of it hold up to 16 tokens, and the model takes them)
+ROOM = 120
+
+
 def _body(server, fmt: str, call: bool, stream: bool, **kw) -> dict:
     """A request of tools and format `fmt`, biased to open a call or not."""
     bias = _call_first(server) if call else _content_first(server)
-    return {"messages": ASK, "tools": [WEATHER], "max_tokens": 40, "temperature": 0,
+    return {"messages": ASK, "tools": [WEATHER], "max_tokens": ROOM, "temperature": 0,
             "stream": stream, "logit_bias": bias, **FORMATS[fmt], **kw}
 
 
-def test_auto_answers_calls_when_the_model_opens_one(server):
+def test_auto_answers_calls_when_the_model_opens_one(hermes):
     """The first token opens a call: the grammar holds the rest to a call of one tool (one
     call: parallel_tool_calls false), read into tool_calls, whole or streamed (it was a 400).
     Under "required" or a named function the format shapes a content, which a calls-only
@@ -85,10 +114,10 @@ def test_auto_answers_calls_when_the_model_opens_one(server):
     (the server batches them), for time."""
     asked = [("json_schema", False, "auto"), ("guided_json", True, "auto"),
              ("json_schema", False, "required"), ("json_schema", False, "named")]
-    bodies = [_body(server, fmt, True, stream, parallel_tool_calls=False,
+    bodies = [_body(hermes, fmt, True, stream, parallel_tool_calls=False,
                     tool_choice=choice if choice in ("auto", "required") else NAMED)
               for fmt, stream, choice in asked]
-    for how, m in zip(asked, at_once(*(functools.partial(_post, server, b) for b in bodies))):
+    for how, m in zip(asked, at_once(*(functools.partial(_post, hermes, b) for b in bodies))):
         # a forced named call finishes "stop", as OpenAI and vLLM answer it
         finish = "stop" if how[2] == "named" else "tool_calls"
         assert m["finish_reason"] == finish and not m["content"], (how, m)
@@ -98,10 +127,11 @@ def test_auto_answers_calls_when_the_model_opens_one(server):
 
 
 @pytest.mark.parametrize("fmt,stream", [(f, False) for f in FORMATS] + [("json_schema", True)])
-def test_auto_answers_the_format_when_the_model_opens_content(server, fmt, stream):
+def test_auto_answers_the_format_when_the_model_opens_content(server, hermes, fmt, stream):
     """The first token opens the format's content: the grammar holds the rest to it, and it
     is the message's content (it was a 400)."""
-    m = _post(server, _body(server, fmt, False, stream))
+    srv = server if fmt == "json_object" else hermes  # a free object needs a model's answer
+    m = _post(srv, _body(srv, fmt, False, stream))
     assert m["finish_reason"] == "stop" and not m.get("tool_calls"), m
     if fmt == "structured_outputs":
         assert m["content"] in ("yes", "no"), m
@@ -112,9 +142,9 @@ def test_auto_answers_the_format_when_the_model_opens_content(server, fmt, strea
             assert answer["answer"] in ("yes", "no") and len(answer) == 1, m
 
 
-def test_none_answers_the_format_only(server):
+def test_none_answers_the_format_only(hermes):
     """tool_choice "none": the format alone, even where the model would open a call."""
-    m = _post(server, _body(server, "json_schema", True, False, tool_choice="none"))
+    m = _post(hermes, _body(hermes, "json_schema", True, False, tool_choice="none"))
     assert m["finish_reason"] == "stop" and not m.get("tool_calls"), m
     assert json.loads(m["content"])["answer"] in ("yes", "no"), m
 
@@ -161,15 +191,15 @@ class GetWeather(pydantic.BaseModel):
 
 
 @pytest.mark.parametrize("call", [True, False], ids=["call", "content"])
-def test_sdk_parse_with_tools(client, server, call):
+def test_sdk_parse_with_tools(hermes_client, hermes, call):
     """The openai SDK's parse(response_format=Model, tools=[...]), as agent frameworks send
     it: a call parsed into its tool's model, or content parsed into the format's."""
     import openai
 
-    r = client.chat.completions.parse(
-        model=None, messages=ASK, response_format=Answer, max_tokens=40, temperature=0,
+    r = hermes_client.chat.completions.parse(
+        model=None, messages=ASK, response_format=Answer, max_tokens=ROOM, temperature=0,
         tools=[openai.pydantic_function_tool(GetWeather)], parallel_tool_calls=False,
-        logit_bias=_call_first(server) if call else _content_first(server))
+        logit_bias=_call_first(hermes) if call else _content_first(hermes))
     m = r.choices[0].message
     if not call:
         assert r.choices[0].finish_reason == "stop" and isinstance(m.parsed, Answer), m
@@ -181,15 +211,15 @@ def test_sdk_parse_with_tools(client, server, call):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-def test_named_call_finishes_as_vllm_answers_it_whole_and_streamed(server, stream):
+def test_named_call_finishes_as_vllm_answers_it_whole_and_streamed(hermes, stream):
     """A forced named call: "stop" once its call is complete, in every one of n choices;
     "length" where max_tokens cut it; and the stream's finish agrees with the whole answer's."""
     ask = {"messages": ASK, "tools": [WEATHER], "tool_choice": NAMED, "temperature": 1.0,
            "seed": 3, "stream": stream}
     (status, _, raw), cut = at_once(  # at once (the server batches them), for time
-        lambda: http(server, "POST", "/v1/chat/completions",
+        lambda: http(hermes, "POST", "/v1/chat/completions",
                      json={**ask, "n": 2, "max_tokens": 60}),
-        lambda: _post(server, {**ask, "max_tokens": 5}))
+        lambda: _post(hermes, {**ask, "max_tokens": 5}))
     assert status == 200, raw
     if stream:
         finishes = {c["index"]: c["finish_reason"] for data in sse_events(raw)[:-1]
@@ -201,7 +231,7 @@ def test_named_call_finishes_as_vllm_answers_it_whole_and_streamed(server, strea
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-def test_a_cut_named_call_is_still_the_call_as_vllm_answers_it(server, stream):
+def test_a_cut_named_call_is_still_the_call_as_vllm_answers_it(hermes, stream):
     """A named call that max_tokens cut is that call, with the arguments text written so far
     ("" before any), as vLLM answers a named tool_choice: its output is the arguments alone,
     given as the call of the named function whatever was written. A cut before the call's
@@ -209,7 +239,7 @@ def test_a_cut_named_call_is_still_the_call_as_vllm_answers_it(server, stream):
     ask = {"messages": ASK, "tools": [WEATHER], "tool_choice": NAMED, "temperature": 0,
            "stream": stream}
     cuts = (1, 7, 18)  # the whole answer and the cut ones at once, for time
-    whole, *answers = at_once(*(functools.partial(_post, server, {**ask, "max_tokens": n})
+    whole, *answers = at_once(*(functools.partial(_post, hermes, {**ask, "max_tokens": n})
                                 for n in (60, *cuts)))
     [call] = whole["tool_calls"]
     done = call["function"]["arguments"]
@@ -225,7 +255,7 @@ def test_a_cut_named_call_is_still_the_call_as_vllm_answers_it(server, stream):
             assert arguments == "", cut
 
 
-def test_sdk_stream_helper_and_parse_take_a_named_call(client):
+def test_sdk_stream_helper_and_parse_take_a_named_call(hermes_client):
     """The openai SDK's stream helper and parse() with a forced named call of a strict tool:
     the call is parsed into its tool's model and the answer finishes "stop", both ways."""
     import openai
@@ -235,11 +265,12 @@ def test_sdk_stream_helper_and_parse_take_a_named_call(client):
                tool_choice={"type": "function", "function": {"name": "GetWeather"}})
 
     def stream_it():
-        with client.chat.completions.stream(**ask) as s:
+        with hermes_client.chat.completions.stream(**ask) as s:
             done = [e for e in s if e.type == "tool_calls.function.arguments.done"]
             return done, s.get_final_completion()
 
-    (done, streamed), parsed = at_once(stream_it, lambda: client.chat.completions.parse(**ask))
+    (done, streamed), parsed = at_once(stream_it,
+                                       lambda: hermes_client.chat.completions.parse(**ask))
     for r in (streamed, parsed):
         assert r.choices[0].finish_reason == "stop", r
         [call] = r.choices[0].message.tool_calls
@@ -293,7 +324,7 @@ def slow_part(monkeypatch):
             del grammar._CACHE.compiled[key]
 
 
-def test_a_compile_timeout_names_the_field_whose_grammar_is_slow(slow_part):
+def test_a_compile_timeout_names_the_field_whose_grammar_is_slow(hermes, slow_part):
     """Tools beside a response format compile as one grammar, named "tools" in its errors:
     a format too slow to compile was a 400 telling the client to simplify its tools. The
     format is compiled alone first (cached, as sent without tools), so the field named is
@@ -311,7 +342,8 @@ def test_a_compile_timeout_names_the_field_whose_grammar_is_slow(slow_part):
         ([{"type": "function", "function": {"name": "slow", "parameters": slow(3)}}],
          FORMATS["json_schema"], "tools"),
     ]
-    srv = LiveServer(grammar_compile_timeout=0.5).start()
+    # the tiny model: what is timed is the grammar's compilation, for the tokenizer alone
+    srv = LiveServer(**{**hermes.engine_options, "grammar_compile_timeout": 0.5}).start()
     try:
         for tools, fmt, param in cases:
             status, _, raw = http(srv, "POST", "/v1/chat/completions", json={
@@ -348,7 +380,7 @@ LISTED = '[{"name": "get_weather", "parameters": {"city": "Paris"}}]'
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-def test_a_format_s_content_that_quotes_a_call_is_content(server, stream):
+def test_a_format_s_content_that_quotes_a_call_is_content(hermes, stream):
     """tools with tool_choice "auto" beside a format (guided_regex here) whose content holds
     a call's markup after text: the model took the format's branch (the calls' branch has
     nothing before the first call), so the output is the content the client shaped, call
@@ -357,7 +389,7 @@ def test_a_format_s_content_that_quotes_a_call_is_content(server, stream):
     whole output, so no call can be written but one the format spells, which it then reads
     as one: aiollm reads a call only where the output opens with one, as the calls' branch
     of its grammar writes it."""
-    m = _post(server, {"messages": ASK, "tools": [WEATHER], "max_tokens": 60,
+    m = _post(hermes, {"messages": ASK, "tools": [WEATHER], "max_tokens": 60,
                        "temperature": 0, "stream": stream, **QUOTING})
     assert m["finish_reason"] == "stop" and not m.get("tool_calls"), m
     assert m["content"] == "Answer: " + QUOTED, m
