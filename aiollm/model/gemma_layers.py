@@ -16,8 +16,9 @@ soft-capping, window, Gemma 3's q/k norms and local rotary).
 One-token steps (LlamaForCausalLM.fused_small) run the layer as the Llama layer's fused
 GEMVs (gemv.py: norm + q/k/v + rotary + KV store; norm + gate/up + GeGLU) with o_proj and
 down_proj as GEMVs without an epilogue, since their outputs are normed before they are
-added: one kernel norms each and adds it to the stream (kernels.rms_norm_add), 7 launches a
-layer with attention where the layered path takes about 12.
+added: one kernel norms each and adds it to the stream (kernels.rms_norm_add). Six kernels
+a layer besides attention (seven with Gemma 3's q/k norms), where the layered path's one-token
+steps took about 12 launches in all.
 """
 
 from __future__ import annotations
