@@ -50,8 +50,7 @@ def rms_norm_triton(
         assert residual.shape == x.shape and residual.stride(1) == 1
     if T == 0:
         return out if residual is None else (out, res_out)
-    block = triton.next_power_of_2(H)
-    num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    block, num_warps = _row_block(H)
     _rms_norm_kernel[(T,)](
         x, residual if residual is not None else x, weight, out,
         res_out if res_out is not None else out,
@@ -61,6 +60,12 @@ def rms_norm_triton(
         BLOCK=block, HAS_RESIDUAL=residual is not None, ADD_AFTER=False, num_warps=num_warps,
     )
     return out if residual is None else (out, res_out)
+
+
+def _row_block(H: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) of _rms_norm_kernel for rows of H features: one program a row."""
+    block = triton.next_power_of_2(H)
+    return block, 4 if block <= 1024 else 8 if block <= 4096 else 16
 
 
 def rms_norm_add_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -77,8 +82,7 @@ def rms_norm_add_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
         x.shape, dtype=torch.float32, device=x.device)
     if T == 0:
         return out
-    block = triton.next_power_of_2(H)
-    num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    block, num_warps = _row_block(H)
     # each row's residual is read before its sum is written: out may be residual itself
     _rms_norm_kernel[(T,)](
         x, residual, weight, out, out, x.stride(0), residual.stride(0), out.stride(0), 0,
@@ -90,9 +94,7 @@ def rms_norm_add_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
 def rms_norm_add_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
                      residual: torch.Tensor) -> torch.Tensor:
     """rms_norm_add_triton's reference (the CPU path): the same sum, in float32."""
-    xf = x.float()
-    y = residual.float() + xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) \
-        * weight.float()
+    y = residual.float() + rms_norm_ref(x.float(), weight, eps)
     if residual.dtype == torch.float32:
         return residual.copy_(y)
     return y
