@@ -264,10 +264,9 @@ def held_json_schemas(monkeypatch):
 @pytest.fixture(scope="module")
 def client(server):
     """The official `openai` client on the shared server."""
-    import openai
+    from live_server import openai_client
 
-    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0,
-                         timeout=120)
+    return openai_client(server)
 
 
 @pytest.fixture(autouse=True)

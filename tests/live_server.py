@@ -181,6 +181,14 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def openai_client(server: LiveServer) -> Any:
+    """The official `openai` client on `server` (no retries, 120 s a request)."""
+    import openai
+
+    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0,
+                         timeout=120)
+
+
 def tiny_server(server: LiveServer, tmp_path, add_tokens: Callable[[Any], None],
                 calls_template: str, **engine_options: Any) -> tuple[LiveServer, Any]:
     """A started LiveServer of a tiny random Llama (1 layer, hidden 32, dummy weights) whose

@@ -9,7 +9,7 @@ import json
 
 import openai
 import pytest
-from live_server import at_once, http
+from live_server import at_once, http, openai_client
 from test_api_review import CONTENT_FAULTS, assert_openai_400
 
 ASK = "Name a colour."
@@ -46,8 +46,7 @@ def tiny(server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_client(tiny):
     """The official `openai` client on the `tiny` server."""
-    return openai.OpenAI(base_url=tiny.base + "/v1", api_key="unused", max_retries=0,
-                         timeout=120)
+    return openai_client(tiny)
 
 
 def test_greedy_text_is_chat_completions_text(client, model):

@@ -50,10 +50,9 @@ def hermes(server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def hermes_client(hermes):
     """The official `openai` client on the `hermes` server."""
-    import openai
+    from live_server import openai_client
 
-    return openai.OpenAI(base_url=hermes.base + "/v1", api_key="unused", max_retries=0,
-                         timeout=120)
+    return openai_client(hermes)
 
 
 def _call_first(server) -> dict[str, int]:
