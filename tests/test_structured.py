@@ -92,8 +92,9 @@ class Person(pydantic.BaseModel):
     age: int = pydantic.Field(ge=0, le=120)
 
 
-def test_parse_pydantic_model(client):
-    r = client.chat.completions.parse(model=None, messages=ASK, response_format=Person,
+def test_parse_pydantic_model(random_client):
+    """The SDK's parse of a pydantic model: the grammar holds the output to its schema."""
+    r = random_client.chat.completions.parse(model=None, messages=ASK, response_format=Person,
                                       max_tokens=60, temperature=0)
     person = r.choices[0].message.parsed
     assert isinstance(person, Person) and 0 <= person.age <= 120
@@ -631,14 +632,14 @@ class TreeNode(pydantic.BaseModel):
     children: list["TreeNode"] = pydantic.Field(default=[], max_length=2)
 
 
-def test_tool_of_a_recursive_pydantic_model(client):
+def test_tool_of_a_recursive_pydantic_model(random_client):
     """pydantic writes a recursive model as {"$defs": {...}, "$ref": "#/$defs/TreeNode"}: an
     object schema whose "type" sits in its definition. As a tool's parameters it is served
     (it was refused as 'got type None', as if it were a string or array schema)."""
     schema = TreeNode.model_json_schema()
     assert "type" not in schema and schema["$ref"] == "#/$defs/TreeNode"
     tool = {"type": "function", "function": {"name": "make_tree", "parameters": schema}}
-    r = client.chat.completions.create(
+    r = random_client.chat.completions.create(
         model=None, messages=[{"role": "user", "content": "Make a tree of two nodes."}],
         tools=[tool], tool_choice="required", max_tokens=30, temperature=0)
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
