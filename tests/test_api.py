@@ -23,6 +23,34 @@ def model(client) -> str:
     return client.models.list().data[0].id
 
 
+@pytest.fixture(scope="module")
+def random_server(tmp_path_factory):
+    """The shared server's limits (MAX_MODEL_LEN, KV_TOKENS) on conftest's tiny random Llama
+    (one layer, dummy weights) with the default model's tokenizer and chat template, for the
+    tests whose check holds for any model's words (a stream against the whole answer of the
+    same request, a seed's replay): the default model's 30 layers cost ~0.1 s of a 2-core
+    CPU a token."""
+    from live_server import LiveServer
+
+    path = tiny_llama(tmp_path_factory.mktemp("random"), max_position_embeddings=MAX_MODEL_LEN)
+    srv = LiveServer(model=path, load_format="dummy").start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def random_client(random_server):
+    """The official `openai` client on random_server."""
+    from live_server import openai_client
+
+    return openai_client(random_server)
+
+
+@pytest.fixture(scope="module")
+def random_model(random_client) -> str:
+    return random_client.models.list().data[0].id
+
+
 def metric(server, name: str, labels: str = "") -> float:
     _, _, body = http(server, "GET", "/metrics")
     m = re.search(rf"^{re.escape(name + labels)} (\S+)$", body.decode(), re.M)
@@ -41,7 +69,8 @@ def test_chat_capital_of_france(client, model):
     assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
 
 
-def test_completion_stream_equals_non_stream(client, model):
+def test_completion_stream_equals_non_stream(random_client, random_model):
+    client, model = random_client, random_model
     kw = dict(model=model, prompt="The three primary colors are", temperature=0, max_tokens=16)
     full, chunks = at_once(  # independent: the server batches them
         lambda: client.completions.create(**kw),
@@ -56,7 +85,8 @@ def test_completion_stream_equals_non_stream(client, model):
     assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
 
 
-def test_chat_stream_equals_non_stream(client, model):
+def test_chat_stream_equals_non_stream(random_client, random_model):
+    client, model = random_client, random_model
     kw = dict(model=model, messages=[{"role": "user", "content": "Name a fruit."}],
               temperature=0, max_completion_tokens=20)
     full, chunks = at_once(lambda: client.chat.completions.create(**kw),
@@ -84,7 +114,8 @@ def test_prompt_forms(client, model, server):
     assert batch.choices[1].text.startswith("Hello")
 
 
-def test_n_choices_and_seeds(client, model):
+def test_n_choices_and_seeds(random_client, random_model):
+    client, model = random_client, random_model
     kw = dict(model=model, prompt="My favourite animal is", temperature=1.0, max_tokens=8,
               n=3, seed=7)
     a = client.completions.create(**kw)

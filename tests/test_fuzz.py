@@ -13,18 +13,30 @@ import json
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from live_server import LiveServer, http, shared_server, sse_events
+from conftest import tiny_llama
+from live_server import MAX_MODEL_LEN, LiveServer, http, sse_events
 
 SHORT = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                  suppress_health_check=list(HealthCheck))
 LONG = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 
+SERVED = "SmolLM2-135M-Instruct.Q4_1"  # the default model's name, which bodies may give
+
+
 @pytest.fixture(scope="module")
-def server(request) -> LiveServer:
-    srv = shared_server(request.config)
+def server(tmp_path_factory) -> LiveServer:
+    """The shared server's limits (MAX_MODEL_LEN, KV_TOKENS) and the default model's tokenizer,
+    chat template and served name, on conftest's tiny random Llama (one layer, dummy
+    weights): what the fuzz checks is the answer's form (a 2xx body or a 4xx error, never a
+    5xx) and the engine left idle, which no model's words change; the default model's 30
+    layers cost ~0.1 s of a 2-core CPU a token (most of the 13 s of the two tests)."""
+    model = tiny_llama(tmp_path_factory.mktemp("fuzz"), max_position_embeddings=MAX_MODEL_LEN)
+    srv = LiveServer(model=model, load_format="dummy",
+                     app_options={"served_model_name": SERVED}).start()
     yield srv
     srv.wait_idle()
+    srv.close()
 
 
 # -- strategies ----------------------------------------------------------------------------------
@@ -46,7 +58,7 @@ text = st.text(min_size=1, max_size=40)
 unit = st.floats(0.05, 1)
 
 SAMPLING = {
-    "model": st.none() | st.just("SmolLM2-135M-Instruct.Q4_1"),
+    "model": st.none() | st.just(SERVED),
     "temperature": st.floats(0, 2) | st.just(0),
     "top_p": unit,
     "top_k": st.just(-1) | st.integers(1, 50),

@@ -15,7 +15,8 @@ import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from live_server import at_once, http
+from conftest import tiny_llama
+from live_server import MAX_MODEL_LEN, LiveServer, at_once, http
 from test_responses_api import WEATHER
 
 from aiollm.api import create_app
@@ -24,6 +25,20 @@ from aiollm.engine import Engine
 ASK = "Name a colour."
 MORE = "And another one?"
 KW = dict(max_output_tokens=6, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> LiveServer:
+    """The live server of this module's HTTP tests: the shared server's limits (MAX_MODEL_LEN,
+    KV_TOKENS) on conftest's tiny random Llama (one layer, dummy weights) with the default
+    model's tokenizer and chat template. What they check is what the store keeps and how a
+    continuation's prompt is built (checked against the same conversation sent whole), which
+    holds for any model's words; the default model's 30 layers cost ~0.1 s of a 2-core CPU a
+    token. conftest's `client` is the openai client on it."""
+    model = tiny_llama(tmp_path_factory.mktemp("store"), max_position_embeddings=MAX_MODEL_LEN)
+    srv = LiveServer(model=model, load_format="dummy").start()
+    yield srv
+    srv.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import jsonschema
 import openai
 import pydantic
 import pytest
-from live_server import at_once, http, refused_status
+from live_server import KV_TOKENS, MAX_MODEL_LEN, at_once, http, openai_client, refused_status
 
 ASK = [{"role": "user", "content": "Describe a person as JSON."}]
 NAME = {"type": "string", "minLength": 1, "maxLength": 12}
@@ -54,6 +54,27 @@ TIME = {"type": "function", "function": {
                    "additionalProperties": False}}}
 
 
+@pytest.fixture(scope="module")
+def random_server(server, tmp_path_factory):
+    """A tiny random Llama (dummy weights) with the default model's tokenizer, the shared
+    server's limits and a chat template naming <tool_call> (the hermes parser, as the
+    default model's), for the tests whose output the grammar writes or whose check holds for
+    any output (a stream against the whole answer, a seed's replay): the default model's
+    30 layers cost ~0.1 s of a 2-core CPU a token for words they do not assert."""
+    from live_server import tiny_server
+
+    srv, _ = tiny_server(server, tmp_path_factory.mktemp("random"), lambda tok: None,
+                         "<tool_call>", max_model_len=MAX_MODEL_LEN, kv_tokens=KV_TOKENS)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def random_client(random_server):
+    """The official `openai` client on random_server."""
+    return openai_client(random_server)
+
+
 def _chat(client, stream: bool, **kw) -> tuple[str, str]:
     if not stream:
         r = client.chat.completions.create(model=None, **kw)
@@ -71,8 +92,9 @@ class Person(pydantic.BaseModel):
     age: int = pydantic.Field(ge=0, le=120)
 
 
-def test_parse_pydantic_model(client):
-    r = client.chat.completions.parse(model=None, messages=ASK, response_format=Person,
+def test_parse_pydantic_model(random_client):
+    """The SDK's parse of a pydantic model: the grammar holds the output to its schema."""
+    r = random_client.chat.completions.parse(model=None, messages=ASK, response_format=Person,
                                       max_tokens=60, temperature=0)
     person = r.choices[0].message.parsed
     assert isinstance(person, Person) and 0 <= person.age <= 120
@@ -80,13 +102,14 @@ def test_parse_pydantic_model(client):
 
 
 @pytest.fixture(scope="module")
-def schema_answers(client) -> list[tuple[str, str]]:
+def schema_answers(random_client) -> list[tuple[str, str]]:
     """(text, finish) of an answer held to each of SCHEMAS (the odd ones streamed), the
-    requests made at once (the server batches them)."""
+    requests made at once (the server batches them), from the random model: what holds the
+    output to the schema is the grammar alone."""
     def answer(k: int) -> tuple[str, str]:
         fmt = {"type": "json_schema", "json_schema": {"name": "out", "schema": SCHEMAS[k],
                                                       "strict": True}}
-        return _chat(client, stream=k % 2 == 1, messages=ASK, response_format=fmt,
+        return _chat(random_client, stream=k % 2 == 1, messages=ASK, response_format=fmt,
                      max_tokens=90, temperature=0.7, seed=k)
 
     return at_once(*(lambda k=k: answer(k) for k in range(len(SCHEMAS))))
@@ -99,7 +122,8 @@ def test_json_schema_validates(schema_answers, k):
     jsonschema.validate(json.loads(text), SCHEMAS[k])
 
 
-def test_json_object_and_guided_json_on_completions(client):
+def test_json_object_and_guided_json_on_completions(random_client):
+    client = random_client
     (text, finish), r = at_once(
         lambda: _chat(client, False, messages=ASK, max_tokens=30, temperature=0,
                       response_format={"type": "json_object"}),
@@ -112,15 +136,15 @@ def test_json_object_and_guided_json_on_completions(client):
 
 @pytest.mark.parametrize("json_schema", [{"name": "x"}, {"name": "x", "schema": None,
                                                        "strict": True, "description": "d"}])
-def test_json_schema_without_a_schema_is_any_json_object(client, json_schema):
+def test_json_schema_without_a_schema_is_any_json_object(random_client, json_schema):
     """OpenAI's json_schema.schema is optional (it was a 400): without one the output is
     held to a JSON object, as json_object holds it."""
     kw = dict(messages=ASK, max_tokens=12, temperature=0)
     fmt = {"type": "json_schema", "json_schema": json_schema}
     want, whole, streamed = at_once(
-        lambda: _chat(client, False, **kw, response_format={"type": "json_object"}),
-        lambda: _chat(client, False, **kw, response_format=fmt),
-        lambda: _chat(client, True, **kw, response_format=fmt))
+        lambda: _chat(random_client, False, **kw, response_format={"type": "json_object"}),
+        lambda: _chat(random_client, False, **kw, response_format=fmt),
+        lambda: _chat(random_client, True, **kw, response_format=fmt))
     assert want[0].startswith("{")
     assert whole == want
     assert streamed == want
@@ -141,12 +165,12 @@ def test_regex_and_choice(client, server):
     assert status == 200 and re.fullmatch("[0-9]{4}", json.loads(body)["generated_text"][0])
 
 
-def test_seeded_grammar_sampling_is_reproducible(client):
+def test_seeded_grammar_sampling_is_reproducible(random_client):
     kw = dict(messages=ASK, max_tokens=24, temperature=1.0, seed=1234,
               response_format={"type": "json_schema", "json_schema": {
                   "name": "p", "schema": SCHEMAS[1]}})
-    whole, streamed = at_once(lambda: _chat(client, False, **kw),
-                              lambda: _chat(client, True, **kw))
+    whole, streamed = at_once(lambda: _chat(random_client, False, **kw),
+                              lambda: _chat(random_client, True, **kw))
     assert whole == streamed
 
 
@@ -535,11 +559,11 @@ def test_grammar_not_compiled_in_time_is_400_and_past_the_cap_503(held_json_sche
         srv.close()
 
 
-def test_keyword_names_as_property_names_are_fine(client):
+def test_keyword_names_as_property_names_are_fine(random_client):
     """Only keywords are refused: properties named like them ("not", "if") are data."""
     schema = {"type": "object", "properties": {"not": {"type": "boolean"}, "if": {"enum": [
         1, 2]}}, "required": ["not", "if"], "additionalProperties": False}
-    text, finish = _chat(client, False, messages=ASK, max_tokens=20, temperature=0,
+    text, finish = _chat(random_client, False, messages=ASK, max_tokens=20, temperature=0,
                          extra_body={"guided_json": schema})
     jsonschema.validate(json.loads(text), schema)
 
@@ -608,14 +632,14 @@ class TreeNode(pydantic.BaseModel):
     children: list["TreeNode"] = pydantic.Field(default=[], max_length=2)
 
 
-def test_tool_of_a_recursive_pydantic_model(client):
+def test_tool_of_a_recursive_pydantic_model(random_client):
     """pydantic writes a recursive model as {"$defs": {...}, "$ref": "#/$defs/TreeNode"}: an
     object schema whose "type" sits in its definition. As a tool's parameters it is served
     (it was refused as 'got type None', as if it were a string or array schema)."""
     schema = TreeNode.model_json_schema()
     assert "type" not in schema and schema["$ref"] == "#/$defs/TreeNode"
     tool = {"type": "function", "function": {"name": "make_tree", "parameters": schema}}
-    r = client.chat.completions.create(
+    r = random_client.chat.completions.create(
         model=None, messages=[{"role": "user", "content": "Make a tree of two nodes."}],
         tools=[tool], tool_choice="required", max_tokens=30, temperature=0)
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
@@ -673,7 +697,7 @@ def test_tool_call_round_trip(client, first_turns, choice):
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls
 
 
-def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(server):
+def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(random_server):
     """A call is streamed as it is written, as vLLM streams it: a fragment with its index,
     id, type and name (arguments "") once the name is written, then its arguments in
     fragments (index and arguments only), one fragment a call in each chunk; no chunk says
@@ -690,8 +714,9 @@ def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(serve
             "tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": False,
             "max_tokens": 100, "temperature": 0}
     (status, _, raw), (stream_status, _, stream_raw) = at_once(
-        lambda: http(server, "POST", "/v1/chat/completions", json=body),
-        lambda: http(server, "POST", "/v1/chat/completions", json={**body, "stream": True}))
+        lambda: http(random_server, "POST", "/v1/chat/completions", json=body),
+        lambda: http(random_server, "POST", "/v1/chat/completions",
+                     json={**body, "stream": True}))
     assert status == 200, raw
     whole = json.loads(raw)["choices"][0]
     assert whole["message"]["content"] is None and whole["message"]["tool_calls"], whole
@@ -764,7 +789,8 @@ def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(cut_calls, choic
 
 
 @pytest.mark.parametrize("stop,arguments", [('"arguments"', ""), ('"city"', "{")])
-def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, arguments):
+def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(random_client, stop,
+                                                                 arguments):
     """A stop string inside a forced call ends the output there, as it ends any output; what
     was written is a call cut like one max_tokens cuts (its arguments as written, no markup
     in content), with finish_reason "stop", not "tool_calls": it is not complete. Its text
@@ -772,7 +798,7 @@ def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, a
     (but for the content the stream builds: "", as from vLLM)."""
     kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
               tools=[WEATHER], tool_choice="required", max_tokens=60, temperature=0, stop=[stop])
-    r, state = _whole_and_stream_state(client, kw)
+    r, state = _whole_and_stream_state(random_client, kw)
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
     assert finish == "stop" and msg.content is None, msg
     assert [(c.function.name, c.function.arguments.strip()) for c in msg.tool_calls] == [
@@ -785,7 +811,8 @@ def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, a
 
 @pytest.mark.parametrize("choice,stop", [("required", "<tool"), (NAMED, "\n")],
                          ids=["in-marker", "after-marker"])
-def test_a_stop_string_before_a_forced_calls_name_streamed_or_not(client, choice, stop):
+def test_a_stop_string_before_a_forced_calls_name_streamed_or_not(random_client, choice,
+                                                                  stop):
     """A stop string that ends a forced output before a call's name is written (inside its
     marker "<tool_call>", or the newline after it) ends it there: stop strings apply to the
     whole output whatever grammar holds it, as vLLM matches them on the raw text. The answer
@@ -798,7 +825,7 @@ def test_a_stop_string_before_a_forced_calls_name_streamed_or_not(client, choice
               tools=[WEATHER], tool_choice=choice, max_tokens=20, temperature=0, stop=[stop])
     calls = [] if choice == "required" else [("get_weather", "")]
     content = "" if choice == "required" else None
-    whole, state = _whole_and_stream_state(client, kw)
+    whole, state = _whole_and_stream_state(random_client, kw)
     r = whole.choices[0]
     assert (r.finish_reason, r.stop_reason) == ("stop", stop), r
     assert r.message.content == content, r
