@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import json
 import logging
@@ -93,25 +94,37 @@ def test_python_m_aiollm_is_the_command():
     assert out.returncode == 2 and "--port must be in [0, 65535]" in out.stderr
 
 
-def serve_all(arg_lists: list[list[str]], timeout: float = 120
-              ) -> list[subprocess.CompletedProcess]:
-    """`aiollm serve` with each of arg_lists, the processes started all at once (each one a
-    usage error that exits in under a second, most of it Python's start-up, which runs one
-    after another took 10 s on a 2-core CPU): the CompletedProcess of each, in order."""
-    procs = [subprocess.Popen([AIOLLM, "serve", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for args in arg_lists]
+def usage_errors(arg_lists: list[list[str]], capsys, monkeypatch
+                 ) -> list[tuple[int | str | None, str]]:
+    """`aiollm serve` with each of arg_lists, run in this process by cli.main (what the
+    console script runs; a usage error exits before anything loads, so a process each cost
+    ~0.3 s of CPU for Python's start-up alone): (exit status, stderr) of each, in order. One
+    whose check let its bad value through fails the test as it reaches the model's load
+    (Engine.from_config), where a process of its own loaded, or served."""
+    from aiollm.cli import main
+    from aiollm.engine import Engine
+
+    def loads(config):
+        raise AssertionError(f"it went on to load the model: {config}")
+
+    monkeypatch.setattr(Engine, "from_config", loads)
+    collecting = gc.isenabled()  # serve.run turns the collector off before its last checks
+    outs = []
     try:
-        outs = [p.communicate(timeout=timeout) for p in procs]
-        return [subprocess.CompletedProcess(p.args, p.returncode, *out)
-                for p, out in zip(procs, outs)]
+        for args in arg_lists:
+            with pytest.raises(SystemExit) as e:
+                main(["serve", *args])
+            outs.append((e.value.code, capsys.readouterr().err))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        if collecting:
+            gc.enable()
+    return outs
 
 
-def test_serve_rejects_bad_options():
+def test_serve_rejects_bad_options(capsys, monkeypatch):
+    """Each bad option is a usage error (exit 2) that says what is wrong, before anything
+    loads; a --device that is no CUDA GPU of this process fails the console script with
+    exit 1 and one line, no traceback."""
     checks = [  # (args, exit status, what stderr says)
         (["--scheduler", "fifo"], 2, ["--scheduler"]),
         (["--max-running-requests", "0"], 2, ["max_running_requests"])]
@@ -145,16 +158,20 @@ def test_serve_rejects_bad_options():
         (["--allowed-origins", "a,,b"], "without empty names"),
         (["--allowed-origins", "http://localhost:3000/"], "not an origin"))]
     # both ended in a traceback (torch's RuntimeError; "Torch not compiled with CUDA enabled")
-    checks += [(["--device", "tpu"], 2, ["device must be auto, cpu, cuda or cuda:N"]),
-               (["--device", "cuda:99", "--port", "0"], 1, ["device cuda:99 is not available"])]
-    for (args, status, says), out in zip(checks, serve_all([c[0] for c in checks]),
-                                         strict=True):
-        assert out.returncode == status, (args, out.returncode, out.stderr)
-        assert all(s in out.stderr for s in says), (args, out.stderr)
-    assert "Traceback" not in out.stderr  # the last: cuda:99
+    checks += [(["--device", "tpu"], 2, ["device must be auto, cpu, cuda or cuda:N"])]
+    for (args, status, says), (code, err) in zip(
+            checks, usage_errors([c[0] for c in checks], capsys, monkeypatch), strict=True):
+        assert code == status, (args, code, err)
+        assert all(s in err for s in says), (args, err)
+        assert "Traceback" not in err
+    # (a check at the model's load: the console script, as users run it)
+    out = subprocess.run([AIOLLM, "serve", "--device", "cuda:99", "--port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "device cuda:99 is not available" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_each_bad_option_names_its_own_flag():
+def test_each_bad_option_names_its_own_flag(capsys, monkeypatch):
     """--nnodes 0 was reported as --tensor-parallel-size's, --scheduler-blind-cap 0 as
     "blind_cap" (no flag), --past-future-estimator by the scheduler's own name; an empty
     --host and --served-model-name were taken (the host failed after loading, "Name or
@@ -181,9 +198,11 @@ def test_each_bad_option_names_its_own_flag():
               (["--dist-init-addr", "127.0.0.1:99999"],
                "argument --dist-init-addr: dist_init_addr must be HOST:PORT with a "
                "port in [1, 65535]"))
-    for (args, says), out in zip(checks, serve_all([args for args, _ in checks]), strict=True):
-        assert out.returncode == 2 and says in out.stderr, (args, out.stderr)
-        assert "Traceback" not in out.stderr
+    for (args, says), (code, err) in zip(
+            checks, usage_errors([args for args, _ in checks], capsys, monkeypatch),
+            strict=True):
+        assert code == 2 and says in err, (args, err)
+        assert "Traceback" not in err
     from aiollm.config import EngineConfig
 
     with pytest.raises(ValueError, match="past_future_estimator must be one of"):
