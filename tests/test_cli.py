@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import openai
@@ -164,7 +165,7 @@ def test_serve_rejects_bad_options(capsys, monkeypatch, refused_at_load):
         assert code == status, (args, code, err)
         assert all(s in err for s in says), (args, err)
         assert "Traceback" not in err
-    code, err, _ = refused_at_load["cuda:99"]  # (a check at the model's load)
+    code, err, *_ = refused_at_load["cuda:99"]  # (a check at the model's load)
     assert code == 1, err
     assert "device cuda:99 is not available" in err and "Traceback" not in err
 
@@ -391,13 +392,22 @@ MOE_EDITS = {"field-type": ("config.json", {"num_experts_per_tok": None},
                                    "generation_config.json holds a JSON list, not an object")}
 
 
+class ServeRun(NamedTuple):
+    """What one run of serve_each gave (status, stderr), and what it was given that its
+    test names (a model directory, a port)."""
+    status: int | str | None
+    stderr: str
+    model: Path | None = None
+    port: int | None = None
+
+
 @pytest.fixture(scope="module")
-def refused_at_load(tmp_path_factory) -> dict[str, tuple[int | str | None, str, Path | None]]:
-    """(exit status, stderr, model directory or None) of each `aiollm serve` run the tests
-    below check, by name, all run by serve_each in one process: options the default model
-    refuses (--max-model-len past its context, a KV pool past the memory), a GPU this
-    process lacks, and the broken configs (unsupported: a partial rotary with a scaled
-    rope, which transformers cannot run either; MOE_EDITS' names)."""
+def refused_at_load(tmp_path_factory) -> dict[str, ServeRun]:
+    """Each `aiollm serve` run the tests below check, by name, all run by serve_each in one
+    process: a port another socket holds (first: no other run's log before its own),
+    options the default model refuses (--max-model-len past its context, a KV pool past
+    the memory), a GPU this process lacks, and the broken configs (unsupported: a partial
+    rotary with a scaled rope, which transformers cannot run either; MOE_EDITS' names)."""
     from transformers import LlamaConfig, MixtralConfig
 
     models = {}
@@ -416,12 +426,18 @@ def refused_at_load(tmp_path_factory) -> dict[str, tuple[int | str | None, str, 
         path = models[name] / file
         fields = json.loads(path.read_text()) if path.exists() else {}
         path.write_text(json.dumps({**fields, **edit} if isinstance(edit, dict) else edit))
-    runs = {"max-model-len": ["--device", "cpu", *LOAD, "--max-model-len", "100000"],
-            "kv-tokens": ["--device", "cpu", *LOAD, "--kv-tokens", "2000000000"],
-            "cuda:99": ["--device", "cuda:99", "--port", "0"],
-            **{name: [str(path), *LOAD] for name, path in models.items()}}
-    outs = serve_each(list(runs.values()))
-    return {name: (*out, models.get(name)) for name, out in zip(runs, outs)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        runs = {"port-in-use": ["--port", str(port)],
+                "max-model-len": ["--device", "cpu", *LOAD, "--max-model-len", "100000"],
+                "kv-tokens": ["--device", "cpu", *LOAD, "--kv-tokens", "2000000000"],
+                "cuda:99": ["--device", "cuda:99", "--port", "0"],
+                **{name: [str(path), *LOAD] for name, path in models.items()}}
+        outs = serve_each(list(runs.values()))
+    return {name: ServeRun(*out, models.get(name), port if name == "port-in-use" else None)
+            for name, out in zip(runs, outs)}
 
 
 def test_values_the_model_refuses_name_their_flag(capsys, monkeypatch, refused_at_load):
@@ -431,7 +447,7 @@ def test_values_the_model_refuses_name_their_flag(capsys, monkeypatch, refused_a
     the largest value."""
     [(code, err)] = usage_errors([["--tokenizer", "/nonexistent/tok"]], capsys, monkeypatch)
     assert code == 2 and "argument --tokenizer: '/nonexistent/tok' does not exist" in err, err
-    code, err, _ = refused_at_load["max-model-len"]
+    code, err, *_ = refused_at_load["max-model-len"]
     assert code == 1 and "Traceback" not in err, err
     assert "set max_model_len (--max-model-len) to at most 8192" in err, err
 
@@ -440,7 +456,7 @@ def test_a_kv_pool_past_the_memory_names_kv_tokens(refused_at_load):
     """--kv-tokens 2000000000 on the CPU (1.4 TiB of KV for the default model) ended in a
     traceback of numpy's MemoryError after loading. It fails with one line naming
     --kv-tokens."""
-    code, err, _ = refused_at_load["kv-tokens"]
+    code, err, *_ = refused_at_load["kv-tokens"]
     assert code == 1 and "Traceback" not in err, err
     assert "KV pool of 2000000000 tokens" in err and "--kv-tokens" in err
 
@@ -449,7 +465,7 @@ def test_serve_refuses_an_unsupported_model_in_one_line(refused_at_load):
     scaling raised NotImplementedError, which the CLI did not catch). (longrope, refused
     here before, is served now: a partial rotary with a scaled rope, which transformers
     cannot run either, stays refused.)"""
-    code, err, _ = refused_at_load["unsupported"]
+    code, err, *_ = refused_at_load["unsupported"]
     assert code == 1 and "Traceback" not in err, err
     assert "partial_rotary_factor 0.5 with rope scaling 'yarn'" in err
 
@@ -461,23 +477,18 @@ def test_serve_refuses_a_broken_moe_config_in_one_line(refused_at_load, case):
     object ended `aiollm serve` in a traceback (a StrictDataclass error, a KeyError, an
     AttributeError), not its one-line error naming the file and field."""
     file, _, says = MOE_EDITS[case]
-    code, err, model = refused_at_load[case]
+    code, err, model, _ = refused_at_load[case]
     assert code == 1 and "Traceback" not in err, err
     assert f"{model / file}" in err and says in err, err
 
 
-def test_a_port_in_use_fails_before_the_model_loads():
+def test_a_port_in_use_fails_before_the_model_loads(refused_at_load):
     """A taken port was found only once the model had loaded (minutes for a large one), and
     the log then told of finishing in-flight requests that never were."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "aiollm", "serve", "--port", str(port)],
-                             capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert f"('127.0.0.1', {port}): address already in use" in out.stderr, out.stderr
-    assert "loaded" not in out.stderr and "in-flight" not in out.stderr, out.stderr
+    code, err, _, port = refused_at_load["port-in-use"]
+    assert code == 1 and "Traceback" not in err, err
+    assert f"('127.0.0.1', {port}): address already in use" in err, err
+    assert "loaded" not in err and "in-flight" not in err, err
 
 
 def test_serve_that_cannot_bind_leaves_no_signal_handler_and_names_the_host():
