@@ -1,4 +1,7 @@
-"""`aiollm serve` as users run it: the console script in a subprocess, on a free port."""
+"""`aiollm serve` as users run it: the console script in a subprocess, on a free port. Usage
+errors, which end before anything loads, run through cli.main (what the console script runs)
+in this process (usage_errors); the runs that end at the model's load, one after another in
+one process (serve_each)."""
 
 from __future__ import annotations
 
