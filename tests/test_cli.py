@@ -1,9 +1,13 @@
-"""`aiollm serve` as users run it: the console script in a subprocess, on a free port."""
+"""`aiollm serve` as users run it: the console script in a subprocess, on a free port. Usage
+errors, which end before anything loads, run through cli.main (what the console script runs)
+in this process (usage_errors); the runs that end at the model's load, one after another in
+one process (serve_each)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import json
 import logging
@@ -14,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import openai
@@ -93,25 +98,37 @@ def test_python_m_aiollm_is_the_command():
     assert out.returncode == 2 and "--port must be in [0, 65535]" in out.stderr
 
 
-def serve_all(arg_lists: list[list[str]], timeout: float = 120
-              ) -> list[subprocess.CompletedProcess]:
-    """`aiollm serve` with each of arg_lists, the processes started all at once (each one a
-    usage error that exits in under a second, most of it Python's start-up, which runs one
-    after another took 10 s on a 2-core CPU): the CompletedProcess of each, in order."""
-    procs = [subprocess.Popen([AIOLLM, "serve", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for args in arg_lists]
+def usage_errors(arg_lists: list[list[str]], capsys, monkeypatch
+                 ) -> list[tuple[int | str | None, str]]:
+    """`aiollm serve` with each of arg_lists, run in this process by cli.main (what the
+    console script runs; a usage error exits before anything loads, so a process each cost
+    ~0.3 s of CPU for Python's start-up alone): (exit status, stderr) of each, in order. One
+    whose check let its bad value through fails the test as it reaches the model's load
+    (Engine.from_config), where a process of its own loaded, or served."""
+    from aiollm.cli import main
+    from aiollm.engine import Engine
+
+    def loads(config):
+        raise AssertionError(f"it went on to load the model: {config}")
+
+    monkeypatch.setattr(Engine, "from_config", loads)
+    collecting = gc.isenabled()  # serve.run turns the collector off before its last checks
+    outs = []
     try:
-        outs = [p.communicate(timeout=timeout) for p in procs]
-        return [subprocess.CompletedProcess(p.args, p.returncode, *out)
-                for p, out in zip(procs, outs)]
+        for args in arg_lists:
+            with pytest.raises(SystemExit) as e:
+                main(["serve", *args])
+            outs.append((e.value.code, capsys.readouterr().err))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        if collecting:
+            gc.enable()
+    return outs
 
 
-def test_serve_rejects_bad_options():
+def test_serve_rejects_bad_options(capsys, monkeypatch, refused_at_load):
+    """Each bad option is a usage error (exit 2) that says what is wrong, before anything
+    loads; a --device that is no CUDA GPU of this process fails `aiollm serve` with exit 1
+    and one line, no traceback."""
     checks = [  # (args, exit status, what stderr says)
         (["--scheduler", "fifo"], 2, ["--scheduler"]),
         (["--max-running-requests", "0"], 2, ["max_running_requests"])]
@@ -145,16 +162,18 @@ def test_serve_rejects_bad_options():
         (["--allowed-origins", "a,,b"], "without empty names"),
         (["--allowed-origins", "http://localhost:3000/"], "not an origin"))]
     # both ended in a traceback (torch's RuntimeError; "Torch not compiled with CUDA enabled")
-    checks += [(["--device", "tpu"], 2, ["device must be auto, cpu, cuda or cuda:N"]),
-               (["--device", "cuda:99", "--port", "0"], 1, ["device cuda:99 is not available"])]
-    for (args, status, says), out in zip(checks, serve_all([c[0] for c in checks]),
-                                         strict=True):
-        assert out.returncode == status, (args, out.returncode, out.stderr)
-        assert all(s in out.stderr for s in says), (args, out.stderr)
-    assert "Traceback" not in out.stderr  # the last: cuda:99
+    checks += [(["--device", "tpu"], 2, ["device must be auto, cpu, cuda or cuda:N"])]
+    for (args, status, says), (code, err) in zip(
+            checks, usage_errors([c[0] for c in checks], capsys, monkeypatch), strict=True):
+        assert code == status, (args, code, err)
+        assert all(s in err for s in says), (args, err)
+        assert "Traceback" not in err
+    code, err, *_ = refused_at_load["cuda:99"]  # (a check at the model's load)
+    assert code == 1, err
+    assert "device cuda:99 is not available" in err and "Traceback" not in err
 
 
-def test_each_bad_option_names_its_own_flag():
+def test_each_bad_option_names_its_own_flag(capsys, monkeypatch):
     """--nnodes 0 was reported as --tensor-parallel-size's, --scheduler-blind-cap 0 as
     "blind_cap" (no flag), --past-future-estimator by the scheduler's own name; an empty
     --host and --served-model-name were taken (the host failed after loading, "Name or
@@ -181,9 +200,11 @@ def test_each_bad_option_names_its_own_flag():
               (["--dist-init-addr", "127.0.0.1:99999"],
                "argument --dist-init-addr: dist_init_addr must be HOST:PORT with a "
                "port in [1, 65535]"))
-    for (args, says), out in zip(checks, serve_all([args for args, _ in checks]), strict=True):
-        assert out.returncode == 2 and says in out.stderr, (args, out.stderr)
-        assert "Traceback" not in out.stderr
+    for (args, says), (code, err) in zip(
+            checks, usage_errors([args for args, _ in checks], capsys, monkeypatch),
+            strict=True):
+        assert code == 2 and says in err, (args, err)
+        assert "Traceback" not in err
     from aiollm.config import EngineConfig
 
     with pytest.raises(ValueError, match="past_future_estimator must be one of"):
@@ -328,88 +349,149 @@ def test_tokenizer_gguf_that_is_not_gguf_is_a_usage_error(tmp_path, capsys):
     check_tokenizer_path(default_model_path())
 
 
-def test_values_the_model_refuses_name_their_flag():
-    """A --tokenizer path that does not exist was found only once the weights had loaded;
-    a --max-model-len past the model's context said so without the flag or what to set it
-    to. The first is a usage error before anything loads; the second names the flag and
-    the largest value."""
-    out = subprocess.run([AIOLLM, "serve", "--tokenizer", "/nonexistent/tok"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "argument --tokenizer: '/nonexistent/tok' does not exist" \
-        in out.stderr, out.stderr
-    out = subprocess.run([AIOLLM, "serve", "--device", "cpu", "--load-format", "dummy",
-                          "--port", "0", "--max-model-len", "100000"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert "set max_model_len (--max-model-len) to at most 8192" in out.stderr, out.stderr
+_CASE_END = "-- aiollm serve returned "
 
 
-def test_a_kv_pool_past_the_memory_names_kv_tokens():
-    """--kv-tokens 2000000000 on the CPU (1.4 TiB of KV for the default model) ended in a
-    traceback of numpy's MemoryError after loading. It fails with one line naming
-    --kv-tokens."""
-    out = subprocess.run([AIOLLM, "serve", "--device", "cpu", "--load-format", "dummy",
-                          "--port", "0", "--kv-tokens", "2000000000"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert "KV pool of 2000000000 tokens" in out.stderr and "--kv-tokens" in out.stderr
+def serve_each(arg_lists: list[list[str]], timeout: float = 300
+               ) -> list[tuple[int | str | None, str]]:
+    """`aiollm serve` with each of arg_lists, one after another in one Python process, each
+    run as the console script runs it (cli.main: its return value the exit status, a
+    SystemExit's code; an exception a traceback on stderr and status 1, as Python's exit
+    gives them): (exit status, stderr) of each, in order. For runs that end at the model's
+    load: a process of their own cost each ~2 s of CPU to import torch & co. (one that
+    served would hold the process to `timeout`, failing every run)."""
+    script = ("import json, sys, traceback\n"
+              "from aiollm.cli import main\n"
+              "for args in json.loads(sys.argv[1]):\n"
+              "    try:\n"
+              "        code = main(['serve', *args])\n"
+              "    except SystemExit as e:\n"
+              "        code = e.code\n"
+              "    except BaseException:\n"
+              "        traceback.print_exc()\n"
+              "        code = 1\n"
+              f"    print({_CASE_END!r}, code, file=sys.stderr, flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(arg_lists)],
+                         capture_output=True, text=True, timeout=timeout)
+    *runs, rest = out.stderr.split(_CASE_END)
+    assert out.returncode == 0 and len(runs) == len(arg_lists), out.stderr
+    # each run's stderr, and its status at the head of the next part
+    errs = [runs[0]] + [r.split("\n", 1)[1] for r in runs[1:]]
+    codes = [r.split("\n", 1)[0].strip() for r in [*runs[1:], rest]]
+    return [(int(c) if c.lstrip("-").isdigit() else c, e) for c, e in zip(codes, errs)]
 
-def test_serve_refuses_an_unsupported_model_in_one_line(tmp_path):
-    """A config we refuse ends `aiollm serve` with its message, not a traceback (rope
-    scaling raised NotImplementedError, which the CLI did not catch)."""
-    from transformers import LlamaConfig
 
-    # (longrope, refused here before, is served now: a partial rotary with a scaled rope,
-    # which transformers cannot run either, stays refused)
+LOAD = ["--load-format", "dummy", "--port", "0"]
+
+# the models of the tests below refused as they load: a Mixtral config transformers 5 refuses
+# while reading it (a field of the wrong type; a rope type without its parameters), and a
+# generation_config.json that is not an object
+MOE_EDITS = {"field-type": ("config.json", {"num_experts_per_tok": None},
+                            "Field 'num_experts_per_tok' expected int, got NoneType"),
+             "rope-keys": ("config.json", {"rope_parameters": {"rope_type": "yarn",
+                                                               "rope_theta": 1e4}},
+                           "Missing required keys in `rope_parameters` for 'rope_type'='yarn'"),
+             "generation-config": ("generation_config.json", [2],
+                                   "generation_config.json holds a JSON list, not an object")}
+
+
+class ServeRun(NamedTuple):
+    """What one run of serve_each gave (status, stderr), and what it was given that its
+    test names (a model directory, a port)."""
+    status: int | str | None
+    stderr: str
+    model: Path | None = None
+    port: int | None = None
+
+
+@pytest.fixture(scope="module")
+def refused_at_load(tmp_path_factory) -> dict[str, ServeRun]:
+    """Each `aiollm serve` run the tests below check, by name, all run by serve_each in one
+    process: a port another socket holds (first: no other run's log before its own),
+    options the default model refuses (--max-model-len past its context, a KV pool past
+    the memory), a GPU this process lacks, and the broken configs (unsupported: a partial
+    rotary with a scaled rope, which transformers cannot run either; MOE_EDITS' names)."""
+    from transformers import LlamaConfig, MixtralConfig
+
+    models = {}
+    models["unsupported"] = tmp_path_factory.mktemp("unsupported")
     LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=2, rope_parameters={
                     "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                     "original_max_position_embeddings": 64, "partial_rotary_factor": 0.5,
-                }).save_pretrained(tmp_path)
-    out = subprocess.run([AIOLLM, "serve", str(tmp_path), "--load-format", "dummy", "--port",
-                          "0"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert "partial_rotary_factor 0.5 with rope scaling 'yarn'" in out.stderr
-
-
-@pytest.mark.parametrize("file, edit, says", [
-    ("config.json", {"num_experts_per_tok": None},
-     "Field 'num_experts_per_tok' expected int, got NoneType"),
-    ("config.json", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}},
-     "Missing required keys in `rope_parameters` for 'rope_type'='yarn'"),
-    ("generation_config.json", [2], "generation_config.json holds a JSON list, not an object"),
-], ids=["field-type", "rope-keys", "generation-config"])
-def test_serve_refuses_a_broken_moe_config_in_one_line(tmp_path, file, edit, says):
-    """A Mixtral config.json transformers 5 refuses while reading it (a field of the wrong
-    type; a rope type without its parameters) and a generation_config.json that is not an
-    object ended `aiollm serve` in a traceback (a StrictDataclass error, a KeyError, an
-    AttributeError), not its one-line error naming the file and field."""
-    from transformers import MixtralConfig
-
-    MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
-                  num_experts_per_tok=2, max_position_embeddings=64).save_pretrained(tmp_path)
-    path = tmp_path / file
-    fields = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**fields, **edit} if isinstance(edit, dict) else edit))
-    out = subprocess.run([AIOLLM, "serve", str(tmp_path), "--load-format", "dummy", "--port",
-                          "0"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert f"{path}" in out.stderr and says in out.stderr, out.stderr
-
-
-def test_a_port_in_use_fails_before_the_model_loads():
-    """A taken port was found only once the model had loaded (minutes for a large one), and
-    the log then told of finishing in-flight requests that never were."""
+                }).save_pretrained(models["unsupported"])
+    for name, (file, edit, _) in MOE_EDITS.items():
+        models[name] = tmp_path_factory.mktemp(name)
+        MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                      num_experts_per_tok=2, max_position_embeddings=64
+                      ).save_pretrained(models[name])
+        path = models[name] / file
+        fields = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**fields, **edit} if isinstance(edit, dict) else edit))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "aiollm", "serve", "--port", str(port)],
-                             capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert f"('127.0.0.1', {port}): address already in use" in out.stderr, out.stderr
-    assert "loaded" not in out.stderr and "in-flight" not in out.stderr, out.stderr
+        runs = {"port-in-use": ["--port", str(port)],
+                "max-model-len": ["--device", "cpu", *LOAD, "--max-model-len", "100000"],
+                "kv-tokens": ["--device", "cpu", *LOAD, "--kv-tokens", "2000000000"],
+                "cuda:99": ["--device", "cuda:99", "--port", "0"],
+                **{name: [str(path), *LOAD] for name, path in models.items()}}
+        outs = serve_each(list(runs.values()))
+    return {name: ServeRun(*out, models.get(name), port if name == "port-in-use" else None)
+            for name, out in zip(runs, outs)}
+
+
+def test_values_the_model_refuses_name_their_flag(capsys, monkeypatch, refused_at_load):
+    """A --tokenizer path that does not exist was found only once the weights had loaded;
+    a --max-model-len past the model's context said so without the flag or what to set it
+    to. The first is a usage error before anything loads; the second names the flag and
+    the largest value."""
+    [(code, err)] = usage_errors([["--tokenizer", "/nonexistent/tok"]], capsys, monkeypatch)
+    assert code == 2 and "argument --tokenizer: '/nonexistent/tok' does not exist" in err, err
+    code, err, *_ = refused_at_load["max-model-len"]
+    assert code == 1 and "Traceback" not in err, err
+    assert "set max_model_len (--max-model-len) to at most 8192" in err, err
+
+
+def test_a_kv_pool_past_the_memory_names_kv_tokens(refused_at_load):
+    """--kv-tokens 2000000000 on the CPU (1.4 TiB of KV for the default model) ended in a
+    traceback of numpy's MemoryError after loading. It fails with one line naming
+    --kv-tokens."""
+    code, err, *_ = refused_at_load["kv-tokens"]
+    assert code == 1 and "Traceback" not in err, err
+    assert "KV pool of 2000000000 tokens" in err and "--kv-tokens" in err
+
+def test_serve_refuses_an_unsupported_model_in_one_line(refused_at_load):
+    """A config we refuse ends `aiollm serve` with its message, not a traceback (rope
+    scaling raised NotImplementedError, which the CLI did not catch). (longrope, refused
+    here before, is served now: a partial rotary with a scaled rope, which transformers
+    cannot run either, stays refused.)"""
+    code, err, *_ = refused_at_load["unsupported"]
+    assert code == 1 and "Traceback" not in err, err
+    assert "partial_rotary_factor 0.5 with rope scaling 'yarn'" in err
+
+
+@pytest.mark.parametrize("case", MOE_EDITS)
+def test_serve_refuses_a_broken_moe_config_in_one_line(refused_at_load, case):
+    """A Mixtral config.json transformers 5 refuses while reading it (a field of the wrong
+    type; a rope type without its parameters) and a generation_config.json that is not an
+    object ended `aiollm serve` in a traceback (a StrictDataclass error, a KeyError, an
+    AttributeError), not its one-line error naming the file and field."""
+    file, _, says = MOE_EDITS[case]
+    code, err, model, _ = refused_at_load[case]
+    assert code == 1 and "Traceback" not in err, err
+    assert f"{model / file}" in err and says in err, err
+
+
+def test_a_port_in_use_fails_before_the_model_loads(refused_at_load):
+    """A taken port was found only once the model had loaded (minutes for a large one), and
+    the log then told of finishing in-flight requests that never were."""
+    code, err, _, port = refused_at_load["port-in-use"]
+    assert code == 1 and "Traceback" not in err, err
+    assert f"('127.0.0.1', {port}): address already in use" in err, err
+    assert "loaded" not in err and "in-flight" not in err, err
 
 
 def test_serve_that_cannot_bind_leaves_no_signal_handler_and_names_the_host():

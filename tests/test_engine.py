@@ -2158,17 +2158,24 @@ def test_stop_strings_wait_for_min_tokens_and_keep_the_token_that_completes_them
     token that completes the stop string stays, as in vLLM (its token_ids, logprobs,
     cumulative_logprob and completion_tokens count it: the model generated it); it was
     dropped with the stop string's text."""
-    base = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, logprobs=0)
-    free = run(loop, engine.generate(PROMPTS[4], base))  # "1, 2, 3, 4," -> " 5, 6, 7, ..."
-    assert "".join(free.token_texts) == free.text and len(free.token_texts) == 40
-    for min_tokens in (0, 6):
-        params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, logprobs=0,
-                                stop=[","], min_tokens=min_tokens)
+    # " 5, 6, 7," is 6 tokens: 20 hold the stop after min_tokens 6 with room to spare
+    base = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, logprobs=0)
+    stops = {min_tokens: SamplingParams(max_tokens=20, temperature=0, ignore_eos=True,
+                                        logprobs=0, stop=[","], min_tokens=min_tokens)
+             for min_tokens in (0, 6)}
+
+    async def all_at_once():  # greedy: each gets the tokens it would alone
+        return await asyncio.gather(engine.generate(PROMPTS[4], base), *(
+            call for params in stops.values()
+            for call in (_collect(engine.stream(PROMPTS[4], params)),
+                         engine.generate(PROMPTS[4], params))))
+
+    free, *stopped = run(loop, all_at_once())  # "1, 2, 3, 4," -> " 5, 6, 7, ..."
+    assert "".join(free.token_texts) == free.text and len(free.token_texts) == 20
+    for min_tokens, deltas, out in zip(stops, stopped[::2], stopped[1::2], strict=True):
         at = free.text.find(",", len("".join(free.token_texts[:min_tokens])))
-        kept = next(k for k in range(41) if len("".join(free.token_texts[:k])) > at)
+        kept = next(k for k in range(21) if len("".join(free.token_texts[:k])) > at)
         assert free.token_texts[kept - 1].startswith(",")  # the stop string's own token
-        deltas = run(loop, _collect(engine.stream(PROMPTS[4], params)))
-        out = run(loop, engine.generate(PROMPTS[4], params))
         for got in (out, deltas[-1]):
             assert got.finish_reason == "stop"
         assert out.text == "".join(d.text for d in deltas) == free.text[:at]

@@ -103,22 +103,33 @@ def test_a_non_daemon_thread_waiting_for_its_turn_behind_a_daemon_threads_call_i
     waited for its turn, and whose main thread then ended: the exit did not wait for the
     waiting thread (it had not called yet), stopped the engine and parked the daemon
     thread's call, which kept the turn forever, and the interpreter waited for the
-    non-daemon thread forever. It is waited for as a caller, and served."""
+    non-daemon thread forever. It is waited for as a caller, and served.
+
+    The daemon's call is surely under way as the main thread ends: its progress bar holds
+    the engine's loop at the end of its first (one-token) prompt until the main thread's
+    last statement, so its second prompt has 299 steps to run as the exit begins
+    (microseconds later): a call of a fraction of a second, not of seconds."""
     script = ("import threading, time\n"
               "from aiollm import LLM, SamplingParams\n"
               f"llm = LLM({tiny4k}, kv_tokens=4096)\n"
+              "under_way, main_ends = threading.Event(), threading.Event()\n"
+              "class Bar:\n"
+              "    def __init__(self, total, desc): pass\n"
+              "    def update(self, n):\n"
+              "        under_way.set()\n"
+              "        main_ends.wait()  # (on the engine's loop: nothing runs meanwhile)\n"
+              "    def close(self): pass\n"
               "def daemon():\n"
-              # (a call of seconds, 1-3 ms a step here, less on a faster CPU: under way still
-              # as the main thread ends, at 0.5 s, else nothing is parked and this cannot fail)
-              "    llm.generate(['Tell'], SamplingParams(max_tokens=4000, ignore_eos=True),\n"
-              "                 progress=False)\n"
+              "    llm.generate(['Tell', 'Tell'], [SamplingParams(max_tokens=1),\n"
+              "                 SamplingParams(max_tokens=300, ignore_eos=True)], progress=Bar)\n"
               "def waiting():\n"
               "    out = llm.generate(['Hi'], SamplingParams(max_tokens=3), progress=False)\n"
               "    print('served', len(out[0].token_ids), flush=True)\n"
               "threading.Thread(target=daemon, daemon=True).start()\n"
-              "time.sleep(0.3)\n"
+              "under_way.wait()\n"
               "threading.Thread(target=waiting).start()\n"
-              "time.sleep(0.2)\n")
+              "time.sleep(0.2)  # (it waits for its turn)\n"
+              "main_ends.set()\n")
     done = run_script(script, timeout=90)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "served 3\n", done.stderr
