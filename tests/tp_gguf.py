@@ -10,8 +10,9 @@ inherit), filled here once, so its processes never import transformers.
 
 Its shape is test_tensor_parallel.TINY's where the tests lean on it (4 attention heads over
 1 KV head, so -tp 2 and -tp 4 split it; an MLP of 96; 2 layers; 256 positions); its
-vocabulary is the default model's first VOCAB tokens (a byte-level BPE that encodes any
-text, test_gguf_qwen_tokenizer_log.py), its weights random (seed 0)."""
+vocabulary a byte-level BPE of VOCAB tokens made here (an end-of-text token, the 256 bytes
+as GPT-2 writes them, then pairs of letters and digits: it encodes any text; reading the
+default model's instead takes ~3.5 s of CPU), its weights random (seed 0)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,35 @@ import numpy as np
 import pytest
 
 HIDDEN, MLP, LAYERS, KV_DIM = 64, 96, 2, 16  # 4 heads of 16; 1 KV head
+VOCAB = 1024
 _BUILT: dict[str, str] = {}  # basetemp -> the file: one per test process
+
+
+def _tokenizer(w) -> None:
+    """A byte-level BPE of VOCAB tokens into the gguf.GGUFWriter `w` (GGUF's "gpt2" model):
+    token 0 the end of text (bos and eos), then the 256 bytes, then merged pairs."""
+    import itertools
+
+    import gguf
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    alnum = [c for c in chars if c.isalnum()]
+    pairs = itertools.islice(itertools.product(alnum, alnum), VOCAB - 1 - len(chars))
+    merges = [f"{a} {b}" for a, b in pairs]
+    tokens = ["<|endoftext|>", *chars, *(m.replace(" ", "") for m in merges)]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL] + [gguf.TokenType.NORMAL] * (VOCAB - 1))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
 
 
 def write_tiny_gguf(path: str) -> str:
     """Write the tiny Llama GGUF file at `path`, then read its config and tokenizer once in
     this process (which fills aiollm's cache for the processes the tests start): `path`."""
-    from test_gguf_qwen_tokenizer_log import VOCAB, default_tokenizer_fields
     from test_loader import finish_gguf, gguf_writer
     from transformers import LlamaConfig
 
@@ -36,9 +59,7 @@ def write_tiny_gguf(path: str) -> str:
                     num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=1,
                     max_position_embeddings=256)
     w = gguf_writer(c, path, "llama")
-    for key, value, kind, sub in default_tokenizer_fields():
-        if key != "tokenizer.chat_template":
-            w.add_key_value(key, value, kind, sub_type=sub)
+    _tokenizer(w)
     shapes = {"token_embd.weight": (VOCAB, HIDDEN), "output_norm.weight": (HIDDEN,)}
     for i in range(LAYERS):
         shapes |= {f"blk.{i}.attn_norm.weight": (HIDDEN,),
