@@ -326,7 +326,7 @@ def test_ctrl_c_ends_a_node_waiting_at_a_start_up_checkpoint(tiny_gguf, tmp_path
         while not os.path.exists(marker + "1"):
             assert nodes[1].poll() is None and time.monotonic() < deadline, logs[1].read_text()
             time.sleep(0.1)
-        time.sleep(1.0)  # inside the checkpoint's wait
+        time.sleep(0.5)  # inside the checkpoint's wait (as test_tp_rendezvous.py's)
         nodes[1].send_signal(signal.SIGINT)
         assert nodes[1].wait(timeout=20) == 130, logs[1].read_text()
     finally:
