@@ -41,3 +41,21 @@ def test_a_server_that_exits_runs_its_atexit_handlers_and_skips_the_teardown(tmp
     assert "address already in use" in out, out
     assert out.rstrip().endswith("atexit ran"), out
     assert "torn down" not in out, out
+
+
+def test_an_idle_thread_pool_neither_holds_nor_is_cut_from_the_exit():
+    """exit_now as the interpreter's exit: a thread pool's idle worker (not a daemon) is told
+    to end, not joined forever, and a task still running in a pool is waited for."""
+    script = """
+import concurrent.futures, sys, time
+from aiollm.cli.process_exit import exit_now
+idle = concurrent.futures.ThreadPoolExecutor(1)
+idle.submit(int).result()
+busy = concurrent.futures.ThreadPoolExecutor(1)
+busy.submit(lambda: (time.sleep(0.5), print("task done", flush=True)))
+exit_now(5)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert proc.stdout == "task done\n", proc.stdout + proc.stderr

@@ -18,13 +18,14 @@ import threading
 
 def exit_now(status: int) -> None:
     """End the process with `status` (0-255) as the interpreter would, but for its teardown:
-    wait for the threads that are not daemons (as the interpreter does), run the atexit
-    handlers, flush stdout and stderr, then os._exit. Only for a process whose work is done:
+    wait for the threads that are not daemons, run the atexit handlers, flush stdout and
+    stderr, then os._exit. Only for a process whose work is done:
     an `aiollm` command run as a script (cli.main with no argv), never a caller's process."""
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # (CPython's own call at exit; logging.shutdown among them)
+    # CPython's own two calls at exit, in its order: the threads' (thread pools' workers are
+    # told to end there, then every thread that is not a daemon is joined), then atexit's
+    # (logging.shutdown among them)
+    threading._shutdown()
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
