@@ -20,6 +20,7 @@ import torch
 from transformers import LlamaConfig
 
 from serve_log import logged_base
+from tp_gguf import tiny_gguf  # noqa: F401 - a fixture
 
 from aiollm.engine import Engine
 from aiollm.sampling_params import SamplingParams
@@ -209,10 +210,10 @@ def test_default_model_tp2_equals_tp1():
     assert two == one
 
 
-def test_a_killed_rank_ends_the_server(tiny_model, tmp_path):
+def test_a_killed_rank_ends_the_server(tiny_gguf, tmp_path):
     log, tmp = tmp_path / "serve.log", tmp_path / "tmp"
     tmp.mkdir()
-    proc = _serve(["--port", "0", "-tp", "2", tiny_model], log, tmp)
+    proc = _serve(["--port", "0", "-tp", "2", tiny_gguf], log, tmp)
     try:
         base = asyncio.run(_until_healthy(proc, log))
         (rank1,) = _children(proc.pid)
@@ -245,10 +246,10 @@ def test_a_killed_rank_ends_the_server(tiny_model, tmp_path):
             proc.wait()
 
 
-def test_two_nodes_on_loopback_serve_and_stop(tiny_model, tmp_path):
+def test_two_nodes_on_loopback_serve_and_stop(tiny_gguf, tmp_path):
     # the rendezvous' port must be known to both nodes before either binds it
     init = f"127.0.0.1:{_free_port()}"
-    common = ["-tp", "2", "--nnodes", "2", "--dist-init-addr", init, tiny_model]
+    common = ["-tp", "2", "--nnodes", "2", "--dist-init-addr", init, tiny_gguf]
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     tmps = [tmp_path / "tmp0", tmp_path / "tmp1"]
     for t in tmps:
@@ -459,14 +460,14 @@ time.sleep(60)  # the lost rank ends the process meanwhile (within a second, unl
 """
 
 
-def test_a_rank_lost_as_an_offline_engine_stops_ends_the_process_cleanly(tiny_model):
+def test_a_rank_lost_as_an_offline_engine_stops_ends_the_process_cleanly(tiny_gguf):
     """An Engine (not a server) whose rank dies, stopped by its user once its request
     failed, before the watchdog ends the process: the watchdog's failing of the requests in
     flight met the closed event loop and logged a traceback ("Event loop is closed") under
     the rank's message. The event loop is busy for 2 s as the rank dies: the watchdog gave
     it 0.5 s to fail the requests in flight, then ended the process under them, so their
     callers never got the rank's error (a server's clients: a cut stream)."""
-    proc = subprocess.run([sys.executable, "-c", _LOST_AFTER_STOP, tiny_model],
+    proc = subprocess.run([sys.executable, "-c", _LOST_AFTER_STOP, tiny_gguf],
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out

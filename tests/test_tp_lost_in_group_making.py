@@ -19,9 +19,10 @@ import sys
 import time
 
 import pytest
-from test_tensor_parallel import AIOLLM, tiny_model  # noqa: F401 - a fixture
+from test_tensor_parallel import AIOLLM
 from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
 from test_tp_start_checks import _end, _last_error, _two_nodes, no_rank_folders_left
+from tp_gguf import tiny_gguf  # noqa: F401 - a fixture
 
 TIMEOUT_S = 300  # (processes that import torch on a loaded 2-core machine)
 INIT_TIMEOUT_S = 40  # the group's timeout here: the wait this test would see before
@@ -104,7 +105,7 @@ for at in sys.argv[2:]:
 
 
 @pytest.fixture(scope="module")
-def lost_then_again(tiny_model, tmp_path_factory):  # noqa: F811
+def lost_then_again(tiny_gguf, tmp_path_factory):  # noqa: F811
     """One script for both places of the loss (PLACES, in turn): an offline LLM whose rank 1
     dies there, then a second LLM in the same process. For each place: its part of the
     stdout, the whole stdout and stderr, and the file with the time of the death. The first
@@ -116,7 +117,7 @@ def lost_then_again(tiny_model, tmp_path_factory):  # noqa: F811
     (tmp_path / "tmp").mkdir()
     env["TMPDIR"] = str(tmp_path / "tmp")
     died = str(tmp_path / "died-")
-    proc = subprocess.run([sys.executable, "-c", _LOST_THEN_AGAIN, tiny_model, *PLACES],
+    proc = subprocess.run([sys.executable, "-c", _LOST_THEN_AGAIN, tiny_gguf, *PLACES],
                           env={**env, "AIOLLM_TEST_DIED": died}, capture_output=True,
                           text=True, timeout=TIMEOUT_S)
     no_rank_folders_left(tmp_path / "tmp")
@@ -150,7 +151,7 @@ def test_an_offline_llm_made_again_after_the_loss_starts(lost_then_again, place)
     assert "again: 4 tokens\n" in stdout, out
 
 
-def test_serve_exits_naming_a_rank_lost_while_the_group_is_made(tiny_model, tmp_path):  # noqa: F811
+def test_serve_exits_naming_a_rank_lost_while_the_group_is_made(tiny_gguf, tmp_path):  # noqa: F811
     """`aiollm serve -tp 2` (node 0): exits 1 within seconds, its last error naming rank 1
     and its signal."""
     env, died = _env(tmp_path, 1, "init_process_group")
@@ -158,7 +159,7 @@ def test_serve_exits_naming_a_rank_lost_while_the_group_is_made(tiny_model, tmp_
     env["TMPDIR"] = str(tmp_path / "tmp")
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([AIOLLM, "serve", tiny_model, "--device", "cpu", "--kv-tokens",
+        proc = subprocess.Popen([AIOLLM, "serve", tiny_gguf, "--device", "cpu", "--kv-tokens",
                                  "256", "--max-model-len", "128", "-tp", "2", "--port", "0"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
@@ -172,7 +173,7 @@ def test_serve_exits_naming_a_rank_lost_while_the_group_is_made(tiny_model, tmp_
             proc.wait()
 
 
-def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_model, tmp_path):  # noqa: F811
+def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_gguf, tmp_path):  # noqa: F811
     """-tp 4 over 2 nodes: node 1's spawned rank 3 dies as it enters init_process_group.
     Node 1, whose lead waits there for it (a client of node 0's store: it cannot end that
     wait), exits 1 within seconds naming rank 3 and its signal: its watchdog fails the
@@ -180,7 +181,7 @@ def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_model, tmp_path
     that wait, so the grace is all the time it waits)."""
     env, died = _env(tmp_path, 3, "init_process_group")
     env["AIOLLM_TEST_START_GRACE"] = "0.5"
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, tp=4)
     try:
         assert nodes[1].wait(timeout=TIMEOUT_S) == 1, logs[1].read_text()
         ended = time.time()
@@ -191,13 +192,13 @@ def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_model, tmp_path
         _end(nodes)
 
 
-def test_node_1_says_node_0_ended_while_the_group_was_made(tiny_model, tmp_path):  # noqa: F811
+def test_node_1_says_node_0_ended_while_the_group_was_made(tiny_gguf, tmp_path):  # noqa: F811
     """-tp 4 over 2 nodes: node 0's spawned rank 1 dies as it enters init_process_group.
     Node 0 names it; node 1, whose wait ends as node 0 stops hosting the store, exits 1
     within seconds saying node 0 ended while the group was made (it said "after the group
     was made": no group was)."""
     env, died = _env(tmp_path, 1, "init_process_group")
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, tp=4)
     try:
         assert [p.wait(timeout=TIMEOUT_S) for p in nodes] == [1, 1], logs[1].read_text()
         assert time.time() - _died_at(died) < FAST_S, logs[1].read_text()

@@ -13,9 +13,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-from test_tensor_parallel import tiny_model  # noqa: F401 - a fixture
 from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
 from test_tp_start_checks import _completion, _end, _last_error, _serving, _two_nodes
+from tp_gguf import tiny_gguf  # noqa: F401 - a fixture
 
 TIMEOUT_S = 300
 DEVICE_ERROR = "CUDA error: an illegal memory access was encountered"
@@ -53,11 +53,11 @@ def _env(tmp_path, rank: int, where: str) -> dict:
 
 
 
-def test_node_0_whose_load_failed_names_its_own_error(tiny_model, tmp_path):  # noqa: F811
+def test_node_0_whose_load_failed_names_its_own_error(tiny_gguf, tmp_path):  # noqa: F811
     """Rank 0's load raises a device error after the group was made: node 0 said that
     node 1 ended ("killed? see its log"), though node 1 was fine and waiting. It now
     exits 1 with its own error; node 1 is told node 0 failed."""
-    nodes, logs = _two_nodes(tiny_model, tmp_path, _env(tmp_path, 0, "load"))
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, _env(tmp_path, 0, "load"))
     try:
         codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
         texts = [log.read_text() for log in logs]
@@ -71,11 +71,11 @@ def test_node_0_whose_load_failed_names_its_own_error(tiny_model, tmp_path):  # 
 
 
 @pytest.mark.parametrize("tp", [2, 4])
-def test_node_1_whose_step_failed_names_its_own_error(tiny_model, tmp_path, tp):  # noqa: F811
+def test_node_1_whose_step_failed_names_its_own_error(tiny_gguf, tmp_path, tp):  # noqa: F811
     """Node 1's first rank fails a model step with a device error while it serves: it
     said a rank of another node ended. It now exits 1 with its own error; node 0 names
     node 1 as ended (with -tp 4, not its own rank 1, which failed on node 1's sockets)."""
-    nodes, logs = _two_nodes(tiny_model, tmp_path, _env(tmp_path, tp // 2, "step"), tp=tp)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, _env(tmp_path, tp // 2, "step"), tp=tp)
     try:
         base = _serving(nodes, logs)
         request = _completion(base)

@@ -21,6 +21,7 @@ from test_tensor_parallel import (  # noqa: F401 - a fixture
     _until_healthy,
     tiny_model,
 )
+from tp_gguf import tiny_gguf  # noqa: F401 - a fixture
 
 from aiollm.engine import Engine
 
@@ -58,8 +59,8 @@ def test_engine_raises_the_failing_ranks_error(tiny_model, rank1_fails):  # noqa
     assert _children(__import__("os").getpid()) == []
 
 
-def test_serve_exits_with_the_failing_ranks_error(tiny_model, rank1_fails):  # noqa: F811
-    proc = subprocess.run([AIOLLM, "serve", tiny_model, "--device", "cpu", "--kv-tokens", "256",
+def test_serve_exits_with_the_failing_ranks_error(tiny_gguf, rank1_fails):  # noqa: F811
+    proc = subprocess.run([AIOLLM, "serve", tiny_gguf, "--device", "cpu", "--kv-tokens", "256",
                            "--max-model-len", "128", "--tensor-parallel-size", "2",
                            "--port", "0"], capture_output=True, text=True, timeout=TIMEOUT_S)
     out = proc.stdout + proc.stderr
@@ -102,11 +103,11 @@ print("the process goes on; other threads:", [t.name for t in others()], flush=T
 """
 
 
-def test_an_offline_llm_whose_rank_dies_raises_and_its_process_goes_on(tiny_model):  # noqa: F811
+def test_an_offline_llm_whose_rank_dies_raises_and_its_process_goes_on(tiny_gguf):  # noqa: F811
     """LLM (offline) under tensor parallelism whose rank 1 is killed mid-generate(): the
     call raises naming the rank, later calls raise naming it too, close() ends cleanly and
     the user's process goes on (it exited with status 1, as a server does)."""
-    proc = subprocess.run([sys.executable, "-c", _LOST_OFFLINE, tiny_model],
+    proc = subprocess.run([sys.executable, "-c", _LOST_OFFLINE, tiny_gguf],
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
@@ -138,14 +139,14 @@ print(f"after {time.monotonic() - t:.0f} s", flush=True)
 """
 
 
-def test_an_offline_llm_whose_rank_fails_before_joining_raises_its_error(tiny_model,  # noqa: F811
+def test_an_offline_llm_whose_rank_fails_before_joining_raises_its_error(tiny_gguf,  # noqa: F811
                                                                          tmp_path):
     """Rank 1 fails before it joins the group's rendezvous (its GPU cannot be set): an
     offline LLM's start raises its error at once. Rank 0 waited in the rendezvous for a
     rank that was gone, for the group's start-up timeout (10 minutes)."""
     (tmp_path / "sitecustomize.py").write_text(_JOIN_FAILS)
     env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", _OFFLINE_START, tiny_model], env=env,
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE_START, tiny_gguf], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     out = proc.stdout + proc.stderr
     assert ("raised: RankLost tensor parallel rank 1 failed: RuntimeError: CUDA error: "
@@ -190,12 +191,12 @@ print("children at the end:", children(), flush=True)
 """
 
 
-def test_ctrl_c_during_an_offline_llm_s_start_ends_its_ranks(tiny_model):  # noqa: F811
+def test_ctrl_c_during_an_offline_llm_s_start_ends_its_ranks(tiny_gguf):  # noqa: F811
     """Ctrl-C while an offline LLM's ranks start (a notebook's interrupted cell): its rank 1
     ends, and a second LLM in the same process starts and generates. Rank 1 was left
     running, and rank 0 in the torch.distributed group, so the second LLM raised "trying
     to initialize the default process group twice"."""
-    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_START, tiny_model],
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_START, tiny_gguf],
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
@@ -203,7 +204,7 @@ def test_ctrl_c_during_an_offline_llm_s_start_ends_its_ranks(tiny_model):  # noq
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_servers_process_group_drains_it(tiny_model, tmp_path,  # noqa: F811
+def test_a_signal_to_the_servers_process_group_drains_it(tiny_gguf, tmp_path,  # noqa: F811
                                                          sig):
     """SIGTERM to the whole process group, as systemd stops a service (KillMode
     control-group) and `kill -TERM -PGID` does: the server finishes the request in flight
@@ -215,7 +216,7 @@ def test_a_signal_to_the_servers_process_group_drains_it(tiny_model, tmp_path,  
 
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([AIOLLM, "serve", tiny_model, "--device", "cpu",
+        proc = subprocess.Popen([AIOLLM, "serve", tiny_gguf, "--device", "cpu",
                                  "--kv-tokens", "1024", "--max-model-len", "256", "-tp", "2",
                                  "--port", "0"], stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -289,7 +290,7 @@ asyncio.run(main())
 """
 
 
-def test_a_start_cancelled_in_the_rendezvous_leaves_the_next_one_to_start(tiny_model,  # noqa: F811
+def test_a_start_cancelled_in_the_rendezvous_leaves_the_next_one_to_start(tiny_gguf,  # noqa: F811
                                                                           tmp_path):
     """start() cancelled (a wait_for's timeout, Ctrl-C) while rank 0 waits in the group's
     rendezvous for a rank still on its way: the next start() starts and generates, and no
@@ -302,7 +303,7 @@ def test_a_start_cancelled_in_the_rendezvous_leaves_the_next_one_to_start(tiny_m
     tmp.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(tmp),
            "AIOLLM_TEST_LATE_ONCE": str(tmp_path / "late-once")}
-    proc = subprocess.run([sys.executable, "-c", _CANCELLED_IN_RENDEZVOUS, tiny_model],
+    proc = subprocess.run([sys.executable, "-c", _CANCELLED_IN_RENDEZVOUS, tiny_gguf],
                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     out = proc.stdout + proc.stderr
     assert proc.stdout == "cancelled\ngenerated: 4\nchildren: []\nwatchdogs: []\n", out

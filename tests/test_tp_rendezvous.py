@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from test_tensor_parallel import _alive, _children, tiny_model  # noqa: F401 - a fixture
+from test_tensor_parallel import _alive, _children
 from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
 from test_tp_start_checks import (
     TINY3,
@@ -28,6 +28,7 @@ from test_tp_start_checks import (
     _two_nodes,
     no_rank_folders_left,
 )
+from tp_gguf import tiny_gguf  # noqa: F401 - a fixture
 
 # two processes import torch: seconds, up to a minute on a loaded 2-core machine
 TIMEOUT_S = 300
@@ -86,7 +87,7 @@ def _wait_for(path: str, node, log) -> None:
 
 
 def test_node_0_names_the_node_whose_checks_failed_before_the_rendezvous(
-        tiny_model, tmp_path):  # noqa: F811
+        tiny_gguf, tmp_path):  # noqa: F811
     """Node 1 was given a model whose heads 2 ranks cannot split (another model at the same
     path): its check fails before it joins. Node 0 waited for it the whole rendezvous
     timeout, then failed with torch's timeout naming no node; it now exits with status 1
@@ -97,7 +98,7 @@ def test_node_0_names_the_node_whose_checks_failed_before_the_rendezvous(
     odd.save_pretrained(other)  # its config is all the check reads
     env, _ = _env(tmp_path, timeout_s=120)
     started = time.monotonic()
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, models={1: str(other)})
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, models={1: str(other)})
     try:
         codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
         texts = [log.read_text() for log in logs]
@@ -110,7 +111,7 @@ def test_node_0_names_the_node_whose_checks_failed_before_the_rendezvous(
         _end(nodes)
 
 
-def test_node_1_names_node_0_whose_checks_failed(tiny_model, tmp_path):  # noqa: F811
+def test_node_1_names_node_0_whose_checks_failed(tiny_gguf, tmp_path):  # noqa: F811
     """As above, node 0 given the model 2 ranks cannot split: node 1, waiting in the
     rendezvous, names node 0's error. Node 0 posted it, then its store closed with its
     exit before node 1's next look: node 1 said only that node 0 "ended before the group
@@ -120,7 +121,7 @@ def test_node_1_names_node_0_whose_checks_failed(tiny_model, tmp_path):  # noqa:
     odd.num_key_value_heads = 1
     odd.save_pretrained(other)
     env, marker = _env(tmp_path, timeout_s=120)
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, models={0: str(other)}, start=(1,))
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, models={0: str(other)}, start=(1,))
     try:
         _wait_for(marker + "1", nodes[0], logs[0])  # node 1 waits for node 0's store
         args = list(nodes[0].args)  # node 1's, at the same --dist-init-addr
@@ -137,11 +138,11 @@ def test_node_1_names_node_0_whose_checks_failed(tiny_model, tmp_path):  # noqa:
         _end(nodes)
 
 
-def test_node_0_names_the_ranks_that_never_arrived(tiny_model, tmp_path):  # noqa: F811
+def test_node_0_names_the_ranks_that_never_arrived(tiny_gguf, tmp_path):  # noqa: F811
     """Node 1 was never started: node 0 fails after the rendezvous' timeout naming the
     ranks that did not arrive, their node and what to check, not torch's bare timeout."""
     env, _ = _env(tmp_path, timeout_s=1)  # (its wait ends at the timeout: 1 s)
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, start=(0,))
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, start=(0,))
     try:
         assert nodes[0].wait(timeout=TIMEOUT_S) == 1, logs[0].read_text()
         error = _last_error(logs[0].read_text())
@@ -154,7 +155,7 @@ def test_node_0_names_the_ranks_that_never_arrived(tiny_model, tmp_path):  # noq
 
 @pytest.mark.parametrize("node,sig", [(0, signal.SIGINT), (1, signal.SIGINT),
                                       (0, signal.SIGTERM), (1, signal.SIGTERM)])
-def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node,  # noqa: F811
+def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_gguf, tmp_path, node,  # noqa: F811
                                                       sig):
     """The other node was never started; this one waits in the rendezvous (node 0 with a
     rank it spawned, -tp 4: for node 1's ranks; node 1: for node 0's rendezvous to come
@@ -163,7 +164,7 @@ def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node
     stop) does the same with 143, 128 + SIGTERM, as torchrun's and a shell's: node 0 exited
     130, as at Ctrl-C."""
     env, _ = _env(tmp_path, timeout_s=120)
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4, start=(node,))
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, tp=4, start=(node,))
     try:
         lead = 2 * node
         # the lead joins once rank lead+1 does: then it waits for the other node
@@ -182,7 +183,7 @@ def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node
 
 @pytest.mark.parametrize("sig,why", [(signal.SIGINT, "interrupted (Ctrl-C)"),
                                      (signal.SIGTERM, "terminated (SIGTERM)")])
-def test_node_0_is_told_of_a_node_stopped_in_the_rendezvous(tiny_model, tmp_path,  # noqa: F811
+def test_node_0_is_told_of_a_node_stopped_in_the_rendezvous(tiny_gguf, tmp_path,  # noqa: F811
                                                             sig, why):
     """-tp 4 over 2 nodes; node 0's spawned rank 1 is held before it joins, so node 1 waits
     in the rendezvous for it. Node 1 stopped there (Ctrl-C, or SIGTERM from its supervisor)
@@ -192,7 +193,7 @@ def test_node_0_is_told_of_a_node_stopped_in_the_rendezvous(tiny_model, tmp_path
     env, _ = _env(tmp_path, timeout_s=120)
     release = tmp_path / "release"
     env.update(AIOLLM_TEST_HOLD_RANK="1", AIOLLM_TEST_HOLD_UNTIL=str(release))
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, tp=4)
     try:
         # node 1's lead joins once rank 3 does, then waits for rank 1
         _wait_for(str(tmp_path / WAITING) + "2", nodes[1], logs[1])
@@ -232,7 +233,7 @@ model.load_model, TensorParallel.start_check = load_model, start_check
 
 @pytest.mark.parametrize("killed", [0, 1])
 def test_a_node_killed_after_the_group_was_made_is_named_by_the_other(
-        tiny_model, tmp_path, killed):  # noqa: F811
+        tiny_gguf, tmp_path, killed):  # noqa: F811
     """The group is made; node 1 waits at the first start-up checkpoint while rank 0 loads.
     One node is killed (SIGKILL, the OOM killer): the other exited 1 with a traceback of
     gloo's "Connection closed by peer", naming no node (with -tp 4, its own spawned rank,
@@ -241,7 +242,7 @@ def test_a_node_killed_after_the_group_was_made_is_named_by_the_other(
     marker, release = str(tmp_path / "at-check-rank"), tmp_path / "release"
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_AT_CHECK": marker,
            "AIOLLM_TEST_RELEASE": str(release)}
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env)
     try:
         _wait_for(marker + "1", nodes[1], logs[1])
         time.sleep(0.5)  # inside the checkpoint's wait
@@ -261,13 +262,13 @@ def test_a_node_killed_after_the_group_was_made_is_named_by_the_other(
         _end(nodes)
 
 
-def test_node_1_says_so_when_node_0_ends_while_it_serves(tiny_model, tmp_path):  # noqa: F811
+def test_node_1_says_so_when_node_0_ends_while_it_serves(tiny_gguf, tmp_path):  # noqa: F811
     """Two nodes serve; node 0 is killed (SIGKILL, the OOM killer; or it gave up its
     start-up after its load, Ctrl-C). Node 1, waiting for rank 0's next step message,
     exited 1 with a traceback of gloo's "Connection closed by peer". It now exits 1
     within seconds naming node 0, its spawned ranks gone too."""
     env, _ = _env(tmp_path, timeout_s=120)
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, tp=4)
     try:
         _serving(nodes, logs)
         spawned = _children(nodes[1].pid)
@@ -285,7 +286,7 @@ def test_node_1_says_so_when_node_0_ends_while_it_serves(tiny_model, tmp_path): 
 
 
 @pytest.mark.parametrize("tp", [2, 4])
-def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path, tp):  # noqa: F811
+def test_node_0_names_node_1_ended_while_it_served(tiny_gguf, tmp_path, tp):  # noqa: F811
     """Two nodes serve; node 1 is killed. The next request failed with gloo's "Connection
     closed by peer" and node 0 exited saying "tensor parallel rank 0: model step failed"
     with it, naming no node. Both now name node 1 and say to start every node again; with
@@ -294,7 +295,7 @@ def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path, tp):  #
     import urllib.request
 
     env, _ = _env(tmp_path, timeout_s=120)
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=tp)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, tp=tp)
     try:
         base = _serving(nodes, logs)
         nodes[1].kill()
@@ -314,7 +315,7 @@ def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path, tp):  #
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_ends_node_1_at_once_while_it_serves(tiny_model, tmp_path, sig):  # noqa: F811
+def test_a_signal_ends_node_1_at_once_while_it_serves(tiny_gguf, tmp_path, sig):  # noqa: F811
     """Two nodes serve, idle; node 1 gets Ctrl-C (SIGINT) or SIGTERM. Its lead waits for
     rank 0's next step message inside gloo, where Python's KeyboardInterrupt is raised
     only once one comes: at Ctrl-C it ran on until rank 0's keep-alive, up to a minute
@@ -324,7 +325,7 @@ def test_a_signal_ends_node_1_at_once_while_it_serves(tiny_model, tmp_path, sig)
     import urllib.request
 
     env, _ = _env(tmp_path, timeout_s=120)
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env)
     try:
         base = _serving(nodes, logs)
         time.sleep(0.5)  # (in the wait for the next step message)
@@ -342,7 +343,7 @@ KEEPALIVE_S = 0.5  # node 0's idle message in idle_pair (group.KEEPALIVE_S: 60 s
 
 
 @pytest.fixture(scope="module")
-def idle_pair(tiny_model, tmp_path_factory):  # noqa: F811
+def idle_pair(tiny_gguf, tmp_path_factory):  # noqa: F811
     """Two nodes that serve (-tp 2, one rank each), node 1 started with SIGINT ignored,
     node 0 sending its idle message every KEEPALIVE_S: (nodes, logs, node 0's base URL).
     Shared, in the file's order, by test_node_1_started_ignoring_ctrl_c_serves_on_at_it,
@@ -352,7 +353,7 @@ def idle_pair(tiny_model, tmp_path_factory):  # noqa: F811
     env, _ = _env(tmp_path, timeout_s=120)
     with open(tmp_path / "sitecustomize.py", "a") as f:
         f.write(f"\nimport aiollm.distributed.group as group\ngroup.KEEPALIVE_S = {KEEPALIVE_S}\n")
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env, start=(0,))
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env, start=(0,))
     args = list(nodes[0].args)  # node 0's, at the same --dist-init-addr
     args[args.index("--node-rank") + 1] = "1"
     del args[args.index("--port"): args.index("--port") + 2]

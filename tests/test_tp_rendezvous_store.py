@@ -295,6 +295,12 @@ def test_a_start_left_in_a_checkpoint_closes_its_rendezvous_port():
         rank_1.wait()
 
 
+# how long an arrival's heartbeat stands still before it is taken for a killed rank's
+# (rendezvous.STALE_S, 2 s): the tests of killed ranks wait it out, so 1 s here (20 polls of
+# the live ranks, threads of this process)
+STALE_S = 1.0
+
+
 def _stopping_check(after: int, released):
     """A `check` for Rendezvous.meet that returns `after` times, then blocks until
     `released` is set (then raises): the rank stops polling without failing, as a process
@@ -309,7 +315,7 @@ def _stopping_check(after: int, released):
     return check
 
 
-def test_a_rank_killed_in_the_rendezvous_is_replaced_by_its_restart():
+def test_a_rank_killed_in_the_rendezvous_is_replaced_by_its_restart(monkeypatch):
     """Node 1 killed while it waited for node 0 (its rank counted as arrived), then
     restarted: the restart was refused as "already arrived ... end it" though the first one
     was dead, and node 0 took the dead arrival for a live one. The restart now replaces the
@@ -317,8 +323,11 @@ def test_a_rank_killed_in_the_rendezvous_is_replaced_by_its_restart():
     import threading
     from datetime import timedelta
 
+    from aiollm.distributed import rendezvous
     from aiollm.distributed.launch import _free_port
     from aiollm.distributed.rendezvous import Rendezvous
+
+    monkeypatch.setattr(rendezvous, "STALE_S", STALE_S)  # (the restart's watch lasts it)
 
     addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=15)
     node_0, killed, restarted = (Rendezvous(addr, 0, 4, 2, wait), Rendezvous(addr, 2, 4, 2, wait),
@@ -357,7 +366,7 @@ def test_a_rank_killed_in_the_rendezvous_is_replaced_by_its_restart():
             p.close()
 
 
-def test_node_0_does_not_meet_a_rank_that_stopped_in_the_rendezvous():
+def test_node_0_does_not_meet_a_rank_that_stopped_in_the_rendezvous(monkeypatch):
     """Rank 1 arrived, then was killed before node 0's last rank came: node 0 counted it as
     arrived and went on to make the group, failing only after INIT_TIMEOUT (10 minutes)
     naming no node. Its arrival now goes stale: node 0 keeps waiting for a restart, and its
@@ -365,11 +374,13 @@ def test_node_0_does_not_meet_a_rank_that_stopped_in_the_rendezvous():
     import threading
     from datetime import timedelta
 
+    from aiollm.distributed import rendezvous
     from aiollm.distributed.launch import _free_port
     from aiollm.distributed.rendezvous import Rendezvous
 
+    monkeypatch.setattr(rendezvous, "STALE_S", STALE_S)
     addr = f"127.0.0.1:{_free_port()}"
-    node_0 = Rendezvous(addr, 0, 2, 2, timedelta(seconds=4))
+    node_0 = Rendezvous(addr, 0, 2, 2, timedelta(seconds=2 * STALE_S + 0.5))
     node_1 = Rendezvous(addr, 1, 2, 2, timedelta(seconds=30))
     node_0.open()
     released = threading.Event()
@@ -387,14 +398,17 @@ def test_node_0_does_not_meet_a_rank_that_stopped_in_the_rendezvous():
         node_1.close()
 
 
-def test_of_two_restarts_of_a_killed_rank_one_is_refused():
+def test_of_two_restarts_of_a_killed_rank_one_is_refused(monkeypatch):
     """Rank 1 killed while it waited, then started again twice at once: one restart
     replaces it and meets, the other is refused as a rank started twice."""
     import threading
     from datetime import timedelta
 
+    from aiollm.distributed import rendezvous
     from aiollm.distributed.launch import _free_port
     from aiollm.distributed.rendezvous import Rendezvous
+
+    monkeypatch.setattr(rendezvous, "STALE_S", STALE_S)  # (each restart's watch lasts it)
 
     addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=15)
     places = [Rendezvous(addr, r, 2, 2, wait) for r in (0, 1, 1, 1)]

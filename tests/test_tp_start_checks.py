@@ -31,8 +31,8 @@ from test_tensor_parallel import (  # noqa: F401 - a fixture
     _children,
     _free_port,
     _save_tokenizer,
-    tiny_model,
 )
+from tp_gguf import tiny_gguf  # noqa: F401 - a fixture
 
 from aiollm.distributed import RankLost
 from aiollm.engine import Engine
@@ -213,14 +213,14 @@ def _completion(base: str) -> urllib.request.Request:
 
 
 @pytest.mark.parametrize("failing", [0, 1])
-def test_each_node_names_the_rank_that_failed_to_size_its_kv_cache(tiny_model,  # noqa: F811
+def test_each_node_names_the_rank_that_failed_to_size_its_kv_cache(tiny_gguf,  # noqa: F811
                                                                    tmp_path, failing):
     """Two nodes on loopback (`aiollm serve --nnodes 2`, one rank each); one rank's KV
     cache sizing raises: both nodes exit with status 1 within seconds, each naming that
     rank and its error (the failing one its own error)."""
     env = {**os.environ, **_fault_env(tmp_path, failing, "sizing")}
     fault = FAULTS["sizing"].format(r=failing)
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env)
     try:
         codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
         texts = [log.read_text() for log in logs]
@@ -312,7 +312,7 @@ model.load_model, TensorParallel.start_check = load_model, start_check
 '''
 
 
-def test_ctrl_c_ends_a_node_waiting_at_a_start_up_checkpoint(tiny_model, tmp_path):  # noqa: F811
+def test_ctrl_c_ends_a_node_waiting_at_a_start_up_checkpoint(tiny_gguf, tmp_path):  # noqa: F811
     """`aiollm serve --node-rank 1` waits at the first start-up checkpoint until rank 0, on
     node 0, has loaded its weights (minutes for a large model). Ctrl-C there did nothing
     until rank 0 came: the wait, in gloo, holds Python's signal handler. It now exits with
@@ -320,13 +320,13 @@ def test_ctrl_c_ends_a_node_waiting_at_a_start_up_checkpoint(tiny_model, tmp_pat
     (tmp_path / "sitecustomize.py").write_text(_SLOW_RANK0_AND_MARK)
     marker = str(tmp_path / "at-check-rank")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_AT_CHECK": marker}
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    nodes, logs = _two_nodes(tiny_gguf, tmp_path, env)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while not os.path.exists(marker + "1"):
             assert nodes[1].poll() is None and time.monotonic() < deadline, logs[1].read_text()
             time.sleep(0.1)
-        time.sleep(1.0)  # inside the checkpoint's wait
+        time.sleep(0.5)  # inside the checkpoint's wait (as test_tp_rendezvous.py's)
         nodes[1].send_signal(signal.SIGINT)
         assert nodes[1].wait(timeout=20) == 130, logs[1].read_text()
     finally:
