@@ -104,6 +104,9 @@ REFUSED = (
     Refusal(("--block-size",),
             "the KV cache is token-level, one slot per token, with no blocks to size; leave "
             "the flag out", same=("1",)),
+    Refusal(("--scheduling-policy",),
+            "requests are admitted first come, first served (fcfs): there is no priority "
+            "scheduling; leave the flag out", same=("fcfs",)),
     Refusal(("--swap-space",),
             "nothing is swapped to the CPU: a request paused for KV memory keeps its tokens "
             "and is resumed by recomputing its KV", same=("0",)),
@@ -211,6 +214,8 @@ NO_EFFECT = {
                                           "process",
     "--disable-fastapi-docs": "no API docs (/docs, /redoc, /openapi.json) are served",
     "--disable-uvicorn-access-log": "HTTP requests are logged only with --log-level debug",
+    "--async-scheduling": "the engine loop always plans and queues step N+1 while step N "
+                          "runs, one step ahead of the device",
 }
 
 
