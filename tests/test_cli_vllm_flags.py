@@ -106,6 +106,8 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     # step N runs), and first come, first served is its only policy: both stopped a vLLM
     # launch line with argparse's bare "unrecognized arguments"
     "--async-scheduling", "--scheduling-policy fcfs",
+    # no cascade attention to turn off; no request contents logged to cut short
+    "--disable-cascade-attn", "--max-log-len 100",
     # vLLM's quantization of a .gguf model: it was refused saying to serve a GGUF file
     "--quantization gguf", "-q gguf",
     # vLLM's switches off of what aiollm never does
