@@ -104,6 +104,9 @@ REFUSED = (
     Refusal(("--block-size",),
             "the KV cache is token-level, one slot per token, with no blocks to size; leave "
             "the flag out", same=("1",)),
+    Refusal(("--scheduling-policy",),
+            "requests are admitted first come, first served (fcfs): there is no priority "
+            "scheduling; leave the flag out", same=("fcfs",)),
     Refusal(("--swap-space",),
             "nothing is swapped to the CPU: a request paused for KV memory keeps its tokens "
             "and is resumed by recomputing its KV", same=("0",)),
@@ -211,6 +214,10 @@ NO_EFFECT = {
                                           "process",
     "--disable-fastapi-docs": "no API docs (/docs, /redoc, /openapi.json) are served",
     "--disable-uvicorn-access-log": "HTTP requests are logged only with --log-level debug",
+    "--async-scheduling": "the engine loop always plans and queues step N+1 while step N "
+                          "runs, one step ahead of the device",
+    "--disable-cascade-attn": "there is no cascade attention: every request attends over its "
+                              "own KV slots",
 }
 
 
@@ -282,6 +289,8 @@ NO_EFFECT_VALUES = (
     Ignored(("--expert-placement-strategy",),
             f"{_NO_EXPERT_PARALLELISM}, so there are no experts to place on ranks",
             "STRATEGY"),
+    Ignored(("--max-log-len",),
+            "request contents are never logged, so there is nothing to cut short", "N"),
     Ignored(("--eplb-config",),
             "there is no expert parallelism load balancing (vLLM uses the config only with "
             "--enable-eplb), which these are the settings of", "JSON",
@@ -297,7 +306,7 @@ SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
                          "--disable-fastapi-docs", "--disable-uvicorn-access-log",
                          "--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--ssl-cert-reqs",
                          "--root-path", "--middleware",
-                         "--uvicorn-log-level", "--config"})
+                         "--uvicorn-log-level", "--config", "--max-log-len"})
 
 _DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them
 _TOOL_CALL_PARSERS = {"llama3_json": "llama3"}  # the same format under vLLM's name

@@ -102,6 +102,12 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     "--disable-frontend-multiprocessing", "--disable-fastapi-docs",
     "--disable-uvicorn-access-log", "--response-role assistant",
     "--distributed-executor-backend mp",
+    # vLLM's async scheduling is what aiollm's loop always does (step N+1 planned while
+    # step N runs), and first come, first served is its only policy: both stopped a vLLM
+    # launch line with argparse's bare "unrecognized arguments"
+    "--async-scheduling", "--scheduling-policy fcfs",
+    # no cascade attention to turn off; no request contents logged to cut short
+    "--disable-cascade-attn", "--max-log-len 100",
     # vLLM's quantization of a .gguf model: it was refused saying to serve a GGUF file
     "--quantization gguf", "-q gguf",
     # vLLM's switches off of what aiollm never does
@@ -139,6 +145,7 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--lora-modules a=/x", ("merged",)),
     ("--speculative-config {}", ("speculative",)),
     ("--max-logprobs 50", ("20",)),
+    ("--scheduling-policy priority", ("first come", "priority")),
     ("--no-enable-chunked-prefill", ("--max-prefill-tokens",)),
     ("--enable-log-requests", ("--log-level debug",)),
     ("--download-dir /d", ("local",)),

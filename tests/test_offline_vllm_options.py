@@ -109,7 +109,8 @@ def test_what_aiollm_always_does_is_taken():
                     kv_cache_dtype="auto", swap_space=0, cpu_offload_gb=0.0, block_size=1,
                     max_logprobs=20, tokenizer_mode="auto", quantization=None,
                     revision=None, download_dir=None, speculative_config=None,
-                    enable_lora=False, enable_expert_parallel=False, enable_eplb=False)
+                    enable_lora=False, enable_expert_parallel=False, enable_eplb=False,
+                    async_scheduling=True, scheduling_policy="fcfs")
 
 
 def test_moe_options_of_expert_parallelism_are_taken_with_no_effect(caplog):
@@ -164,6 +165,7 @@ def _cli_error(flag: str, capsys) -> str:
     ("enable_eplb", True, "--enable-eplb"),
     ("speculative_config", {"method": "ngram"}, "--speculative-config"),
     ("max_logprobs", 5, "--max-logprobs"),
+    ("scheduling_policy", "priority", "--scheduling-policy"),
     ("enable_chunked_prefill", False, "--no-enable-chunked-prefill"),
     ("download_dir", "/d", "--download-dir"),
     ("revision", "main", "--revision"),
