@@ -49,7 +49,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     # Importing torch & co. and loading create ~10^6 objects that live as long as the server;
     # the collections they would trigger find no garbage (a tenth of a warm start's CPU time).
-    # The app collects once and freezes them when the engine is up, then turns it back on.
+    # The app collects once and freezes them when the engine is up, then turns it back on;
+    # a run that ends before that (a usage error, a failed load) turns it back on here, for
+    # a caller of main(argv) whose process goes on.
+    collecting = gc.isenabled()
     gc.disable()
     try:
         # Ctrl-C while torch & co. import (seconds) printed a traceback of their imports
@@ -84,6 +87,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             raise
         log.error("%s", e)  # a rank's start-up failed: it logged its traceback
         return 1
+    finally:
+        if collecting:
+            gc.enable()
     _exit_if_compiling()
     return 0
 
