@@ -77,3 +77,24 @@ exit_now(3)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, env=env)
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "printed\n", "no newline")
+
+
+def test_ctrl_c_while_the_exit_waits_for_a_thread_keeps_the_exit_status():
+    """Ctrl-C while exit_now waits for a thread that is not a daemon: the interpreter's exit
+    reports the KeyboardInterrupt, stops waiting, runs the atexit handlers and exits with
+    the status it had (sys.exit(7): 7); exit_now let it out of the wait, and the process
+    died by SIGINT (130)."""
+    script = """
+import atexit, os, signal, threading, time
+from aiollm.cli.process_exit import exit_now
+atexit.register(lambda: print("atexit ran", flush=True))
+threading.Thread(target=time.sleep, args=(30,)).start()
+ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+ctrl_c.daemon = True
+ctrl_c.start()
+exit_now(7)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    assert proc.stdout == "atexit ran\n" and "KeyboardInterrupt" in proc.stderr, proc.stderr
