@@ -4,6 +4,7 @@ what is still alive is not torn down (0.7 s of CPU at every exit of a server).""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def test_a_server_that_exits_runs_its_atexit_handlers_and_skips_the_teardown(tmp
         port = taken.getsockname()[1]
         proc = subprocess.run([sys.executable, "-m", "aiollm", "serve", "--device", "cpu",
                                "--port", str(port)], capture_output=True, text=True,
-                              timeout=300, env={**__import__("os").environ,
+                              timeout=300, env={**os.environ,
                                                 "PYTHONPATH": str(tmp_path)})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
@@ -59,3 +60,41 @@ exit_now(5)
                           timeout=60)
     assert proc.returncode == 5, proc.stdout + proc.stderr
     assert proc.stdout == "task done\n", proc.stdout + proc.stderr
+
+
+def test_what_is_written_but_not_yet_flushed_comes_out():
+    """exit_now flushes stdout and stderr before os._exit, as the interpreter's exit does:
+    a print to a pipe (block-buffered) and a stderr line without its newline (line-buffered)
+    were still in their buffers, which os._exit drops."""
+    script = """
+import sys
+from aiollm.cli.process_exit import exit_now
+print("printed")
+sys.stderr.write("no newline")
+exit_now(3)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # (buffered)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "printed\n", "no newline")
+
+
+def test_ctrl_c_while_the_exit_waits_for_a_thread_keeps_the_exit_status():
+    """Ctrl-C while exit_now waits for a thread that is not a daemon: the interpreter's exit
+    reports the KeyboardInterrupt, stops waiting, runs the atexit handlers and exits with
+    the status it had (sys.exit(7): 7); exit_now let it out of the wait, and the process
+    died by SIGINT (130)."""
+    script = """
+import atexit, os, signal, threading, time
+from aiollm.cli.process_exit import exit_now
+atexit.register(lambda: print("atexit ran", flush=True))
+threading.Thread(target=time.sleep, args=(30,)).start()
+ctrl_c = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+ctrl_c.daemon = True
+ctrl_c.start()
+exit_now(7)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    assert proc.stdout == "atexit ran\n" and "KeyboardInterrupt" in proc.stderr, proc.stderr

@@ -21,7 +21,9 @@ from aiollm.distributed import group
 from aiollm.engine import Engine
 from aiollm.sampling_params import SamplingParams
 
-TIMEOUT_S = 2.0  # the follower's: two of them pass idle, any one would end it
+# the follower's: two of them pass idle, any one would end it. 3 s, not 2 (bdec26a): a
+# keep-alive or step late by TIMEOUT_S - KEEPALIVE_S (a stall of a loaded 2-core CI) ends it
+TIMEOUT_S = 3.0
 KEEPALIVE_S = TIMEOUT_S / 12  # 12 a timeout: a loaded machine's late one is not a lost follower
 _SITECUSTOMIZE = f'''
 from datetime import timedelta

@@ -18,13 +18,17 @@ import threading
 
 def exit_now(status: int) -> None:
     """End the process with `status` (0-255) as the interpreter would, but for its teardown:
-    wait for the threads that are not daemons, run the atexit handlers, flush stdout and
-    stderr, then os._exit. Only for a process whose work is done:
+    wait for the threads that are not daemons (a Ctrl-C there reported and the wait given
+    up, as the interpreter does), run the atexit handlers, flush stdout and stderr, then
+    os._exit. Only for a process whose work is done:
     an `aiollm` command run as a script (cli.main with no argv), never a caller's process."""
     # CPython's own two calls at exit, in its order: the threads' (thread pools' workers are
     # told to end there, then every thread that is not a daemon is joined), then atexit's
     # (logging.shutdown among them)
-    threading._shutdown()
+    try:
+        threading._shutdown()
+    except KeyboardInterrupt:  # Ctrl-C in the wait: reported, the exit goes on, its status
+        sys.excepthook(*sys.exc_info())  # kept (the interpreter's exit does the same)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
