@@ -9,9 +9,8 @@ import asyncio
 import logging
 
 import gguf
-import numpy as np
 from test_gguf_qwen_tokenizer_log import default_tokenizer_fields
-from test_loader import finish_gguf, gguf_writer
+from test_loader import add_random_llama_tensors, finish_gguf, gguf_writer
 
 from aiollm import Engine, SamplingParams
 from aiollm.model.gguf_eog import end_of_generation
@@ -51,16 +50,7 @@ def write_model(path: str, renamed: dict[int, str], types: dict[int, int] | None
     w.add_token_types(token_types)
     for key, token in (keys or {}).items():
         w.add_uint32(f"tokenizer.ggml.{key}", token)
-    rng = np.random.default_rng(0)
-    shapes = {"token_embd.weight": (len(texts), 32), "output_norm.weight": (32,),
-              "blk.0.attn_norm.weight": (32,), "blk.0.ffn_norm.weight": (32,),
-              "blk.0.attn_q.weight": (32, 32), "blk.0.attn_k.weight": (16, 32),
-              "blk.0.attn_v.weight": (16, 32), "blk.0.attn_output.weight": (32, 32),
-              "blk.0.ffn_gate.weight": (64, 32), "blk.0.ffn_up.weight": (64, 32),
-              "blk.0.ffn_down.weight": (32, 64)}
-    for name, shape in shapes.items():
-        t = np.ones(shape) if len(shape) == 1 else rng.normal(0, 0.02, shape)
-        w.add_tensor(name, t.astype(np.float32))
+    add_random_llama_tensors(w, c, std=0.02)
     finish_gguf(w)
 
 

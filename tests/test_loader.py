@@ -222,6 +222,27 @@ def gguf_writer(c, path: str, arch: str):
     return w
 
 
+def add_random_llama_tensors(w, c, std: float) -> None:
+    """Random float32 tensors of the Llama config `c`, by llama.cpp's names, into the
+    gguf.GGUFWriter `w`: norms all ones, matrices normal(0, std) drawn in file order from
+    seed 0; no output.weight (the LM head is the embedding, as in a tied file)."""
+    import numpy as np
+
+    h, m, kv = c.hidden_size, c.intermediate_size, (
+        c.hidden_size // c.num_attention_heads * c.num_key_value_heads)
+    shapes = {"token_embd.weight": (c.vocab_size, h), "output_norm.weight": (h,)}
+    for i in range(c.num_hidden_layers):
+        shapes |= {f"blk.{i}.attn_norm.weight": (h,), f"blk.{i}.ffn_norm.weight": (h,),
+                   f"blk.{i}.attn_q.weight": (h, h), f"blk.{i}.attn_k.weight": (kv, h),
+                   f"blk.{i}.attn_v.weight": (kv, h), f"blk.{i}.attn_output.weight": (h, h),
+                   f"blk.{i}.ffn_gate.weight": (m, h), f"blk.{i}.ffn_up.weight": (m, h),
+                   f"blk.{i}.ffn_down.weight": (h, m)}
+    rng = np.random.default_rng(0)
+    for name, shape in shapes.items():
+        t = np.ones(shape) if len(shape) == 1 else rng.normal(0, std, shape)
+        w.add_tensor(name, t.astype(np.float32))
+
+
 def finish_gguf(w) -> None:
     """Write a gguf.GGUFWriter's header, metadata and tensors to its file, and close it."""
     w.write_header_to_file()

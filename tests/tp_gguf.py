@@ -16,10 +16,9 @@ default model's instead takes ~3.5 s of CPU), its weights random (seed 0)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-HIDDEN, MLP, LAYERS, KV_DIM = 64, 96, 2, 16  # 4 heads of 16; 1 KV head
+HIDDEN, MLP, LAYERS = 64, 96, 2  # 4 heads of 16; 1 KV head
 VOCAB = 1024
 _BUILT: dict[str, str] = {}  # basetemp -> the file: one per test process
 
@@ -49,7 +48,7 @@ def _tokenizer(w) -> None:
 def write_tiny_gguf(path: str) -> str:
     """Write the tiny Llama GGUF file at `path`, then read its config and tokenizer once in
     this process (which fills aiollm's cache for the processes the tests start): `path`."""
-    from test_loader import finish_gguf, gguf_writer
+    from test_loader import add_random_llama_tensors, finish_gguf, gguf_writer
     from transformers import LlamaConfig
 
     from aiollm.model import load_serving_tokenizer
@@ -60,21 +59,7 @@ def write_tiny_gguf(path: str) -> str:
                     max_position_embeddings=256)
     w = gguf_writer(c, path, "llama")
     _tokenizer(w)
-    shapes = {"token_embd.weight": (VOCAB, HIDDEN), "output_norm.weight": (HIDDEN,)}
-    for i in range(LAYERS):
-        shapes |= {f"blk.{i}.attn_norm.weight": (HIDDEN,),
-                   f"blk.{i}.ffn_norm.weight": (HIDDEN,),
-                   f"blk.{i}.attn_q.weight": (HIDDEN, HIDDEN),
-                   f"blk.{i}.attn_k.weight": (KV_DIM, HIDDEN),
-                   f"blk.{i}.attn_v.weight": (KV_DIM, HIDDEN),
-                   f"blk.{i}.attn_output.weight": (HIDDEN, HIDDEN),
-                   f"blk.{i}.ffn_gate.weight": (MLP, HIDDEN),
-                   f"blk.{i}.ffn_up.weight": (MLP, HIDDEN),
-                   f"blk.{i}.ffn_down.weight": (HIDDEN, MLP)}
-    rng = np.random.default_rng(0)
-    for name, shape in shapes.items():
-        t = np.ones(shape) if len(shape) == 1 else rng.normal(0, 0.5, shape)
-        w.add_tensor(name, t.astype(np.float32))
+    add_random_llama_tensors(w, c, std=0.5)
     finish_gguf(w)
     read_config(path)
     load_serving_tokenizer(path)
