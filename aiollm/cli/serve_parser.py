@@ -148,9 +148,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "bfloat16, else bfloat16; float32 on CPU; "
                         "vLLM's half and float: float16 and float32)")
     m.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, metavar="DTYPE",
+                   type=sglang_flags.kv_cache_dtype_name,
                    help="vLLM's: the KV cache's dtype, which is always the dtype the model "
-                        "runs in (--dtype): auto, or that dtype's name (bfloat16, float16, "
-                        "float32); no fp8")
+                        "runs in (--dtype): auto, or that dtype's name (bfloat16, SGLang's "
+                        "bf16, float16, float32); no fp8")
     m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     m.add_argument("--tokenizer", default=d.tokenizer, action=Alias,
                    help="tokenizer path (HF directory or .gguf; default: the model's own)")

@@ -9,7 +9,8 @@ arguments" said neither). Built as aiollm/vllm_flags.py is, in tables:
   requests, --max-prefill-tokens, --cuda-graph-max-bs, --dtype, --kv-cache-dtype, --host,
   --port, --api-key, --served-model-name, --chat-template, --tool-call-parser,
   --reasoning-parser, --dist-init-addr, --nnodes, --node-rank, --log-level) are aiollm's own,
-  and its values of a choice are aiollm's (`tool_call_parser_name`, `reasoning_parser_name`);
+  and its values of a choice are aiollm's (`tool_call_parser_name`, `reasoning_parser_name`,
+  `kv_cache_dtype_name`);
 - --mem-fraction-static: SGLang's sizing of the KV pool (EngineConfig.mem_fraction_static);
 - NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
   implementations of what aiollm does one way, changing no output; accepted and logged;
@@ -141,6 +142,7 @@ NO_EFFECT_VALUES = (
 # tool-call and reasoning parsers under SGLang's and LightLLM's names -> aiollm's
 _TOOL_CALL_PARSERS = {"qwen25": "hermes", "qwen": "hermes"}  # <tool_call>{json}</tool_call>
 _REASONING_PARSERS = {"deepseek-r1": "deepseek_r1"}
+_KV_CACHE_DTYPES = {"bf16": "bfloat16"}
 
 
 def tool_call_parser_name(value: str) -> str:
@@ -155,6 +157,11 @@ def reasoning_parser_name(value: str) -> str:
     return _REASONING_PARSERS.get(value, value)
 
 
+def kv_cache_dtype_name(value: str) -> str:
+    """--kv-cache-dtype's value under aiollm's name: SGLang's bf16 is bfloat16."""
+    return _KV_CACHE_DTYPES.get(value, value)
+
+
 def add_to(parser: argparse.ArgumentParser) -> None:
     """Add SGLang's flags (the tables above, and --mem-fraction-static) to `parser`, aiollm
     serve's, in a group of their own."""
@@ -166,7 +173,7 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         f"aliases of aiollm's: --model-path is MODEL; {aliases}; --chunked-prefill-size is "
         "--max-prefill-tokens, a step's tokens (given with it, the smaller counts; -1 is "
         f"refused); {switches}. --max-running-requests, --max-prefill-tokens, "
-        "--cuda-graph-max-bs, --dtype, --kv-cache-dtype, --host, --port, --api-key, "
+        "--cuda-graph-max-bs, --dtype, --kv-cache-dtype (bf16 is bfloat16), --host, --port, --api-key, "
         "--served-model-name, --chat-template, --tool-call-parser (qwen25 and qwen are "
         "hermes), --reasoning-parser (deepseek-r1 is deepseek_r1), --dist-init-addr, "
         "--nnodes, --node-rank and --log-level are aiollm's own. Those below size the KV "
