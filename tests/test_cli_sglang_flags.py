@@ -98,6 +98,11 @@ def test_model_path_and_another_model_is_a_usage_error(capsys):
      ("--max-model-len: 2048 and --context-length 1024",)),
     ("--max-total-tokens 10 --kv-tokens 20", ("--kv-tokens: 20 and --max-total-tokens 10",)),
     ("--random-seed 1 --seed 2", ("--seed: 2 and --random-seed 1",)),
+    # aiollm's and vLLM's spellings of one option (each served with the last, silently)
+    ("--max-num-seqs 8 --max-running-requests 16",
+     ("argument --max-running-requests: 16 and --max-num-seqs 8",)),
+    ("--max-num-batched-tokens 4096 --max-prefill-tokens 8192",
+     ("argument --max-prefill-tokens: 8192 and --max-num-batched-tokens 4096",)),
 ])
 def test_two_spellings_given_two_values_is_a_usage_error_naming_both(line, names, capsys):
     err = refusal(line, capsys)

@@ -12,9 +12,10 @@ class Alias(argparse._StoreAction):
     """A spelling of an option: stores its value as `store` does and records the spelling
     in the namespace's `flags_typed` (dest -> flag). The same spelling given again replaces
     its value (argparse's rule); another spelling of the option given before with another
-    value is a usage error naming both, unless `least`: then the smaller value is kept, for
-    options that are each an upper bound of the same count (a step's tokens), which the
-    engines those spellings come from all keep within."""
+    value is a usage error naming both, unless both are `least` flags of different
+    actions: then the smaller value is kept. Those are other engines' upper bounds of one
+    count (a step's tokens: SGLang's --chunked-prefill-size beside its --max-prefill-tokens),
+    which those engines keep within all at once."""
 
     def __init__(self, option_strings, dest, least: bool = False, **kwargs) -> None:
         super().__init__(option_strings, dest, **kwargs)
@@ -25,7 +26,7 @@ class Alias(argparse._StoreAction):
         before = typed.get(self.dest)
         if before is not None and before != option_string:
             given = getattr(namespace, self.dest)
-            if self.least:
+            if self.least and before not in self.option_strings:
                 if given <= values:
                     return
             elif given != values:

@@ -173,12 +173,13 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         f"aliases of aiollm's: --model-path is MODEL; {aliases}; --chunked-prefill-size is "
         "--max-prefill-tokens, a step's tokens (given with it, the smaller counts; -1 is "
         f"refused); {switches}. --max-running-requests, --max-prefill-tokens, "
-        "--cuda-graph-max-bs, --dtype, --kv-cache-dtype (bf16 is bfloat16), --host, --port, --api-key, "
-        "--served-model-name, --chat-template, --tool-call-parser (qwen25 and qwen are "
-        "hermes), --reasoning-parser (deepseek-r1 is deepseek_r1), --dist-init-addr, "
-        "--nnodes, --node-rank and --log-level are aiollm's own. Those below size the KV "
-        "cache as SGLang does or change nothing. Refused, each with what to use instead (a "
-        f"value asking for aiollm's own behaviour, such as --dp-size 1, is taken): {refused}.")
+        "--cuda-graph-max-bs, --dtype, --kv-cache-dtype (bf16 is bfloat16), --host, "
+        "--port, --api-key, --served-model-name, --chat-template, --tool-call-parser "
+        "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 is deepseek_r1), "
+        "--dist-init-addr, --nnodes, --node-rank and --log-level are aiollm's own. Those "
+        "below size the KV cache as SGLang does or change nothing. Refused, each with what "
+        "to use instead (a value asking for aiollm's own behaviour, such as --dp-size 1, is "
+        f"taken): {refused}.")
     group.add_argument("--model-path", dest="model", default=argparse.SUPPRESS,
                        action=ModelFlag, help=argparse.SUPPRESS)
     for flag, (dest, _, kind) in ALIASES.items():

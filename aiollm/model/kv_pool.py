@@ -25,8 +25,9 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     """KV pool size in tokens for this process: cfg.kv_tokens (an EngineConfig) when given;
     on a GPU, with cfg.gpu_memory_utilization, what `utilization_pool_tokens` leaves, with
     SGLang's mem_fraction_static or LightLLM's mem_fraction what `static_pool_tokens`
-    leaves, else kv_memory_fraction (default KV_MEMORY_FRACTION) of the free memory after loading
-    (PyTorch's cached blocks and cyclic garbage's counted free) over bytes_per_token; on the CPU,
+    leaves, else kv_memory_fraction (default KV_MEMORY_FRACTION) of the free memory after
+    loading (PyTorch's cached blocks and cyclic garbage's counted free) over
+    bytes_per_token; on the CPU,
     cfg.cpu_pool_tokens of the context (the smaller of max_position and max_model_len,
     tokens). The Engine and each tensor-parallel follower size theirs so. Raises ValueError
     naming the share given when it leaves no room for a pool."""
