@@ -120,6 +120,8 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
 @pytest.mark.parametrize("line, names", [
     ("--disable_chunked_prefill", ("--max-prefill-tokens",)),
     ("--run_mode prefill", ("disaggregation",)),
+    # older LightLLM's README line: LightLLM refused a longer input, aiollm would serve it
+    ("--max_req_input_len 4096", ("no separate limit on input",)),
     ("--eos_id 2", ("stop_token_ids",)),
     ("--mode triton_int8kv", ("no int8 or fp8 KV cache",)),
     ("--quant_type ao-int8wo", ("GGUF",)),

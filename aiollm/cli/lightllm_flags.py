@@ -70,6 +70,9 @@ REFUSED = (
             "prompts are always prefilled in chunks of a step's token budget: to prefill a "
             "prompt in one step, raise --batch_max_tokens (--max-prefill-tokens) to "
             "--max_req_total_len (--max-model-len)", takes_value=False),
+    Refusal(("--max-req-input-len",),
+            "a request's input is limited only with its output, by --max_req_total_len "
+            "(--max-model-len): there is no separate limit on input; leave the flag out"),
     Refusal(("--run-mode",),
             "there is no prefill/decode disaggregation: one server prefills and decodes "
             "(normal); leave the flag out", same=("normal",)),

@@ -165,7 +165,10 @@ def kv_cache_dtype_name(value: str) -> str:
 def add_to(parser: argparse.ArgumentParser) -> None:
     """Add SGLang's flags (the tables above, and --mem-fraction-static) to `parser`, aiollm
     serve's, in a group of their own."""
-    aliases = "; ".join(f"{flag} is {shown}" for flag, (_, shown, _) in ALIASES.items())
+    by_target: dict[str, list[str]] = {}
+    for flag, (_, shown, _) in ALIASES.items():
+        by_target.setdefault(shown, []).append(flag)
+    aliases = "; ".join(f"{'/'.join(flags)} is {shown}" for shown, flags in by_target.items())
     switches = "; ".join(f"{flag} is {shown}" for flag, (_, _, shown) in SWITCHES.items())
     refused = ", ".join(r.names[0] for r in REFUSED)
     group = parser.add_argument_group(
