@@ -115,3 +115,38 @@ def test_tensor_parallel_followers_get_the_options():
     pool_tokens, as rank 0 does."""
     for cfg in (EngineConfig(mem_fraction_static=0.7), EngineConfig(mem_fraction=0.6)):
         assert EngineConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("share", ["mem_fraction", "mem_fraction_static"])
+def test_the_gpu_memory_held_is_the_share_given(tmp_path, share):
+    """On a real GPU: with LightLLM's mem_fraction 0.5 the GPU's memory in use once the
+    pool is allocated is half its total; with SGLang's mem_fraction_static 0.5 this
+    process's PyTorch memory (weights and pool) is half what was free before it loaded.
+    Within 1 GiB: the request table, req_to_token and libraries' workspaces are outside the
+    arithmetic. No warm-up and no CUDA graphs, whose activations the share leaves room for
+    but these numbers would then count."""
+    import asyncio
+
+    from aiollm import Engine
+    from conftest import tiny_llama
+
+    model = tiny_llama(tmp_path / "tiny", hidden_size=256, num_hidden_layers=2)
+    torch.cuda.init()
+    free_before, total = torch.cuda.mem_get_info()
+
+    async def held() -> tuple[int, int]:
+        eng = Engine(model, device="cuda", dtype="bfloat16", load_format="dummy",
+                     warm_up=False, cuda_graph=False, **{share: 0.5})
+        await eng.start()
+        try:
+            free, _ = torch.cuda.mem_get_info()
+            return total - free, torch.cuda.memory_reserved()
+        finally:
+            await eng.stop()
+
+    in_use, reserved = asyncio.run(held())
+    if share == "mem_fraction":
+        assert abs(in_use - 0.5 * total) < GiB, (in_use, total)
+    else:
+        assert abs(reserved - 0.5 * free_before) < GiB, (reserved, free_before)
