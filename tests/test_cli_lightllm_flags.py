@@ -111,7 +111,7 @@ def test_conflicts_and_bad_values_are_usage_errors_naming_the_flags(line, says, 
     "--use_dynamic_prompt_cache", "--splitfuse_mode", "--disable_custom_allreduce",
     "--nccl_port 28765", "--tokenizer_mode fast", "--tokenizer_mode auto",
     "--run_mode normal", "--quant_type none", "--output_constraint_mode xgrammar",
-    "--nccl_host 127.0.0.1", "--dp 1",
+    "--nccl_host 127.0.0.1", "--dp 1", "--enable_fa3", "--graph_max_len_in_batch 8192",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")

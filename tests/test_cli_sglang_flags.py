@@ -137,6 +137,7 @@ def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
     "--enable-metrics", "--enable-mixed-chunk", "--enable-cache-report",
     "--enable-torch-compile", "--torch-compile-max-bs 32", "--attention-backend fa3",
     "--attention-backend triton", "--sampling-backend flashinfer", "--nccl-port 28765",
+    "--enable-p2p-check", "--page-size 1", "--base-gpu-id 0",
     # values asking for what aiollm does
     "--dp-size 1", "--dp 1", "--pp-size 1", "--ep-size 1", "--schedule-policy fcfs",
     "--schedule-conservativeness 1.0", "--grammar-backend xgrammar", "--stream-interval 1",
@@ -178,6 +179,9 @@ def test_flags_of_no_effect_are_logged_once_each(caplog):
     ("--stream-interval 8", ("each step's tokens",)),
     ("--disable-overlap-schedule", ("step N+1",)),
     ("--allow-auto-truncate", ("never cut short",)),
+    ("--page-size 16", ("token-level",)),
+    ("--enable-hierarchical-cache", ("host memory",)),
+    ("--base-gpu-id 2", ("CUDA_VISIBLE_DEVICES",)),
     # vLLM's refusals answer SGLang's flags of the same spelling
     ("--trust-remote-code", ("no code",)),
     ("--quantization fp8", ("GGUF",)),

@@ -14,7 +14,8 @@ as aiollm/vllm_flags.py and sglang_flags.py are:
   vLLM's --trust-remote-code refusal and --tokenizer-mode (LightLLM's fast taken) answer
   --trust_remote_code and --tokenizer_mode;
 - --mem_fraction: LightLLM's sizing of the KV pool (EngineConfig.mem_fraction);
-- NO_EFFECT: switches asking for what aiollm always does, accepted and logged;
+- NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
+  implementations of what aiollm does one way, changing no output; accepted and logged;
 - REFUSED: flags asking for what aiollm cannot do: a usage error (exit 2) naming the flag
   and what aiollm offers instead; a value asking for aiollm's own behaviour is taken.
 """
@@ -26,7 +27,7 @@ import argparse
 from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.flag_alias import Alias, AliasConst, ModelFlag
-from aiollm.vllm_flags import NoEffect, Refusal, Refuse
+from aiollm.vllm_flags import Ignored, NoEffect, NoEffectValue, Refusal, Refuse
 
 # LightLLM's --data_type values -> aiollm's --dtype
 _DATA_TYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16",
@@ -106,7 +107,13 @@ NO_EFFECT = {
                         "--mixed-prefill-tokens",
     "--disable-custom-allreduce": "tensor parallelism all-reduces with torch.distributed "
                                   "(NCCL) only",
+    "--enable-fa3": "attention runs on aiollm's Triton kernels (outputs are the same)",
 }
+
+NO_EFFECT_VALUES = (
+    Ignored(("--graph-max-len-in-batch",),
+            "decode CUDA graphs cover every context up to --max-model-len", "N"),
+)
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +152,9 @@ def add_to(parser: argparse.ArgumentParser) -> None:
                             "effect on the CPU)")
     for flag, why in NO_EFFECT.items():
         group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
+    for ignored in NO_EFFECT_VALUES:
+        group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
+                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
     for refusal in REFUSED:
         group.add_argument(*refusal.names, action=Refuse, refusal=refusal)
 

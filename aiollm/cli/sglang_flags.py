@@ -111,6 +111,15 @@ REFUSED = (
             "the loop always plans step N+1 while step N runs on the GPU, and nothing turns "
             "that off (outputs are the same either way); leave the flag out",
             takes_value=False),
+    Refusal(("--page-size",),
+            "the KV cache is token-level, one slot per token (SGLang's page size 1), with no "
+            "pages to size; leave the flag out", same=("1",)),
+    Refusal(("--enable-hierarchical-cache",),
+            "the prefix cache keeps its KV in the GPU's pool alone, with no tier in host "
+            "memory; leave the flag out", takes_value=False),
+    Refusal(("--base-gpu-id",),
+            "ranks take the GPUs this process sees from the first on: choose them with "
+            "CUDA_VISIBLE_DEVICES (or, on one GPU, --device cuda:N)", same=("0",)),
     Refusal(("--allow-auto-truncate",),
             "a request longer than --max-model-len is refused (400), never cut short: "
             "truncate the prompt in the client, or raise --max-model-len",
@@ -125,6 +134,8 @@ NO_EFFECT = {
     "--enable-cache-report": "usage always carries prompt_tokens_details (cached_tokens)",
     "--enable-torch-compile": "nothing is compiled with torch.compile: decode steps replay "
                               "CUDA graphs (outputs are the same)",
+    "--enable-p2p-check": "tensor parallelism all-reduces with torch.distributed (NCCL), "
+                          "which checks peer access between GPUs itself",
 }
 
 NO_EFFECT_VALUES = (
