@@ -62,6 +62,7 @@ def test_lightllm_benchmark_line_reaches_the_engine_config():
     ("--max_req_total_len 16000", "max_model_len", 16000),
     ("--batch_max_tokens 8192", "max_prefill_tokens", 8192),
     ("--chunked_prefill_size 4096", "max_prefill_tokens", 4096),
+    ("--splitfuse_mode --splitfuse_block_size 256", "max_prefill_tokens", 256),
     ("--data_type bf16", "dtype", "bfloat16"),
     ("--data_type fp16", "dtype", "float16"),
     ("--data_type float32", "dtype", "float32"),

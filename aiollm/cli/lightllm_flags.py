@@ -126,7 +126,7 @@ def add_to(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "LightLLM's flags", "`python -m lightllm.server.api_server` flags (underscores or "
         "dashes) of the same meaning are aliases of aiollm's: --model_dir is MODEL; "
-        f"{aliases}; --batch_max_tokens and --chunked_prefill_size are "
+        f"{aliases}; --batch_max_tokens, --chunked_prefill_size and --splitfuse_block_size are "
         "--max-prefill-tokens, a step's tokens (several given: the smallest counts); --tp "
         "is -tp. --host, --port, --nnodes, --node_rank, --disable_log_stats and "
         "--tool_call_parser (qwen25 is hermes) are aiollm's own; --tokenizer_mode takes "
@@ -138,9 +138,11 @@ def add_to(parser: argparse.ArgumentParser) -> None:
     for flag, (dest, _, kind) in ALIASES.items():
         group.add_argument(flag, dest=dest, type=kind, action=Alias,
                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    group.add_argument("--batch-max-tokens", dest="max_prefill_tokens",
-                       type=token_counts.token_count, action=Alias, least=True,
-                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    # a step's tokens: the prefill batch's, and (older LightLLM) a splitfuse step's chunk
+    for flag in ("--batch-max-tokens", "--splitfuse-block-size"):
+        group.add_argument(flag, dest="max_prefill_tokens", type=token_counts.token_count,
+                           action=Alias, least=True, default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)
     for flag, (dest, value, _) in SWITCHES.items():
         group.add_argument(flag, dest=dest, const=value, action=AliasConst,
                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -1,6 +1,7 @@
-"""`aiollm serve`'s parser: its positional MODEL and aiollm's flags by group (server, model,
-engine, tensor parallelism), then vLLM's (vllm_flags.py); ENGINE_OPTIONS, the flags that are
-EngineConfig's fields. What the flags give is checked after parsing in serve_checks.py."""
+"""`aiollm serve`'s parser: its positional MODEL and aiollm's flags by group (server,
+model, engine, tensor parallelism), then vLLM's (vllm_flags.py), SGLang's (sglang_flags.py)
+and LightLLM's (lightllm_flags.py); ENGINE_OPTIONS, the flags that are EngineConfig's
+fields. What the flags give is checked after parsing in serve_checks.py."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from aiollm.model.paths import LOAD_FORMATS
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`serve`'s parser, added to the subcommands `sub`: aiollm's flags by group, then
-    vLLM's (vllm_flags.add_to). The parser is also in its namespace (command_parser), for the
-    checks after parsing to report through."""
+    vLLM's, SGLang's and LightLLM's (vllm_flags, sglang_flags, lightllm_flags, add_to).
+    The parser is also in its namespace (command_parser), for the checks after parsing to
+    report through."""
     d = EngineConfig()  # the engine's defaults, shown in --help
     s = sub.add_parser("serve", help="serve a model over HTTP",
                        formatter_class=HelpFormatter,
