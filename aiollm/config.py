@@ -37,6 +37,16 @@ MAX_STORED_RESPONSES = 1000
 # small share of a GPU server's memory; the count alone let clients fill 16 GB (1000
 # responses of a 16 MiB body each)
 MAX_STORED_RESPONSE_BYTES = 2**30
+# the options that size the GPU's KV pool as a share of its memory, one at most: what each is
+# a share of (aiollm/model/kv_pool.py)
+MEMORY_SHARES = {
+    "gpu_memory_utilization": "vLLM's: the whole process's share of the GPU's memory",
+    "kv_memory_fraction": "the KV pool's share of the memory free after loading",
+    "mem_fraction_static": "SGLang's: the weights' and KV pool's share of the memory free "
+                           "at start",
+    "mem_fraction": "LightLLM's: the share of the GPU's memory in use once the KV pool is "
+                    "allocated",
+}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # vLLM's --kv-cache-dtype values aiollm can honour: auto, or the dtype the model runs in
 # (vLLM's float16 and bfloat16; float32 too, the CPU's)
@@ -86,6 +96,13 @@ class EngineConfig:
     # vLLM's --gpu-memory-utilization: this process's GPU memory (weights, KV pool, the
     # headroom for activations) stays within this share of the GPU's total; no effect on the CPU
     gpu_memory_utilization: float | None = None
+    # SGLang's --mem-fraction-static: this process's weights and KV pool within this share of
+    # the GPU memory free when it started, the rest kept for activations and CUDA graphs;
+    # LightLLM's --mem_fraction (mem_fraction): the GPU's memory in use once the pool is
+    # allocated, every process's, within this share of its total. No effect on the CPU
+    # (aiollm/model/kv_pool.py, static_pool_tokens)
+    mem_fraction_static: float | None = None
+    mem_fraction: float | None = None
     # KV pool size on the CPU when kv_tokens is not given; None: cpu_pool_tokens() sizes it
     # from the model's context. No CLI flag: on the command line the device is known, and
     # --kv-tokens sizes the pool on it; this only lets Python code with device="auto" size
@@ -239,16 +256,15 @@ class EngineConfig:
                              f"most {self.kv_tokens} (left out: the longest that fits)")
         if self.kv_memory_fraction is not None and not 0 < self.kv_memory_fraction < 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
-        if self.gpu_memory_utilization is not None:
-            if not 0 < self.gpu_memory_utilization <= 1:  # NaN too
-                raise ValueError(f"gpu_memory_utilization must be in (0, 1], got "
-                                 f"{self.gpu_memory_utilization}")
-            if self.kv_memory_fraction is not None:  # shares of different wholes
-                raise ValueError("give one of gpu_memory_utilization (vLLM's: the whole "
-                                 "process's share of the GPU's memory) and kv_memory_fraction "
-                                 "(the KV pool's share of the memory free after loading), "
-                                 f"got {self.gpu_memory_utilization} and "
-                                 f"{self.kv_memory_fraction}")
+        for name in ("gpu_memory_utilization", "mem_fraction_static", "mem_fraction"):
+            share = getattr(self, name)
+            if share is not None and not 0 < share <= 1:  # NaN too
+                raise ValueError(f"{name} must be in (0, 1], got {share}")
+        given = [name for name in MEMORY_SHARES if getattr(self, name) is not None]
+        if len(given) > 1:  # shares of different wholes
+            raise ValueError(f"give one of {given[0]} ({MEMORY_SHARES[given[0]]}) and "
+                             f"{given[1]} ({MEMORY_SHARES[given[1]]}), got "
+                             f"{getattr(self, given[0])} and {getattr(self, given[1])}")
         for name in ("tensor_parallel_size", "nnodes"):  # one message each: the CLI names it
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

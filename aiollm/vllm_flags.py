@@ -152,7 +152,8 @@ REFUSED = (
     Refusal(("--convert",), _GENERATIVE_FLAG, same=("none", "auto")),
     Refusal(("--tokenizer-mode",),
             "the tokenizer is the model's tokenizer.json (or the GGUF file's vocabulary), "
-            "with no slow or mistral mode", same=("auto",)),
+            "with no slow or mistral mode",
+            same=("auto", "fast")),  # fast: LightLLM's --tokenizer_mode default, the same
     Refusal(("--skip-tokenizer-init",),
             "the tokenizer always loads (prompts may still be given as token ids)",
             takes_value=False),
@@ -337,7 +338,7 @@ def _note(namespace: argparse.Namespace, flag: str, why: str, value: Any = None)
     namespace.no_effect = notes
 
 
-class _NoEffect(argparse.Action):
+class NoEffect(argparse.Action):
     """A switch that is accepted and sets nothing but its note (_note)."""
 
     def __init__(self, option_strings: list[str], dest: str, why: str, **kwargs) -> None:
@@ -349,7 +350,7 @@ class _NoEffect(argparse.Action):
         _note(namespace, option_string, self.why)
 
 
-class _NoEffectValue(argparse.Action):
+class NoEffectValue(argparse.Action):
     """A flag of NO_EFFECT_VALUES: its value accepted with a note (_note), or a usage
     error naming the flag where ignored.refuse refuses it."""
 
@@ -365,7 +366,7 @@ class _NoEffectValue(argparse.Action):
         _note(namespace, option_string, self.ignored.why, values)
 
 
-class _Refuse(argparse.Action):
+class Refuse(argparse.Action):
     """A refused flag: a usage error naming it, unless its value is one of refusal.same
     (then its refusal.model_check goes to the namespace's `model_checks`, for serve's
     checks to run against MODEL)."""
@@ -401,11 +402,11 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "what to use instead (a value asking for aiollm's own behaviour, such as -pp 1, is "
         f"taken): {refused}.")
     for flag, why in NO_EFFECT.items():
-        group.add_argument(flag, action=_NoEffect, why=why, help=f"no effect: {why}")
+        group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
     for ignored in NO_EFFECT_VALUES:
-        group.add_argument(*ignored.names, action=_NoEffectValue, ignored=ignored,
+        group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
                            metavar=ignored.metavar, help=f"no effect: {ignored.why}")
     for refusal in REFUSED:
-        group.add_argument(*refusal.names, action=_Refuse, refusal=refusal)
+        group.add_argument(*refusal.names, action=Refuse, refusal=refusal)
     vllm_compilation.add_to(group)
     vllm_graph_flags.add_to(group)

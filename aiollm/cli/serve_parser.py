@@ -1,6 +1,7 @@
-"""`aiollm serve`'s parser: its positional MODEL and aiollm's flags by group (server, model,
-engine, tensor parallelism), then vLLM's (vllm_flags.py); ENGINE_OPTIONS, the flags that are
-EngineConfig's fields. What the flags give is checked after parsing in serve_checks.py."""
+"""`aiollm serve`'s parser: its positional MODEL and aiollm's flags by group (server,
+model, engine, tensor parallelism), then vLLM's (vllm_flags.py), SGLang's (sglang_flags.py)
+and LightLLM's (lightllm_flags.py); ENGINE_OPTIONS, the flags that are EngineConfig's
+fields. What the flags give is checked after parsing in serve_checks.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import argparse
 import json
 
 from aiollm import vllm_flags
-from aiollm.cli import token_counts
+from aiollm.cli import lightllm_flags, sglang_flags, token_counts
+from aiollm.cli.flag_alias import Alias, ModelFlag
 from aiollm.cli.help_format import HelpFormatter
 from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, LOGPROBS_MODES,
                            MAX_STORED_RESPONSE_BYTES, MAX_STORED_RESPONSES, REASONING_PARSERS,
@@ -16,35 +18,11 @@ from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, LOGPROBS_MODES,
 from aiollm.model.paths import LOAD_FORMATS
 
 
-class _Model(argparse.Action):
-    """MODEL, given as the positional or as vLLM's --model (`vllm serve --model M`, its
-    api_server's launch line); both may name it, but not two different models, which
-    would serve one of them silently."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        given = getattr(namespace, self.dest, None)
-        if given is not None and given != values:
-            parser.error(f"MODEL and --model name two models ({given!r}, {values!r}): "
-                         "give one")
-        setattr(namespace, self.dest, values)
-
-
-class _Alias(argparse._StoreAction):
-    """A flag with two spellings (aiollm's and vLLM's or SGLang's): stores its value as
-    `store` does and records the spelling typed, so that a check after parsing names the
-    flag the user wrote (`--max-num-seqs 0`), not aiollm's own."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        super().__call__(parser, namespace, values, option_string)
-        typed = dict(getattr(namespace, "flags_typed", {}))
-        typed[self.dest] = option_string
-        namespace.flags_typed = typed
-
-
 def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`serve`'s parser, added to the subcommands `sub`: aiollm's flags by group, then
-    vLLM's (vllm_flags.add_to). The parser is also in its namespace (command_parser), for the
-    checks after parsing to report through."""
+    vLLM's, SGLang's and LightLLM's (vllm_flags, sglang_flags, lightllm_flags, add_to).
+    The parser is also in its namespace (command_parser), for the checks after parsing to
+    report through."""
     d = EngineConfig()  # the engine's defaults, shown in --help
     s = sub.add_parser("serve", help="serve a model over HTTP",
                        formatter_class=HelpFormatter,
@@ -60,11 +38,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        "/readiness, /get_model_name, /tokens, /token_load, POST /, and "
                        "/get_score, a reward model's route: a 404 saying none is served.")
     s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
-    s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=_Model,
+    s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=ModelFlag,
                    metavar="MODEL",
                    help="a Hugging Face model directory or a .gguf file "
                         "(default: the bundled SmolLM2-135M-Instruct)")
-    s.add_argument("--model", dest="model", default=argparse.SUPPRESS, action=_Model,
+    s.add_argument("--model", dest="model", default=argparse.SUPPRESS, action=ModelFlag,
                    metavar="MODEL", help="MODEL given as a flag (vLLM's --model)")
     net = s.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1",
@@ -72,12 +50,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "vLLM: every interface, IPv4 too)")
     net.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
     net.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                     action=Alias,
                      help="the model name clients send and see (default: the model's name); "
                           "several, as in vLLM: responses report the first, requests may "
                           "send any, /v1/models lists all")
     net.add_argument("--tool-call-parser", default=None, choices=list(TOOL_CALL_PARSERS),
-                     type=vllm_flags.tool_call_parser_name,
+                     type=sglang_flags.tool_call_parser_name,
                      help="the format of the model's tool calls (vLLM's llama3_json: llama3; "
+                          "SGLang's and LightLLM's qwen25, and SGLang's qwen: hermes; "
                           "default: from its chat template)")
     net.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
                      help="chat: render conversations with this Jinja chat template in place "
@@ -119,9 +99,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "one larger than N is not kept; 0 keeps none "
                           f"(default: {MAX_STORED_RESPONSE_BYTES}, 1 GiB)")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
+                     type=sglang_flags.reasoning_parser_name,
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "
-                          "reasoning; qwen3: only where the output or prompt opens <think>); "
+                          "reasoning, SGLang's deepseek-r1; qwen3: only where the output or "
+                          "prompt opens <think>); "
                           "default: none, the output is all content")
     net.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
                      help="chat: leave a request's tools out of the prompt when its "
@@ -163,23 +145,24 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "once a minute); /metrics keeps them")
     m = s.add_argument_group("model")
     m.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
-                   type=vllm_flags.dtype_name,
+                   type=vllm_flags.dtype_name, action=Alias,
                    help="weights and KV cache dtype (auto: on CUDA the checkpoint's float16 or "
                         "bfloat16, else bfloat16; float32 on CPU; "
                         "vLLM's half and float: float16 and float32)")
     m.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, metavar="DTYPE",
+                   type=sglang_flags.kv_cache_dtype_name,
                    help="vLLM's: the KV cache's dtype, which is always the dtype the model "
-                        "runs in (--dtype): auto, or that dtype's name (bfloat16, float16, "
-                        "float32); no fp8")
+                        "runs in (--dtype): auto, or that dtype's name (bfloat16, SGLang's "
+                        "bf16, float16, float32); no fp8")
     m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    m.add_argument("--tokenizer", default=d.tokenizer,
+    m.add_argument("--tokenizer", default=d.tokenizer, action=Alias,
                    help="tokenizer path (HF directory or .gguf; default: the model's own)")
     m.add_argument("--load-format", default=d.load_format, choices=list(LOAD_FORMATS),
                    help="auto: what MODEL is; safetensors or gguf, as vLLM's: MODEL must be "
                         "a Hugging Face directory or a GGUF file; dummy: random weights of "
                         "the model's shape (benchmarks)")
     m.add_argument("--max-model-len", type=token_counts.max_model_len,
-                   default=d.max_model_len,
+                   default=d.max_model_len, action=Alias,
                    help="longest prompt + output in tokens, as vLLM takes it: 4k is 4000, 4K "
                         "4096; a KV cache that cannot hold one request of it stops the start, "
                         "as in vLLM (default, or auto: the model's own limit, within what the "
@@ -196,10 +179,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "the distribution the token was drawn from, after all of them; "
                         "raw_logits and processed_logits, those logits themselves "
                         "(default: %(default)s)")
-    m.add_argument("--seed", type=int, default=d.seed,
+    m.add_argument("--seed", type=int, default=d.seed, action=Alias,
                    help="seed of the server's sampling when a request gives none")
     e = s.add_argument_group("engine")
-    e.add_argument("--kv-tokens", type=int, default=d.kv_tokens,
+    e.add_argument("--kv-tokens", type=int, default=d.kv_tokens, action=Alias,
                    help="KV cache size in tokens, at least --max-model-len when that is "
                         "given (overrides --kv-memory-fraction and "
                         "--gpu-memory-utilization; default on the CPU: 4 full contexts of "
@@ -214,15 +197,16 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "activations) within U x the GPU's total, in (0, 1]; the KV cache "
                         "gets what is left after the weights and the activations' headroom "
                         "(instead of --kv-memory-fraction; no effect on the CPU)")
-    e.add_argument("--max-running-requests", "--max-num-seqs", type=int, action=_Alias,
+    e.add_argument("--max-running-requests", "--max-num-seqs", type=int, action=Alias,
                    metavar="N",
                    default=d.max_running_requests,
                    help="most requests admitted at once (prefilling or decoding)")
     e.add_argument("--max-prefill-tokens", "--max-num-batched-tokens",
-                   type=token_counts.token_count, action=_Alias, metavar="N",
+                   type=token_counts.token_count, action=Alias, least=True, metavar="N",
                    default=d.max_prefill_tokens,
                    help="token budget of one step (prefill chunks + decodes); 8k is 8000, "
-                        "8K 8192")
+                        "8K 8192; given with SGLang's or LightLLM's bounds of a step, the "
+                        "smallest counts")
     e.add_argument("--mixed-prefill-tokens", type=int, default=d.mixed_prefill_tokens,
                    help="most prompt tokens in a step that also decodes (with prefill graphs, "
                         "plus up to 31 that fill the step's graph bucket): caps how long running "
@@ -256,7 +240,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     e.add_argument("--no-cuda-graph", "--enforce-eager", dest="cuda_graph", action="store_false",
                    help="run every step eagerly: no decode CUDA graphs, no graph segments "
                         "for prompt steps")
-    e.add_argument("--cuda-graph-max-batch", "--cuda-graph-max-bs", type=int, action=_Alias,
+    e.add_argument("--cuda-graph-max-batch", "--cuda-graph-max-bs", type=int, action=Alias,
                    default=d.cuda_graph_max_batch,
                    help="largest decode batch captured as a CUDA graph (larger ones run "
                         "eagerly; SGLang's --cuda-graph-max-bs)")
@@ -272,7 +256,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="reuse the KV of prefixes seen before, as without --no-prefix-cache "
                         "(the last of the two given counts)")
     tp = s.add_argument_group("tensor parallelism")
-    tp.add_argument("-tp", "--tensor-parallel-size", type=int, action=_Alias,
+    tp.add_argument("-tp", "--tensor-parallel-size", type=int, action=Alias,
                     default=d.tensor_parallel_size,
                     help="split the model over N ranks (one per GPU; gloo ranks on --device cpu)")
     tp.add_argument("--nnodes", type=int, default=d.nnodes,
@@ -283,6 +267,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                     help="TCP rendezvous address on node 0, reachable from every node "
                          "(default on one node: a free port of 127.0.0.1)")
     vllm_flags.add_to(s)
+    sglang_flags.add_to(s)
+    lightllm_flags.add_to(s)
     # the checks after parsing report through serve's parser, as argparse's own do: its
     # usage line, "aiollm serve: error: ..."
     s.set_defaults(command_parser=s)
@@ -293,6 +279,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 ENGINE_OPTIONS = ("dtype", "kv_cache_dtype", "device", "load_format", "tokenizer",
                   "max_model_len", "seed",
                   "kv_tokens", "kv_memory_fraction", "gpu_memory_utilization",
+                  "mem_fraction_static", "mem_fraction",
                   "max_running_requests",
                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",
                   "queue_timeout", "grammar_compile_timeout", "scheduler",

@@ -112,10 +112,9 @@ def _pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int,
     the model's max seq len..."): the numbers, and what to change."""
     if device.type == "cpu":  # only a cpu_kv_tokens below it sizes a CPU pool so
         more = "raise cpu_kv_tokens"
-    elif cfg.gpu_memory_utilization is not None:
-        more = "raise gpu_memory_utilization (--gpu-memory-utilization)"
     else:
-        more = "raise kv_memory_fraction (--kv-memory-fraction)"
+        share = _memory_share(cfg)
+        more = f"raise {share} (--{share.replace('_', '-')})"
     return (f"the KV cache holds {kv_tokens} tokens ({byte_size(kv_tokens * per_token)}), "
             f"less than one request of max_model_len {cfg.max_model_len} tokens needs "
             f"({byte_size(cfg.max_model_len * per_token)}): lower max_model_len "
@@ -227,8 +226,7 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     if rank.max_model_len < mc.max_position and cfg.max_model_len is None:
         # the pool, not the model's context, is the limit: max_model_len left out is the
         # longest that fits, as vLLM's --max-model-len auto (one given is held or refused)
-        share = ("gpu_memory_utilization" if cfg.gpu_memory_utilization is not None
-                 else "kv_memory_fraction")  # the share the user gave (both: refused)
+        share = _memory_share(cfg)
         log.warning("the KV cache holds %d tokens, less than the model's context of %d: a "
                     "request's prompt and output are limited to %d tokens; raise kv_tokens "
                     "(--kv-tokens; on a GPU, %s), or give max_model_len (--max-model-len) "
@@ -237,6 +235,15 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     log_defaults(defaults, cfg.generation_config)
     return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank,
                   defaults)
+
+
+def _memory_share(cfg: EngineConfig) -> str:
+    """The option that sized the GPU's KV pool as a share of its memory: the one given
+    (EngineConfig refuses two), else kv_memory_fraction, the default's."""
+    from aiollm.config import MEMORY_SHARES
+
+    return next((name for name in MEMORY_SHARES if getattr(cfg, name) is not None),
+                "kv_memory_fraction")
 
 
 def _check_auto_kv_cache_dtype(cfg: EngineConfig, device: torch.device) -> None:

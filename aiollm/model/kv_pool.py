@@ -23,17 +23,23 @@ log = logging.getLogger(__name__)
 
 def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
     """KV pool size in tokens for this process: cfg.kv_tokens (an EngineConfig) when given;
-    on a GPU, with cfg.gpu_memory_utilization, what `utilization_pool_tokens` leaves, else
-    kv_memory_fraction (default KV_MEMORY_FRACTION) of the free memory after loading
-    (PyTorch's cached blocks and cyclic garbage's counted free) over bytes_per_token; on the CPU,
+    on a GPU, with cfg.gpu_memory_utilization, what `utilization_pool_tokens` leaves, with
+    SGLang's mem_fraction_static or LightLLM's mem_fraction what `static_pool_tokens`
+    leaves, else kv_memory_fraction (default KV_MEMORY_FRACTION) of the free memory after
+    loading (PyTorch's cached blocks and cyclic garbage's counted free) over
+    bytes_per_token; on the CPU,
     cfg.cpu_pool_tokens of the context (the smaller of max_position and max_model_len,
     tokens). The Engine and each tensor-parallel follower size theirs so. Raises ValueError
-    naming gpu_memory_utilization when it leaves no room for a pool."""
+    naming the share given when it leaves no room for a pool."""
     utilization = cfg.gpu_memory_utilization
+    # the share of a whole GPU's memory given (EngineConfig allows one), if any
+    share = next((name for name in ("gpu_memory_utilization", "mem_fraction_static",
+                                    "mem_fraction") if getattr(cfg, name) is not None), None)
     if cfg.kv_tokens is not None:
-        if utilization is not None:  # as vLLM's kv_cache_memory_bytes overrides it
-            log.info("the KV pool holds kv_tokens=%d tokens: gpu_memory_utilization %s is "
-                     "not used", cfg.kv_tokens, utilization)
+        if share is not None:  # as vLLM's kv_cache_memory_bytes overrides it (and SGLang's
+            # max_total_tokens, LightLLM's max_total_token_num theirs)
+            log.info("the KV pool holds kv_tokens=%d tokens: %s %s is not used",
+                     cfg.kv_tokens, share, getattr(cfg, share))
         return cfg.kv_tokens
     if device.type == "cuda":
         # blocks PyTorch keeps cached (the load's temporary tensors, ~0.9 GB for a 135M
@@ -45,9 +51,12 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
         if utilization is not None:
             return utilization_pool_tokens(utilization, free, total,
                                            torch.cuda.memory_reserved(device), bytes_per_token)
+        if share is not None:
+            return static_pool_tokens(share, getattr(cfg, share), free, total,
+                                      torch.cuda.memory_reserved(device), bytes_per_token)
         return int(free * (cfg.kv_memory_fraction or KV_MEMORY_FRACTION)) // bytes_per_token
-    if utilization is not None:
-        log.info("gpu_memory_utilization %s has no effect on the CPU", utilization)
+    if share is not None:
+        log.info("%s %s has no effect on the CPU", share, getattr(cfg, share))
     return cfg.cpu_pool_tokens(min([x for x in (max_position, cfg.max_model_len) if x] or [8192]))
 
 
@@ -73,6 +82,30 @@ def utilization_pool_tokens(utilization: float, free: int, total: int, in_use: i
             f"which this process holds {byte_size(in_use)} after loading and "
             f"{byte_size(headroom)} is kept for activations ({byte_size(free)} free); "
             "raise gpu_memory_utilization, or size the pool with kv_tokens (--kv-tokens)")
+    return budget // bytes_per_token
+
+
+def static_pool_tokens(name: str, fraction: float, free: int, total: int, in_use: int,
+                       bytes_per_token: int) -> int:
+    """KV pool tokens under SGLang's mem_fraction_static or LightLLM's mem_fraction (`name`;
+    `fraction` in (0, 1]): the pool gets the memory free after loading (`free`) less
+    (1 - fraction) of a whole, kept for activations, CUDA graphs and sampling. The whole is,
+    as SGLang's ModelRunner.profile_max_num_token takes it, the memory free when this
+    process started (free now plus what loading took, `in_use`: PyTorch's reserved memory,
+    the weights), so that weights and pool stay within fraction x it; as LightLLM's
+    MemoryManager.profile_size takes it, the GPU's `total`, so that every process's memory
+    stays within fraction x total. Bytes in, tokens out. Raises ValueError naming `name`
+    and the sizes (`byte_size`) when no token fits."""
+    whole, of = ((free + in_use, "the memory free at start") if name == "mem_fraction_static"
+                 else (total, "the GPU's memory"))
+    kept = int((1 - fraction) * whole)
+    budget = free - kept
+    if budget < bytes_per_token:
+        raise ValueError(
+            f"{name} {fraction} leaves no room for the KV cache: (1 - {fraction}) x "
+            f"{byte_size(whole)} ({of}) = {byte_size(kept)} is kept for activations, more "
+            f"than the {byte_size(free)} free after loading; raise {name}, or size the pool "
+            "with kv_tokens (--kv-tokens)")
     return budget // bytes_per_token
 
 

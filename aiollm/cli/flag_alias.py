@@ -1,0 +1,72 @@
+"""One `aiollm serve` option under several flags (aiollm's, vLLM's, SGLang's, LightLLM's):
+the action each spelling stores with, recording the spelling typed, so that a check after
+parsing names the flag the user wrote (`--max-num-seqs 0`, not aiollm's own), and refusing
+two spellings given with different values, which would serve with one of them silently."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class Alias(argparse._StoreAction):
+    """A spelling of an option: stores its value as `store` does and records the spelling
+    in the namespace's `flags_typed` (dest -> flag). The same spelling given again replaces
+    its value (argparse's rule); another spelling of the option given before with another
+    value is a usage error naming both, unless both are `least` flags of different
+    actions: then the smaller value is kept. Those are other engines' upper bounds of one
+    count (a step's tokens: SGLang's --chunked-prefill-size beside its --max-prefill-tokens),
+    which those engines keep within all at once."""
+
+    def __init__(self, option_strings, dest, least: bool = False, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.least = least
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        typed = dict(getattr(namespace, "flags_typed", {}))
+        before = typed.get(self.dest)
+        if before is not None and before != option_string:
+            given = getattr(namespace, self.dest)
+            if self.least and before not in self.option_strings:
+                if given <= values:
+                    return
+            elif given != values:
+                parser.error(f"argument {option_string}: {_shown(values)} and {before} "
+                             f"{_shown(given)} are two values of one option: give one")
+        super().__call__(parser, namespace, values, option_string)
+        typed[self.dest] = option_string
+        namespace.flags_typed = typed
+
+
+class AliasConst(argparse.Action):
+    """A switch spelling of an option (SGLang's --disable-cuda-graph for --enforce-eager):
+    stores `const` with no value, as store_const does, and records the spelling typed.
+    Switches of one option follow argparse's rule, the last one counts, as aiollm's own
+    --no-prefix-cache and --enable-prefix-caching do."""
+
+    def __init__(self, option_strings, dest, const, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, const=const, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, self.const)
+        namespace.flags_typed = {**getattr(namespace, "flags_typed", {}),
+                                 self.dest: option_string}
+
+
+class ModelFlag(argparse.Action):
+    """MODEL, given as the positional or as a flag (vLLM's --model, SGLang's --model-path,
+    LightLLM's --model_dir); several may name it, but not two different models, which would
+    serve one of them silently."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is not None and given != values:
+            before = getattr(namespace, "model_typed", "MODEL")
+            parser.error(f"{before} and {option_string or 'MODEL'} name two models "
+                         f"({given!r}, {values!r}): give one")
+        setattr(namespace, self.dest, values)
+        namespace.model_typed = option_string or "MODEL"
+
+
+def _shown(value) -> str:
+    """A value as the command line gave it (a list of several names: space-separated)."""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)

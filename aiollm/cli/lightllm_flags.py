@@ -1,0 +1,167 @@
+"""LightLLM's `python -m lightllm.server.api_server` flags on `aiollm serve`, so that a
+launch line copied from LightLLM (its README's, its benchmarks') runs as it asked or stops at
+once saying why. LightLLM spells its flags with underscores (--model_dir), which aiollm's
+parser reads as their dashed names (flag_spelling.dashed), so the tables hold those. Built
+as aiollm/vllm_flags.py and sglang_flags.py are:
+
+- ALIASES: LightLLM's name of an aiollm option of the same meaning and unit
+  (--max_total_token_num is --kv-tokens, the KV cache's tokens; --max_req_total_len
+  --max-model-len, a request's input + output tokens...), hidden from --help, which names
+  them in the group's description; two spellings given two values is a usage error naming
+  both. Flags spelt as aiollm's (--host, --port, --nnodes, --node_rank, --disable_log_stats,
+  --tool_call_parser) are aiollm's own; those spelt as SGLang's once dashed (--tp,
+  --chunked_prefill_size, --nccl_port, --dp, --enable_multimodal) are sglang_flags.py's;
+  vLLM's --trust-remote-code refusal and --tokenizer-mode (LightLLM's fast taken) answer
+  --trust_remote_code and --tokenizer_mode;
+- --mem_fraction: LightLLM's sizing of the KV pool (EngineConfig.mem_fraction);
+- NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
+  implementations of what aiollm does one way, changing no output; accepted and logged;
+- REFUSED: flags asking for what aiollm cannot do: a usage error (exit 2) naming the flag
+  and what aiollm offers instead; a value asking for aiollm's own behaviour is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from aiollm import vllm_flags
+from aiollm.cli import token_counts
+from aiollm.cli.flag_alias import Alias, AliasConst, ModelFlag
+from aiollm.vllm_flags import Ignored, NoEffect, NoEffectValue, Refusal, Refuse
+
+# LightLLM's --data_type values -> aiollm's --dtype
+_DATA_TYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16",
+               "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32"}
+
+
+def data_type(value: str) -> str:
+    """LightLLM's --data_type as aiollm's dtype name: fp16, bf16 and fp32 are float16,
+    bfloat16 and float32; argparse.ArgumentTypeError naming LightLLM's choices for any
+    other."""
+    try:
+        return _DATA_TYPES[value]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {value!r} (choose from {', '.join(_DATA_TYPES)})") from None
+
+
+def _one_name(value: str) -> list[str]:
+    """LightLLM's --model_name, one name, as --served-model-name's list of names."""
+    return [value]
+
+
+# the flag (dashed) -> (EngineConfig's option it sets, aiollm's flag of it, for --help), with
+# the type its value is read as
+ALIASES = {
+    "--model-name": ("served_model_name", "--served-model-name", _one_name),
+    "--max-total-token-num": ("kv_tokens", "--kv-tokens", int),
+    "--running-max-req-size": ("max_running_requests", "--max-running-requests", int),
+    "--max-req-total-len": ("max_model_len", "--max-model-len", int),
+    "--data-type": ("dtype", "--dtype", data_type),
+    "--graph-max-batch-size": ("cuda_graph_max_batch", "--cuda-graph-max-batch", int),
+}
+# switches: the flag -> (option, the value it sets, aiollm's flag)
+SWITCHES = {
+    "--disable-cudagraph": ("cuda_graph", False, "--enforce-eager"),
+    "--disable-dynamic-prompt-cache": ("prefix_cache", False, "--no-prefix-cache"),
+}
+
+REFUSED = (
+    Refusal(("--disable-chunked-prefill",),
+            "prompts are always prefilled in chunks of a step's token budget: to prefill a "
+            "prompt in one step, raise --batch_max_tokens (--max-prefill-tokens) to "
+            "--max_req_total_len (--max-model-len)", takes_value=False),
+    Refusal(("--max-req-input-len",),
+            "a request's input is limited only with its output, by --max_req_total_len "
+            "(--max-model-len): there is no separate limit on input; leave the flag out"),
+    Refusal(("--run-mode",),
+            "there is no prefill/decode disaggregation: one server prefills and decodes "
+            "(normal); leave the flag out", same=("normal",)),
+    Refusal(("--eos-id",),
+            "requests end at the tokenizer's and the model config's eos ids; a request may "
+            "add its own (stop_token_ids, LightLLM's stop_sequences)"),
+    Refusal(("--mode",),
+            "attention runs on aiollm's Triton kernels, with the KV cache in the model's "
+            "dtype (no int8 or fp8 KV cache); leave the flag out"),
+    Refusal(("--quant-type",),
+            "quantized weights are not supported: serve float16/bfloat16/float32 "
+            "safetensors, or a GGUF file (dequantized as it loads)", same=("none",)),
+    Refusal(("--output-constraint-mode",),
+            "grammars run on xgrammar, the one library aiollm has, whenever a request asks "
+            "for one; leave the flag out", same=("xgrammar",)),
+    Refusal(("--use-reward-model",),
+            f"{vllm_flags.GENERATIVE_ONLY}; leave the flag out to generate text",
+            takes_value=False),
+    Refusal(("--nccl-host",),
+            "give node 0's address and a port every node reaches as --dist-init-addr "
+            "HOST:PORT (on one node, leave both out)", same=("127.0.0.1",)),
+    Refusal(("--long-truncation-mode",),
+            "a request longer than --max_req_total_len (--max-model-len) is refused, never "
+            "cut short: truncate the prompt in the client, or raise it"),
+)
+
+NO_EFFECT = {
+    "--use-dynamic-prompt-cache": "the prefix cache is on unless turned off "
+                                  "(--disable_dynamic_prompt_cache, --no-prefix-cache)",
+    "--splitfuse-mode": "prompt chunks always share a step with the decodes, within "
+                        "--mixed-prefill-tokens",
+    "--disable-custom-allreduce": "tensor parallelism all-reduces with torch.distributed "
+                                  "(NCCL) only",
+    "--enable-fa3": "attention runs on aiollm's Triton kernels (outputs are the same)",
+}
+
+NO_EFFECT_VALUES = (
+    Ignored(("--graph-max-len-in-batch",),
+            "decode CUDA graphs cover every context up to --max-model-len", "N"),
+)
+
+
+def add_to(parser: argparse.ArgumentParser) -> None:
+    """Add LightLLM's flags (the tables above, and --mem_fraction) to `parser`, aiollm
+    serve's, in a group of their own."""
+    shown = [(flag, aiollm_flag) for flag, (_, aiollm_flag, _) in ALIASES.items()]
+    shown += [(flag, aiollm_flag) for flag, (_, _, aiollm_flag) in SWITCHES.items()]
+    aliases = "; ".join(f"{_underscored(flag)} is {aiollm_flag}" for flag, aiollm_flag in shown)
+    refused = ", ".join(_underscored(r.names[0]) for r in REFUSED)
+    group = parser.add_argument_group(
+        "LightLLM's flags", "`python -m lightllm.server.api_server` flags (underscores or "
+        "dashes) of the same meaning are aliases of aiollm's: --model_dir is MODEL; "
+        f"{aliases}; --batch_max_tokens, --chunked_prefill_size and --splitfuse_block_size are "
+        "--max-prefill-tokens, a step's tokens (several given: the smallest counts); --tp "
+        "is -tp. --host, --port, --nnodes, --node_rank, --disable_log_stats and "
+        "--tool_call_parser (qwen25 is hermes) are aiollm's own; --tokenizer_mode takes "
+        "fast and auto. Those below size the KV cache as LightLLM does or change nothing. "
+        "Refused, each with what to use instead (a value asking for aiollm's own behaviour, "
+        f"such as --run_mode normal, is taken): {refused}, and --trust_remote_code.")
+    group.add_argument("--model-dir", dest="model", default=argparse.SUPPRESS,
+                       action=ModelFlag, help=argparse.SUPPRESS)
+    for flag, (dest, _, kind) in ALIASES.items():
+        group.add_argument(flag, dest=dest, type=kind, action=Alias,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    # a step's tokens: the prefill batch's, and (older LightLLM) a splitfuse step's chunk
+    for flag in ("--batch-max-tokens", "--splitfuse-block-size"):
+        group.add_argument(flag, dest="max_prefill_tokens", type=token_counts.token_count,
+                           action=Alias, least=True, default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)
+    for flag, (dest, value, _) in SWITCHES.items():
+        group.add_argument(flag, dest=dest, const=value, action=AliasConst,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    group.add_argument("--mem-fraction", type=float, default=None, metavar="F",
+                       help="LightLLM's --mem_fraction: size the KV cache so that the GPU's "
+                            "memory in use once it is allocated (every process's) is F x "
+                            "its total, the rest, 1 - F, for activations and CUDA graphs "
+                            "(instead of --kv-memory-fraction; --kv-tokens overrides it; no "
+                            "effect on the CPU)")
+    for flag, why in NO_EFFECT.items():
+        group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
+    for ignored in NO_EFFECT_VALUES:
+        group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
+                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
+    for refusal in REFUSED:
+        group.add_argument(*refusal.names, action=Refuse, refusal=refusal)
+
+
+
+def _underscored(flag: str) -> str:
+    """A dashed flag as LightLLM spells it: --max-total-token-num is --max_total_token_num."""
+    return "--" + flag[2:].replace("-", "_")

@@ -1,0 +1,219 @@
+"""SGLang's `python -m sglang.launch_server` flags on `aiollm serve`, so that a launch line
+copied from SGLang runs as it asked or stops at once saying why (argparse's "unrecognized
+arguments" said neither). Built as aiollm/vllm_flags.py is, in tables:
+
+- ALIASES: SGLang's name of an aiollm option of the same meaning and unit (--model-path is
+  MODEL, --context-length --max-model-len...), hidden from --help, which names them in the
+  group's description; a value given under two of its spellings with two values is a usage
+  error naming both (flag_alias.Alias). SGLang's flags spelt as aiollm's (--max-running-
+  requests, --max-prefill-tokens, --cuda-graph-max-bs, --dtype, --kv-cache-dtype, --host,
+  --port, --api-key, --served-model-name, --chat-template, --tool-call-parser,
+  --reasoning-parser, --dist-init-addr, --nnodes, --node-rank, --log-level) are aiollm's own,
+  and its values of a choice are aiollm's (`tool_call_parser_name`, `reasoning_parser_name`,
+  `kv_cache_dtype_name`);
+- --mem-fraction-static: SGLang's sizing of the KV pool (EngineConfig.mem_fraction_static);
+- NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
+  implementations of what aiollm does one way, changing no output; accepted and logged;
+- REFUSED: flags asking for what aiollm cannot do: a usage error (exit 2) naming the flag
+  and what aiollm offers instead; a value asking for aiollm's own behaviour (--dp-size 1)
+  is taken.
+
+Flags LightLLM spells the same way once dashed (--tp, --chunked_prefill_size, --nccl_port,
+--dp, --enable_multimodal) are defined here once and mean the same in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from aiollm import vllm_flags
+from aiollm.cli import token_counts
+from aiollm.cli.flag_alias import Alias, AliasConst, ModelFlag
+from aiollm.vllm_flags import Ignored, NoEffect, NoEffectValue, Refusal, Refuse
+
+# the flag -> (EngineConfig's option it sets, aiollm's flag of it, for --help), with the
+# type its value is read as
+ALIASES = {
+    "--tp-size": ("tensor_parallel_size", "-tp", int),
+    "--tp": ("tensor_parallel_size", "-tp", int),  # SGLang's docs' spelling; LightLLM's too
+    "--tokenizer-path": ("tokenizer", "--tokenizer", str),
+    "--context-length": ("max_model_len", "--max-model-len", int),
+    "--max-total-tokens": ("kv_tokens", "--kv-tokens", int),
+    "--random-seed": ("seed", "--seed", int),
+}
+# switches: the flag -> (option, the value it sets, aiollm's flag)
+SWITCHES = {
+    "--disable-radix-cache": ("prefix_cache", False, "--no-prefix-cache"),
+    "--disable-cuda-graph": ("cuda_graph", False, "--enforce-eager"),
+}
+
+
+def chunk_size(value: str) -> int:
+    """SGLang's --chunked-prefill-size (LightLLM's --chunked_prefill_size): the tokens of
+    one step (token_counts' forms); its -1, which turns chunked prefill off, is refused
+    (argparse.ArgumentTypeError): aiollm always prefills in chunks."""
+    if value.strip() == "-1":
+        raise argparse.ArgumentTypeError(
+            "-1 turns chunked prefill off, and prompts are always prefilled in chunks of a "
+            "step's token budget: to prefill a prompt in one step, give a budget of "
+            "--max-model-len tokens")
+    return token_counts.token_count(value)
+
+
+_DATA_PARALLEL = ("there is no data parallelism in one server: run one aiollm server per "
+                  "replica behind a load balancer")
+_EXPERT_PARALLEL = ("there is no expert parallelism: --tensor-parallel-size gives every "
+                    "rank its share of each expert's features; leave the flag out")
+_SPECULATIVE = "speculative decoding is not supported: leave the flag out"
+
+REFUSED = (
+    Refusal(("--dp-size", "--dp"), _DATA_PARALLEL, same=("1",)),
+    Refusal(("--enable-dp-attention",),
+            "there is no data-parallel attention: --tensor-parallel-size splits attention "
+            "heads over the ranks; leave the flag out", takes_value=False),
+    Refusal(("--pp-size",),
+            "there is no pipeline parallelism: split the model over GPUs with "
+            "--tensor-parallel-size (over nodes too, with --nnodes)", same=("1",)),
+    Refusal(("--ep-size", "--ep"), _EXPERT_PARALLEL, same=("1",)),
+    Refusal(("--enable-ep-moe",), _EXPERT_PARALLEL, takes_value=False),
+    *(Refusal((flag,), _SPECULATIVE)
+      for flag in ("--speculative-algorithm", "--speculative-draft-model-path",
+                   "--speculative-num-steps", "--speculative-eagle-topk",
+                   "--speculative-num-draft-tokens")),
+    Refusal(("--schedule-policy",),
+            "requests are admitted first come, first served (fcfs), with no reordering by "
+            "prefix match or priority; leave the flag out", same=("fcfs",)),
+    Refusal(("--schedule-conservativeness",),
+            "admission is chosen by --scheduler (aggressive, conservative or past_future), "
+            "not scaled by a factor", same=("1", "1.0")),
+    Refusal(("--log-requests",),
+            "request contents are never logged; --log-level debug logs each HTTP request's "
+            "method, path, status and id (X-Request-Id)", takes_value=False),
+    Refusal(("--is-embedding",),
+            f"{vllm_flags.GENERATIVE_ONLY}; leave the flag out to generate text",
+            takes_value=False),
+    Refusal(("--enable-multimodal",),
+            "aiollm's models take text alone: no images, audio or video; leave the flag out",
+            takes_value=False),
+    Refusal(("--lora-paths",),
+            "LoRA adapters are not supported: serve a checkpoint with the adapter merged "
+            "into its weights"),
+    Refusal(("--json-model-override-args",),
+            "the model's config.json is read as it is: serve a copy of the model directory "
+            "with the values changed in its config.json", same=("{}",)),
+    Refusal(("--grammar-backend",),
+            "grammars run on xgrammar, the one library aiollm has, whenever a request asks "
+            "for one; leave the flag out", same=("xgrammar",)),
+    Refusal(("--stream-interval",),
+            "streams send each step's tokens as they are sampled, one step at a time; leave "
+            "the flag out", same=("1",)),
+    Refusal(("--disable-overlap-schedule",),
+            "the loop always plans step N+1 while step N runs on the GPU, and nothing turns "
+            "that off (outputs are the same either way); leave the flag out",
+            takes_value=False),
+    Refusal(("--page-size",),
+            "the KV cache is token-level, one slot per token (SGLang's page size 1), with no "
+            "pages to size; leave the flag out", same=("1",)),
+    Refusal(("--enable-hierarchical-cache",),
+            "the prefix cache keeps its KV in the GPU's pool alone, with no tier in host "
+            "memory; leave the flag out", takes_value=False),
+    Refusal(("--base-gpu-id",),
+            "ranks take the GPUs this process sees from the first on: choose them with "
+            "CUDA_VISIBLE_DEVICES (or, on one GPU, --device cuda:N)", same=("0",)),
+    Refusal(("--allow-auto-truncate",),
+            "a request longer than --max-model-len is refused (400), never cut short: "
+            "truncate the prompt in the client, or raise --max-model-len",
+            takes_value=False),
+)
+
+# switches that ask for what aiollm always does -> why they change nothing (--help)
+NO_EFFECT = {
+    "--enable-metrics": "/metrics is always served (Prometheus text)",
+    "--enable-mixed-chunk": "prompt chunks always share a step with the decodes (within "
+                            "--mixed-prefill-tokens)",
+    "--enable-cache-report": "usage always carries prompt_tokens_details (cached_tokens)",
+    "--enable-torch-compile": "nothing is compiled with torch.compile: decode steps replay "
+                              "CUDA graphs (outputs are the same)",
+    "--enable-p2p-check": "tensor parallelism all-reduces with torch.distributed (NCCL), "
+                          "which checks peer access between GPUs itself",
+}
+
+NO_EFFECT_VALUES = (
+    Ignored(("--attention-backend",),
+            "attention runs on aiollm's Triton kernels (their PyTorch references on the "
+            "CPU); outputs are the same", "BACKEND"),
+    Ignored(("--sampling-backend",), "tokens are sampled by aiollm's own sampler",
+            "BACKEND"),
+    Ignored(("--torch-compile-max-bs",), "nothing is compiled with torch.compile", "N"),
+    Ignored(("--nccl-port",),
+            "on one node the ranks meet at a free port of 127.0.0.1 that aiollm picks; over "
+            "nodes, --dist-init-addr HOST:PORT names node 0's", "PORT"),
+)
+
+# tool-call and reasoning parsers under SGLang's and LightLLM's names -> aiollm's
+_TOOL_CALL_PARSERS = {"qwen25": "hermes", "qwen": "hermes"}  # <tool_call>{json}</tool_call>
+_REASONING_PARSERS = {"deepseek-r1": "deepseek_r1"}
+_KV_CACHE_DTYPES = {"bf16": "bfloat16"}
+
+
+def tool_call_parser_name(value: str) -> str:
+    """--tool-call-parser's value under aiollm's name: vLLM's (vllm_flags), and SGLang's and
+    LightLLM's qwen25 (SGLang's newer qwen), Qwen 2.5's <tool_call> JSON, which is hermes."""
+    return _TOOL_CALL_PARSERS.get(value, vllm_flags.tool_call_parser_name(value))
+
+
+def reasoning_parser_name(value: str) -> str:
+    """--reasoning-parser's value under aiollm's name: SGLang's deepseek-r1 is deepseek_r1
+    (the output starts inside the reasoning, in both)."""
+    return _REASONING_PARSERS.get(value, value)
+
+
+def kv_cache_dtype_name(value: str) -> str:
+    """--kv-cache-dtype's value under aiollm's name: SGLang's bf16 is bfloat16."""
+    return _KV_CACHE_DTYPES.get(value, value)
+
+
+def add_to(parser: argparse.ArgumentParser) -> None:
+    """Add SGLang's flags (the tables above, and --mem-fraction-static) to `parser`, aiollm
+    serve's, in a group of their own."""
+    by_target: dict[str, list[str]] = {}
+    for flag, (_, shown, _) in ALIASES.items():
+        by_target.setdefault(shown, []).append(flag)
+    aliases = "; ".join(f"{'/'.join(flags)} is {shown}" for shown, flags in by_target.items())
+    switches = "; ".join(f"{flag} is {shown}" for flag, (_, _, shown) in SWITCHES.items())
+    refused = ", ".join(r.names[0] for r in REFUSED)
+    group = parser.add_argument_group(
+        "SGLang's flags", "`python -m sglang.launch_server` flags of the same meaning are "
+        f"aliases of aiollm's: --model-path is MODEL; {aliases}; --chunked-prefill-size is "
+        "--max-prefill-tokens, a step's tokens (given with it, the smaller counts; -1 is "
+        f"refused); {switches}. --max-running-requests, --max-prefill-tokens, "
+        "--cuda-graph-max-bs, --dtype, --kv-cache-dtype (bf16 is bfloat16), --host, "
+        "--port, --api-key, --served-model-name, --chat-template, --tool-call-parser "
+        "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 is deepseek_r1), "
+        "--dist-init-addr, --nnodes, --node-rank and --log-level are aiollm's own. Those "
+        "below size the KV cache as SGLang does or change nothing. Refused, each with what "
+        "to use instead (a value asking for aiollm's own behaviour, such as --dp-size 1, is "
+        f"taken): {refused}.")
+    group.add_argument("--model-path", dest="model", default=argparse.SUPPRESS,
+                       action=ModelFlag, help=argparse.SUPPRESS)
+    for flag, (dest, _, kind) in ALIASES.items():
+        group.add_argument(flag, dest=dest, type=kind, action=Alias,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    group.add_argument("--chunked-prefill-size", dest="max_prefill_tokens", type=chunk_size,
+                       action=Alias, least=True, default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
+    for flag, (dest, value, _) in SWITCHES.items():
+        group.add_argument(flag, dest=dest, const=value, action=AliasConst,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    group.add_argument("--mem-fraction-static", type=float, default=None, metavar="F",
+                       help="SGLang's: keep this process's weights and KV cache within F x "
+                            "the GPU memory free when it starts, the rest, 1 - F, for "
+                            "activations and CUDA graphs (instead of --kv-memory-fraction; "
+                            "--kv-tokens overrides it; no effect on the CPU)")
+    for flag, why in NO_EFFECT.items():
+        group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
+    for ignored in NO_EFFECT_VALUES:
+        group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
+                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
+    for refusal in REFUSED:
+        group.add_argument(*refusal.names, action=Refuse, refusal=refusal)

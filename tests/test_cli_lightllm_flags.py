@@ -1,0 +1,192 @@
+"""`aiollm serve` given a launch line written for LightLLM's `python -m
+lightllm.server.api_server` (its flags spelt with underscores): its flags of aiollm's meanings
+are aliases, those asking for what aiollm always does are accepted and logged, and those
+aiollm cannot honour stop the start with one line naming the flag and what to use instead.
+Parse-level through the parser and cli.main's usage errors; one start of the server on a
+tiny model, with a LightLLM benchmark's launch line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from serve_log import logged_base
+
+from aiollm.cli import build_parser, main
+from aiollm.cli.serve_checks import checked_config
+from conftest import tiny_llama
+
+
+def parse(line: str, model: tuple[str, ...] = ("M",)):
+    return build_parser().parse_args(["serve", *model, *line.split()])
+
+
+def options(line: str) -> dict:
+    return {k: v for k, v in vars(parse(line)).items()
+            if k not in ("command_parser", "no_effect", "flags_typed")}
+
+
+def refusal(line: str, capsys) -> str:
+    """The one error line `aiollm serve M line` stops with, through cli.main (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "M", *line.split()])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("aiollm serve: error: "), err
+    return err[-1]
+
+
+# LightLLM's benchmark.md launch line, with its README's host and port
+BENCHMARK_LINE = ("--host 0.0.0.0 --port 8080 --tp 1 --max_total_token_num 121060 "
+                  "--tokenizer_mode auto")
+
+
+def test_lightllm_benchmark_line_reaches_the_engine_config():
+    args = parse(BENCHMARK_LINE, model=("--model_dir", "/path/llama-7b"))
+    config, _ = checked_config(args.command_parser, args)
+    assert config.model == "/path/llama-7b"
+    assert config.kv_tokens == 121060  # LightLLM's KV cache tokens
+    assert config.tensor_parallel_size == 1
+    assert (args.host, args.port) == ("0.0.0.0", 8080)
+
+
+@pytest.mark.parametrize("line, dest, value", [
+    ("--model_name llama", "served_model_name", ["llama"]),
+    ("--max_total_token_num 400000", "kv_tokens", 400000),
+    ("--running_max_req_size 128", "max_running_requests", 128),
+    ("--max_req_total_len 16000", "max_model_len", 16000),
+    ("--batch_max_tokens 8192", "max_prefill_tokens", 8192),
+    ("--chunked_prefill_size 4096", "max_prefill_tokens", 4096),
+    ("--splitfuse_mode --splitfuse_block_size 256", "max_prefill_tokens", 256),
+    ("--data_type bf16", "dtype", "bfloat16"),
+    ("--data_type fp16", "dtype", "float16"),
+    ("--data_type float32", "dtype", "float32"),
+    ("--graph_max_batch_size 16", "cuda_graph_max_batch", 16),
+    ("--disable_cudagraph", "cuda_graph", False),
+    ("--disable_dynamic_prompt_cache", "prefix_cache", False),
+    ("--mem_fraction 0.8", "mem_fraction", 0.8),
+    ("--tp 2", "tensor_parallel_size", 2),
+    ("--tool_call_parser qwen25", "tool_call_parser", "hermes"),
+    ("--node_rank 1 --nnodes 2", "node_rank", 1),
+    ("--disable_log_stats", "log_stats", False),
+])
+def test_lightllm_names_set_the_aiollm_option_of_the_same_meaning(line, dest, value):
+    assert getattr(parse(line), dest) == value
+
+
+def test_the_step_budget_is_the_smallest_of_lightllms_bounds():
+    """LightLLM keeps a prefill batch within --batch_max_tokens and each chunk within
+    --chunked_prefill_size."""
+    assert parse("--batch_max_tokens 8192 --chunked_prefill_size 2048").max_prefill_tokens \
+        == 2048
+    assert parse("--chunked_prefill_size 2048 --batch_max_tokens 8192").max_prefill_tokens \
+        == 2048
+
+
+@pytest.mark.parametrize("line, says", [
+    ("--running_max_req_size 8 --max-num-seqs 16",
+     "argument --max-num-seqs: 16 and --running-max-req-size 8 are two values of one option"),
+    ("--max_total_token_num 1000 --kv-tokens 2000",
+     "argument --kv-tokens: 2000 and --max-total-token-num 1000"),
+    ("--model_name a --served-model-name b", "b and --model-name a are two values"),
+    ("--data_type bf16 --dtype float16", "float16 and --data-type bfloat16"),
+    ("--data_type int8", "argument --data-type: invalid choice: 'int8' (choose from fp16, "),
+    ("--mem_fraction 0.8 --gpu-memory-utilization 0.9",
+     "give one of --gpu-memory-utilization (vLLM's: the whole process's share of the GPU's "
+     "memory) and --mem-fraction (LightLLM's"),
+    ("--mem_fraction 1.5", "argument --mem-fraction: mem_fraction must be in (0, 1], got 1.5"),
+    ("--max_req_total_len 4096 --max_total_token_num 1024",
+     "kv_tokens 1024 is less than max_model_len 4096"),
+])
+def test_conflicts_and_bad_values_are_usage_errors_naming_the_flags(line, says, capsys):
+    err = refusal(line, capsys)
+    assert says in err, err
+
+
+@pytest.mark.parametrize("line", [
+    "--use_dynamic_prompt_cache", "--splitfuse_mode", "--disable_custom_allreduce",
+    "--nccl_port 28765", "--tokenizer_mode fast", "--tokenizer_mode auto",
+    "--run_mode normal", "--quant_type none", "--output_constraint_mode xgrammar",
+    "--nccl_host 127.0.0.1", "--dp 1", "--enable_fa3", "--graph_max_len_in_batch 8192",
+])
+def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
+    assert options(line) == options("")
+
+
+@pytest.mark.parametrize("line, names", [
+    ("--disable_chunked_prefill", ("--max-prefill-tokens",)),
+    ("--run_mode prefill", ("disaggregation",)),
+    # older LightLLM's README line: LightLLM refused a longer input, aiollm would serve it
+    ("--max_req_input_len 4096", ("no separate limit on input",)),
+    ("--eos_id 2", ("stop_token_ids",)),
+    ("--mode triton_int8kv", ("no int8 or fp8 KV cache",)),
+    ("--quant_type ao-int8wo", ("GGUF",)),
+    ("--output_constraint_mode outlines", ("xgrammar",)),
+    ("--use_reward_model", ("generative models only",)),
+    ("--nccl_host 10.0.0.1", ("--dist-init-addr HOST:PORT",)),
+    ("--long_truncation_mode head", ("never cut short",)),
+    ("--dp 8", ("one aiollm server per replica",)),
+    ("--enable_multimodal", ("text alone",)),
+    ("--tokenizer_mode slow", ("tokenizer.json",)),
+    ("--trust_remote_code", ("no code",)),
+])
+def test_flags_aiollm_cannot_honour_stop_the_start_saying_what_to_do(line, names, capsys):
+    err = refusal(line, capsys)
+    dashed = "--" + line.split()[0][2:].replace("_", "-")
+    assert f"argument {dashed}" in err, err
+    for name in names:
+        assert name in err, (name, err)
+
+
+def test_a_lightllm_launch_line_serves_the_generate_route(tmp_path):
+    """A LightLLM benchmark-style launch line, underscores and all, starts the server with
+    its sizes (KV tokens, request length, running requests) and /generate answers."""
+    model = tiny_llama(tmp_path / "tiny")
+    log = tmp_path / "serve.log"
+    line = [str(Path(sys.executable).with_name("aiollm")), "serve", "--model_dir", model,
+            "--load-format", "dummy", "--host", "127.0.0.1", "--port", "0", "--tp", "1",
+            "--max_total_token_num", "640", "--max_req_total_len", "160",
+            "--running_max_req_size", "4", "--batch_max_tokens", "96", "--tokenizer_mode",
+            "fast", "--data_type", "fp32", "--disable_dynamic_prompt_cache", "--nccl_port",
+            "28765", "--device", "cpu"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(line, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    try:
+        base = _wait_for_base(proc, log)
+        text = log.read_text()
+        assert "KV pool: 640 tokens" in text and "max model len 160" in text, text
+        assert "prefix cache off" in text, text
+        assert "--nccl-port 28765 has no effect" in text, text
+        status, body = asyncio.run(_post(base + "/generate", {
+            "inputs": "Hello", "parameters": {"max_new_tokens": 3, "ignore_eos": True}}))
+        assert status == 200, body
+        assert len(body["generated_text"]) == 1 and body["count_output_tokens"] == 3, body
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _wait_for_base(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
+    """The base URL the server logs once it listens."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"aiollm serve exited with {proc.returncode}:\n{log.read_text()}")
+        if (base := logged_base(log)) is not None:
+            return base
+        time.sleep(0.1)
+    pytest.fail(f"aiollm serve did not start:\n{log.read_text()}")
+
+
+async def _post(url: str, body: dict) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json=body) as r:
+            return r.status, await r.json()

@@ -1,0 +1,208 @@
+"""`aiollm serve` given a launch line written for SGLang's `python -m sglang.launch_server`:
+its flags of aiollm's meanings are aliases, those asking for what aiollm always does are
+accepted and logged, and those aiollm cannot honour stop the start with one line naming the
+flag and what to use instead (before this, each was argparse's "unrecognized arguments").
+Parse-level: the parser and serve's checks are called directly, no model loads."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from aiollm.cli import build_parser, main
+from aiollm.cli.serve_checks import checked_config
+
+
+def parse(line: str, model: tuple[str, ...] = ("M",)):
+    return build_parser().parse_args(["serve", *model, *line.split()])
+
+
+def options(line: str) -> dict:
+    """What `aiollm serve M line` sets, but the parser it reports through, the flags typed
+    and the flags it logs as having no effect."""
+    return {k: v for k, v in vars(parse(line)).items()
+            if k not in ("command_parser", "no_effect", "flags_typed")}
+
+
+def refusal(line: str, capsys, model: tuple[str, ...] = ("M",)) -> str:
+    """The one error line `aiollm serve M line` stops with, through cli.main (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        main(["serve", *model, *line.split()])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("aiollm serve: error: "), err
+    return err[-1]
+
+
+# the launch lines of SGLang's docs (server arguments' common launch commands), with the
+# sizing and scheduling flags its hyperparameter-tuning page has users add
+DOCS_LINE = ("--tp 2 --mem-fraction-static 0.7 --chunked-prefill-size 4096 "
+             "--max-running-requests 64 --context-length 4096 --host 0.0.0.0 --port 30000 "
+             "--enable-metrics --random-seed 42 --schedule-policy fcfs "
+             "--tool-call-parser qwen25 --reasoning-parser deepseek-r1 --enable-torch-compile")
+
+
+def test_an_sglang_launch_line_reaches_the_engine_config():
+    args = parse(DOCS_LINE, model=("--model-path", "/models/qwen"))
+    config, _ = checked_config(args.command_parser, args)
+    assert config.model == "/models/qwen"
+    assert config.tensor_parallel_size == 2
+    assert config.mem_fraction_static == 0.7 and config.kv_memory_fraction is None
+    assert config.max_prefill_tokens == 4096  # SGLang's chunk: a step's tokens
+    assert config.max_running_requests == 64
+    assert config.max_model_len == 4096
+    assert config.seed == 42
+    assert config.tool_call_parser == "hermes"  # Qwen 2.5's <tool_call> JSON
+    assert config.reasoning_parser == "deepseek_r1"
+    assert (args.host, args.port) == ("0.0.0.0", 30000)
+
+
+@pytest.mark.parametrize("line, dest, value", [
+    ("--tp-size 4", "tensor_parallel_size", 4),
+    ("--tp 4", "tensor_parallel_size", 4),
+    ("--tokenizer-path /t", "tokenizer", "/t"),
+    ("--context-length 8192", "max_model_len", 8192),
+    ("--max-total-tokens 100000", "kv_tokens", 100000),
+    ("--random-seed 7", "seed", 7),
+    ("--chunked-prefill-size 8192", "max_prefill_tokens", 8192),
+    ("--chunked_prefill_size 8k", "max_prefill_tokens", 8000),
+    ("--disable-radix-cache", "prefix_cache", False),
+    ("--disable-cuda-graph", "cuda_graph", False),
+    ("--mem-fraction-static 0.8", "mem_fraction_static", 0.8),
+    ("--kv-cache-dtype bf16", "kv_cache_dtype", "bfloat16"),
+    ("--tool-call-parser qwen", "tool_call_parser", "hermes"),
+    # SGLang's own spellings that were aiollm's already
+    ("--cuda-graph-max-bs 32", "cuda_graph_max_batch", 32),
+    ("--max-running-requests 8", "max_running_requests", 8),
+    ("--max-prefill-tokens 16384", "max_prefill_tokens", 16384),
+])
+def test_sglang_names_set_the_aiollm_option_of_the_same_meaning(line, dest, value):
+    assert getattr(parse(line), dest) == value
+
+
+def test_model_path_names_the_model():
+    assert parse("--model-path /m", model=()).model == "/m"
+    assert parse("--model-path /m", model=("/m",)).model == "/m"  # the same, twice
+
+
+def test_model_path_and_another_model_is_a_usage_error(capsys):
+    err = refusal("--model-path /b", capsys, model=("/a",))
+    assert "MODEL and --model-path name two models ('/a', '/b')" in err, err
+
+
+@pytest.mark.parametrize("line, names", [
+    ("--tp-size 2 -tp 4", ("argument -tp: 4 and --tp-size 2",)),
+    ("--tensor-parallel-size 4 --tp 2", ("argument --tp: 2 and --tensor-parallel-size 4",)),
+    ("--context-length 1024 --max-model-len 2048",
+     ("--max-model-len: 2048 and --context-length 1024",)),
+    ("--max-total-tokens 10 --kv-tokens 20", ("--kv-tokens: 20 and --max-total-tokens 10",)),
+    ("--random-seed 1 --seed 2", ("--seed: 2 and --random-seed 1",)),
+    # aiollm's and vLLM's spellings of one option (each served with the last, silently)
+    ("--max-num-seqs 8 --max-running-requests 16",
+     ("argument --max-running-requests: 16 and --max-num-seqs 8",)),
+    ("--max-num-batched-tokens 4096 --max-prefill-tokens 8192",
+     ("argument --max-prefill-tokens: 8192 and --max-num-batched-tokens 4096",)),
+])
+def test_two_spellings_given_two_values_is_a_usage_error_naming_both(line, names, capsys):
+    err = refusal(line, capsys)
+    for name in (*names, "two values of one option: give one"):
+        assert name in err, (name, err)
+
+
+def test_two_spellings_of_the_same_value_are_taken():
+    assert parse("--tp-size 2 -tp 2 --tp 2").tensor_parallel_size == 2
+    assert parse("--context-length 512 --max-model-len 512").max_model_len == 512
+    assert parse("--tp 2 --tp 4").tensor_parallel_size == 4  # one spelling: the last counts
+
+
+@pytest.mark.parametrize("line", [
+    "--chunked-prefill-size 4096 --max-prefill-tokens 16384",
+    "--max-prefill-tokens 16384 --chunked-prefill-size 4096",
+    "--max-num-batched-tokens 4096 --chunked-prefill-size 8192",
+])
+def test_the_step_budget_is_the_smallest_of_the_bounds_given(line):
+    """SGLang keeps a step's prompt tokens within --chunked-prefill-size and
+    --max-prefill-tokens both: the smaller counts, in either order."""
+    assert parse(line).max_prefill_tokens == 4096
+
+
+def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
+    err = refusal("--chunked-prefill-size -1", capsys)
+    assert "argument --chunked-prefill-size: -1 turns chunked prefill off" in err, err
+    assert "--max-model-len" in err
+
+
+@pytest.mark.parametrize("line", [
+    "--enable-metrics", "--enable-mixed-chunk", "--enable-cache-report",
+    "--enable-torch-compile", "--torch-compile-max-bs 32", "--attention-backend fa3",
+    "--attention-backend triton", "--sampling-backend flashinfer", "--nccl-port 28765",
+    "--enable-p2p-check", "--page-size 1", "--base-gpu-id 0",
+    # values asking for what aiollm does
+    "--dp-size 1", "--dp 1", "--pp-size 1", "--ep-size 1", "--schedule-policy fcfs",
+    "--schedule-conservativeness 1.0", "--grammar-backend xgrammar", "--stream-interval 1",
+    "--json-model-override-args {}",
+])
+def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
+    assert options(line) == options("")
+
+
+def test_flags_of_no_effect_are_logged_once_each(caplog):
+    args = parse("--enable-metrics --attention-backend fa3 --enable-metrics")
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        checked_config(args.command_parser, args)
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert said == ["--enable-metrics has no effect: /metrics is always served (Prometheus "
+                    "text)",
+                    "--attention-backend fa3 has no effect: attention runs on aiollm's "
+                    "Triton kernels (their PyTorch references on the CPU); outputs are the "
+                    "same"], said
+
+
+@pytest.mark.parametrize("line, names", [
+    ("--dp-size 2", ("one aiollm server per replica",)),
+    ("--dp 2", ("one aiollm server per replica",)),
+    ("--enable-dp-attention", ("--tensor-parallel-size",)),
+    ("--pp-size 2", ("--tensor-parallel-size",)),
+    ("--ep-size 8", ("no expert parallelism",)),
+    ("--enable-ep-moe", ("no expert parallelism",)),
+    ("--speculative-algorithm EAGLE", ("speculative decoding",)),
+    ("--speculative-draft-model-path /d", ("speculative decoding",)),
+    ("--speculative-num-steps 3", ("speculative decoding",)),
+    ("--schedule-policy lpm", ("first come, first served",)),
+    ("--schedule-conservativeness 0.3", ("--scheduler",)),
+    ("--log-requests", ("never logged", "--log-level debug")),
+    ("--is-embedding", ("generative models only",)),
+    ("--enable-multimodal", ("text alone",)),
+    ("--lora-paths a=/x", ("merged",)),
+    ("--grammar-backend outlines", ("xgrammar",)),
+    ("--stream-interval 8", ("each step's tokens",)),
+    ("--disable-overlap-schedule", ("step N+1",)),
+    ("--allow-auto-truncate", ("never cut short",)),
+    ("--page-size 16", ("token-level",)),
+    ("--enable-hierarchical-cache", ("host memory",)),
+    ("--base-gpu-id 2", ("CUDA_VISIBLE_DEVICES",)),
+    # vLLM's refusals answer SGLang's flags of the same spelling
+    ("--trust-remote-code", ("no code",)),
+    ("--quantization fp8", ("GGUF",)),
+    ("--kv-cache-dtype fp8_e5m2", ("no fp8",)),
+])
+def test_flags_aiollm_cannot_honour_stop_the_start_saying_what_to_do(line, names, capsys):
+    err = refusal(line, capsys)
+    flag = line.split()[0]
+    assert f"argument {flag}" in err or flag.lstrip("-").replace("-", "_") in err, err
+    for name in names:
+        assert name in err, (name, err)
+
+
+def test_help_names_the_aliases_and_the_refused_flags_once():
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["serve"]
+                    .format_help().split())
+    group = text[text.index("SGLang's flags:"):text.index("LightLLM's flags:")]
+    for said in ("--model-path is MODEL", "--context-length is --max-model-len",
+                 "--disable-radix-cache is --no-prefix-cache", "--speculative-algorithm",
+                 "--enable-ep-moe", "--dp-size"):
+        assert said in group, said
+    assert "--mem-fraction-static F" in group  # sizes the pool: shown with its help
+    # hidden: an alias or a refusal has no help line of its own
+    assert "--context-length CONTEXT_LENGTH" not in text and "--dp-size DP_SIZE" not in text
