@@ -69,14 +69,6 @@ def gguf_quantization_misfit(model: str | None) -> str | None:
             "file as MODEL")
 
 
-def _no_checkpoint_code() -> str:
-    from aiollm.model.config import SUPPORTED_ARCHITECTURES  # not imported for --help
-
-    return ("aiollm runs no code from a checkpoint: it serves the model types it implements "
-            f"({', '.join(SUPPORTED_ARCHITECTURES)}) with their tokenizer.json; leave the "
-            "flag out")
-
-
 # what a pooling task (vLLM's --task embed, LLM.embed ...) is told (vllm_members.py too)
 GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings, "
                    "classification, scores, rewards)")
@@ -89,7 +81,6 @@ _NO_LORA = ("LoRA adapters are not supported: serve a checkpoint with the adapte
             "into its weights")
 
 REFUSED = (
-    Refusal(("--trust-remote-code",), _no_checkpoint_code, takes_value=False),
     Refusal(("-q", "--quantization"),
             "quantized checkpoints are not supported: serve float16/bfloat16/float32 "
             "safetensors, or a GGUF file (dequantized as it loads)",
@@ -200,6 +191,10 @@ NO_EFFECT = {
                                 "--max-prefill-tokens a step",
     "--disable-log-requests": "request contents are never logged",
     "--no-enable-log-requests": "request contents are never logged",
+    # vLLM too serves an architecture it implements with its own code, flag or not; a
+    # checkpoint needing its own code has a model_type aiollm refuses, naming those it serves
+    "--trust-remote-code": "no code from a checkpoint is ever run: the model types aiollm "
+                           "implements are served with their tokenizer.json",
     "--no-trust-remote-code": "no code from a checkpoint is ever run",
     "--no-enable-expert-parallel": "there is no expert parallelism: --tensor-parallel-size "
                                    "splits every expert's features over the ranks",

@@ -141,7 +141,7 @@ def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
     # values asking for what aiollm does
     "--dp-size 1", "--dp 1", "--pp-size 1", "--ep-size 1", "--schedule-policy fcfs",
     "--schedule-conservativeness 1.0", "--grammar-backend xgrammar", "--stream-interval 1",
-    "--json-model-override-args {}",
+    "--json-model-override-args {}", "--trust-remote-code",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -183,7 +183,6 @@ def test_flags_of_no_effect_are_logged_once_each(caplog):
     ("--enable-hierarchical-cache", ("host memory",)),
     ("--base-gpu-id 2", ("CUDA_VISIBLE_DEVICES",)),
     # vLLM's refusals answer SGLang's flags of the same spelling
-    ("--trust-remote-code", ("no code",)),
     ("--quantization fp8", ("GGUF",)),
     ("--kv-cache-dtype fp8_e5m2", ("no fp8",)),
 ])

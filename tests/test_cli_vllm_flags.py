@@ -89,7 +89,9 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
 
 @pytest.mark.parametrize("line", [
     "--enable-auto-tool-choice", "--enable-chunked-prefill", "--disable-log-requests",
-    "--no-enable-log-requests", "--no-trust-remote-code", "--disable-custom-all-reduce",
+    "--no-enable-log-requests", "--no-trust-remote-code",
+    # vLLM too serves the architectures it implements with its own code, flag or not
+    "--trust-remote-code", "--disable-custom-all-reduce",
     "--enable-request-id-headers",  # X-Request-Id is always sent
     # values that ask for what aiollm does anyway
     "--kv-cache-dtype auto", "--pipeline-parallel-size 1", "-pp 1", "-dp 1",
@@ -125,7 +127,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
 
 
 @pytest.mark.parametrize("line, names", [
-    ("--trust-remote-code", ("no code", "qwen2")),
     ("--quantization awq", ("GGUF",)),
     ("-q fp8", ("GGUF",)),
     ("-pp 2", ("--tensor-parallel-size",)),

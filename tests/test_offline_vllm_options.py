@@ -111,6 +111,8 @@ def test_what_aiollm_always_does_is_taken():
                     revision=None, download_dir=None, speculative_config=None,
                     enable_lora=False, enable_expert_parallel=False, enable_eplb=False,
                     async_scheduling=True, scheduling_policy="fcfs")
+    # vLLM too serves an architecture it implements with its own code, flag or not
+    past_the_checks(trust_remote_code=True)
 
 
 def test_moe_options_of_expert_parallelism_are_taken_with_no_effect(caplog):
@@ -145,7 +147,7 @@ def test_vllm_llm_parameters_at_their_defaults_are_taken():
 def _cli_error(flag: str, capsys) -> str:
     """`aiollm serve M FLAG [VALUE]`'s error, after "argument FLAG: "."""
     args = [flag] if flag.startswith("--no-") or flag in (
-        "--trust-remote-code", "--enable-lora", "--enable-expert-parallel", "--enable-eplb",
+        "--enable-lora", "--enable-expert-parallel", "--enable-eplb",
         "--skip-tokenizer-init") else [flag, "2"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "M", *args])
@@ -154,7 +156,6 @@ def _cli_error(flag: str, capsys) -> str:
 
 
 @pytest.mark.parametrize("keyword, value, flag", [
-    ("trust_remote_code", True, "--trust-remote-code"),
     ("quantization", "awq", "--quantization"),
     ("pipeline_parallel_size", 2, "--pipeline-parallel-size"),
     ("data_parallel_size", 2, "--data-parallel-size"),

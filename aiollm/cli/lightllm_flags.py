@@ -11,8 +11,8 @@ as aiollm/vllm_flags.py and sglang_flags.py are:
   both. Flags spelt as aiollm's (--host, --port, --nnodes, --node_rank, --disable_log_stats,
   --tool_call_parser) are aiollm's own; those spelt as SGLang's once dashed (--tp,
   --chunked_prefill_size, --nccl_port, --dp, --enable_multimodal) are sglang_flags.py's;
-  vLLM's --trust-remote-code refusal and --tokenizer-mode (LightLLM's fast taken) answer
-  --trust_remote_code and --tokenizer_mode;
+  vLLM's --trust-remote-code (of no effect) and --tokenizer-mode (LightLLM's fast taken)
+  answer --trust_remote_code and --tokenizer_mode;
 - --mem_fraction: LightLLM's sizing of the KV pool (EngineConfig.mem_fraction);
 - NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
   implementations of what aiollm does one way, changing no output; accepted and logged;
@@ -130,9 +130,9 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "--max-prefill-tokens, a step's tokens (several given: the smallest counts); --tp "
         "is -tp. --host, --port, --nnodes, --node_rank, --disable_log_stats and "
         "--tool_call_parser (qwen25 is hermes) are aiollm's own; --tokenizer_mode takes "
-        "fast and auto. Those below size the KV cache as LightLLM does or change nothing. "
+        "fast and auto; --trust_remote_code changes nothing (as vLLM's). Those below size the KV cache as LightLLM does or change nothing. "
         "Refused, each with what to use instead (a value asking for aiollm's own behaviour, "
-        f"such as --run_mode normal, is taken): {refused}, and --trust_remote_code.")
+        f"such as --run_mode normal, is taken): {refused}.")
     group.add_argument("--model-dir", dest="model", default=argparse.SUPPRESS,
                        action=ModelFlag, help=argparse.SUPPRESS)
     for flag, (dest, _, kind) in ALIASES.items():
