@@ -20,6 +20,7 @@ import torch
 
 from aiollm.byte_size import byte_size
 from aiollm.config import EngineConfig, check_kv_cache_dtype
+from aiollm.engine.kv_plan import check_kv_plan
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.token_floor import floor_of
 from aiollm.engine.warm_up import warm_up
@@ -150,8 +151,9 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     table and model runner. Takes seconds to minutes: call it off the event loop.
 
     Raises what loading raises: OSError / ValueError for a missing or unreadable model or
-    tokenizer or a KV pool that does not fit (naming kv_tokens), torch.OutOfMemoryError when
-    the weights do not fit."""
+    tokenizer or a KV pool that does not fit (naming kv_tokens; a kv_tokens the device cannot
+    hold before the weights load: kv_plan.py), torch.OutOfMemoryError when the weights do
+    not fit."""
     from aiollm.model import load_model
 
     t0 = time.monotonic()
@@ -181,6 +183,12 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     folder_eos = folder_eos_ids(cfg.generation_config)
     if cfg.kv_cache_dtype != "auto" and cfg.dtype == "auto":  # EngineConfig checked the rest
         _check_auto_kv_cache_dtype(cfg, device)
+    if cfg.kv_tokens is not None:  # a pool the device cannot hold: before the weights
+        from aiollm.model.loader import auto_dtype, read_config
+
+        config = read_config(cfg.model)
+        check_kv_plan(cfg, config, device, resolve_dtype(cfg.dtype) or auto_dtype(config, device),
+                      tp)
     loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=device,
                         load_format=cfg.load_format, max_model_len=cfg.max_model_len)
     dtype = loaded.dtype
