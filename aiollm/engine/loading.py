@@ -20,7 +20,7 @@ import torch
 
 from aiollm.byte_size import byte_size
 from aiollm.config import EngineConfig, check_kv_cache_dtype
-from aiollm.engine.kv_plan import check_kv_plan
+from aiollm.engine.kv_plan import check_kv_plan, pool_short
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.token_floor import floor_of
 from aiollm.engine.warm_up import warm_up
@@ -87,7 +87,7 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
         kv_tokens = tp.start_check(kv_tokens)
     if cfg.max_model_len is not None and kv_tokens < cfg.max_model_len:
         # every rank meets this alike (the agreed size), before the last checkpoint
-        raise ValueError(_pool_short(cfg, device, kv_tokens, per_token))
+        raise ValueError(pool_short(cfg, device, kv_tokens, per_token))
     max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
     kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
     # the planner never runs more requests than there are req_to_token rows
@@ -103,25 +103,6 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
         warm_up(runner, max_prefill=cfg.max_prefill_tokens,
                 max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens, max_batch=rows)
     return RankModel(runner, kv_pool, r2t, kv_tokens, max_len, per_token)
-
-
-def _pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int,
-                per_token: int) -> str:
-    """The start-up error when a pool of kv_tokens (of per_token bytes each; sized from
-    memory, kv_tokens itself EngineConfig checks) cannot hold one request of
-    cfg.max_model_len tokens, which vLLM refuses too ("To serve at least one request with
-    the model's max seq len..."): the numbers, and what to change."""
-    if device.type == "cpu":  # only a cpu_kv_tokens below it sizes a CPU pool so
-        more = "raise cpu_kv_tokens"
-    elif cfg.gpu_memory_utilization is not None:
-        more = "raise gpu_memory_utilization (--gpu-memory-utilization)"
-    else:
-        more = "raise kv_memory_fraction (--kv-memory-fraction)"
-    return (f"the KV cache holds {kv_tokens} tokens ({byte_size(kv_tokens * per_token)}), "
-            f"less than one request of max_model_len {cfg.max_model_len} tokens needs "
-            f"({byte_size(cfg.max_model_len * per_token)}): lower max_model_len "
-            f"(--max-model-len) to at most {kv_tokens} (or leave it out: the longest that "
-            f"fits), or {more}")
 
 
 @dataclass(slots=True)
@@ -151,9 +132,9 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     table and model runner. Takes seconds to minutes: call it off the event loop.
 
     Raises what loading raises: OSError / ValueError for a missing or unreadable model or
-    tokenizer or a KV pool that does not fit (naming kv_tokens; a kv_tokens the device cannot
-    hold before the weights load: kv_plan.py), torch.OutOfMemoryError when the weights do
-    not fit."""
+    tokenizer or a KV pool that does not fit (naming kv_tokens or the option that sizes it;
+    what the config and the device's memory tell, before the weights load: kv_plan.py),
+    torch.OutOfMemoryError when the weights do not fit."""
     from aiollm.model import load_model
 
     t0 = time.monotonic()
@@ -183,12 +164,11 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     folder_eos = folder_eos_ids(cfg.generation_config)
     if cfg.kv_cache_dtype != "auto" and cfg.dtype == "auto":  # EngineConfig checked the rest
         _check_auto_kv_cache_dtype(cfg, device)
-    if cfg.kv_tokens is not None:  # a pool the device cannot hold: before the weights
-        from aiollm.model.loader import auto_dtype, read_config
+    # a KV pool that cannot work on this device: refused now, not after the weights
+    from aiollm.model.loader import auto_dtype, read_config
 
-        config = read_config(cfg.model)
-        check_kv_plan(cfg, config, device, resolve_dtype(cfg.dtype) or auto_dtype(config, device),
-                      tp)
+    config = read_config(cfg.model)
+    check_kv_plan(cfg, config, device, resolve_dtype(cfg.dtype) or auto_dtype(config, device), tp)
     loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=device,
                         load_format=cfg.load_format, max_model_len=cfg.max_model_len)
     dtype = loaded.dtype
