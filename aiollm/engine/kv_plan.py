@@ -59,8 +59,8 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
             where = (f"{byte_size(free)} of {device} is free before loading, and the weights "
                      f"take at least {byte_size(weights)} of it" if device.type == "cuda"
                      else f"the machine has {byte_size(free)} of memory")
-            raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device, given=True)} "
-                             f"({where})")
+            raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device, given=True)}; "
+                             f"{where}")
         return  # EngineConfig holds it to max_model_len
     if device.type == "cpu":  # its size is known exactly: no memory is measured
         context = min([x for x in (config.max_position, cfg.max_model_len) if x])
