@@ -18,3 +18,158 @@ def test_a_pool_past_the_memory_names_its_size_and_the_option():
     assert message.startswith(f"a KV pool of {2**48} tokens (2.00 PiB) does not fit in the "
                               "memory of cpu: lower kv_tokens (--kv-tokens)"), message
     assert isinstance(e.value.__cause__, MemoryError)
+
+
+GiB = 2**30
+TOO_MANY = 2**31 - 2  # the most kv_tokens takes: 256 GiB of K and V of `tiny` in float32
+
+
+def start_without_weights(monkeypatch, path: str, **options) -> None:
+    """Start (and stop) an Engine on `path`; any load of weights fails the test: what the
+    start raises before the weights are read."""
+    import asyncio
+
+    import aiollm.model
+    from aiollm import Engine
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were read before the KV plan was checked")
+
+    monkeypatch.setattr(aiollm.model, "load_model", no_load)
+
+    async def start():
+        async with Engine(path, **options):
+            pass
+
+    asyncio.run(start())
+
+
+def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny,
+                                                                            monkeypatch):
+    """A --kv-tokens whose K and V (128 bytes a token: one layer, 2 KV heads of 8 float32)
+    outgrow the machine's memory failed only after the weights loaded: minutes of a large
+    model for a start that could never succeed."""
+    with pytest.raises(ValueError) as e:
+        start_without_weights(monkeypatch, tiny, load_format="dummy", device="cpu",
+                              kv_tokens=TOO_MANY)
+    assert str(e.value).startswith(f"a KV pool of {TOO_MANY} tokens (256.00 GiB) does not fit "
+                                   "in the memory of cpu: lower kv_tokens (--kv-tokens); the "
+                                   "machine has "), str(e.value)
+
+
+@pytest.fixture
+def gpu_free(monkeypatch):
+    """Patch torch.cuda's memory queries to report `set(free, total=80 GiB)` bytes."""
+    state = {}
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info",
+                        lambda device=None: (state["free"], state["total"]))
+    return lambda free, total=80 * GiB: state.update(free=free, total=total)
+
+
+@pytest.fixture
+def plan(tiny):
+    """check_kv_plan of `tiny` (its weights: 6.02 MiB in bfloat16, K and V 64 bytes a
+    token) on a GPU under EngineConfig(**options)."""
+    from aiollm.config import EngineConfig
+    from aiollm.engine.kv_plan import check_kv_plan
+    from aiollm.model.hf_config import load_hf_config
+
+    config = load_hf_config(tiny)
+
+    def check(**options) -> None:
+        check_kv_plan(EngineConfig(model=tiny, **options), config, torch.device("cuda"),
+                      torch.bfloat16)
+    check.weights = config.num_params() * 2
+    return check
+
+
+def test_on_a_gpu_the_pool_and_the_weights_must_fit_the_free_memory(plan, gpu_free):
+    """The GPU's check, on its numbers (the memory queries patched): K and V of kv_tokens
+    plus the weights' parameters at the run dtype, against the free memory."""
+    gpu_free(plan.weights + 64 * 1000)
+    plan(kv_tokens=1000)  # exactly fits
+    gpu_free(plan.weights + 64 * 1000 - 1)
+    with pytest.raises(ValueError) as e:
+        plan(kv_tokens=1000)
+    assert str(e.value) == ("a KV pool of 1000 tokens (62.50 KiB) does not fit in the memory "
+                            "of cuda: lower kv_tokens (--kv-tokens); 6.08 MiB of cuda is free "
+                            "before loading, and the weights take at least 6.02 MiB of it")
+
+
+def test_a_gpu_share_smaller_than_the_weights_fails_before_they_load(plan, gpu_free):
+    """gpu_memory_utilization x the total below the weights (a 0.1 share of a GPU under
+    a model of 0.2 of it) was refused only after loading them."""
+    gpu_free(80 * GiB, total=plan.weights * 10)
+    plan(gpu_memory_utilization=0.2)
+    with pytest.raises(ValueError) as e:
+        plan(gpu_memory_utilization=0.1)
+    assert str(e.value) == (
+        "gpu_memory_utilization 0.1 leaves no room for the KV cache: 0.1 x 60.18 MiB = "
+        "6.02 MiB, and the weights take at least 6.02 MiB of it; raise "
+        "gpu_memory_utilization, or size the pool with kv_tokens (--kv-tokens)")
+
+
+@pytest.mark.parametrize("share", ["mem_fraction_static", "mem_fraction"])
+def test_sglangs_and_lightllms_shares_leaving_no_room_fail_before_the_weights_load(
+        plan, gpu_free, share):
+    """SGLang's mem_fraction_static (of the memory free at start) and LightLLM's
+    mem_fraction (of the total) keep (1 - share) of a whole for activations: a share that
+    keeps more than loading can leave free was refused only after the weights loaded."""
+    gpu_free(plan.weights * 10, total=plan.weights * 10)
+    plan(**{share: 0.2})  # 10 x weights: 8 kept, the weights 1, one left for the pool
+    with pytest.raises(ValueError) as e:
+        plan(**{share: 0.1})  # 9 kept, the weights 1: nothing left
+    assert str(e.value).startswith(f"{share} 0.1 leaves no room for the KV cache: (1 - 0.1) x "
+                                   "60.18 MiB"), str(e.value)
+
+
+@pytest.mark.parametrize("options, raise_", [
+    ({}, "raise kv_memory_fraction (--kv-memory-fraction)"),
+    ({"gpu_memory_utilization": 0.9}, "raise gpu_memory_utilization (--gpu-memory-utilization)"),
+    ({"mem_fraction_static": 0.5}, "raise mem_fraction_static (--mem-fraction-static)"),
+    ({"mem_fraction": 0.5}, "raise mem_fraction (--mem-fraction)"),
+])
+def test_a_gpu_that_cannot_hold_max_model_len_fails_before_the_weights_load(plan, gpu_free,
+                                                                             options, raise_):
+    """What loading can leave free is at most the free memory now less the weights: a pool
+    of at most 100 tokens (85% of 7,530 bytes, or all of 6,400; SGLang's share keeps half of
+    the memory free now, LightLLM's half of the total) cannot hold one request of
+    max_model_len 101, and was refused only after the weights loaded."""
+    room = 7530 if not options else 6400
+    free, total = plan.weights + room, 80 * GiB
+    if "mem_fraction_static" in options:  # half the free memory kept, the weights, 6,400
+        free = 2 * (plan.weights + room)
+    elif "mem_fraction" in options:  # half the total (the weights' bytes) kept, the weights
+        free, total = 2 * plan.weights + room, 2 * plan.weights
+    gpu_free(free, total=total)
+    plan(max_model_len=100, **options)
+    with pytest.raises(ValueError) as e:
+        plan(max_model_len=101, **options)
+    assert str(e.value) == (
+        "the KV cache can hold at most 100 tokens (6.25 KiB), less than one request of "
+        "max_model_len 101 tokens needs (6.31 KiB): lower max_model_len (--max-model-len) to "
+        f"at most 100 (or leave it out: the longest that fits), or {raise_}")
+
+
+def test_a_cpu_pool_short_of_max_model_len_fails_before_the_weights_load(tiny, monkeypatch):
+    """The CPU pool's size is known before loading (cpu_kv_tokens here): one that cannot
+    hold a request of max_model_len is refused then, with the text it got after loading."""
+    with pytest.raises(ValueError) as e:
+        start_without_weights(monkeypatch, tiny, load_format="dummy", device="cpu",
+                              cpu_kv_tokens=100, max_model_len=200)
+    assert str(e.value) == (
+        "the KV cache holds 100 tokens (12.50 KiB), less than one request of max_model_len "
+        "200 tokens needs (25.00 KiB): lower max_model_len (--max-model-len) to at most 100 "
+        "(or leave it out: the longest that fits), or raise cpu_kv_tokens")
+
+
+@pytest.mark.gpu
+def test_a_kv_tokens_past_the_gpus_memory_fails_before_the_weights_load(tiny, monkeypatch):
+    """On a GPU (80 or 141 GB), the most kv_tokens of float32 `tiny` (256 GiB) is refused
+    before any weight is read, with the text the pool's own allocation fails with."""
+    with pytest.raises(ValueError, match=rf"^a KV pool of {TOO_MANY} tokens \(256\.00 GiB\) "
+                       r"does not fit in the memory of cuda(:0)?: lower kv_tokens \(--kv-tokens"
+                       r"\); .* of cuda(:0)? is free before loading"):
+        start_without_weights(monkeypatch, tiny, load_format="dummy", device="cuda",
+                              dtype="float32", kv_tokens=TOO_MANY)

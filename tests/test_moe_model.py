@@ -9,6 +9,7 @@ and --load-format dummy must build the same shapes from config.json alone.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 
 import pytest
@@ -54,15 +55,29 @@ def save_moe_model(family: str, path, config=None, tokenizer: bool = True) -> to
     return hf
 
 
+def cache_keyword(model) -> str:
+    """The name `model`'s forward takes its KV cache by, and its output returns it by:
+    `cache` in the transformers installed here (past_key_values deprecated, removed in
+    5.40), past_key_values in the older 5.x of the GPU machine, where `cache=` fell into
+    **kwargs unread and the last token was run alone."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def hf_greedy(model, ids: list[int], n: int) -> list[int]:
     """Greedy decoding with transformers' forward and its KV cache (no generation config:
-    a checkpoint's eos ids and logits processors stay out of it)."""
+    a checkpoint's eos ids and logits processors stay out of it). Cached, not the whole
+    sequence again at each step: LongRoPE's keys of a prompt within the original context
+    keep their short factors in the cache as the decode passes it (test_longrope_prompts)."""
+    key = cache_keyword(model)
     seq, past, out = torch.tensor([ids]), None, []
     with torch.no_grad():
         for _ in range(n):
-            res = model(seq if past is None else seq[:, -1:], past_key_values=past,
-                        use_cache=True)
-            past = res.past_key_values
+            if past is None:
+                res = model(seq, use_cache=True)
+            else:
+                res = model(seq[:, -1:], use_cache=True, **{key: past})
+            past = getattr(res, key)
             out.append(int(res.logits[0, -1].argmax()))
             seq = torch.cat([seq, torch.tensor([[out[-1]]])], dim=1)
     return out

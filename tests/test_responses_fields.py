@@ -53,6 +53,21 @@ def test_a_field_of_the_wrong_type_names_what_was_sent(value, got):
     assert str(e.value) == f"input[2].call_id: expected a string, got {got}"
 
 
+@pytest.mark.parametrize("body", [{"input": ""}, {"input": "", "instructions": "Be brief."}],
+                         ids=["alone", "with-instructions"])
+def test_an_empty_input_is_an_openai_400(server, body):
+    """input "" was read as a user message of no text and ran to max_output_tokens (to the
+    context without one), status incomplete; OpenAI refuses an empty string with a 400
+    naming input (code empty_string), as this server refuses input [] and a completion's
+    prompt of no tokens."""
+    status, _, raw = http(server, "POST", "/v1/responses", json={**body, "max_output_tokens": 2})
+    assert status == 400, raw
+    assert json.loads(raw)["error"] == {
+        "message": "input must not be empty: give a user message's text or a list of input "
+                   "items", "type": "invalid_request_error", "param": "input",
+        "code": "empty_string"}
+
+
 def test_a_missing_call_id_is_an_openai_400(server):
     status, _, raw = http(server, "POST", "/v1/responses", json={
         "input": [USER, CALL, _without(OUTPUT, "call_id")], "max_output_tokens": 1})

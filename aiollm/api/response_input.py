@@ -31,7 +31,12 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
     assistant message after reasoning or calls alone is their turn's content. An output
     of `input` whose call_id no function_call item before it (of `earlier` or `input`) has
     is refused, naming input[i].call_id: _refuse_orphan. An item's id, where sent, is a
-    string (null: none)."""
+    string (null: none). An empty `input` ("" or []) is refused, naming input: OpenAI refuses
+    both (an empty string with code empty_string); "" read as a user turn of no text ran to
+    max_output_tokens."""
+    if value == "":
+        raise InvalidRequest("input must not be empty: give a user message's text or a list "
+                             "of input items", param="input", code="empty_string")
     if isinstance(value, str):
         value = [{"type": "message", "role": "user", "content": value}]
     elif not value:

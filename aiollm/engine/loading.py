@@ -20,6 +20,7 @@ import torch
 
 from aiollm.byte_size import byte_size
 from aiollm.config import EngineConfig, check_kv_cache_dtype
+from aiollm.engine.kv_plan import check_kv_plan, memory_share, pool_short
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.token_floor import floor_of
 from aiollm.engine.warm_up import warm_up
@@ -86,7 +87,7 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
         kv_tokens = tp.start_check(kv_tokens)
     if cfg.max_model_len is not None and kv_tokens < cfg.max_model_len:
         # every rank meets this alike (the agreed size), before the last checkpoint
-        raise ValueError(_pool_short(cfg, device, kv_tokens, per_token))
+        raise ValueError(pool_short(cfg, device, kv_tokens, per_token))
     max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
     kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
     # the planner never runs more requests than there are req_to_token rows
@@ -102,24 +103,6 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
         warm_up(runner, max_prefill=cfg.max_prefill_tokens,
                 max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens, max_batch=rows)
     return RankModel(runner, kv_pool, r2t, kv_tokens, max_len, per_token)
-
-
-def _pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int,
-                per_token: int) -> str:
-    """The start-up error when a pool of kv_tokens (of per_token bytes each; sized from
-    memory, kv_tokens itself EngineConfig checks) cannot hold one request of
-    cfg.max_model_len tokens, which vLLM refuses too ("To serve at least one request with
-    the model's max seq len..."): the numbers, and what to change."""
-    if device.type == "cpu":  # only a cpu_kv_tokens below it sizes a CPU pool so
-        more = "raise cpu_kv_tokens"
-    else:
-        share = _memory_share(cfg)
-        more = f"raise {share} (--{share.replace('_', '-')})"
-    return (f"the KV cache holds {kv_tokens} tokens ({byte_size(kv_tokens * per_token)}), "
-            f"less than one request of max_model_len {cfg.max_model_len} tokens needs "
-            f"({byte_size(cfg.max_model_len * per_token)}): lower max_model_len "
-            f"(--max-model-len) to at most {kv_tokens} (or leave it out: the longest that "
-            f"fits), or {more}")
 
 
 @dataclass(slots=True)
@@ -149,8 +132,9 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     table and model runner. Takes seconds to minutes: call it off the event loop.
 
     Raises what loading raises: OSError / ValueError for a missing or unreadable model or
-    tokenizer or a KV pool that does not fit (naming kv_tokens), torch.OutOfMemoryError when
-    the weights do not fit."""
+    tokenizer or a KV pool that does not fit (naming kv_tokens or the option that sizes it;
+    what the config and the device's memory tell, before the weights load: kv_plan.py),
+    torch.OutOfMemoryError when the weights do not fit."""
     from aiollm.model import load_model
 
     t0 = time.monotonic()
@@ -180,6 +164,11 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     folder_eos = folder_eos_ids(cfg.generation_config)
     if cfg.kv_cache_dtype != "auto" and cfg.dtype == "auto":  # EngineConfig checked the rest
         _check_auto_kv_cache_dtype(cfg, device)
+    # a KV pool that cannot work on this device: refused now, not after the weights
+    from aiollm.model.loader import auto_dtype, read_config
+
+    config = read_config(cfg.model)
+    check_kv_plan(cfg, config, device, resolve_dtype(cfg.dtype) or auto_dtype(config, device), tp)
     loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=device,
                         load_format=cfg.load_format, max_model_len=cfg.max_model_len)
     dtype = loaded.dtype
@@ -226,7 +215,7 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     if rank.max_model_len < mc.max_position and cfg.max_model_len is None:
         # the pool, not the model's context, is the limit: max_model_len left out is the
         # longest that fits, as vLLM's --max-model-len auto (one given is held or refused)
-        share = _memory_share(cfg)
+        share = memory_share(cfg)
         log.warning("the KV cache holds %d tokens, less than the model's context of %d: a "
                     "request's prompt and output are limited to %d tokens; raise kv_tokens "
                     "(--kv-tokens; on a GPU, %s), or give max_model_len (--max-model-len) "
@@ -235,15 +224,6 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     log_defaults(defaults, cfg.generation_config)
     return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank,
                   defaults)
-
-
-def _memory_share(cfg: EngineConfig) -> str:
-    """The option that sized the GPU's KV pool as a share of its memory: the one given
-    (EngineConfig refuses two), else kv_memory_fraction, the default's."""
-    from aiollm.config import MEMORY_SHARES
-
-    return next((name for name in MEMORY_SHARES if getattr(cfg, name) is not None),
-                "kv_memory_fraction")
 
 
 def _check_auto_kv_cache_dtype(cfg: EngineConfig, device: torch.device) -> None:

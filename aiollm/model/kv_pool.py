@@ -109,6 +109,14 @@ def static_pool_tokens(name: str, fraction: float, free: int, total: int, in_use
     return budget // bytes_per_token
 
 
+def pool_misfit(num_tokens: int, need: int, device: torch.device, given: bool = False) -> str:
+    """The error of a pool of num_tokens slots (`need` bytes) that `device` cannot hold, and
+    what to lower: kv_tokens, or (not `given`: sized from memory) kv_memory_fraction too."""
+    also = "" if given else " or kv_memory_fraction"
+    return (f"a KV pool of {num_tokens} tokens ({byte_size(need)}) does not fit in the "
+            f"memory of {device}: lower kv_tokens (--kv-tokens){also}")
+
+
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """torch.zeros, except that on the CPU the memory comes zeroed from calloc (numpy): the OS
     maps zero pages lazily, so a pool of gigabytes costs nothing until its slots are written,
@@ -145,9 +153,7 @@ class KVPool:
             self.v_cache = [_zeros(shape, dtype, self.device) for _ in range(num_layers)]
         except (MemoryError, torch.OutOfMemoryError) as e:  # numpy's on the CPU is a MemoryError
             need = num_tokens * self.bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
-            raise ValueError(f"a KV pool of {num_tokens} tokens ({byte_size(need)}) does "
-                             f"not fit in the memory of {self.device}: lower kv_tokens "
-                             f"(--kv-tokens) or kv_memory_fraction") from e
+            raise ValueError(pool_misfit(num_tokens, need, self.device)) from e
         # Free stack on the CPU: slots [0, n_free) of _stack are free. Popping from the end
         # hands out the most recently freed slots first (they are warm in cache).
         self._stack = np.arange(num_tokens - 1, -1, -1, dtype=np.int64)

@@ -1,0 +1,121 @@
+"""The KV pool's plan checked before the weights load: a plan that cannot work fails in a
+moment, not after minutes of reading a large model.
+
+What is known then: the model's config (layers, this rank's KV heads, head dim, context),
+the run dtype, the device's memory (a GPU's free and total memory now; on the CPU the
+machine's physical memory) and a lower bound of the weights' bytes (their parameter count
+at the run dtype). From these: a kv_tokens (--kv-tokens) the device cannot hold; on a GPU,
+a gpu_memory_utilization share smaller than the weights (mem_fraction_static's or
+mem_fraction's leaving no room), and the most tokens a pool sized
+from memory can hold (what loading leaves free is at most the free memory now less the
+weights) against max_model_len; on the CPU, the pool's exact size against max_model_len.
+The pool itself is sized from the free memory measured after loading, and checked again
+there (aiollm/engine/loading.py, kv_pool.pool_tokens): another process may take memory
+meanwhile.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import torch
+
+from aiollm.byte_size import byte_size
+from aiollm.config import KV_MEMORY_FRACTION, MEMORY_SHARES, EngineConfig
+from aiollm.model.config import ModelConfig
+from aiollm.model.kv_pool import KVPool, pool_misfit, static_pool_tokens
+from aiollm.model.parallel import local_config
+
+
+def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
+                  dtype: torch.dtype, tp=None) -> None:
+    """Raise ValueError, with the text the same fault gets after loading, when the KV pool
+    `cfg` plans for `config`'s model (this rank's part under `tp`; K and V in `dtype`)
+    cannot work on `device`:
+    - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
+      (the text KVPool raises, naming kv_tokens), or on the CPU more than the machine's
+      physical memory (weights not counted: a cached GGUF's are mapped from a file, and the
+      pool's pages come lazily from calloc, so only a pool past all of memory surely fails);
+    - gpu_memory_utilization x the GPU's total memory below the weights' bytes (naming
+      gpu_memory_utilization, as utilization_pool_tokens does); SGLang's mem_fraction_static
+      or LightLLM's mem_fraction leaving no room once the weights load (static_pool_tokens);
+    - a pool that holds, or on a GPU can at most hold, fewer tokens than max_model_len
+      (naming max_model_len and the option that sizes the pool: pool_short).
+    max_model_len past the model's context is load_model's error (before any weight)."""
+    if cfg.max_model_len is not None and cfg.max_model_len > config.max_position:
+        return  # load_model refuses it, naming the model's context
+    local = local_config(config, tp)
+    per_token = KVPool.bytes_per_token(config.num_layers, local.num_kv_heads, config.head_dim,
+                                       dtype)
+    if device.type == "cuda":
+        gc.collect()  # as pool_tokens: cached blocks and cyclic garbage's count as free
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(device)
+        weights = local.num_params() * torch.empty((), dtype=dtype).element_size()
+    else:
+        free, total, weights = physical_memory(), None, 0  # total: a GPU's share's
+    if cfg.kv_tokens is not None:
+        need = cfg.kv_tokens * per_token
+        if need + weights > free:
+            where = (f"{byte_size(free)} of {device} is free before loading, and the weights "
+                     f"take at least {byte_size(weights)} of it" if device.type == "cuda"
+                     else f"the machine has {byte_size(free)} of memory")
+            raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device, given=True)}; "
+                             f"{where}")
+        return  # EngineConfig holds it to max_model_len
+    if device.type == "cpu":  # its size is known exactly: no memory is measured
+        context = min([x for x in (config.max_position, cfg.max_model_len) if x])
+        most, exact = cfg.cpu_pool_tokens(context), True
+    else:
+        room, exact = max(free - weights, 0), False
+        u = cfg.gpu_memory_utilization
+        if u is not None and u * total < weights + per_token:
+            raise ValueError(
+                f"gpu_memory_utilization {u} leaves no room for the KV cache: {u} x "
+                f"{byte_size(total)} = {byte_size(u * total)}, and the weights take at least "
+                f"{byte_size(weights)} of it; raise gpu_memory_utilization, or size the pool "
+                "with kv_tokens (--kv-tokens)")
+        if u is not None:
+            most = int(min(u * total - weights, room)) // per_token
+        elif (share := memory_share(cfg)) in ("mem_fraction_static", "mem_fraction"):
+            # what loading leaves free is at most room, and the memory free at start is
+            # room + weights: the text static_pool_tokens raises when none fits
+            most = static_pool_tokens(share, getattr(cfg, share), room, total, weights,
+                                      per_token)
+        else:
+            most = int(room * (cfg.kv_memory_fraction or KV_MEMORY_FRACTION)) // per_token
+    if cfg.max_model_len is not None and most < cfg.max_model_len:
+        raise ValueError(pool_short(cfg, device, most, per_token, at_most=not exact))
+
+
+def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_token: int,
+               at_most: bool = False) -> str:
+    """The start-up error when a pool of kv_tokens (of per_token bytes each; sized from
+    memory, kv_tokens itself EngineConfig checks; `at_most`: the most a pool can hold, known
+    before loading) cannot hold one request of cfg.max_model_len tokens, which vLLM refuses
+    too ("To serve at least one request with the model's max seq len..."): the numbers, and
+    what to change."""
+    if device.type == "cpu":  # only a cpu_kv_tokens below it sizes a CPU pool so
+        more = "raise cpu_kv_tokens"
+    else:
+        share = memory_share(cfg)
+        more = f"raise {share} (--{share.replace('_', '-')})"
+    holds = "can hold at most" if at_most else "holds"
+    return (f"the KV cache {holds} {kv_tokens} tokens ({byte_size(kv_tokens * per_token)}), "
+            f"less than one request of max_model_len {cfg.max_model_len} tokens needs "
+            f"({byte_size(cfg.max_model_len * per_token)}): lower max_model_len "
+            f"(--max-model-len) to at most {kv_tokens} (or leave it out: the longest that "
+            f"fits), or {more}")
+
+
+def memory_share(cfg: EngineConfig) -> str:
+    """The option that sizes a GPU's KV pool as a share of its memory: the one given
+    (EngineConfig refuses two), else kv_memory_fraction, the default's."""
+    return next((name for name in MEMORY_SHARES if getattr(cfg, name) is not None),
+                "kv_memory_fraction")
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory of this machine (sysconf's page count x page size)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
