@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict
 
 import pytest
@@ -136,8 +137,11 @@ def test_the_gpu_memory_held_is_the_share_given(tmp_path, share):
     free_before, total = torch.cuda.mem_get_info()
 
     async def held() -> tuple[int, int]:
+        # the GPU machine has no default model: the tokenizer saved from it, if given
+        tok = os.environ.get("AIOLLM_TEST_TOKENIZER")
         eng = Engine(model, device="cuda", dtype="bfloat16", load_format="dummy",
-                     warm_up=False, cuda_graph=False, **{share: 0.5})
+                     warm_up=False, cuda_graph=False, **{share: 0.5},
+                     **({"tokenizer": tok} if tok else {}))
         await eng.start()
         try:
             free, _ = torch.cuda.mem_get_info()

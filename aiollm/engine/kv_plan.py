@@ -82,7 +82,8 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
             # what loading leaves free is at most room, and the memory free at start is
             # room + weights: the text static_pool_tokens raises when none fits
             most = static_pool_tokens(share, getattr(cfg, share), room, total, weights,
-                                      per_token)
+                                      per_token, "at most free after loading (free now less "
+                                      "the weights)")
         else:
             most = int(room * (cfg.kv_memory_fraction or KV_MEMORY_FRACTION)) // per_token
     if cfg.max_model_len is not None and most < cfg.max_model_len:

@@ -86,7 +86,7 @@ def utilization_pool_tokens(utilization: float, free: int, total: int, in_use: i
 
 
 def static_pool_tokens(name: str, fraction: float, free: int, total: int, in_use: int,
-                       bytes_per_token: int) -> int:
+                       bytes_per_token: int, free_is: str = "free after loading") -> int:
     """KV pool tokens under SGLang's mem_fraction_static or LightLLM's mem_fraction (`name`;
     `fraction` in (0, 1]): the pool gets the memory free after loading (`free`) less
     (1 - fraction) of a whole, kept for activations, CUDA graphs and sampling. The whole is,
@@ -95,7 +95,7 @@ def static_pool_tokens(name: str, fraction: float, free: int, total: int, in_use
     the weights), so that weights and pool stay within fraction x it; as LightLLM's
     MemoryManager.profile_size takes it, the GPU's `total`, so that every process's memory
     stays within fraction x total. Bytes in, tokens out. Raises ValueError naming `name`
-    and the sizes (`byte_size`) when no token fits."""
+    and the sizes (`byte_size`; `free` described as `free_is`) when no token fits."""
     whole, of = ((free + in_use, "the memory free at start") if name == "mem_fraction_static"
                  else (total, "the GPU's memory"))
     kept = int((1 - fraction) * whole)
@@ -104,7 +104,7 @@ def static_pool_tokens(name: str, fraction: float, free: int, total: int, in_use
         raise ValueError(
             f"{name} {fraction} leaves no room for the KV cache: (1 - {fraction}) x "
             f"{byte_size(whole)} ({of}) = {byte_size(kept)} is kept for activations, more "
-            f"than the {byte_size(free)} free after loading; raise {name}, or size the pool "
+            f"than the {byte_size(free)} {free_is}; raise {name}, or size the pool "
             "with kv_tokens (--kv-tokens)")
     return budget // bytes_per_token
 
