@@ -136,7 +136,7 @@ def test_multimodal_checkpoint_serves_its_language_model(tmp_path, gemma3, caplo
     mm.model.language_model.load_state_dict(hf.model.state_dict())
     mm.save_pretrained(tmp_path)
     assert isinstance(hf, Gemma3ForCausalLM)
-    with caplog.at_level(logging.INFO, logger="aiollm.model.hf_config"):
+    with caplog.at_level(logging.INFO, logger="aiollm.model.hf_family_fields"):
         loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
     assert "vision tower" in caplog.text and "text alone" in caplog.text
     assert loaded.config.architecture == "gemma3_text"

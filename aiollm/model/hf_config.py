@@ -7,13 +7,14 @@ PretrainedConfig of a supported model_type onto ModelConfig: which fields each f
 Mistral, Qwen2/3, Granite, Gemma 1-3, Phi-3, Mixtral, Qwen MoE, GraniteMoe) reads, what it
 refuses (quantized checkpoints, other heads, other activations, Gemma 3n), the context
 (YaRN, LongRoPE) and which layers attend through a sliding window (as transformers 5 decides
-it, family by family). A bad value is refused naming its config.json field.
+it, family by family: hf_sliding.py). Gemma's and Granite's own fields are read in
+hf_family_fields.py, a mixture of experts' in hf_moe_config.py. A bad value is refused naming
+its config.json field.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
@@ -26,11 +27,12 @@ from aiollm.model.config import (
     ModelConfig,
     unsupported_gemma,
 )
+from aiollm.model.hf_family_fields import (gemma3_ropes, gemma3_text_config, gemma_scalars,
+                                            granite_scalars)
 from aiollm.model.hf_moe_config import moe_from_hf
+from aiollm.model.hf_sliding import sliding_window
 from aiollm.model.paths import check_links, gguf_names, split_first_part
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
-
-log = logging.getLogger(__name__)
 
 try:  # huggingface_hub >= 0.35, which transformers 5 requires; older ones raise ValueErrors
     from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
@@ -46,9 +48,6 @@ CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM
                      "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
                      "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "GraniteForCausalLM",
                      "GraniteMoeForCausalLM", "Phi3ForCausalLM")
-# Granite's scalars: config.json's name -> ModelConfig's (the same names)
-GRANITE_SCALARS = ("embedding_multiplier", "residual_multiplier", "attention_multiplier",
-                   "logits_scaling")
 # Gemma's class is taken with model_type gemma only, and gemma takes no other: transformers
 # builds the class of the model_type whatever `architectures` says, so a Llama config naming
 # GemmaForCausalLM would run Gemma's weights without Gemma's numerics (the (1 + w) norms,
@@ -110,33 +109,13 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
                          f"quantization {mlx!r}: an MLX-quantized checkpoint): use a "
                          "float16/bfloat16/float32 checkpoint or a GGUF file")
     if arch == "gemma3":  # Gemma3ForConditionalGeneration: its language model alone
-        text = _gemma3_text_config(hf, fields)
+        text = gemma3_text_config(hf, fields)
         try:
             return _text_model_config(text, "gemma3_text", hf, generation_eos, fields)
         except ValueError as e:  # the fields named are text_config's
             raise ValueError(str(e).replace("config.json: ", "config.json: text_config.", 1)
                              ) from None
     return _text_model_config(hf, arch, hf, generation_eos, fields)
-
-
-def _gemma3_text_config(hf: Any, fields: dict | None) -> Any:
-    """A Gemma3Config's text_config (its language model's); ValueError for a config.json
-    without one (transformers would give that model Gemma3TextConfig's defaults, vocab_size
-    262,208 and hidden_size 2,304, whatever the top-level fields say) or of another type."""
-    if fields is not None and not isinstance(fields.get("text_config"), dict):
-        raise ValueError("config.json: model_type gemma3 (Gemma3ForConditionalGeneration) "
-                         "has no text_config, which sizes its language model (transformers "
-                         "would take Gemma3TextConfig's defaults, not the top-level fields): "
-                         "give text_config, or model_type gemma3_text (Gemma3ForCausalLM) "
-                         "for a text-only Gemma 3")
-    log.info("model_type gemma3 (Gemma3ForConditionalGeneration): serving its language "
-             "model (text_config) as text alone; the vision tower and the multimodal "
-             "projector's weights are not loaded, and images are not accepted")
-    text = hf.text_config
-    if getattr(text, "model_type", None) != "gemma3_text":
-        raise ValueError(f"config.json: text_config has model_type "
-                         f"{getattr(text, 'model_type', None)!r}, not 'gemma3_text'")
-    return text
 
 
 def _text_model_config(hf: Any, arch: str, outer: Any, generation_eos: list[int] | None,
@@ -163,10 +142,10 @@ def _text_model_config(hf: Any, arch: str, outer: Any, generation_eos: list[int]
                          f"num_key_value_heads {kv_heads}")
     attention_bias = arch in ("llama", "qwen3", "qwen3_moe", "granite", "granitemoe",
                               *GEMMA_ARCHITECTURES) and bool(getattr(hf, "attention_bias", False))
-    rope, rope_local = _gemma3_ropes(hf) if arch == "gemma3_text" else (
+    rope, rope_local = gemma3_ropes(hf, _head_dim(hf)) if arch == "gemma3_text" else (
         rope_from_hf(hf, _head_dim(hf)), None)
     max_position = _context_of(hf, rope)
-    window, sliding_layers = _sliding_window(hf, arch)
+    window, sliding_layers = sliding_window(hf, arch)
     # a multimodal Gemma 3's own eos_token_id (with its end of turn), as generate reads it
     config_eos = getattr(outer, "eos_token_id", None)
     config_eos = hf.eos_token_id if config_eos is None else config_eos
@@ -197,54 +176,11 @@ def _text_model_config(hf: Any, arch: str, outer: Any, generation_eos: list[int]
         moe=moe_from_hf(hf, fields or {}) if arch in MOE_ARCHITECTURES else None,
         sliding_window=window,
         sliding_layers=sliding_layers,
-        **(_granite_scalars(hf) if arch.startswith("granite") else {}),
+        **(granite_scalars(hf) if arch.startswith("granite") else {}),
         hidden_act=act,
         rope_local=rope_local,
-        **(_gemma_scalars(hf) if arch in ("gemma2", "gemma3_text") else {}),
+        **(gemma_scalars(hf) if arch in ("gemma2", "gemma3_text") else {}),
     )
-
-
-def _gemma_scalars(hf: Any) -> dict[str, float | None]:
-    """Gemma 2/3's query_pre_attn_scalar and soft-caps, as their transformers configs hold
-    them (defaults filled in there: Gemma 2 caps at 50 and 30, Gemma 3 not). A value that is
-    not a number > 0 is refused naming the field (transformers would divide by it)."""
-    scalars: dict[str, float | None] = {}
-    for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
-        value = getattr(hf, name, None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not value > 0):
-            raise ValueError(f"config.json: {name} must be a number > 0 (or null for none), "
-                             f"got {value!r}")
-        scalars[name] = None if value is None else float(value)
-    if scalars["query_pre_attn_scalar"] is None:
-        raise ValueError("config.json: query_pre_attn_scalar must be a number > 0, got null")
-    return scalars
-
-
-class _RopeView:
-    """A transformers config seen with rope_parameters replaced by one layer type's dict
-    (Gemma 3 keeps one per layer type), for rope_from_hf."""
-
-    def __init__(self, hf: Any, params: dict):
-        self._hf, self.rope_parameters = hf, params
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._hf, name)
-
-
-def _gemma3_ropes(hf: Any) -> tuple[RopeConfig, RopeConfig]:
-    """(the global layers' rotary, the sliding layers'), as transformers' Gemma3TextConfig
-    fills rope_parameters by layer type: full_attention from rope_theta (default 1e6) and
-    rope_scaling (e.g. linear, factor 8 on the 4B and larger), sliding_attention from
-    rope_local_base_freq (default 1e4), unscaled."""
-    params = getattr(hf, "rope_parameters", None) or {}
-    ropes = []
-    for kind in ("full_attention", "sliding_attention"):
-        if not isinstance(params.get(kind), dict):
-            raise ValueError(f"config.json: rope_parameters has no {kind!r} dict (transformers' "
-                             "Gemma3TextConfig keeps one per layer type)")
-        ropes.append(rope_from_hf(_RopeView(hf, params[kind]), _head_dim(hf)))
-    return ropes[0], ropes[1]
 
 
 def _activation(hf: Any, arch: str) -> str:
@@ -265,87 +201,6 @@ def _activation(hf: Any, arch: str) -> str:
            if arch in MOE_ARCHITECTURES else "aiollm's MLPs compute SiLU or GELU's tanh "
            f"approximation: {name} must be 'silu' or 'gelu_pytorch_tanh'")
     raise ValueError(f"{name} {act!r} is not supported ({why})")
-
-
-def _granite_scalars(hf: Any) -> dict[str, float]:
-    """Granite's four scalars, as transformers' Granite classes read them: each defaults to
-    1.0 (attention_multiplier too: the softmax scale is then 1, not 1/sqrt(head_dim)). A
-    null or non-number, which transformers multiplies by and fails on, is refused naming
-    the field, and so is one of 0 or below, which no Granite has (its embeddings, layers or
-    attention scores would vanish or change sign; logits_scaling is divided by)."""
-    scalars = {}
-    for name in GRANITE_SCALARS:
-        value = getattr(hf, name, 1.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config.json: {name} must be a number, got {value!r}")
-        if not value > 0:
-            raise ValueError(f"config.json: {name} must be > 0, got {value!r}")
-        scalars[name] = float(value)
-    return scalars
-
-
-# the families whose every layer slides when config.json has a sliding_window (transformers'
-# Mistral, Mixtral, Phi-3 and Qwen3-MoE models build one sliding-window mask for all layers; its
-# Qwen3-MoE config drops the window unless use_sliding_window); Qwen2, Qwen3 and Qwen2-MoE
-# slide the layers their layer_types marks "sliding_attention"; Llama, Gemma, Granite and
-# GraniteMoe never slide (window fields in their config.json are left by a conversion from
-# another family, and transformers reads none of them)
-_EVERY_LAYER_SLIDES = ("mistral", "mixtral", "qwen3_moe", "phi3")
-_NEVER_SLIDES = ("llama", "gemma", "granite", "granitemoe")
-# Gemma 2 and 3 slide the layers their layer_types marks "sliding_attention" (their configs
-# derive it when absent: Gemma 2 every other layer from the first, Gemma 3 five of six) by
-# sliding_window, with no use_sliding_window field
-_GEMMA_SLIDES = ("gemma2", "gemma3_text")
-
-
-def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | None]:
-    """(window in tokens, the layers that slide: None for all) of a config as transformers 5
-    runs it; (None, None) when no layer slides. Raises ValueError naming config.json's field
-    for a window below 1 (transformers' mask then hides every key) or sliding layers
-    without use_sliding_window or with a null sliding_window (its mask then fails)."""
-    if arch in _NEVER_SLIDES:
-        return None, None
-    window = getattr(hf, "sliding_window", None)
-    if arch in _GEMMA_SLIDES:
-        types = getattr(hf, "layer_types", None) or []
-        layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
-        if not layers:
-            return None, None
-        if window is None:  # transformers' sliding mask fails on it
-            raise ValueError(f"config.json: layer_types marks layers {list(layers)} "
-                             "sliding_attention but sliding_window is null: set it")
-    elif arch in _EVERY_LAYER_SLIDES:
-        layers = None
-    else:
-        types = getattr(hf, "layer_types", None)
-        if types is None:  # derived as transformers 5's configs derive it
-            on = bool(getattr(hf, "use_sliding_window", False) and window)
-            bound = int(getattr(hf, "max_window_layers", 0) or 0)
-            n = int(hf.num_hidden_layers)
-            if arch == "qwen2_moe":  # the even layers below max_window_layers
-                layers = tuple(i for i in range(0, min(n, bound), 2) if on)
-            else:  # Qwen2, Qwen3: the layers from max_window_layers on
-                layers = tuple(i for i in range(bound, n) if on)
-        else:
-            layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
-        if not layers:
-            return None, None
-        # transformers' Qwen2/3 configs set sliding_window null (Qwen2-MoE's 0) without
-        # use_sliding_window, and the mask of a sliding layer then fails or hides all; a
-        # null sliding_window fails it too
-        if not getattr(hf, "use_sliding_window", False):
-            raise ValueError(f"config.json: layer_types marks layers {list(layers)} "
-                             "sliding_attention but use_sliding_window is false (no "
-                             "sliding_window): set use_sliding_window and sliding_window")
-        if window is None:
-            raise ValueError(f"config.json: layer_types marks layers {list(layers)} "
-                             "sliding_attention but sliding_window is null: set it")
-    if window is None:
-        return None, None
-    if int(window) < 1:  # transformers fails on 0 (no position seen)
-        raise ValueError(f"config.json: sliding_window must be >= 1, or null for none, got "
-                         f"{window}")
-    return int(window), layers
 
 
 def _context_of(hf: Any, rope: RopeConfig) -> int:
