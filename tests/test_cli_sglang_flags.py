@@ -91,6 +91,29 @@ def test_model_path_and_another_model_is_a_usage_error(capsys):
     assert "MODEL and --model-path name two models ('/a', '/b')" in err, err
 
 
+@pytest.mark.parametrize("line, flag", [
+    # SGLang's flags aiollm does not take, after (or before) the model's flag: argparse
+    # read their values as MODEL, and the error was "MODEL and --model-path name two models
+    # ('/m', '600')", naming neither the flag nor what was wrong with it
+    ("--model-path /m --watchdog-timeout 600", "--watchdog-timeout"),
+    ("--max-queued-requests 100 --model-path /m", "--max-queued-requests"),
+    ("--model-path /m --cuda-graph-bs 1 2 4", "--cuda-graph-bs"),
+    ("--model_dir /m --router_max_wait_tokens 10", "--router"),  # LightLLM's
+])
+def test_a_flag_aiollm_does_not_take_is_named_not_read_as_a_second_model(line, flag,
+                                                                         capsys):
+    err = refusal(line, capsys, model=())
+    assert "unrecognized arguments: " in err and flag in err, err
+    assert "two models" not in err, err
+
+
+def test_two_models_one_of_them_positional_is_still_a_usage_error(capsys):
+    err = refusal("/a --model_dir /b", capsys, model=())
+    assert "MODEL and --model-dir name two models ('/a', '/b')" in err, err
+    err = refusal("--model-path /b /a", capsys, model=())
+    assert "--model-path and MODEL name two models ('/b', '/a')" in err, err
+
+
 @pytest.mark.parametrize("line, names", [
     ("--tp-size 2 -tp 4", ("argument -tp: 4 and --tp-size 2",)),
     ("--tensor-parallel-size 4 --tp 2", ("argument --tp: 2 and --tensor-parallel-size 4",)),

@@ -55,16 +55,26 @@ class AliasConst(argparse.Action):
 class ModelFlag(argparse.Action):
     """MODEL, given as the positional or as a flag (vLLM's --model, SGLang's --model-path,
     LightLLM's --model_dir); several may name it, but not two different models, which would
-    serve one of them silently."""
+    serve one of them silently. Where one of the two is the positional, the error waits in
+    the namespace's `deferred_error` (help_format.ShortUsage.parse_args reports it): argparse
+    reads the value of a flag it does not know (SGLang's `--watchdog-timeout 600` beside
+    --model-path) as MODEL, and "unrecognized arguments", naming that flag, is then the
+    error to give; the flag's model is kept meanwhile."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         given = getattr(namespace, self.dest, None)
+        typed = option_string or "MODEL"
         if given is not None and given != values:
             before = getattr(namespace, "model_typed", "MODEL")
-            parser.error(f"{before} and {option_string or 'MODEL'} name two models "
-                         f"({given!r}, {values!r}): give one")
+            error = (f"{before} and {typed} name two models ({given!r}, {values!r}): "
+                     "give one")
+            if "MODEL" not in (before, typed):  # two flags: nothing else explains it
+                parser.error(error)
+            namespace.deferred_error = error
+            if typed == "MODEL":
+                return
         setattr(namespace, self.dest, values)
-        namespace.model_typed = option_string or "MODEL"
+        namespace.model_typed = typed
 
 
 def _shown(value) -> str:
