@@ -63,7 +63,7 @@ def test_an_sglang_launch_line_reaches_the_engine_config():
     ("--tp 4", "tensor_parallel_size", 4),
     ("--tokenizer-path /t", "tokenizer", "/t"),
     ("--context-length 8192", "max_model_len", 8192),
-    ("--max-total-tokens 100000", "kv_tokens", 100000),
+    ("--max-total-tokens 100000", "max_total_tokens", 100000),  # a bound, not kv_tokens
     ("--random-seed 7", "seed", 7),
     ("--chunked-prefill-size 8192", "max_prefill_tokens", 8192),
     ("--chunked_prefill_size 8k", "max_prefill_tokens", 8000),
@@ -119,7 +119,6 @@ def test_two_models_one_of_them_positional_is_still_a_usage_error(capsys):
     ("--tensor-parallel-size 4 --tp 2", ("argument --tp: 2 and --tensor-parallel-size 4",)),
     ("--context-length 1024 --max-model-len 2048",
      ("--max-model-len: 2048 and --context-length 1024",)),
-    ("--max-total-tokens 10 --kv-tokens 20", ("--kv-tokens: 20 and --max-total-tokens 10",)),
     ("--random-seed 1 --seed 2", ("--seed: 2 and --random-seed 1",)),
     # aiollm's and vLLM's spellings of one option (each served with the last, silently)
     ("--max-num-seqs 8 --max-running-requests 16",
@@ -131,6 +130,12 @@ def test_two_spellings_given_two_values_is_a_usage_error_naming_both(line, names
     err = refusal(line, capsys)
     for name in (*names, "two values of one option: give one"):
         assert name in err, (name, err)
+
+
+def test_max_total_tokens_with_kv_tokens_is_a_usage_error_naming_both(capsys):
+    """--max-total-tokens bounds the pool the memory gives, --kv-tokens sizes it: one."""
+    err = refusal("--max-total-tokens 100 --kv-tokens 200", capsys)
+    assert "give one of --kv-tokens" in err and "and --max-total-tokens" in err, err
 
 
 def test_two_spellings_of_the_same_value_are_taken():

@@ -15,7 +15,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from aiollm.config import EngineConfig
+from aiollm.config import KV_MEMORY_FRACTION, EngineConfig
 from aiollm.model.kv_pool import pool_tokens
 
 GiB = 2**30
@@ -86,6 +86,36 @@ def test_kv_tokens_wins_over_the_share(gpu, caplog):
     with caplog.at_level(logging.INFO, logger="aiollm"):
         assert tokens(mem_fraction=0.9, kv_tokens=4096) == 4096
     assert "mem_fraction 0.9 is not used" in caplog.text
+
+
+def test_sglangs_max_total_tokens_caps_the_pool_the_memory_gives(gpu, caplog):
+    """SGLang's --max-total-tokens is an upper bound: its pool is the smaller of it and what
+    mem_fraction_static leaves (ModelRunner.init_memory_pool's min, with a warning where
+    the bound is the larger), where LightLLM's max_total_token_num (kv_tokens) is the
+    pool's size; it was taken as kv_tokens, a pool of that size whatever the memory."""
+    gpu(free=80, total=100, reserved=16)
+    assert tokens(mem_fraction_static=0.9, max_total_tokens=4096) == 4096
+    with caplog.at_level(logging.WARNING, logger="aiollm"):
+        assert tokens(mem_fraction_static=0.9, max_total_tokens=100 * 1024) == 72089
+    assert ("max_total_tokens 102400 is more than the 72089 tokens mem_fraction_static 0.9 "
+            "leaves: the KV pool holds 72089") in caplog.text
+    # aiollm's default share, and the CPU's pool, are bounded alike
+    assert tokens(max_total_tokens=10**6) == int(80 * GiB * KV_MEMORY_FRACTION) // MiB
+    cpu = pool_tokens(EngineConfig(max_total_tokens=300, max_model_len=256),
+                      torch.device("cpu"), MiB, 8192)
+    assert cpu == 300 < EngineConfig().cpu_pool_tokens(256)
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"max_total_tokens": 0}, "max_total_tokens must be in [1, "),
+    ({"max_total_tokens": 100, "kv_tokens": 200}, "give one of kv_tokens"),
+    ({"max_total_tokens": 100, "max_model_len": 200},
+     "max_total_tokens 100 is less than max_model_len 200"),
+])
+def test_a_bad_max_total_tokens_is_refused_naming_it(options, says):
+    with pytest.raises(ValueError) as e:
+        EngineConfig(**options)
+    assert str(e.value).startswith(says), str(e.value)
 
 
 def test_the_share_has_no_effect_on_the_cpu(caplog):

@@ -278,7 +278,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 # the flags' destinations that are EngineConfig's fields of the same names
 ENGINE_OPTIONS = ("dtype", "kv_cache_dtype", "device", "load_format", "tokenizer",
                   "max_model_len", "seed",
-                  "kv_tokens", "kv_memory_fraction", "gpu_memory_utilization",
+                  "kv_tokens", "max_total_tokens", "kv_memory_fraction", "gpu_memory_utilization",
                   "mem_fraction_static", "mem_fraction",
                   "max_running_requests",
                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",

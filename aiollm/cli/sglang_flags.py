@@ -3,7 +3,8 @@ copied from SGLang runs as it asked or stops at once saying why (argparse's "unr
 arguments" said neither). Built as aiollm/vllm_flags.py is, in tables:
 
 - ALIASES: SGLang's name of an aiollm option of the same meaning and unit (--model-path is
-  MODEL, --context-length --max-model-len...), hidden from --help, which names them in the
+  MODEL, --context-length --max-model-len...; not --max-total-tokens, in SGLang a bound of
+  the KV pool's tokens where --kv-tokens is its size), hidden from --help, which names them in the
   group's description; a value given under two of its spellings with two values is a usage
   error naming both (flag_alias.Alias). SGLang's flags spelt as aiollm's (--max-running-
   requests, --max-prefill-tokens, --cuda-graph-max-bs, --dtype, --kv-cache-dtype, --host,
@@ -11,7 +12,8 @@ arguments" said neither). Built as aiollm/vllm_flags.py is, in tables:
   --reasoning-parser, --dist-init-addr, --nnodes, --node-rank, --log-level) are aiollm's own,
   and its values of a choice are aiollm's (`tool_call_parser_name`, `reasoning_parser_name`,
   `kv_cache_dtype_name`);
-- --mem-fraction-static: SGLang's sizing of the KV pool (EngineConfig.mem_fraction_static);
+- --max-total-tokens and --mem-fraction-static: SGLang's bound and sizing of the KV pool
+  (EngineConfig.max_total_tokens, mem_fraction_static);
 - NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
   implementations of what aiollm does one way, changing no output; accepted and logged;
 - REFUSED: flags asking for what aiollm cannot do: a usage error (exit 2) naming the flag
@@ -38,7 +40,6 @@ ALIASES = {
     "--tp": ("tensor_parallel_size", "-tp", int),  # SGLang's docs' spelling; LightLLM's too
     "--tokenizer-path": ("tokenizer", "--tokenizer", str),
     "--context-length": ("max_model_len", "--max-model-len", int),
-    "--max-total-tokens": ("kv_tokens", "--kv-tokens", int),
     "--random-seed": ("seed", "--seed", int),
 }
 # switches: the flag -> (option, the value it sets, aiollm's flag)
@@ -174,8 +175,8 @@ def kv_cache_dtype_name(value: str) -> str:
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:
-    """Add SGLang's flags (the tables above, and --mem-fraction-static) to `parser`, aiollm
-    serve's, in a group of their own."""
+    """Add SGLang's flags (the tables above, --max-total-tokens and --mem-fraction-static)
+    to `parser`, aiollm serve's, in a group of their own."""
     by_target: dict[str, list[str]] = {}
     for flag, (_, shown, _) in ALIASES.items():
         by_target.setdefault(shown, []).append(flag)
@@ -191,7 +192,7 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "--port, --api-key, --served-model-name, --chat-template, --tool-call-parser "
         "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 is deepseek_r1), "
         "--dist-init-addr, --nnodes, --node-rank and --log-level are aiollm's own. Those "
-        "below size the KV cache as SGLang does or change nothing. Refused, each with what "
+        "below bound and size the KV cache as SGLang does or change nothing. Refused, each with what "
         "to use instead (a value asking for aiollm's own behaviour, such as --dp-size 1, is "
         f"taken): {refused}.")
     group.add_argument("--model-path", dest="model", default=argparse.SUPPRESS,
@@ -205,6 +206,11 @@ def add_to(parser: argparse.ArgumentParser) -> None:
     for flag, (dest, value, _) in SWITCHES.items():
         group.add_argument(flag, dest=dest, const=value, action=AliasConst,
                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    group.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
+                       help="SGLang's: at most N tokens in the KV cache, which holds the "
+                            "smaller of N and what the memory gives (--mem-fraction-static, "
+                            "or aiollm's sizing; on the CPU, its default), as SGLang bounds "
+                            "its pool; --kv-tokens instead sizes it")
     group.add_argument("--mem-fraction-static", type=float, default=None, metavar="F",
                        help="SGLang's: keep this process's weights and KV cache within F x "
                             "the GPU memory free when it starts, the rest, 1 - F, for "
