@@ -63,6 +63,9 @@ def test_an_sglang_launch_line_reaches_the_engine_config():
     ("--tp 4", "tensor_parallel_size", 4),
     ("--tokenizer-path /t", "tokenizer", "/t"),
     ("--context-length 8192", "max_model_len", 8192),
+    # SGLang reads both as human-readable counts (human_readable_int): k 1000, K 1024
+    ("--context-length 32k", "max_model_len", 32000),
+    ("--max-total-tokens 128K", "max_total_tokens", 131072),
     ("--max-total-tokens 100000", "max_total_tokens", 100000),  # a bound, not kv_tokens
     ("--random-seed 7", "seed", 7),
     ("--chunked-prefill-size 8192", "max_prefill_tokens", 8192),

@@ -39,7 +39,8 @@ ALIASES = {
     "--tp-size": ("tensor_parallel_size", "-tp", int),
     "--tp": ("tensor_parallel_size", "-tp", int),  # SGLang's docs' spelling; LightLLM's too
     "--tokenizer-path": ("tokenizer", "--tokenizer", str),
-    "--context-length": ("max_model_len", "--max-model-len", int),
+    # a count as SGLang's human_readable_int reads it (32k, 128K), as aiollm's own
+    "--context-length": ("max_model_len", "--max-model-len", token_counts.token_count),
     "--random-seed": ("seed", "--seed", int),
 }
 # switches: the flag -> (option, the value it sets, aiollm's flag)
@@ -206,7 +207,8 @@ def add_to(parser: argparse.ArgumentParser) -> None:
     for flag, (dest, value, _) in SWITCHES.items():
         group.add_argument(flag, dest=dest, const=value, action=AliasConst,
                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    group.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
+    group.add_argument("--max-total-tokens", type=token_counts.token_count, default=None,
+                       metavar="N",
                        help="SGLang's: at most N tokens in the KV cache, which holds the "
                             "smaller of N and what the memory gives (--mem-fraction-static, "
                             "or aiollm's sizing; on the CPU, its default), as SGLang bounds "
