@@ -104,6 +104,12 @@ def test_sglangs_max_total_tokens_caps_the_pool_the_memory_gives(gpu, caplog):
     cpu = pool_tokens(EngineConfig(max_total_tokens=300, max_model_len=256),
                       torch.device("cpu"), MiB, 8192)
     assert cpu == 300 < EngineConfig().cpu_pool_tokens(256)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aiollm"):
+        cpu = pool_tokens(EngineConfig(max_total_tokens=10**5, mem_fraction_static=0.9),
+                          torch.device("cpu"), MiB, 256)
+    assert cpu == EngineConfig().cpu_pool_tokens(256)
+    assert f"the {cpu} tokens the CPU's default leaves" in caplog.text  # the share: no effect
 
 
 @pytest.mark.parametrize("options, says", [
