@@ -130,9 +130,10 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "--max-prefill-tokens, a step's tokens (several given: the smallest counts); --tp "
         "is -tp. --host, --port, --nnodes, --node_rank, --disable_log_stats and "
         "--tool_call_parser (qwen25 is hermes) are aiollm's own; --tokenizer_mode takes "
-        "fast and auto; --trust_remote_code changes nothing (as vLLM's). Those below size the KV cache as LightLLM does or change nothing. "
-        "Refused, each with what to use instead (a value asking for aiollm's own behaviour, "
-        f"such as --run_mode normal, is taken): {refused}.")
+        "fast and auto; --trust_remote_code changes nothing (as vLLM's). Those below size "
+        "the KV cache as LightLLM does or change nothing. Refused, each with what to use "
+        "instead (a value asking for aiollm's own behaviour, such as --run_mode normal, is "
+        f"taken): {refused}.")
     group.add_argument("--model-dir", dest="model", default=argparse.SUPPRESS,
                        action=ModelFlag, help=argparse.SUPPRESS)
     for flag, (dest, _, kind) in ALIASES.items():

@@ -193,9 +193,9 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "--port, --api-key, --served-model-name, --chat-template, --tool-call-parser "
         "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 is deepseek_r1), "
         "--dist-init-addr, --nnodes, --node-rank and --log-level are aiollm's own. Those "
-        "below bound and size the KV cache as SGLang does or change nothing. Refused, each with what "
-        "to use instead (a value asking for aiollm's own behaviour, such as --dp-size 1, is "
-        f"taken): {refused}.")
+        "below bound and size the KV cache as SGLang does or change nothing. Refused, each "
+        "with what to use instead (a value asking for aiollm's own behaviour, such as "
+        f"--dp-size 1, is taken): {refused}.")
     group.add_argument("--model-path", dest="model", default=argparse.SUPPRESS,
                        action=ModelFlag, help=argparse.SUPPRESS)
     for flag, (dest, _, kind) in ALIASES.items():
