@@ -22,44 +22,30 @@ GiB = 2**30
 MiB = 2**20  # bytes per token slot in these tests: tokens are MiB of pool
 
 
-@pytest.fixture
-def gpu(monkeypatch):
-    """Patch torch.cuda's memory queries: set(free=, total=, reserved=) in GiB."""
-    state = {}
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "mem_get_info",
-                        lambda device=None: (state["free"], state["total"]))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
-
-    def set_(free: float, total: float, reserved: float) -> None:
-        state.update(free=int(free * GiB), total=int(total * GiB), reserved=int(reserved * GiB))
-    return set_
-
-
 def tokens(**options) -> int:
     return pool_tokens(EngineConfig(**options), torch.device("cuda"), MiB, 8192)
 
 
-def test_sglang_keeps_weights_and_pool_within_the_share_of_what_was_free(gpu):
+def test_sglang_keeps_weights_and_pool_within_the_share_of_what_was_free(gpu_memory):
     # 100 GiB GPU, 4 GiB of CUDA context and the like, then 16 GiB of weights: 80 GiB free
     # after loading, 96 free at start. SGLang keeps (1 - 0.9) x 96 = 9.6 GiB back: the
     # pool is 80 - 9.6 = 70.4 GiB, so weights and pool are 86.4 = 0.9 x 96
-    gpu(free=80, total=100, reserved=16)
+    gpu_memory(free=80, total=100, reserved=16)
     assert tokens(mem_fraction_static=0.9) == int(70.4 * 1024)
     assert tokens(mem_fraction_static=0.5) == 32 * 1024  # 80 - 48
 
 
-def test_lightllm_keeps_the_memory_in_use_within_the_share_of_the_total(gpu):
+def test_lightllm_keeps_the_memory_in_use_within_the_share_of_the_total(gpu_memory):
     # LightLLM keeps (1 - 0.9) x 100 = 10 GiB back: the pool is 80 - 10 = 70 GiB, and the
     # memory in use (20 before, every process's) 90 = 0.9 x 100
-    gpu(free=80, total=100, reserved=16)
+    gpu_memory(free=80, total=100, reserved=16)
     assert tokens(mem_fraction=0.9) == 70 * 1024
     assert tokens(mem_fraction=0.5) == 30 * 1024
 
 
-def test_another_process_memory_counts_for_lightllm_not_for_sglang(gpu):
+def test_another_process_memory_counts_for_lightllm_not_for_sglang(gpu_memory):
     # another server holds 50 GiB: 30 free after loading, 46 when this one started
-    gpu(free=30, total=100, reserved=16)
+    gpu_memory(free=30, total=100, reserved=16)
     assert tokens(mem_fraction_static=0.9) == int((30 - 4.6) * 1024)
     assert tokens(mem_fraction=0.9) == 20 * 1024
 
@@ -72,28 +58,28 @@ def test_another_process_memory_counts_for_lightllm_not_for_sglang(gpu):
      "mem_fraction 0.8 leaves no room for the KV cache: (1 - 0.8) x 100.00 GiB (the GPU's "
      "memory) = 20.00 GiB is kept for activations, more than the 16.00 GiB free"),
 ])
-def test_a_share_that_leaves_no_room_names_the_option_and_the_sizes(gpu, options, says):
-    gpu(free=16, total=100, reserved=20)
+def test_a_share_that_leaves_no_room_names_the_option_and_the_sizes(gpu_memory, options, says):
+    gpu_memory(free=16, total=100, reserved=20)
     with pytest.raises(ValueError) as e:
         tokens(**options)
     assert str(e.value).startswith(says), str(e.value)
     assert "raise" in str(e.value) and "kv_tokens (--kv-tokens)" in str(e.value)
 
 
-def test_kv_tokens_wins_over_the_share(gpu, caplog):
+def test_kv_tokens_wins_over_the_share(gpu_memory, caplog):
     """As SGLang's max_total_tokens and LightLLM's max_total_token_num override theirs."""
-    gpu(free=80, total=100, reserved=16)
+    gpu_memory(free=80, total=100, reserved=16)
     with caplog.at_level(logging.INFO, logger="aiollm"):
         assert tokens(mem_fraction=0.9, kv_tokens=4096) == 4096
     assert "mem_fraction 0.9 is not used" in caplog.text
 
 
-def test_sglangs_max_total_tokens_caps_the_pool_the_memory_gives(gpu, caplog):
+def test_sglangs_max_total_tokens_caps_the_pool_the_memory_gives(gpu_memory, caplog):
     """SGLang's --max-total-tokens is an upper bound: its pool is the smaller of it and what
     mem_fraction_static leaves (ModelRunner.init_memory_pool's min, with a warning where
     the bound is the larger), where LightLLM's max_total_token_num (kv_tokens) is the
     pool's size; it was taken as kv_tokens, a pool of that size whatever the memory."""
-    gpu(free=80, total=100, reserved=16)
+    gpu_memory(free=80, total=100, reserved=16)
     assert tokens(mem_fraction_static=0.9, max_total_tokens=4096) == 4096
     with caplog.at_level(logging.WARNING, logger="aiollm"):
         assert tokens(mem_fraction_static=0.9, max_total_tokens=100 * 1024) == 72089

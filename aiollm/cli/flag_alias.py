@@ -77,6 +77,22 @@ class ModelFlag(argparse.Action):
         namespace.model_typed = typed
 
 
+def add_aliases(group: argparse._ArgumentGroup, model_flag: str,
+                aliases: dict[str, tuple], switches: dict[str, tuple]) -> None:
+    """Add another engine's spellings of aiollm's options to `group`, hidden from --help
+    (its description names them): `model_flag` names MODEL (ModelFlag); `aliases` maps a
+    flag to (the option it sets, aiollm's flag, the type its value is read as) (Alias),
+    `switches` a flag to (the option, the value it sets, aiollm's flag) (AliasConst)."""
+    group.add_argument(model_flag, dest="model", default=argparse.SUPPRESS,
+                       action=ModelFlag, help=argparse.SUPPRESS)
+    for flag, (dest, _, kind) in aliases.items():
+        group.add_argument(flag, dest=dest, type=kind, action=Alias,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for flag, (dest, value, _) in switches.items():
+        group.add_argument(flag, dest=dest, const=value, action=AliasConst,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def _shown(value) -> str:
     """A value as the command line gave it (a list of several names: space-separated)."""
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -30,8 +30,8 @@ import argparse
 
 from aiollm import vllm_flags
 from aiollm.cli import token_counts
-from aiollm.cli.flag_alias import Alias, AliasConst, ModelFlag
-from aiollm.vllm_flags import Ignored, NoEffect, NoEffectValue, Refusal, Refuse
+from aiollm.cli.flag_alias import Alias, add_aliases
+from aiollm.vllm_flags import Ignored, Refusal
 
 # the flag -> (EngineConfig's option it sets, aiollm's flag of it, for --help), with the
 # type its value is read as
@@ -62,20 +62,19 @@ def chunk_size(value: str) -> int:
     return token_counts.token_count(value)
 
 
-_DATA_PARALLEL = ("there is no data parallelism in one server: run one aiollm server per "
-                  "replica behind a load balancer")
 _EXPERT_PARALLEL = ("there is no expert parallelism: --tensor-parallel-size gives every "
                     "rank its share of each expert's features; leave the flag out")
 _SPECULATIVE = "speculative decoding is not supported: leave the flag out"
+# SGLang's --grammar-backend, LightLLM's --output_constraint_mode
+XGRAMMAR_ONLY = ("grammars run on xgrammar, the one library aiollm has, whenever a request "
+                 "asks for one; leave the flag out")
 
 REFUSED = (
-    Refusal(("--dp-size", "--dp"), _DATA_PARALLEL, same=("1",)),
+    Refusal(("--dp-size", "--dp"), vllm_flags.NO_DATA_PARALLEL, same=("1",)),
     Refusal(("--enable-dp-attention",),
             "there is no data-parallel attention: --tensor-parallel-size splits attention "
             "heads over the ranks; leave the flag out", takes_value=False),
-    Refusal(("--pp-size",),
-            "there is no pipeline parallelism: split the model over GPUs with "
-            "--tensor-parallel-size (over nodes too, with --nnodes)", same=("1",)),
+    Refusal(("--pp-size",), vllm_flags.NO_PIPELINE_PARALLEL, same=("1",)),
     Refusal(("--ep-size", "--ep"), _EXPERT_PARALLEL, same=("1",)),
     Refusal(("--enable-ep-moe",), _EXPERT_PARALLEL, takes_value=False),
     *(Refusal((flag,), _SPECULATIVE)
@@ -97,15 +96,11 @@ REFUSED = (
     Refusal(("--enable-multimodal",),
             "aiollm's models take text alone: no images, audio or video; leave the flag out",
             takes_value=False),
-    Refusal(("--lora-paths",),
-            "LoRA adapters are not supported: serve a checkpoint with the adapter merged "
-            "into its weights"),
+    Refusal(("--lora-paths",), vllm_flags.NO_LORA),
     Refusal(("--json-model-override-args",),
             "the model's config.json is read as it is: serve a copy of the model directory "
             "with the values changed in its config.json", same=("{}",)),
-    Refusal(("--grammar-backend",),
-            "grammars run on xgrammar, the one library aiollm has, whenever a request asks "
-            "for one; leave the flag out", same=("xgrammar",)),
+    Refusal(("--grammar-backend",), XGRAMMAR_ONLY, same=("xgrammar",)),
     Refusal(("--stream-interval",),
             "streams send each step's tokens as they are sampled, one step at a time; leave "
             "the flag out", same=("1",)),
@@ -196,17 +191,10 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "below bound and size the KV cache as SGLang does or change nothing. Refused, each "
         "with what to use instead (a value asking for aiollm's own behaviour, such as "
         f"--dp-size 1, is taken): {refused}.")
-    group.add_argument("--model-path", dest="model", default=argparse.SUPPRESS,
-                       action=ModelFlag, help=argparse.SUPPRESS)
-    for flag, (dest, _, kind) in ALIASES.items():
-        group.add_argument(flag, dest=dest, type=kind, action=Alias,
-                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_aliases(group, "--model-path", ALIASES, SWITCHES)
     group.add_argument("--chunked-prefill-size", dest="max_prefill_tokens", type=chunk_size,
                        action=Alias, least=True, default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)
-    for flag, (dest, value, _) in SWITCHES.items():
-        group.add_argument(flag, dest=dest, const=value, action=AliasConst,
-                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     group.add_argument("--max-total-tokens", type=token_counts.token_count, default=None,
                        metavar="N",
                        help="SGLang's: at most N tokens in the KV cache, which holds the "
@@ -218,10 +206,4 @@ def add_to(parser: argparse.ArgumentParser) -> None:
                             "the GPU memory free when it starts, the rest, 1 - F, for "
                             "activations and CUDA graphs (instead of --kv-memory-fraction; "
                             "--kv-tokens overrides it; no effect on the CPU)")
-    for flag, why in NO_EFFECT.items():
-        group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
-    for ignored in NO_EFFECT_VALUES:
-        group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
-                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
-    for refusal in REFUSED:
-        group.add_argument(*refusal.names, action=Refuse, refusal=refusal)
+    vllm_flags.add_tables(group, NO_EFFECT, NO_EFFECT_VALUES, REFUSED)
