@@ -101,7 +101,7 @@ def test_model_path_and_another_model_is_a_usage_error(capsys):
     ("--model-path /m --watchdog-timeout 600", "--watchdog-timeout"),
     ("--max-queued-requests 100 --model-path /m", "--max-queued-requests"),
     ("--model-path /m --cuda-graph-bs 1 2 4", "--cuda-graph-bs"),
-    ("--model_dir /m --router_max_wait_tokens 10", "--router"),  # LightLLM's
+    ("--model_dir /m --router_max_wait_tokens 10", "--router_max_wait_tokens"),  # as typed
 ])
 def test_a_flag_aiollm_does_not_take_is_named_not_read_as_a_second_model(line, flag,
                                                                          capsys):
@@ -112,7 +112,7 @@ def test_a_flag_aiollm_does_not_take_is_named_not_read_as_a_second_model(line, f
 
 def test_two_models_one_of_them_positional_is_still_a_usage_error(capsys):
     err = refusal("/a --model_dir /b", capsys, model=())
-    assert "MODEL and --model-dir name two models ('/a', '/b')" in err, err
+    assert "MODEL and --model_dir name two models ('/a', '/b')" in err, err
     err = refusal("--model-path /b /a", capsys, model=())
     assert "--model-path and MODEL name two models ('/b', '/a')" in err, err
 

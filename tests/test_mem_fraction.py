@@ -1,10 +1,12 @@
 """SGLang's mem_fraction_static (`--mem-fraction-static F`) and LightLLM's mem_fraction
 (`--mem_fraction F`) size the KV pool as those engines do: SGLang keeps the process's weights
 and pool within F x the memory free when it started, LightLLM the GPU's memory in use within
-F x its total; each is one of the shares of GPU memory EngineConfig takes one of.
+F x its total; each is one of the shares of GPU memory EngineConfig takes one of. SGLang's
+max_total_tokens (`--max-total-tokens N`) bounds the pool those shares size, as SGLang's does.
 
 The sizing tests are unit tests of the arithmetic, as tests/test_gpu_memory_utilization.py's:
-torch.cuda's memory queries are patched to given numbers (no GPU here)."""
+torch.cuda's memory queries are patched to given numbers (conftest's gpu_memory; no GPU
+here)."""
 
 from __future__ import annotations
 
