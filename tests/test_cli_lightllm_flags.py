@@ -8,6 +8,7 @@ tiny model, with a LightLLM benchmark's launch line."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -121,6 +122,15 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     assert options(line) == options("")
 
 
+def test_flags_of_no_effect_are_logged_as_typed(caplog):
+    args = parse("--use_dynamic_prompt_cache --nccl_port 28765")
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        checked_config(args.command_parser, args)
+    said = [r.getMessage().split(" has no effect")[0] for r in caplog.records
+            if "has no effect" in r.getMessage()]
+    assert said == ["--use_dynamic_prompt_cache", "--nccl_port 28765"], said
+
+
 @pytest.mark.parametrize("line, names", [
     ("--disable_chunked_prefill", ("--max-prefill-tokens",)),
     ("--run_mode prefill", ("disaggregation",)),
@@ -163,7 +173,7 @@ def test_a_lightllm_launch_line_serves_the_generate_route(tmp_path):
         text = log.read_text()
         assert "KV pool: 640 tokens" in text and "max model len 160" in text, text
         assert "prefix cache off" in text, text
-        assert "--nccl-port 28765 has no effect" in text, text
+        assert "--nccl_port 28765 has no effect" in text, text  # as typed
         status, body = asyncio.run(_post(base + "/generate", {
             "inputs": "Hello", "parameters": {"max_new_tokens": 3, "ignore_eos": True}}))
         assert status == 200, body

@@ -67,8 +67,11 @@ def checked_config(parser: argparse.ArgumentParser,
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")
+    spelt = getattr(parser, "typed_spellings", {})  # flag_spelling.ArgumentParser's
     for flag, why in getattr(args, "no_effect", ()):
-        log.info("%s has no effect: %s", flag, why)
+        name, _, value = flag.partition(" ")  # the flag as typed (--nccl_port), its value
+        log.info("%s has no effect: %s", " ".join(filter(None, (spelt.get(name, name), value))),
+                 why)
     for line in graphs.said if graphs is not None else ():
         log.info("%s", line)
     if mode_said is not None:
