@@ -75,6 +75,9 @@ def test_an_sglang_launch_line_reaches_the_engine_config():
     ("--mem-fraction-static 0.8", "mem_fraction_static", 0.8),
     ("--kv-cache-dtype bf16", "kv_cache_dtype", "bfloat16"),
     ("--tool-call-parser qwen", "tool_call_parser", "hermes"),
+    # Qwen3's thinking-only models: SGLang's Qwen3Detector forced into the reasoning, as
+    # its DeepSeekR1Detector is (the same <think> tags)
+    ("--reasoning-parser qwen3-thinking", "reasoning_parser", "deepseek_r1"),
     # SGLang's own spellings that were aiollm's already
     ("--cuda-graph-max-bs 32", "cuda_graph_max_batch", 32),
     ("--max-running-requests 8", "max_running_requests", 8),

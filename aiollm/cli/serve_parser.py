@@ -102,8 +102,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                      type=sglang_flags.reasoning_parser_name,
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "
-                          "reasoning, SGLang's deepseek-r1; qwen3: only where the output or "
-                          "prompt opens <think>); "
+                          "reasoning, SGLang's deepseek-r1 and qwen3-thinking; qwen3: only where "
+                          "the output or prompt opens <think>); "
                           "default: none, the output is all content")
     net.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
                      help="chat: leave a request's tools out of the prompt when its "

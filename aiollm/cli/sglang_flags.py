@@ -149,7 +149,9 @@ NO_EFFECT_VALUES = (
 
 # tool-call and reasoning parsers under SGLang's and LightLLM's names -> aiollm's
 _TOOL_CALL_PARSERS = {"qwen25": "hermes", "qwen": "hermes"}  # <tool_call>{json}</tool_call>
-_REASONING_PARSERS = {"deepseek-r1": "deepseek_r1"}
+# qwen3-thinking: SGLang's Qwen3Detector forced into the reasoning, its DeepSeekR1Detector's
+# parse (the output starts inside <think>)
+_REASONING_PARSERS = {"deepseek-r1": "deepseek_r1", "qwen3-thinking": "deepseek_r1"}
 _KV_CACHE_DTYPES = {"bf16": "bfloat16"}
 
 
@@ -160,8 +162,8 @@ def tool_call_parser_name(value: str) -> str:
 
 
 def reasoning_parser_name(value: str) -> str:
-    """--reasoning-parser's value under aiollm's name: SGLang's deepseek-r1 is deepseek_r1
-    (the output starts inside the reasoning, in both)."""
+    """--reasoning-parser's value under aiollm's name: SGLang's deepseek-r1 and
+    qwen3-thinking are deepseek_r1 (the output starts inside the reasoning, in all three)."""
     return _REASONING_PARSERS.get(value, value)
 
 
@@ -186,7 +188,8 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         f"refused); {switches}. --max-running-requests, --max-prefill-tokens, "
         "--cuda-graph-max-bs, --dtype, --kv-cache-dtype (bf16 is bfloat16), --host, "
         "--port, --api-key, --served-model-name, --chat-template, --tool-call-parser "
-        "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 is deepseek_r1), "
+        "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 and qwen3-thinking "
+        "are deepseek_r1), "
         "--dist-init-addr, --nnodes, --node-rank and --log-level are aiollm's own. Those "
         "below bound and size the KV cache as SGLang does or change nothing. Refused, each "
         "with what to use instead (a value asking for aiollm's own behaviour, such as "
