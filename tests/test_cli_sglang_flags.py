@@ -144,6 +144,17 @@ def test_max_total_tokens_with_kv_tokens_is_a_usage_error_naming_both(capsys):
     assert "give one of --kv-tokens" in err and "and --max-total-tokens" in err, err
 
 
+def test_checks_after_parsing_name_the_flag_as_typed(capsys):
+    """serve's checks of a value (serve_checks.py) name SGLang's and LightLLM's spellings,
+    not aiollm's flag of the option."""
+    err = refusal("--tokenizer-path /nonexistent/tokenizer", capsys)
+    assert "argument --tokenizer-path: '/nonexistent/tokenizer' does not exist" in err, err
+    with pytest.raises(SystemExit):
+        main(["serve", "M", "--model_name", " "])
+    err = capsys.readouterr().err
+    assert "argument --model_name: served_model_name" in err, err
+
+
 def test_two_spellings_of_the_same_value_are_taken():
     assert parse("--tp-size 2 -tp 2 --tp 2").tensor_parallel_size == 2
     assert parse("--context-length 512 --max-model-len 512").max_model_len == 512

@@ -52,8 +52,9 @@ def checked_config(parser: argparse.ArgumentParser,
 
         try:
             check_tokenizer_path(args.tokenizer)
-        except FileNotFoundError as e:
-            parser.error(f"argument --tokenizer: {e}")
+        except FileNotFoundError as e:  # named as typed: SGLang's --tokenizer-path too
+            typed = getattr(args, "flags_typed", {}).get("tokenizer", "--tokenizer")
+            parser.error(f"argument {typed}: {e}")
     api_keys = _api_keys(parser, args)
     if not args.response_role.strip():  # else refused only after loading, by create_app
         parser.error("argument --response-role: must not be empty (default: assistant)")
