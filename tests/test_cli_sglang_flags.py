@@ -149,6 +149,12 @@ def test_checks_after_parsing_name_the_flag_as_typed(capsys):
     not aiollm's flag of the option."""
     err = refusal("--tokenizer-path /nonexistent/tokenizer", capsys)
     assert "argument --tokenizer-path: '/nonexistent/tokenizer' does not exist" in err, err
+    err = refusal("--context-length 4096 --max-total-tokens 1000", capsys)
+    assert err.startswith("aiollm serve: error: argument --max-total-tokens: "), err
+    assert "or max_model_len (--context-length) at most 1000" in err, err
+    err = refusal("--max_req_total_len 4096 --max_total_token_num 1000", capsys)
+    assert "give kv_tokens (--max_total_token_num) at least 4096" in err, err
+    assert "max_model_len (--max_req_total_len) at most 1000" in err, err
     with pytest.raises(SystemExit):
         main(["serve", "M", "--model_name", " "])
     err = capsys.readouterr().err

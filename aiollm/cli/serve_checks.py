@@ -196,7 +196,7 @@ def cors_options(parser: argparse.ArgumentParser,
 def _naming_flag(message: str, args: argparse.Namespace) -> str:
     """EngineConfig's message about an option ("table_capacity must be ...") led by the
     option's flag as the user typed it (an alias's spelling too), as argparse names the
-    flag of a value it refuses."""
+    flag of a value it refuses; the flags it names in parentheses, as typed too."""
     typed = getattr(args, "flags_typed", {})
 
     def flag(name: str) -> str:
@@ -205,6 +205,9 @@ def _naming_flag(message: str, args: argparse.Namespace) -> str:
     if message.startswith("give one of "):  # two options that conflict: both by their flags
         return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b",
                       lambda m: flag(m[0]) if m[0] in ENGINE_OPTIONS else m[0], message)
+    # the options' flags it names in passing ("(--max-model-len)"), as typed too
+    for name, typed_flag in typed.items():
+        message = re.sub(rf"\((--{name.replace('_', '-')})\)", f"({typed_flag})", message)
     name = next((n for n in ENGINE_OPTIONS if message.startswith(n + " ")), None)
     if name is None:
         return message
