@@ -100,6 +100,26 @@ def test_sglangs_max_total_tokens_caps_the_pool_the_memory_gives(gpu_memory, cap
     assert f"the {cpu} tokens the CPU's default leaves" in caplog.text  # the share: no effect
 
 
+def test_a_pool_bounded_below_the_context_says_to_raise_the_bound(tmp_path, caplog):
+    """The start-up warning of a pool shorter than the model's context names what bounds
+    it: max_total_tokens, not kv_tokens or a memory share, which would change nothing."""
+    import asyncio
+
+    from aiollm import Engine
+    from conftest import tiny_llama
+
+    async def start() -> int:
+        async with Engine(tiny_llama(tmp_path / "tiny"), device="cpu", load_format="dummy",
+                          warm_up=False, max_total_tokens=64) as engine:
+            return engine.config.max_model_len or 0
+
+    with caplog.at_level(logging.WARNING, logger="aiollm"):
+        asyncio.run(start())
+    said = [r.getMessage() for r in caplog.records if "less than the model's context" in
+            r.getMessage()]
+    assert len(said) == 1 and "raise max_total_tokens (--max-total-tokens)" in said[0], said
+
+
 @pytest.mark.parametrize("options, says", [
     ({"max_total_tokens": 0}, "max_total_tokens must be in [1, "),
     ({"max_total_tokens": 100, "kv_tokens": 200}, "give one of kv_tokens"),
