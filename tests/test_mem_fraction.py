@@ -194,3 +194,26 @@ def test_the_gpu_memory_held_is_the_share_given(tmp_path, share):
         assert abs(in_use - 0.5 * total) < GiB, (in_use, total)
     else:
         assert abs(reserved - 0.5 * free_before) < GiB, (reserved, free_before)
+
+
+@pytest.mark.gpu
+def test_max_total_tokens_bounds_the_gpu_pool(tmp_path):
+    """On a real GPU: SGLang's max_total_tokens bounds the pool mem_fraction_static sizes
+    (a 64-token pool, where the share alone gives a GPU's worth), and a bound above what
+    the share leaves is the share's pool (no allocation past it)."""
+    import asyncio
+
+    from aiollm import Engine
+    from conftest import tiny_llama
+
+    model = tiny_llama(tmp_path / "tiny", hidden_size=256, num_hidden_layers=2)
+
+    async def capacity(**options) -> int:
+        async with Engine(model, device="cuda", dtype="bfloat16", load_format="dummy",
+                          warm_up=False, cuda_graph=False, **options) as engine:
+            return engine.stats()["kv_total"]
+
+    shared = asyncio.run(capacity(mem_fraction_static=0.5))
+    assert asyncio.run(capacity(mem_fraction_static=0.5, max_total_tokens=64)) == 64
+    above = asyncio.run(capacity(mem_fraction_static=0.5, max_total_tokens=shared * 2))
+    assert abs(above - shared) <= shared // 100, (above, shared)
