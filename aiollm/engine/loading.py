@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import EngineConfig, check_kv_cache_dtype
+from aiollm.config import MEMORY_SHARES, EngineConfig, check_kv_cache_dtype
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.token_floor import floor_of
 from aiollm.engine.warm_up import warm_up
@@ -242,8 +242,6 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
 def _memory_share(cfg: EngineConfig) -> str:
     """The option that sized the GPU's KV pool as a share of its memory: the one given
     (EngineConfig refuses two), else kv_memory_fraction, the default's."""
-    from aiollm.config import MEMORY_SHARES
-
     return next((name for name in MEMORY_SHARES if getattr(cfg, name) is not None),
                 "kv_memory_fraction")
 

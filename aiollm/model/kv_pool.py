@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import KV_MEMORY_FRACTION
+from aiollm.config import KV_MEMORY_FRACTION, MEMORY_SHARES
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,10 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
 
 
 def _share_given(cfg) -> str | None:
-    """The share of a whole GPU's memory `cfg` gives (EngineConfig allows one), if any."""
-    return next((name for name in ("gpu_memory_utilization", "mem_fraction_static",
-                                   "mem_fraction") if getattr(cfg, name) is not None), None)
+    """The share of a whole GPU's memory `cfg` gives (EngineConfig allows one), if any: one
+    of MEMORY_SHARES but kv_memory_fraction, a share of the memory free after loading."""
+    return next((name for name in MEMORY_SHARES
+                 if name != "kv_memory_fraction" and getattr(cfg, name) is not None), None)
 
 
 def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
