@@ -90,6 +90,9 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's own limit
     # KV pool size in tokens; overrides kv_memory_fraction and gpu_memory_utilization
     kv_tokens: int | None = None
+    # SGLang's --max-total-tokens: an upper bound of the KV pool's tokens, the pool being the
+    # smaller of it and what the memory gives (on the CPU, cpu_pool_tokens); not with kv_tokens
+    max_total_tokens: int | None = None
     # of free GPU memory after loading, for the KV pool; None: KV_MEMORY_FRACTION, unless
     # gpu_memory_utilization is given (one or the other: aiollm/model/kv_pool.py)
     kv_memory_fraction: float | None = None
@@ -245,6 +248,7 @@ class EngineConfig:
             raise ValueError(f"kv_tokens must be in [1, {MAX_KV_TOKENS}], got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        self._check_max_total_tokens()
         if (self.kv_tokens is not None and self.max_model_len is not None
                 and self.kv_tokens < self.max_model_len):
             # as vLLM refuses to start when its KV cache cannot hold one request of
@@ -323,6 +327,26 @@ class EngineConfig:
                                  f"got {v!r}")
             if f.type.startswith("int"):
                 setattr(self, f.name, int(v))  # a numpy int too: the request table takes an int
+
+    def _check_max_total_tokens(self) -> None:
+        """max_total_tokens (SGLang's bound of the pool) in [1, MAX_KV_TOKENS], not with
+        kv_tokens (a size, bounded by nothing), and holding one request of max_model_len:
+        ValueError naming it otherwise."""
+        cap = self.max_total_tokens
+        if cap is None:
+            return
+        if not 1 <= cap <= MAX_KV_TOKENS:
+            raise ValueError(f"max_total_tokens must be in [1, {MAX_KV_TOKENS}], got {cap}")
+        if self.kv_tokens is not None:
+            raise ValueError(f"give one of kv_tokens (the KV pool's size) and max_total_tokens "
+                             f"(SGLang's: a bound of the size the memory gives), got "
+                             f"{self.kv_tokens} and {cap}")
+        if self.max_model_len is not None and cap < self.max_model_len:
+            raise ValueError(f"max_total_tokens {cap} is less than max_model_len "
+                             f"{self.max_model_len}: the KV cache must hold one request of "
+                             f"max_model_len tokens; give max_total_tokens (--max-total-tokens) "
+                             f"at least {self.max_model_len}, or max_model_len "
+                             f"(--max-model-len) at most {cap}")
 
     def cpu_pool_tokens(self, context_len: int) -> int:
         """KV pool tokens on the CPU: cpu_kv_tokens, or CPU_KV_CONTEXTS full contexts of

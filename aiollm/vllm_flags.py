@@ -77,21 +77,22 @@ _GENERATIVE_FLAG = f"{GENERATIVE_ONLY}; leave the flag out to generate text"
 _TEXT_ONLY = ("aiollm's models take text alone: no images, audio or video to process; "
               "leave the flag out")
 
-_NO_LORA = ("LoRA adapters are not supported: serve a checkpoint with the adapter merged "
-            "into its weights")
+# refusals SGLang's and LightLLM's flags share (aiollm/cli/sglang_flags.py, lightllm_flags.py)
+NO_LORA = ("LoRA adapters are not supported: serve a checkpoint with the adapter merged "
+           "into its weights")
+NOT_QUANTIZED = ("quantized checkpoints are not supported: serve float16/bfloat16/float32 "
+                 "safetensors, or a GGUF file (dequantized as it loads)")
+NO_PIPELINE_PARALLEL = ("there is no pipeline parallelism: split the model over GPUs with "
+                        "--tensor-parallel-size (over nodes too, with --nnodes)")
+NO_DATA_PARALLEL = ("there is no data parallelism in one server: run one aiollm server per "
+                    "replica behind a load balancer")
 
 REFUSED = (
-    Refusal(("-q", "--quantization"),
-            "quantized checkpoints are not supported: serve float16/bfloat16/float32 "
-            "safetensors, or a GGUF file (dequantized as it loads)",
+    Refusal(("-q", "--quantization"), NOT_QUANTIZED,
             same=("gguf",),  # vLLM's name for what a .gguf model always is
             model_check=gguf_quantization_misfit),
-    Refusal(("-pp", "--pipeline-parallel-size"),
-            "there is no pipeline parallelism: split the model over GPUs with "
-            "--tensor-parallel-size (over nodes too, with --nnodes)", same=("1",)),
-    Refusal(("-dp", "--data-parallel-size"),
-            "there is no data parallelism in one server: run one aiollm server per replica "
-            "behind a load balancer", same=("1",)),
+    Refusal(("-pp", "--pipeline-parallel-size"), NO_PIPELINE_PARALLEL, same=("1",)),
+    Refusal(("-dp", "--data-parallel-size"), NO_DATA_PARALLEL, same=("1",)),
     Refusal(("--block-size",),
             "the KV cache is token-level, one slot per token, with no blocks to size; leave "
             "the flag out", same=("1",)),
@@ -112,8 +113,8 @@ REFUSED = (
             "there is no expert parallelism, so no expert load balancing: every rank holds "
             "its share of every expert (--tensor-parallel-size), leave the flag out",
             takes_value=False),
-    Refusal(("--enable-lora",), _NO_LORA, takes_value=False),
-    Refusal(("--lora-modules",), _NO_LORA),
+    Refusal(("--enable-lora",), NO_LORA, takes_value=False),
+    Refusal(("--lora-modules",), NO_LORA),
     Refusal(("--speculative-config",), "speculative decoding is not supported"),
     Refusal(("--max-logprobs",),
             "the most logprobs and prompt_logprobs a request may ask for is fixed at 20",
@@ -134,7 +135,7 @@ REFUSED = (
     Refusal(("--tokenizer-revision",),
             "models are never downloaded: the tokenizer is MODEL's own (download the revision "
             "first, e.g. `hf download ID --revision R --local-dir DIR`)"),
-    Refusal(("--max-lora-rank",), _NO_LORA, same=("16",)),  # vLLM's default: no adapter
+    Refusal(("--max-lora-rank",), NO_LORA, same=("16",)),  # vLLM's default: no adapter
     Refusal(("--guided-decoding-backend",),
             "grammars run on xgrammar, the one library aiollm has; leave the flag out",
             same=("xgrammar", "auto")),
@@ -383,6 +384,20 @@ class Refuse(argparse.Action):
         raise argparse.ArgumentError(self, message() if callable(message) else message)
 
 
+def add_tables(group: argparse._ArgumentGroup, no_effect: dict[str, str],
+               no_effect_values: tuple[Ignored, ...], refused: tuple[Refusal, ...]) -> None:
+    """Add one engine's tables to `group`, as this module's (NO_EFFECT, NO_EFFECT_VALUES,
+    REFUSED) and sglang_flags' and lightllm_flags' are laid out: switches of no effect
+    (flag -> why), flags whose value has none (Ignored), refused flags (Refusal)."""
+    for flag, why in no_effect.items():
+        group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
+    for ignored in no_effect_values:
+        group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
+                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
+    for refusal in refused:
+        group.add_argument(*refusal.names, action=Refuse, refusal=refusal)
+
+
 def add_to(parser: argparse.ArgumentParser) -> None:
     """Add NO_EFFECT, NO_EFFECT_VALUES, REFUSED and -O/-cc (vllm_compilation.add_to) to
     `parser` (aiollm serve's), in a group of their own."""
@@ -396,12 +411,6 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "and --performance-mode throughput. Refused, each with "
         "what to use instead (a value asking for aiollm's own behaviour, such as -pp 1, is "
         f"taken): {refused}.")
-    for flag, why in NO_EFFECT.items():
-        group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
-    for ignored in NO_EFFECT_VALUES:
-        group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
-                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
-    for refusal in REFUSED:
-        group.add_argument(*refusal.names, action=Refuse, refusal=refusal)
+    add_tables(group, NO_EFFECT, NO_EFFECT_VALUES, REFUSED)
     vllm_compilation.add_to(group)
     vllm_graph_flags.add_to(group)

@@ -206,6 +206,25 @@ def thinker(request, tmp_path_factory):
 
 
 @pytest.fixture
+def gpu_memory(monkeypatch):
+    """Patch torch.cuda's memory queries (no GPU here), for the KV pool's sizing
+    arithmetic (aiollm/model/kv_pool.py, aiollm/engine/kv_plan.py): set(free=, total=,
+    reserved=) in GiB, or in bytes with unit=1."""
+    import torch
+
+    state = {}
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info",
+                        lambda device=None: (state["free"], state["total"]))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
+
+    def set_(free: float, total: float, reserved: float = 0, unit: int = 2**30) -> None:
+        state.update({name: int(size * unit) for name, size in
+                      (("free", free), ("total", total), ("reserved", reserved))})
+    return set_
+
+
+@pytest.fixture
 def held_json_schemas(monkeypatch):
     """xgrammar's JSON schema compilation made to wait, for a schema titled "held" with
     property p<i>, until release[i] is set (a real large schema takes seconds to minutes);

@@ -63,7 +63,10 @@ def test_an_sglang_launch_line_reaches_the_engine_config():
     ("--tp 4", "tensor_parallel_size", 4),
     ("--tokenizer-path /t", "tokenizer", "/t"),
     ("--context-length 8192", "max_model_len", 8192),
-    ("--max-total-tokens 100000", "kv_tokens", 100000),
+    # SGLang reads both as human-readable counts (human_readable_int): k 1000, K 1024
+    ("--context-length 32k", "max_model_len", 32000),
+    ("--max-total-tokens 128K", "max_total_tokens", 131072),
+    ("--max-total-tokens 100000", "max_total_tokens", 100000),  # a bound, not kv_tokens
     ("--random-seed 7", "seed", 7),
     ("--chunked-prefill-size 8192", "max_prefill_tokens", 8192),
     ("--chunked_prefill_size 8k", "max_prefill_tokens", 8000),
@@ -72,6 +75,9 @@ def test_an_sglang_launch_line_reaches_the_engine_config():
     ("--mem-fraction-static 0.8", "mem_fraction_static", 0.8),
     ("--kv-cache-dtype bf16", "kv_cache_dtype", "bfloat16"),
     ("--tool-call-parser qwen", "tool_call_parser", "hermes"),
+    # Qwen3's thinking-only models: SGLang's Qwen3Detector forced into the reasoning, as
+    # its DeepSeekR1Detector is (the same <think> tags)
+    ("--reasoning-parser qwen3-thinking", "reasoning_parser", "deepseek_r1"),
     # SGLang's own spellings that were aiollm's already
     ("--cuda-graph-max-bs 32", "cuda_graph_max_batch", 32),
     ("--max-running-requests 8", "max_running_requests", 8),
@@ -91,12 +97,34 @@ def test_model_path_and_another_model_is_a_usage_error(capsys):
     assert "MODEL and --model-path name two models ('/a', '/b')" in err, err
 
 
+@pytest.mark.parametrize("line, flag", [
+    # SGLang's flags aiollm does not take, after (or before) the model's flag: argparse
+    # read their values as MODEL, and the error was "MODEL and --model-path name two models
+    # ('/m', '600')", naming neither the flag nor what was wrong with it
+    ("--model-path /m --watchdog-timeout 600", "--watchdog-timeout"),
+    ("--max-queued-requests 100 --model-path /m", "--max-queued-requests"),
+    ("--model-path /m --cuda-graph-bs 1 2 4", "--cuda-graph-bs"),
+    ("--model_dir /m --router_max_wait_tokens 10", "--router_max_wait_tokens"),  # as typed
+])
+def test_a_flag_aiollm_does_not_take_is_named_not_read_as_a_second_model(line, flag,
+                                                                         capsys):
+    err = refusal(line, capsys, model=())
+    assert "unrecognized arguments: " in err and flag in err, err
+    assert "two models" not in err, err
+
+
+def test_two_models_one_of_them_positional_is_still_a_usage_error(capsys):
+    err = refusal("/a --model_dir /b", capsys, model=())
+    assert "MODEL and --model_dir name two models ('/a', '/b')" in err, err
+    err = refusal("--model-path /b /a", capsys, model=())
+    assert "--model-path and MODEL name two models ('/b', '/a')" in err, err
+
+
 @pytest.mark.parametrize("line, names", [
     ("--tp-size 2 -tp 4", ("argument -tp: 4 and --tp-size 2",)),
     ("--tensor-parallel-size 4 --tp 2", ("argument --tp: 2 and --tensor-parallel-size 4",)),
     ("--context-length 1024 --max-model-len 2048",
      ("--max-model-len: 2048 and --context-length 1024",)),
-    ("--max-total-tokens 10 --kv-tokens 20", ("--kv-tokens: 20 and --max-total-tokens 10",)),
     ("--random-seed 1 --seed 2", ("--seed: 2 and --random-seed 1",)),
     # aiollm's and vLLM's spellings of one option (each served with the last, silently)
     ("--max-num-seqs 8 --max-running-requests 16",
@@ -108,6 +136,29 @@ def test_two_spellings_given_two_values_is_a_usage_error_naming_both(line, names
     err = refusal(line, capsys)
     for name in (*names, "two values of one option: give one"):
         assert name in err, (name, err)
+
+
+def test_max_total_tokens_with_kv_tokens_is_a_usage_error_naming_both(capsys):
+    """--max-total-tokens bounds the pool the memory gives, --kv-tokens sizes it: one."""
+    err = refusal("--max-total-tokens 100 --kv-tokens 200", capsys)
+    assert "give one of --kv-tokens" in err and "and --max-total-tokens" in err, err
+
+
+def test_checks_after_parsing_name_the_flag_as_typed(capsys):
+    """serve's checks of a value (serve_checks.py) name SGLang's and LightLLM's spellings,
+    not aiollm's flag of the option."""
+    err = refusal("--tokenizer-path /nonexistent/tokenizer", capsys)
+    assert "argument --tokenizer-path: '/nonexistent/tokenizer' does not exist" in err, err
+    err = refusal("--context-length 4096 --max-total-tokens 1000", capsys)
+    assert err.startswith("aiollm serve: error: argument --max-total-tokens: "), err
+    assert "or max_model_len (--context-length) at most 1000" in err, err
+    err = refusal("--max_req_total_len 4096 --max_total_token_num 1000", capsys)
+    assert "give kv_tokens (--max_total_token_num) at least 4096" in err, err
+    assert "max_model_len (--max_req_total_len) at most 1000" in err, err
+    with pytest.raises(SystemExit):
+        main(["serve", "M", "--model_name", " "])
+    err = capsys.readouterr().err
+    assert "argument --model_name: served_model_name" in err, err
 
 
 def test_two_spellings_of_the_same_value_are_taken():

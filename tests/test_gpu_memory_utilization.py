@@ -74,27 +74,13 @@ def test_tensor_parallel_followers_get_the_option():
     assert EngineConfig(**json.loads(json.dumps(asdict(cfg)))).gpu_memory_utilization == 0.7
 
 
-@pytest.fixture
-def gpu(monkeypatch):
-    """Patch torch.cuda's memory queries: set(free=, total=, reserved=) in GiB."""
-    state = {}
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "mem_get_info",
-                        lambda device=None: (state["free"], state["total"]))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
-
-    def set_(free: float, total: float, reserved: float) -> None:
-        state.update(free=int(free * GiB), total=int(total * GiB), reserved=int(reserved * GiB))
-    return set_
-
-
 def tokens(**options) -> int:
     return pool_tokens(EngineConfig(**options), torch.device("cuda"), MiB, 8192)
 
 
-def test_the_pool_is_the_share_less_the_weights_and_the_headroom(gpu):
+def test_the_pool_is_the_share_less_the_weights_and_the_headroom(gpu_memory):
     # 100 GiB GPU, 16 GiB of weights, 4 GiB of CUDA context and the like: 80 GiB free
-    gpu(free=80, total=100, reserved=16)
+    gpu_memory(free=80, total=100, reserved=16)
     # the default: 0.85 x 80 GiB free = 68 GiB; 12 GiB of headroom
     assert tokens() == 68 * 1024
     assert tokens(kv_memory_fraction=0.5) == 40 * 1024
@@ -103,17 +89,17 @@ def test_the_pool_is_the_share_less_the_weights_and_the_headroom(gpu):
     assert tokens(gpu_memory_utilization=0.5) == 22 * 1024
 
 
-def test_another_process_memory_is_not_counted_against_the_share(gpu):
+def test_another_process_memory_is_not_counted_against_the_share(gpu_memory):
     # a second server already holds 50 GiB: 30 GiB free; 0.45 x 100 less 16 of weights
     # less 0.15 x 30 = 4.5 of headroom: 24.5 GiB (two servers at 0.45 share the GPU)
-    gpu(free=30, total=100, reserved=16)
+    gpu_memory(free=30, total=100, reserved=16)
     assert tokens(gpu_memory_utilization=0.45) == int(24.5 * 1024)
     # but the pool never takes more than the free memory less the headroom: 25.5 GiB
     assert tokens(gpu_memory_utilization=1.0) == int(25.5 * 1024)
 
 
-def test_a_share_that_leaves_no_room_names_the_option_and_the_sizes(gpu):
-    gpu(free=80, total=100, reserved=16)
+def test_a_share_that_leaves_no_room_names_the_option_and_the_sizes(gpu_memory):
+    gpu_memory(free=80, total=100, reserved=16)
     with pytest.raises(ValueError) as e:
         tokens(gpu_memory_utilization=0.2)
     message = str(e.value)
@@ -123,10 +109,10 @@ def test_a_share_that_leaves_no_room_names_the_option_and_the_sizes(gpu):
         assert size in message, (size, message)
 
 
-def test_a_small_gpu_share_names_its_sizes_in_units_that_show_them(gpu):
+def test_a_small_gpu_share_names_its_sizes_in_units_that_show_them(gpu_memory):
     """A 1 GiB GPU (a MIG slice, a test's budget): the sizes read in MiB, where a fixed GiB
     with two decimals read the 30 MiB of headroom as "0.03 GiB"."""
-    gpu(free=200 / 1024, total=1, reserved=100 / 1024)
+    gpu_memory(free=200 / 1024, total=1, reserved=100 / 1024)
     with pytest.raises(ValueError) as e:
         tokens(gpu_memory_utilization=0.1)
     message = str(e.value)
@@ -135,10 +121,10 @@ def test_a_small_gpu_share_names_its_sizes_in_units_that_show_them(gpu):
         assert size in message, (size, message)
 
 
-def test_kv_tokens_wins_over_the_share(gpu, caplog):
+def test_kv_tokens_wins_over_the_share(gpu_memory, caplog):
     """As vLLM's kv_cache_memory_bytes overrides its gpu_memory_utilization: lm-eval-harness
     passes the share always, and kv_tokens must still size the pool."""
-    gpu(free=80, total=100, reserved=16)
+    gpu_memory(free=80, total=100, reserved=16)
     with caplog.at_level(logging.INFO, logger="aiollm"):
         assert tokens(gpu_memory_utilization=0.2, kv_tokens=4096) == 4096
     assert "gpu_memory_utilization 0.2 is not used" in caplog.text
@@ -158,7 +144,7 @@ def test_a_pool_short_of_the_context_names_the_option_to_raise(options, says, ca
     assert says in said, said
 
 
-def test_garbage_holding_gpu_memory_is_collected_before_the_pool_is_sized(gpu):
+def test_garbage_holding_gpu_memory_is_collected_before_the_pool_is_sized(gpu_memory):
     """Objects in a reference cycle (an earlier engine's, a caller's) hold their CUDA tensors
     until the cyclic collector runs: the pool is sized after gc.collect(), as vLLM measures
     memory after one. Seen on an H100: after earlier tests in the same process, a second
@@ -166,11 +152,11 @@ def test_garbage_holding_gpu_memory_is_collected_before_the_pool_is_sized(gpu):
     between them."""
     import gc
 
-    gpu(free=70, total=100, reserved=16)
+    gpu_memory(free=70, total=100, reserved=16)
 
     class Holder:  # stands for a tensor-holding object in a cycle: its 10 GiB come back
         def __del__(self):  # to the free memory when the collector frees it
-            gpu(free=80, total=100, reserved=16)
+            gpu_memory(free=80, total=100, reserved=16)
 
     cycle = Holder()
     cycle.me = cycle

@@ -58,16 +58,6 @@ def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny
 
 
 @pytest.fixture
-def gpu_free(monkeypatch):
-    """Patch torch.cuda's memory queries to report `set(free, total=80 GiB)` bytes."""
-    state = {}
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "mem_get_info",
-                        lambda device=None: (state["free"], state["total"]))
-    return lambda free, total=80 * GiB: state.update(free=free, total=total)
-
-
-@pytest.fixture
 def plan(tiny):
     """check_kv_plan of `tiny` (its weights: 6.02 MiB in bfloat16, K and V 64 bytes a
     token) on a GPU under EngineConfig(**options)."""
@@ -84,12 +74,12 @@ def plan(tiny):
     return check
 
 
-def test_on_a_gpu_the_pool_and_the_weights_must_fit_the_free_memory(plan, gpu_free):
+def test_on_a_gpu_the_pool_and_the_weights_must_fit_the_free_memory(plan, gpu_memory):
     """The GPU's check, on its numbers (the memory queries patched): K and V of kv_tokens
     plus the weights' parameters at the run dtype, against the free memory."""
-    gpu_free(plan.weights + 64 * 1000)
+    gpu_memory(plan.weights + 64 * 1000, 80 * GiB, unit=1)
     plan(kv_tokens=1000)  # exactly fits
-    gpu_free(plan.weights + 64 * 1000 - 1)
+    gpu_memory(plan.weights + 64 * 1000 - 1, 80 * GiB, unit=1)
     with pytest.raises(ValueError) as e:
         plan(kv_tokens=1000)
     assert str(e.value) == ("a KV pool of 1000 tokens (62.50 KiB) does not fit in the memory "
@@ -97,10 +87,10 @@ def test_on_a_gpu_the_pool_and_the_weights_must_fit_the_free_memory(plan, gpu_fr
                             "before loading, and the weights take at least 6.02 MiB of it")
 
 
-def test_a_gpu_share_smaller_than_the_weights_fails_before_they_load(plan, gpu_free):
+def test_a_gpu_share_smaller_than_the_weights_fails_before_they_load(plan, gpu_memory):
     """gpu_memory_utilization x the total below the weights (a 0.1 share of a GPU under
     a model of 0.2 of it) was refused only after loading them."""
-    gpu_free(80 * GiB, total=plan.weights * 10)
+    gpu_memory(80 * GiB, plan.weights * 10, unit=1)
     plan(gpu_memory_utilization=0.2)
     with pytest.raises(ValueError) as e:
         plan(gpu_memory_utilization=0.1)
@@ -112,11 +102,11 @@ def test_a_gpu_share_smaller_than_the_weights_fails_before_they_load(plan, gpu_f
 
 @pytest.mark.parametrize("share", ["mem_fraction_static", "mem_fraction"])
 def test_sglangs_and_lightllms_shares_leaving_no_room_fail_before_the_weights_load(
-        plan, gpu_free, share):
+        plan, gpu_memory, share):
     """SGLang's mem_fraction_static (of the memory free at start) and LightLLM's
     mem_fraction (of the total) keep (1 - share) of a whole for activations: a share that
     keeps more than loading can leave free was refused only after the weights loaded."""
-    gpu_free(plan.weights * 10, total=plan.weights * 10)
+    gpu_memory(plan.weights * 10, plan.weights * 10, unit=1)
     plan(**{share: 0.2})  # 10 x weights: 8 kept, the weights 1, one left for the pool
     with pytest.raises(ValueError) as e:
         plan(**{share: 0.1})  # 9 kept, the weights 1: nothing left
@@ -130,7 +120,7 @@ def test_sglangs_and_lightllms_shares_leaving_no_room_fail_before_the_weights_lo
     ({"mem_fraction_static": 0.5}, "raise mem_fraction_static (--mem-fraction-static)"),
     ({"mem_fraction": 0.5}, "raise mem_fraction (--mem-fraction)"),
 ])
-def test_a_gpu_that_cannot_hold_max_model_len_fails_before_the_weights_load(plan, gpu_free,
+def test_a_gpu_that_cannot_hold_max_model_len_fails_before_the_weights_load(plan, gpu_memory,
                                                                              options, raise_):
     """What loading can leave free is at most the free memory now less the weights: a pool
     of at most 100 tokens (85% of 7,530 bytes, or all of 6,400; SGLang's share keeps half of
@@ -142,7 +132,7 @@ def test_a_gpu_that_cannot_hold_max_model_len_fails_before_the_weights_load(plan
         free = 2 * (plan.weights + room)
     elif "mem_fraction" in options:  # half the total (the weights' bytes) kept, the weights
         free, total = 2 * plan.weights + room, 2 * plan.weights
-    gpu_free(free, total=total)
+    gpu_memory(free, total, unit=1)
     plan(max_model_len=100, **options)
     with pytest.raises(ValueError) as e:
         plan(max_model_len=101, **options)

@@ -55,16 +55,42 @@ class AliasConst(argparse.Action):
 class ModelFlag(argparse.Action):
     """MODEL, given as the positional or as a flag (vLLM's --model, SGLang's --model-path,
     LightLLM's --model_dir); several may name it, but not two different models, which would
-    serve one of them silently."""
+    serve one of them silently. Where one of the two is the positional, the error waits in
+    the namespace's `deferred_error` (help_format.ShortUsage.parse_args reports it): argparse
+    reads the value of a flag it does not know (SGLang's `--watchdog-timeout 600` beside
+    --model-path) as MODEL, and "unrecognized arguments", naming that flag, is then the
+    error to give; the flag's model is kept meanwhile."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         given = getattr(namespace, self.dest, None)
+        typed = option_string or "MODEL"
         if given is not None and given != values:
             before = getattr(namespace, "model_typed", "MODEL")
-            parser.error(f"{before} and {option_string or 'MODEL'} name two models "
-                         f"({given!r}, {values!r}): give one")
+            error = (f"{before} and {typed} name two models ({given!r}, {values!r}): "
+                     "give one")
+            if "MODEL" not in (before, typed):  # two flags: nothing else explains it
+                parser.error(error)
+            namespace.deferred_error = error
+            if typed == "MODEL":
+                return
         setattr(namespace, self.dest, values)
-        namespace.model_typed = option_string or "MODEL"
+        namespace.model_typed = typed
+
+
+def add_aliases(group: argparse._ArgumentGroup, model_flag: str,
+                aliases: dict[str, tuple], switches: dict[str, tuple]) -> None:
+    """Add another engine's spellings of aiollm's options to `group`, hidden from --help
+    (its description names them): `model_flag` names MODEL (ModelFlag); `aliases` maps a
+    flag to (the option it sets, aiollm's flag, the type its value is read as) (Alias),
+    `switches` a flag to (the option, the value it sets, aiollm's flag) (AliasConst)."""
+    group.add_argument(model_flag, dest="model", default=argparse.SUPPRESS,
+                       action=ModelFlag, help=argparse.SUPPRESS)
+    for flag, (dest, _, kind) in aliases.items():
+        group.add_argument(flag, dest=dest, type=kind, action=Alias,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for flag, (dest, value, _) in switches.items():
+        group.add_argument(flag, dest=dest, const=value, action=AliasConst,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _shown(value) -> str:

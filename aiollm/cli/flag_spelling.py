@@ -101,9 +101,38 @@ def _json_or_text(value: str) -> Any:
 class ArgumentParser(ShortUsage):
     """argparse's parser, reading long flags spelt with underscores as their dashed names and
     a JSON flag's keys given one by one as its JSON (and printing a short usage line with
-    its errors: ShortUsage)."""
+    its errors: ShortUsage). Its usage errors name a flag as the command line spelt it
+    (LightLLM's --eos_id, not the --eos-id it is read as): `typed_spellings`, dashed name
+    -> the spelling typed, is set by the parser given the command line, and shared with
+    its subcommands' parsers, which report the errors of their flags."""
 
     def parse_known_args(self, args=None, namespace=None):
-        args = sys.argv[1:] if args is None else args
-        return super().parse_known_args(json_keys(dashed(args), self._option_string_actions),
+        args = sys.argv[1:] if args is None else list(args)
+        as_read = dashed(args)
+        spelt = {_flag_name(read): _flag_name(arg) for arg, read in zip(args, as_read)
+                 if arg != read and arg.startswith("--")}
+        # a subcommand's parser is given the words already dashed (nothing spelt): it keeps
+        # the spellings the parser of the whole command line shared with it
+        if spelt or any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            self._share_spellings(spelt)
+        return super().parse_known_args(json_keys(as_read, self._option_string_actions),
                                         namespace)
+
+    def _share_spellings(self, spelt: dict[str, str]) -> None:
+        """`spelt` as this parser's and its subcommands' parsers' typed_spellings."""
+        self.typed_spellings = spelt
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for parser in action.choices.values():
+                    parser.typed_spellings = spelt
+
+    def error(self, message: str):
+        """argparse's, with each flag the message names by its dashed name named as typed."""
+        for name, typed in getattr(self, "typed_spellings", {}).items():
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", typed, message)
+        super().error(message)
+
+
+def _flag_name(arg: str) -> str:
+    """A long flag's name, without what `=` or a JSON flag's `.KEY` adds after it."""
+    return arg.partition("=")[0].partition(".")[0]

@@ -69,10 +69,15 @@ class ShortUsage(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def parse_args(self, args=None, namespace=None):
+        """argparse's, but arguments no flag takes are reported by the command's parser,
+        and then an error an action left in the namespace's `deferred_error`, one that such
+        an argument may have caused (flag_alias.ModelFlag's two models)."""
         parsed, extra = self.parse_known_args(args, namespace)
+        reporter = getattr(parsed, "command_parser", self)
         if extra:
-            reporter = getattr(parsed, "command_parser", self)
             reporter.error(f"unrecognized arguments: {' '.join(extra)}")
+        if getattr(parsed, "deferred_error", None) is not None:
+            reporter.error(parsed.deferred_error)
         return parsed
 
 

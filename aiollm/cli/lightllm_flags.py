@@ -25,9 +25,9 @@ from __future__ import annotations
 import argparse
 
 from aiollm import vllm_flags
-from aiollm.cli import token_counts
-from aiollm.cli.flag_alias import Alias, AliasConst, ModelFlag
-from aiollm.vllm_flags import Ignored, NoEffect, NoEffectValue, Refusal, Refuse
+from aiollm.cli import sglang_flags, token_counts
+from aiollm.cli.flag_alias import Alias, add_aliases
+from aiollm.vllm_flags import Ignored, Refusal
 
 # LightLLM's --data_type values -> aiollm's --dtype
 _DATA_TYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16",
@@ -83,12 +83,8 @@ REFUSED = (
     Refusal(("--mode",),
             "attention runs on aiollm's Triton kernels, with the KV cache in the model's "
             "dtype (no int8 or fp8 KV cache); leave the flag out"),
-    Refusal(("--quant-type",),
-            "quantized weights are not supported: serve float16/bfloat16/float32 "
-            "safetensors, or a GGUF file (dequantized as it loads)", same=("none",)),
-    Refusal(("--output-constraint-mode",),
-            "grammars run on xgrammar, the one library aiollm has, whenever a request asks "
-            "for one; leave the flag out", same=("xgrammar",)),
+    Refusal(("--quant-type",), vllm_flags.NOT_QUANTIZED, same=("none",)),
+    Refusal(("--output-constraint-mode",), sglang_flags.XGRAMMAR_ONLY, same=("xgrammar",)),
     Refusal(("--use-reward-model",),
             f"{vllm_flags.GENERATIVE_ONLY}; leave the flag out to generate text",
             takes_value=False),
@@ -130,36 +126,23 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "--max-prefill-tokens, a step's tokens (several given: the smallest counts); --tp "
         "is -tp. --host, --port, --nnodes, --node_rank, --disable_log_stats and "
         "--tool_call_parser (qwen25 is hermes) are aiollm's own; --tokenizer_mode takes "
-        "fast and auto; --trust_remote_code changes nothing (as vLLM's). Those below size the KV cache as LightLLM does or change nothing. "
-        "Refused, each with what to use instead (a value asking for aiollm's own behaviour, "
-        f"such as --run_mode normal, is taken): {refused}.")
-    group.add_argument("--model-dir", dest="model", default=argparse.SUPPRESS,
-                       action=ModelFlag, help=argparse.SUPPRESS)
-    for flag, (dest, _, kind) in ALIASES.items():
-        group.add_argument(flag, dest=dest, type=kind, action=Alias,
-                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        "fast and auto; --trust_remote_code changes nothing (as vLLM's). Those below size "
+        "the KV cache as LightLLM does or change nothing. Refused, each with what to use "
+        "instead (a value asking for aiollm's own behaviour, such as --run_mode normal, is "
+        f"taken): {refused}.")
+    add_aliases(group, "--model-dir", ALIASES, SWITCHES)
     # a step's tokens: the prefill batch's, and (older LightLLM) a splitfuse step's chunk
     for flag in ("--batch-max-tokens", "--splitfuse-block-size"):
         group.add_argument(flag, dest="max_prefill_tokens", type=token_counts.token_count,
                            action=Alias, least=True, default=argparse.SUPPRESS,
                            help=argparse.SUPPRESS)
-    for flag, (dest, value, _) in SWITCHES.items():
-        group.add_argument(flag, dest=dest, const=value, action=AliasConst,
-                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     group.add_argument("--mem-fraction", type=float, default=None, metavar="F",
                        help="LightLLM's --mem_fraction: size the KV cache so that the GPU's "
                             "memory in use once it is allocated (every process's) is F x "
                             "its total, the rest, 1 - F, for activations and CUDA graphs "
                             "(instead of --kv-memory-fraction; --kv-tokens overrides it; no "
                             "effect on the CPU)")
-    for flag, why in NO_EFFECT.items():
-        group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
-    for ignored in NO_EFFECT_VALUES:
-        group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
-                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
-    for refusal in REFUSED:
-        group.add_argument(*refusal.names, action=Refuse, refusal=refusal)
-
+    vllm_flags.add_tables(group, NO_EFFECT, NO_EFFECT_VALUES, REFUSED)
 
 
 def _underscored(flag: str) -> str:

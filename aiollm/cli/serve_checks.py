@@ -52,8 +52,9 @@ def checked_config(parser: argparse.ArgumentParser,
 
         try:
             check_tokenizer_path(args.tokenizer)
-        except FileNotFoundError as e:
-            parser.error(f"argument --tokenizer: {e}")
+        except FileNotFoundError as e:  # named as typed: SGLang's --tokenizer-path too
+            typed = getattr(args, "flags_typed", {}).get("tokenizer", "--tokenizer")
+            parser.error(f"argument {typed}: {e}")
     api_keys = _api_keys(parser, args)
     if not args.response_role.strip():  # else refused only after loading, by create_app
         parser.error("argument --response-role: must not be empty (default: assistant)")
@@ -67,8 +68,11 @@ def checked_config(parser: argparse.ArgumentParser,
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")
+    spelt = getattr(parser, "typed_spellings", {})  # flag_spelling.ArgumentParser's
     for flag, why in getattr(args, "no_effect", ()):
-        log.info("%s has no effect: %s", flag, why)
+        name, _, value = flag.partition(" ")  # the flag as typed (--nccl_port), its value
+        log.info("%s has no effect: %s", " ".join(filter(None, (spelt.get(name, name), value))),
+                 why)
     for line in graphs.said if graphs is not None else ():
         log.info("%s", line)
     if mode_said is not None:
@@ -192,7 +196,7 @@ def cors_options(parser: argparse.ArgumentParser,
 def _naming_flag(message: str, args: argparse.Namespace) -> str:
     """EngineConfig's message about an option ("table_capacity must be ...") led by the
     option's flag as the user typed it (an alias's spelling too), as argparse names the
-    flag of a value it refuses."""
+    flag of a value it refuses; the flags it names in parentheses, as typed too."""
     typed = getattr(args, "flags_typed", {})
 
     def flag(name: str) -> str:
@@ -201,6 +205,9 @@ def _naming_flag(message: str, args: argparse.Namespace) -> str:
     if message.startswith("give one of "):  # two options that conflict: both by their flags
         return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b",
                       lambda m: flag(m[0]) if m[0] in ENGINE_OPTIONS else m[0], message)
+    # the options' flags it names in passing ("(--max-model-len)"), as typed too
+    for name, typed_flag in typed.items():
+        message = re.sub(rf"\((--{name.replace('_', '-')})\)", f"({typed_flag})", message)
     name = next((n for n in ENGINE_OPTIONS if message.startswith(n + " ")), None)
     if name is None:
         return message

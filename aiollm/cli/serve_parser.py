@@ -102,8 +102,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                      type=sglang_flags.reasoning_parser_name,
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "
-                          "reasoning, SGLang's deepseek-r1; qwen3: only where the output or "
-                          "prompt opens <think>); "
+                          "reasoning, SGLang's deepseek-r1 and qwen3-thinking; qwen3: only where "
+                          "the output or prompt opens <think>); "
                           "default: none, the output is all content")
     net.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
                      help="chat: leave a request's tools out of the prompt when its "
@@ -278,7 +278,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 # the flags' destinations that are EngineConfig's fields of the same names
 ENGINE_OPTIONS = ("dtype", "kv_cache_dtype", "device", "load_format", "tokenizer",
                   "max_model_len", "seed",
-                  "kv_tokens", "kv_memory_fraction", "gpu_memory_utilization",
+                  "kv_tokens", "max_total_tokens", "kv_memory_fraction", "gpu_memory_utilization",
                   "mem_fraction_static", "mem_fraction",
                   "max_running_requests",
                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",

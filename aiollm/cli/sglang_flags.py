@@ -3,7 +3,8 @@ copied from SGLang runs as it asked or stops at once saying why (argparse's "unr
 arguments" said neither). Built as aiollm/vllm_flags.py is, in tables:
 
 - ALIASES: SGLang's name of an aiollm option of the same meaning and unit (--model-path is
-  MODEL, --context-length --max-model-len...), hidden from --help, which names them in the
+  MODEL, --context-length --max-model-len...; not --max-total-tokens, in SGLang a bound of
+  the KV pool's tokens where --kv-tokens is its size), hidden from --help, which names them in the
   group's description; a value given under two of its spellings with two values is a usage
   error naming both (flag_alias.Alias). SGLang's flags spelt as aiollm's (--max-running-
   requests, --max-prefill-tokens, --cuda-graph-max-bs, --dtype, --kv-cache-dtype, --host,
@@ -11,7 +12,8 @@ arguments" said neither). Built as aiollm/vllm_flags.py is, in tables:
   --reasoning-parser, --dist-init-addr, --nnodes, --node-rank, --log-level) are aiollm's own,
   and its values of a choice are aiollm's (`tool_call_parser_name`, `reasoning_parser_name`,
   `kv_cache_dtype_name`);
-- --mem-fraction-static: SGLang's sizing of the KV pool (EngineConfig.mem_fraction_static);
+- --max-total-tokens and --mem-fraction-static: SGLang's bound and sizing of the KV pool
+  (EngineConfig.max_total_tokens, mem_fraction_static);
 - NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
   implementations of what aiollm does one way, changing no output; accepted and logged;
 - REFUSED: flags asking for what aiollm cannot do: a usage error (exit 2) naming the flag
@@ -28,8 +30,8 @@ import argparse
 
 from aiollm import vllm_flags
 from aiollm.cli import token_counts
-from aiollm.cli.flag_alias import Alias, AliasConst, ModelFlag
-from aiollm.vllm_flags import Ignored, NoEffect, NoEffectValue, Refusal, Refuse
+from aiollm.cli.flag_alias import Alias, add_aliases
+from aiollm.vllm_flags import Ignored, Refusal
 
 # the flag -> (EngineConfig's option it sets, aiollm's flag of it, for --help), with the
 # type its value is read as
@@ -37,8 +39,8 @@ ALIASES = {
     "--tp-size": ("tensor_parallel_size", "-tp", int),
     "--tp": ("tensor_parallel_size", "-tp", int),  # SGLang's docs' spelling; LightLLM's too
     "--tokenizer-path": ("tokenizer", "--tokenizer", str),
-    "--context-length": ("max_model_len", "--max-model-len", int),
-    "--max-total-tokens": ("kv_tokens", "--kv-tokens", int),
+    # a count as SGLang's human_readable_int reads it (32k, 128K), as aiollm's own
+    "--context-length": ("max_model_len", "--max-model-len", token_counts.token_count),
     "--random-seed": ("seed", "--seed", int),
 }
 # switches: the flag -> (option, the value it sets, aiollm's flag)
@@ -60,20 +62,19 @@ def chunk_size(value: str) -> int:
     return token_counts.token_count(value)
 
 
-_DATA_PARALLEL = ("there is no data parallelism in one server: run one aiollm server per "
-                  "replica behind a load balancer")
 _EXPERT_PARALLEL = ("there is no expert parallelism: --tensor-parallel-size gives every "
                     "rank its share of each expert's features; leave the flag out")
 _SPECULATIVE = "speculative decoding is not supported: leave the flag out"
+# SGLang's --grammar-backend, LightLLM's --output_constraint_mode
+XGRAMMAR_ONLY = ("grammars run on xgrammar, the one library aiollm has, whenever a request "
+                 "asks for one; leave the flag out")
 
 REFUSED = (
-    Refusal(("--dp-size", "--dp"), _DATA_PARALLEL, same=("1",)),
+    Refusal(("--dp-size", "--dp"), vllm_flags.NO_DATA_PARALLEL, same=("1",)),
     Refusal(("--enable-dp-attention",),
             "there is no data-parallel attention: --tensor-parallel-size splits attention "
             "heads over the ranks; leave the flag out", takes_value=False),
-    Refusal(("--pp-size",),
-            "there is no pipeline parallelism: split the model over GPUs with "
-            "--tensor-parallel-size (over nodes too, with --nnodes)", same=("1",)),
+    Refusal(("--pp-size",), vllm_flags.NO_PIPELINE_PARALLEL, same=("1",)),
     Refusal(("--ep-size", "--ep"), _EXPERT_PARALLEL, same=("1",)),
     Refusal(("--enable-ep-moe",), _EXPERT_PARALLEL, takes_value=False),
     *(Refusal((flag,), _SPECULATIVE)
@@ -95,15 +96,11 @@ REFUSED = (
     Refusal(("--enable-multimodal",),
             "aiollm's models take text alone: no images, audio or video; leave the flag out",
             takes_value=False),
-    Refusal(("--lora-paths",),
-            "LoRA adapters are not supported: serve a checkpoint with the adapter merged "
-            "into its weights"),
+    Refusal(("--lora-paths",), vllm_flags.NO_LORA),
     Refusal(("--json-model-override-args",),
             "the model's config.json is read as it is: serve a copy of the model directory "
             "with the values changed in its config.json", same=("{}",)),
-    Refusal(("--grammar-backend",),
-            "grammars run on xgrammar, the one library aiollm has, whenever a request asks "
-            "for one; leave the flag out", same=("xgrammar",)),
+    Refusal(("--grammar-backend",), XGRAMMAR_ONLY, same=("xgrammar",)),
     Refusal(("--stream-interval",),
             "streams send each step's tokens as they are sampled, one step at a time; leave "
             "the flag out", same=("1",)),
@@ -152,7 +149,9 @@ NO_EFFECT_VALUES = (
 
 # tool-call and reasoning parsers under SGLang's and LightLLM's names -> aiollm's
 _TOOL_CALL_PARSERS = {"qwen25": "hermes", "qwen": "hermes"}  # <tool_call>{json}</tool_call>
-_REASONING_PARSERS = {"deepseek-r1": "deepseek_r1"}
+# qwen3-thinking: SGLang's Qwen3Detector forced into the reasoning, its DeepSeekR1Detector's
+# parse (the output starts inside <think>)
+_REASONING_PARSERS = {"deepseek-r1": "deepseek_r1", "qwen3-thinking": "deepseek_r1"}
 _KV_CACHE_DTYPES = {"bf16": "bfloat16"}
 
 
@@ -163,8 +162,8 @@ def tool_call_parser_name(value: str) -> str:
 
 
 def reasoning_parser_name(value: str) -> str:
-    """--reasoning-parser's value under aiollm's name: SGLang's deepseek-r1 is deepseek_r1
-    (the output starts inside the reasoning, in both)."""
+    """--reasoning-parser's value under aiollm's name: SGLang's deepseek-r1 and
+    qwen3-thinking are deepseek_r1 (the output starts inside the reasoning, in all three)."""
     return _REASONING_PARSERS.get(value, value)
 
 
@@ -174,8 +173,8 @@ def kv_cache_dtype_name(value: str) -> str:
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:
-    """Add SGLang's flags (the tables above, and --mem-fraction-static) to `parser`, aiollm
-    serve's, in a group of their own."""
+    """Add SGLang's flags (the tables above, --max-total-tokens and --mem-fraction-static)
+    to `parser`, aiollm serve's, in a group of their own."""
     by_target: dict[str, list[str]] = {}
     for flag, (_, shown, _) in ALIASES.items():
         by_target.setdefault(shown, []).append(flag)
@@ -189,31 +188,25 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         f"refused); {switches}. --max-running-requests, --max-prefill-tokens, "
         "--cuda-graph-max-bs, --dtype, --kv-cache-dtype (bf16 is bfloat16), --host, "
         "--port, --api-key, --served-model-name, --chat-template, --tool-call-parser "
-        "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 is deepseek_r1), "
+        "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 and qwen3-thinking "
+        "are deepseek_r1), "
         "--dist-init-addr, --nnodes, --node-rank and --log-level are aiollm's own. Those "
-        "below size the KV cache as SGLang does or change nothing. Refused, each with what "
-        "to use instead (a value asking for aiollm's own behaviour, such as --dp-size 1, is "
-        f"taken): {refused}.")
-    group.add_argument("--model-path", dest="model", default=argparse.SUPPRESS,
-                       action=ModelFlag, help=argparse.SUPPRESS)
-    for flag, (dest, _, kind) in ALIASES.items():
-        group.add_argument(flag, dest=dest, type=kind, action=Alias,
-                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        "below bound and size the KV cache as SGLang does or change nothing. Refused, each "
+        "with what to use instead (a value asking for aiollm's own behaviour, such as "
+        f"--dp-size 1, is taken): {refused}.")
+    add_aliases(group, "--model-path", ALIASES, SWITCHES)
     group.add_argument("--chunked-prefill-size", dest="max_prefill_tokens", type=chunk_size,
                        action=Alias, least=True, default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)
-    for flag, (dest, value, _) in SWITCHES.items():
-        group.add_argument(flag, dest=dest, const=value, action=AliasConst,
-                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    group.add_argument("--max-total-tokens", type=token_counts.token_count, default=None,
+                       metavar="N",
+                       help="SGLang's: at most N tokens in the KV cache, which holds the "
+                            "smaller of N and what the memory gives (--mem-fraction-static, "
+                            "or aiollm's sizing; on the CPU, its default), as SGLang bounds "
+                            "its pool; --kv-tokens instead sizes it")
     group.add_argument("--mem-fraction-static", type=float, default=None, metavar="F",
                        help="SGLang's: keep this process's weights and KV cache within F x "
                             "the GPU memory free when it starts, the rest, 1 - F, for "
                             "activations and CUDA graphs (instead of --kv-memory-fraction; "
                             "--kv-tokens overrides it; no effect on the CPU)")
-    for flag, why in NO_EFFECT.items():
-        group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
-    for ignored in NO_EFFECT_VALUES:
-        group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
-                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
-    for refusal in REFUSED:
-        group.add_argument(*refusal.names, action=Refuse, refusal=refusal)
+    vllm_flags.add_tables(group, NO_EFFECT, NO_EFFECT_VALUES, REFUSED)

@@ -215,12 +215,14 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     if rank.max_model_len < mc.max_position and cfg.max_model_len is None:
         # the pool, not the model's context, is the limit: max_model_len left out is the
         # longest that fits, as vLLM's --max-model-len auto (one given is held or refused)
-        share = memory_share(cfg)
+        bound = cfg.max_total_tokens  # SGLang's bound of the pool, where it is what binds
+        raise_ = ("max_total_tokens (--max-total-tokens)" if bound == rank.kv_tokens
+                  else f"kv_tokens (--kv-tokens; on a GPU, {memory_share(cfg)})")
         log.warning("the KV cache holds %d tokens, less than the model's context of %d: a "
-                    "request's prompt and output are limited to %d tokens; raise kv_tokens "
-                    "(--kv-tokens; on a GPU, %s), or give max_model_len (--max-model-len) "
-                    "of at most %d to silence this warning", rank.kv_tokens, mc.max_position,
-                    rank.max_model_len, share, rank.max_model_len)
+                    "request's prompt and output are limited to %d tokens; raise %s, or give "
+                    "max_model_len (--max-model-len) of at most %d to silence this warning",
+                    rank.kv_tokens, mc.max_position, rank.max_model_len, raise_,
+                    rank.max_model_len)
     log_defaults(defaults, cfg.generation_config)
     return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank,
                   defaults)

@@ -16,28 +16,50 @@ import numpy as np
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import KV_MEMORY_FRACTION
+from aiollm.config import KV_MEMORY_FRACTION, MEMORY_SHARES
 
 log = logging.getLogger(__name__)
 
 
 def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
-    """KV pool size in tokens for this process: cfg.kv_tokens (an EngineConfig) when given;
+    """KV pool size in tokens for this process: what `_sized_tokens` gives, at most
+    cfg.max_total_tokens (SGLang's --max-total-tokens, an upper bound: its pool is the
+    smaller of it and what its memory fraction leaves, as ModelRunner.init_memory_pool
+    takes them; a warning where the bound is the larger). The Engine and each
+    tensor-parallel follower size theirs so. Arguments and errors as `_sized_tokens`'s."""
+    tokens = _sized_tokens(cfg, device, bytes_per_token, max_position)
+    cap = cfg.max_total_tokens
+    if cap is None or cap <= tokens:
+        return tokens if cap is None else cap
+    share = _share_given(cfg)
+    sizer = ("the CPU's default" if device.type != "cuda"  # where no share has an effect
+             else "the GPU's free memory" if share is None else f"{share} {getattr(cfg, share)}")
+    log.warning("max_total_tokens %d is more than the %d tokens %s leaves: the KV pool holds "
+                "%d (kv_tokens, --kv-tokens, sizes it instead)", cap, tokens, sizer, tokens)
+    return tokens
+
+
+def _share_given(cfg) -> str | None:
+    """The share of a whole GPU's memory `cfg` gives (EngineConfig allows one), if any: one
+    of MEMORY_SHARES but kv_memory_fraction, a share of the memory free after loading."""
+    return next((name for name in MEMORY_SHARES
+                 if name != "kv_memory_fraction" and getattr(cfg, name) is not None), None)
+
+
+def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
+    """KV pool size in tokens, before max_total_tokens: cfg.kv_tokens when given;
     on a GPU, with cfg.gpu_memory_utilization, what `utilization_pool_tokens` leaves, with
     SGLang's mem_fraction_static or LightLLM's mem_fraction what `static_pool_tokens`
     leaves, else kv_memory_fraction (default KV_MEMORY_FRACTION) of the free memory after
     loading (PyTorch's cached blocks and cyclic garbage's counted free) over
-    bytes_per_token; on the CPU,
-    cfg.cpu_pool_tokens of the context (the smaller of max_position and max_model_len,
-    tokens). The Engine and each tensor-parallel follower size theirs so. Raises ValueError
-    naming the share given when it leaves no room for a pool."""
+    bytes_per_token; on the CPU, cfg.cpu_pool_tokens of the context (the smaller of
+    max_position and max_model_len, tokens). Raises ValueError naming the share given when
+    it leaves no room for a pool."""
     utilization = cfg.gpu_memory_utilization
-    # the share of a whole GPU's memory given (EngineConfig allows one), if any
-    share = next((name for name in ("gpu_memory_utilization", "mem_fraction_static",
-                                    "mem_fraction") if getattr(cfg, name) is not None), None)
+    share = _share_given(cfg)
     if cfg.kv_tokens is not None:
-        if share is not None:  # as vLLM's kv_cache_memory_bytes overrides it (and SGLang's
-            # max_total_tokens, LightLLM's max_total_token_num theirs)
+        if share is not None:  # as vLLM's kv_cache_memory_bytes overrides it (and
+            # LightLLM's max_total_token_num its mem_fraction)
             log.info("the KV pool holds kv_tokens=%d tokens: %s %s is not used",
                      cfg.kv_tokens, share, getattr(cfg, share))
         return cfg.kv_tokens
