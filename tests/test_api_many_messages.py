@@ -66,6 +66,17 @@ def test_many_messages_are_checked_off_the_event_loop(server, where, path, body)
     assert threads(where, "checked_message") == {LOOP}, where
 
 
+def test_a_message_of_many_calls_is_checked_off_the_event_loop(server, where):
+    """One assistant message of 60,000 tool calls held the loop 0.8 s: weighed by its calls."""
+    calls = [{"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+             for i in range(3000)]
+    body = {"messages": [{"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": None, "tool_calls": calls}]}
+    status, _, raw = http(server, "POST", "/tokenize", json=body)
+    assert status == 200, raw
+    assert threads(where, "checked_message") and LOOP not in threads(where, "checked_message")
+
+
 def test_a_responses_input_of_many_items_is_read_off_the_event_loop(server, where):
     items = [{"role": "user", "content": "Hi"}] * MANY
     status, _, raw = http(server, "POST", "/v1/responses",

@@ -16,7 +16,7 @@ from aiollm.api.sampling_fields import SamplingFields
 from aiollm.engine.content_format import PARAM
 from aiollm.engine.chat_messages import checked_message
 from aiollm.engine.chat_template import MESSAGE_FRAMING, TemplateOptions
-from aiollm.engine.submission import off_loop
+from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
 from aiollm.errors import InvalidRequest, shown_json
 from aiollm.sampling_params import MAX_LOGPROBS
 
@@ -171,10 +171,16 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
 async def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """Each of `messages` as the chat template wants it (ChatMessage.as_dict: InvalidRequest
     naming `messages[i]...`), checked off the event loop when they are many (off_loop
-    weighing each MESSAGE_FRAMING characters): the checks of the hundreds of thousands of
-    messages a 16 MiB body holds take about a second, which would hold every other
-    request's stream that long."""
+    weighing each message, each of its content parts and each of its tool calls
+    MESSAGE_FRAMING characters): the checks of the hundreds of thousands of messages (or
+    of one message's calls) a 16 MiB body holds take about a second, which would hold
+    every other request's stream that long."""
     def checked() -> list[dict[str, Any]]:
         return [m.as_dict(i) for i, m in enumerate(messages)]
 
-    return await off_loop(MESSAGE_FRAMING * len(messages), checked)
+    size = MESSAGE_FRAMING * len(messages)
+    if size <= TOKENIZE_INLINE_CHARS:  # a few messages: their parts and calls counted
+        size += MESSAGE_FRAMING * sum(
+            len(m.tool_calls or ()) + (len(m.content) if isinstance(m.content, list) else 0)
+            for m in messages)
+    return await off_loop(size, checked)
