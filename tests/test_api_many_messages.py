@@ -67,7 +67,8 @@ def test_many_messages_are_checked_off_the_event_loop(server, where, path, body)
 
 
 def test_a_message_of_many_calls_is_checked_off_the_event_loop(server, where):
-    """One assistant message of 60,000 tool calls held the loop 0.8 s: weighed by its calls."""
+    """One assistant message of 60,000 tool calls held the loop 0.8 s, checked and rendered
+    there: weighed by its calls now."""
     calls = [{"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": "{}"}}
              for i in range(3000)]
     body = {"messages": [{"role": "user", "content": "Hi"},
@@ -75,6 +76,8 @@ def test_a_message_of_many_calls_is_checked_off_the_event_loop(server, where):
     status, _, raw = http(server, "POST", "/tokenize", json=body)
     assert status == 200, raw
     assert threads(where, "checked_message") and LOOP not in threads(where, "checked_message")
+    # and rendered off it: the checked calls' arguments are parsed, weighed as no text
+    assert threads(where, "chat_token_ids") and LOOP not in threads(where, "chat_token_ids")
 
 
 def test_a_responses_input_of_many_items_is_read_off_the_event_loop(server, where):

@@ -158,7 +158,7 @@ def rendered_size(messages: Any, tools: list[dict] | None = None,
     """About how many characters the template renders for `messages` and `tools`, what
     off_loop weighs: each message's text and its tool calls' arguments (which templates that
     know tools write out: an agent's file write can be megabytes) plus MESSAGE_FRAMING for
-    its framing, 256 per tool, the text of `template`'s documents (RAG sources can be
+    its framing and for each call's, 256 per tool, the text of `template`'s documents (RAG sources can be
     long), and MESSAGE_FRAMING per template variable (its kwargs) with the text of those
     that are strings; 0 for what is not a sequence of messages (chat_token_ids refuses it).
     enough: the count stops once past it (a size past `enough`, not the whole): weighing
@@ -184,6 +184,9 @@ def rendered_size(messages: Any, tools: list[dict] | None = None,
         parts = [*content] if isinstance(content, list) else [{"text": content}]
         if isinstance(calls, list):
             parts += [c.get("function") for c in calls if isinstance(c, dict)]
+            # a call framed as a message is, whatever its arguments: checked ones are
+            # parsed (a dict, no text), and 60,000 calls of "{}" held the loop 0.8 s
+            size += MESSAGE_FRAMING * len(calls)
         size += MESSAGE_FRAMING + sum(
             len(text) for p in parts if isinstance(p, dict)
             for text in (p.get("text"), p.get("arguments")) if isinstance(text, str))
