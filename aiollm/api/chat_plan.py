@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from aiollm.api import reasoning, tool_parsers, tool_request
-from aiollm.api.chat_request import ChatCompletionRequest
+from aiollm.api.chat_request import ChatCompletionRequest, message_dicts
 from aiollm.api.cut_calls import next_head_cut
 from aiollm.api.http_errors import ApiError
 from aiollm.api.metadata import check_metadata
@@ -141,7 +141,7 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
                                    st.trust_request_chat_template_name)
     # the template the messages are rendered with says which tool-call format to read
     template = options.chat_template or engine.tokenizer.chat_template
-    dicts = req.message_dicts()
+    dicts = await message_dicts(req.messages)
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":

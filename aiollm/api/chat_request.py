@@ -5,6 +5,7 @@ the server trusts it), and vLLM's chat fields it refuses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
 import msgspec
@@ -14,7 +15,8 @@ from aiollm.api.protocol import check_max_tokens
 from aiollm.api.sampling_fields import SamplingFields
 from aiollm.engine.content_format import PARAM
 from aiollm.engine.chat_messages import checked_message
-from aiollm.engine.chat_template import TemplateOptions
+from aiollm.engine.chat_template import MESSAGE_FRAMING, TemplateOptions
+from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
 from aiollm.errors import InvalidRequest, shown_json
 from aiollm.sampling_params import MAX_LOGPROBS
 
@@ -150,9 +152,6 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         else:
             check_max_tokens(self.max_tokens, "max_tokens")
 
-    def message_dicts(self) -> list[dict[str, Any]]:
-        return [m.as_dict(i) for i, m in enumerate(self.messages)]
-
     template_options = chat_template_options
 
     def check_unserved(self) -> None:
@@ -167,3 +166,21 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         if self.audio is not None:  # OpenAI's voice and format of an audio answer
             raise InvalidRequest("audio output is not served: the model writes text alone; "
                                  "leave audio out", param="audio")
+
+
+async def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Each of `messages` as the chat template wants it (ChatMessage.as_dict: InvalidRequest
+    naming `messages[i]...`), checked off the event loop when they are many (off_loop
+    weighing each message, each of its content parts and each of its tool calls
+    MESSAGE_FRAMING characters): the checks of the hundreds of thousands of messages (or
+    of one message's calls) a 16 MiB body holds take about a second, which would hold
+    every other request's stream that long."""
+    def checked() -> list[dict[str, Any]]:
+        return [m.as_dict(i) for i, m in enumerate(messages)]
+
+    size = MESSAGE_FRAMING * len(messages)
+    if size <= TOKENIZE_INLINE_CHARS:  # a few messages: their parts and calls counted
+        size += MESSAGE_FRAMING * sum(
+            len(m.tool_calls or ()) + (len(m.content) if isinstance(m.content, list) else 0)
+            for m in messages)
+    return await off_loop(size, checked)

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aiollm import __version__
 from aiollm.api import tool_request
 from aiollm.api.body import check_page, decode_body
+from aiollm.api.chat_request import message_dicts
 from aiollm.api.http_errors import ApiError
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
@@ -86,7 +87,7 @@ async def tokenize(request: web.Request) -> web.Response:
         raise ApiError(400, "tools are rendered by the chat template: send them with "
                        "messages", param="tools")
     if req.messages is not None:
-        ids, _ = await st.render_chat([m.as_dict(i) for i, m in enumerate(req.messages)],
+        ids, _ = await st.render_chat(await message_dicts(req.messages),
                                       # rendered only: checked as under "none", no grammar
                                       tool_request.choose(req.tools, "none")[0],
                                       req.template_options(

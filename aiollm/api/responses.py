@@ -31,7 +31,9 @@ from aiollm.api.responses_request import ResponsesRequest, responses_names
 from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.state import state
 from aiollm.api.stored_responses import kept
+from aiollm.engine.chat_template import MESSAGE_FRAMING
 from aiollm.engine.request_group import choice_group
+from aiollm.engine.submission import off_loop
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -62,11 +64,15 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     req.check_unserved()
     earlier = [] if req.previous_response_id is None else kept(
         st, req.previous_response_id, "previous_response_id").conversation()
-    plan = await plan_chat(st, req.as_chat(earlier))
+    # the input's items turned into messages, and kept, off the event loop when they are
+    # many (as chat's messages are checked: chat_request.message_dicts)
+    size = MESSAGE_FRAMING * (len(earlier) + (len(req.input) if isinstance(req.input, list)
+                                              else 1))
+    plan = await plan_chat(st, await off_loop(size, req.as_chat, earlier))
     store = req.store is not False and st.responses.keeps
     head = ResponseHead(req, st.model_name, plan.params[0], store)
     # kept with the response: the conversation it answers, each item with an id
-    items = [*earlier, *input_items(req.input, earlier)] if store else None
+    items = [*earlier, *await off_loop(size, input_items, req.input, earlier)] if store else None
 
     def keep(response: dict) -> None:
         """Keeps `response` where it says store (items are then the conversation's); one

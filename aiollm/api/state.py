@@ -203,7 +203,8 @@ class ApiState:
         refuse_long: a conversation to generate from, refused before it is encoded where
         it can never fit (prompt_bound; ContextExceeded)."""
         most = prompt_bound(self.engine.max_model_len, keep_last) if refuse_long else None
-        ids, shown = await off_loop(rendered_size(messages, tools, template),
+        ids, shown = await off_loop(rendered_size(messages, tools, template,
+                                                  enough=TOKENIZE_INLINE_CHARS),
                                     self.engine.render_chat,
                                     messages, tools, template, most=most)
         if add_special_tokens:

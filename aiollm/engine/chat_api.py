@@ -17,7 +17,7 @@ from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, render
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.content_format import rendering_template
 from aiollm.engine.outputs import Delta, RequestOutput
-from aiollm.engine.submission import off_loop
+from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
 from aiollm.errors import ContextExceeded, InvalidRequest
 from aiollm.sampling_params import SamplingParams
 
@@ -85,8 +85,8 @@ class ChatAPI:
         takes it; it and `params` (InvalidRequest naming the field, as generate() names
         it) are checked before the messages are rendered."""
         checked_salt(cache_salt)
-        ids = await off_loop(rendered_size(messages, tools, template), self._chat_ids, messages,
-                             template, tools, self._most(params))
+        size = rendered_size(messages, tools, template, TOKENIZE_INLINE_CHARS)
+        ids = await off_loop(size, self._chat_ids, messages, template, tools, self._most(params))
         return await self.generate(ids, params, cache_salt=cache_salt)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,

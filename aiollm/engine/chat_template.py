@@ -148,13 +148,22 @@ def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return sorted((t for t in texts if t), key=len, reverse=True)
 
 
+# the characters a message's role markers and turn delimiters weigh in rendered_size (and what
+# one message weighs where only their count is known: chat_plan's checks of each message)
+MESSAGE_FRAMING = 64
+
+
 def rendered_size(messages: Any, tools: list[dict] | None = None,
-                  template: TemplateOptions | None = None) -> int:
+                  template: TemplateOptions | None = None, enough: int | None = None) -> int:
     """About how many characters the template renders for `messages` and `tools`, what
     off_loop weighs: each message's text and its tool calls' arguments (which templates that
-    know tools write out: an agent's file write can be megabytes) plus 64 for its framing,
-    256 per tool, and the text of `template`'s documents (RAG sources can be long); 0 for
-    what is not a sequence of messages (chat_token_ids refuses it)."""
+    know tools write out: an agent's file write can be megabytes) plus MESSAGE_FRAMING for
+    its framing and for each call's, 256 per tool, the text of `template`'s documents (RAG sources can be
+    long), and MESSAGE_FRAMING per template variable (its kwargs) with the text of those
+    that are strings; 0 for what is not a sequence of messages (chat_token_ids refuses it).
+    enough: the count stops once past it (a size past `enough`, not the whole): weighing
+    is itself a pass over every message, on the event loop, which for hundreds of
+    thousands of messages would hold it as long as the work it decides to move off."""
     if not isinstance(messages, (list, tuple)):
         return 0
     size = 256 * len(tools) if isinstance(tools, (list, tuple)) else 0  # else refused later
@@ -162,14 +171,27 @@ def rendered_size(messages: Any, tools: list[dict] | None = None,
     if isinstance(documents, (list, tuple)):  # else refused later
         size += sum(len(v) for d in documents if isinstance(d, dict)
                     for v in d.values() if isinstance(v, str))
+    # a request's template variables (chat_template_kwargs), each checked and handed to the
+    # template: 300,000 of them held the loop for 0.8 s, weighed as nothing
+    kwargs = getattr(template, "kwargs", None)
+    if isinstance(kwargs, dict):
+        size += MESSAGE_FRAMING * len(kwargs)
+        if enough is None or size <= enough:
+            size += sum(len(v) for v in kwargs.values() if isinstance(v, str))
     for m in messages:
         m = m if isinstance(m, dict) else {}
         content, calls = m.get("content"), m.get("tool_calls")
         parts = [*content] if isinstance(content, list) else [{"text": content}]
         if isinstance(calls, list):
             parts += [c.get("function") for c in calls if isinstance(c, dict)]
-        size += 64 + sum(len(text) for p in parts if isinstance(p, dict)
-                         for text in (p.get("text"), p.get("arguments")) if isinstance(text, str))
+            # a call framed as a message is, whatever its arguments: checked ones are
+            # parsed (a dict, no text), and 60,000 calls of "{}" held the loop 0.8 s
+            size += MESSAGE_FRAMING * len(calls)
+        size += MESSAGE_FRAMING + sum(
+            len(text) for p in parts if isinstance(p, dict)
+            for text in (p.get("text"), p.get("arguments")) if isinstance(text, str))
+        if enough is not None and size > enough:
+            break
     return size
 
 

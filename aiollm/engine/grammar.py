@@ -305,8 +305,6 @@ class Grammars:
         go on with (it finishes with "stop" too, this token its last), else 0. The mask
         keeps refused tokens out unless it left no token at all (min_tokens banning the
         only ones allowed): then the sampler's draw among -inf logits is refused here."""
-        import xgrammar as xgr
-
         status = [0] * len(states)
         for k, s in enumerate(states):
             if s.bad_words is not None:
@@ -321,6 +319,11 @@ class Grammars:
                 and status[k] != REJECTED]
         if not live:
             return status
+        # imported here, where a matcher (compiled on a worker thread) proves it imported:
+        # a first import (xgrammar and transformers, 1-2 s) on the loop, for a request of
+        # logit_bias, allowed_token_ids or bad_words alone, held every stream that long
+        import xgrammar as xgr
+
         toks = tokens[live]
         ok = xgr.BatchGrammarMatcher.batch_accept_token([states[k].matcher for k in live],
                                                         toks.tolist())
@@ -365,10 +368,11 @@ class Grammars:
         bitmask = grammar = None
         if grammar_rows or allowed_rows:
             if self._bitmasks is None:
-                import xgrammar as xgr
-
                 self._bitmasks = BitmaskBuffers(self.max_rows, self.words, self.grammar_words,
                                                  self.grammar_vocab, self.device)
+            if grammar_rows and self._batch is None:  # xgrammar imported: as in accept()
+                import xgrammar as xgr
+
                 self._batch = xgr.BatchGrammarMatcher()
             bitmask, grammar = self._bitmasks.fill(b, grammar_rows, allowed_rows, states,
                                                    self._batch, grammar_part)

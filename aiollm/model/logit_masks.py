@@ -7,6 +7,7 @@ token t is allowed in row b when bit t % 32 of word t // 32 of row b is set.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 import torch
@@ -55,10 +56,13 @@ def _disallowed(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
 def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
     """In place: logits[b, t] = -inf where bit t % 32 of bitmask[b, t // 32] is clear.
     logits [B, V] fp32 (rows contiguous), bitmask [B, >= ceil(V / 32)] int32 on the same
-    device. xgrammar's Triton kernel on a GPU; on the CPU the reference (masked_fill_), which
-    is faster there than xgrammar's own CPU kernel. Returns logits."""
+    device. xgrammar's Triton kernel on a GPU (once xgrammar is imported); on the CPU, and on
+    a GPU before, the reference (masked_fill_), which is faster on the CPU than xgrammar's
+    own CPU kernel. Returns logits."""
     global _XGR_KERNEL
-    if logits.is_cuda and _XGR_KERNEL:
+    # only once something else imported xgrammar (a grammar's compile, on a worker thread):
+    # its first import here, for allowed_token_ids alone, would hold the event loop 1-2 s
+    if logits.is_cuda and _XGR_KERNEL and "xgrammar" in sys.modules:
         import xgrammar as xgr
 
         try:
