@@ -162,6 +162,13 @@ def test_tensor_parallel_followers_get_the_options():
         assert EngineConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
 
 
+def _test_tokenizer() -> dict:
+    """Engine's tokenizer option on the GPU machine, which has no default model: the
+    tokenizer saved from it that AIOLLM_TEST_TOKENIZER names, if given."""
+    tok = os.environ.get("AIOLLM_TEST_TOKENIZER")
+    return {"tokenizer": tok} if tok else {}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("share", ["mem_fraction", "mem_fraction_static"])
 def test_the_gpu_memory_held_is_the_share_given(tmp_path, share):
@@ -181,11 +188,8 @@ def test_the_gpu_memory_held_is_the_share_given(tmp_path, share):
     free_before, total = torch.cuda.mem_get_info()
 
     async def held() -> tuple[int, int]:
-        # the GPU machine has no default model: the tokenizer saved from it, if given
-        tok = os.environ.get("AIOLLM_TEST_TOKENIZER")
         eng = Engine(model, device="cuda", dtype="bfloat16", load_format="dummy",
-                     warm_up=False, cuda_graph=False, **{share: 0.5},
-                     **({"tokenizer": tok} if tok else {}))
+                     warm_up=False, cuda_graph=False, **{share: 0.5}, **_test_tokenizer())
         await eng.start()
         try:
             free, _ = torch.cuda.mem_get_info()
@@ -214,7 +218,8 @@ def test_max_total_tokens_bounds_the_gpu_pool(tmp_path):
 
     async def capacity(**options) -> int:
         async with Engine(model, device="cuda", dtype="bfloat16", load_format="dummy",
-                          warm_up=False, cuda_graph=False, **options) as engine:
+                          warm_up=False, cuda_graph=False, **options,
+                          **_test_tokenizer()) as engine:
             return engine.stats()["kv_total"]
 
     shared = asyncio.run(capacity(mem_fraction_static=0.5))

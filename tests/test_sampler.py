@@ -11,7 +11,7 @@ import torch
 
 from aiollm.kernels import sampling
 from aiollm.kernels.sampling import row_keys, uniform_noise
-from aiollm.model.logit_masks import mask_token_ids
+from aiollm.model.logit_masks import apply_bitmask_, mask_token_ids
 from aiollm.model.sampler import sample
 from aiollm.model.sampling_tensors import SamplingTensors
 
@@ -489,3 +489,28 @@ def test_noise_is_below_one_so_a_draw_stays_in_the_allowed_set(device):
             drawn = sampling.row_scan_triton(logits.to(KERNEL_DEVICE), kst.scale_floor,
                                              kst.keys, ids.to(KERNEL_DEVICE))[2]
             assert int(drawn[0]) in allowed
+
+
+@pytest.mark.gpu
+def test_the_gpu_bitmask_before_and_after_xgrammar_is_imported(monkeypatch):
+    """On a GPU apply_bitmask_ runs the PyTorch reference until xgrammar is imported (its
+    first import would hold the event loop), xgrammar's kernel after: both mask exactly the
+    tokens whose bit is clear, as the CPU's reference does."""
+    import sys
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    g = torch.Generator().manual_seed(0)
+    vocab = 1000
+    logits = torch.randn((5, vocab), generator=g)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (5, (vocab + 31) // 32), generator=g,
+                            dtype=torch.int64).to(torch.int32)
+    want = apply_bitmask_(logits.clone(), bitmask)
+    assert torch.isinf(want).any() and torch.isfinite(want).any()
+    with monkeypatch.context() as m:
+        m.delitem(sys.modules, "xgrammar", raising=False)
+        before = apply_bitmask_(logits.cuda(), bitmask.cuda()).cpu()
+    import xgrammar  # noqa: F401
+
+    after = apply_bitmask_(logits.cuda(), bitmask.cuda()).cpu()
+    assert torch.equal(before, want) and torch.equal(after, want)

@@ -158,6 +158,10 @@ def _sampling(runner) -> None:
             device=runner.device, token_ids=history, prompt_lens=np.full(b, 4, np.int64),
             logprobs_mode=runner.logprobs_mode)
         sample(logits, st)
-    # a constrained greedy step's in-place mask (xgrammar's kernel)
+    # a constrained greedy step's in-place mask: on a GPU xgrammar's kernel, which
+    # apply_bitmask_ takes only once xgrammar is imported (never first on the event loop):
+    # imported here, at start, so that the kernel compiles now, not in a request's step
+    if logits.is_cuda:
+        import xgrammar  # noqa: F401
     apply_bitmask_(logits, torch.full((b, (vocab + 31) // 32), -1, dtype=torch.int32,
                                       device=runner.device))
