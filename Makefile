@@ -45,8 +45,9 @@ serve: $(DEPS)
 	$(BIN)/aiollm serve --host $(HOST) --port $(PORT)
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them
-# (module fixtures such as a started server are built once): 683 s on 2 CPU cores from a
-# fresh clone (2026-12-06, 417e16e; 12 m 34 s with the setup). TEST_WORKERS=1: one process.
+# (module fixtures such as a started server are built once): 683-721 s on 2 CPU cores from
+# a fresh clone (2026-12-07, 62b2f4d and e4a587f; 12 m 44 s to 13 m 46 s with the setup).
+# TEST_WORKERS=1: one process.
 # The CPU suite, the same on every machine: CUDA_VISIBLE_DEVICES= hides any GPU, so engines
 # run on the CPU and Triton's interpreter runs every kernel (on an H100, 2026-12-06, with the
 # GPU visible, the engines of tests that leave the device to aiollm ran on it, bf16 where the
