@@ -3,6 +3,8 @@ readably and what to change."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -55,6 +57,21 @@ def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny
     assert str(e.value).startswith(f"a KV pool of {TOO_MANY} tokens (256.00 GiB) does not fit "
                                    "in the memory of cpu: lower kv_tokens (--kv-tokens); the "
                                    "machine has "), str(e.value)
+
+
+def test_a_refusal_before_loading_names_the_flag_as_typed(tiny, monkeypatch, caplog):
+    """LightLLM's --max_total_token_num (the KV pool's size) past the machine's memory: the
+    start's error named aiollm's --kv-tokens, which the user never typed."""
+    import aiollm.model
+    from aiollm.cli import main
+
+    monkeypatch.setattr(aiollm.model, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    with caplog.at_level(logging.ERROR, logger="aiollm"):
+        assert main(["serve", tiny, "--load-format", "dummy", "--device", "cpu",
+                     "--dtype", "float32", "--port", "0",
+                     "--max_total_token_num", str(TOO_MANY)]) == 1
+    said = [r.getMessage() for r in caplog.records if "does not fit" in r.getMessage()]
+    assert len(said) == 1 and "lower kv_tokens (--max_total_token_num)" in said[0], said
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import os
 import sys
 
 from aiollm.cli.log_config import configure_logging
-from aiollm.cli.serve_checks import checked_config, cors_options
+from aiollm.cli.serve_checks import checked_config, cors_options, flags_as_typed
 from aiollm.stop_signal import exit_status
 
 log = logging.getLogger("aiollm.cli")
@@ -78,7 +78,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except KeyboardInterrupt as e:  # interrupted while loading (SIGTERM: see api.serve)
         return exit_status(e)
     except (FileNotFoundError, OSError, ValueError) as e:
-        log.error("%s", e)
+        log.error("%s", flags_as_typed(str(e), args))  # a flag it names, as the user typed it
         return 1
     except RuntimeError as e:
         from aiollm.distributed import RankLost

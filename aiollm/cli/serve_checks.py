@@ -193,6 +193,19 @@ def cors_options(parser: argparse.ArgumentParser,
         parser.error(f"argument --allowed-origins: {e}")
 
 
+def flags_as_typed(message: str, args: argparse.Namespace) -> str:
+    """`message` with the options' flags it names in passing ("(--max-model-len)", "(--kv-
+    tokens)") as the user typed them (SGLang's --context-length, LightLLM's
+    --max_total_token_num): for EngineConfig's messages and the start's own (a KV plan
+    refused before or after loading)."""
+    # the spelling typed, where argparse read it dashed (flag_spelling.ArgumentParser's)
+    spelt = getattr(getattr(args, "command_parser", None), "typed_spellings", {})
+    for name, typed_flag in getattr(args, "flags_typed", {}).items():
+        typed_flag = spelt.get(typed_flag, typed_flag)
+        message = re.sub(rf"\((--{name.replace('_', '-')})\)", f"({typed_flag})", message)
+    return message
+
+
 def _naming_flag(message: str, args: argparse.Namespace) -> str:
     """EngineConfig's message about an option ("table_capacity must be ...") led by the
     option's flag as the user typed it (an alias's spelling too), as argparse names the
@@ -205,9 +218,7 @@ def _naming_flag(message: str, args: argparse.Namespace) -> str:
     if message.startswith("give one of "):  # two options that conflict: both by their flags
         return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b",
                       lambda m: flag(m[0]) if m[0] in ENGINE_OPTIONS else m[0], message)
-    # the options' flags it names in passing ("(--max-model-len)"), as typed too
-    for name, typed_flag in typed.items():
-        message = re.sub(rf"\((--{name.replace('_', '-')})\)", f"({typed_flag})", message)
+    message = flags_as_typed(message, args)
     name = next((n for n in ENGINE_OPTIONS if message.startswith(n + " ")), None)
     if name is None:
         return message
