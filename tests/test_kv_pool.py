@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aiollm.byte_size import byte_size
 from aiollm.model.kv_pool import KVPool
 
 
@@ -163,3 +164,41 @@ def test_a_kv_tokens_past_the_gpus_memory_fails_before_the_weights_load(tiny, mo
                        r"\); .* of cuda(:0)? is free before loading"):
         start_without_weights(monkeypatch, tiny, load_format="dummy", device="cuda",
                               dtype="float32", kv_tokens=TOO_MANY)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"max_model_len": 100}, {"kv_tokens": 100}, {"gpu_memory_utilization": 0.9},
+    {"mem_fraction_static": 0.9, "max_model_len": 100}, {"mem_fraction": 0.9},
+])
+# short 1: room for the weights, not for one token's K and V (64 bytes); 65: not for them
+@pytest.mark.parametrize("short", [1, 64 + 1])
+def test_weights_past_the_gpus_free_memory_are_named_not_the_kv_pools_option(
+        plan, gpu_memory, options, short):
+    """Free memory that cannot hold the weights and one token's K and V was refused as a
+    pool too small (raise kv_memory_fraction, lower kv_tokens: neither helps), SGLang's
+    share with the weights' bytes called the memory free at start, or not at all (the load
+    then fails out of memory after reading them)."""
+    free = plan.weights + 64 - short
+    gpu_memory(free, 80 * GiB, unit=1)
+    with pytest.raises(ValueError) as e:
+        plan(**options)
+    assert str(e.value) == (
+        f"the weights take at least 6.02 MiB in bfloat16, and {byte_size(free)} of cuda is "
+        "free now: no room is left for the KV cache; free memory on cuda, or split the model "
+        "over more GPUs (--tensor-parallel-size)")
+    gpu_memory(80 * GiB, 80 * GiB)  # room for all: the same plan passes
+    plan(**options)
+
+
+def test_float32_weights_past_the_gpus_free_memory_suggest_bfloat16(tiny, gpu_memory):
+    """Only in float32 is a smaller dtype there to suggest."""
+    from aiollm.config import EngineConfig
+    from aiollm.engine.kv_plan import check_kv_plan
+    from aiollm.model.hf_config import load_hf_config
+
+    config = load_hf_config(tiny)
+    gpu_memory(config.num_params() * 4, 80 * GiB, unit=1)
+    with pytest.raises(ValueError, match=r"^the weights take at least 12\.04 MiB in float32, "
+                       r"and 12\.04 MiB of cuda is free now: no room is left for the KV cache; "
+                       r"free memory on cuda, run in bfloat16 \(--dtype bfloat16\), or split "):
+        check_kv_plan(EngineConfig(model=tiny), config, torch.device("cuda"), torch.float32)

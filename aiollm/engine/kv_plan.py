@@ -33,6 +33,8 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     """Raise ValueError, with the text the same fault gets after loading, when the KV pool
     `cfg` plans for `config`'s model (this rank's part under `tp`; K and V in `dtype`)
     cannot work on `device`:
+    - on a GPU, weights whose bytes leave no room in the free memory for one token's K and
+      V (naming the weights, not an option of the pool's, which cannot help);
     - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
       (the text KVPool raises, naming kv_tokens), or on the CPU more than the machine's
       physical memory (weights not counted: a cached GGUF's are mapped from a file, and the
@@ -53,6 +55,13 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)
         weights = local.num_params() * torch.empty((), dtype=dtype).element_size()
+        if weights + per_token > free:  # no share or size of the pool can help
+            half = " run in bfloat16 (--dtype bfloat16)," if dtype == torch.float32 else ""
+            raise ValueError(
+                f"the weights take at least {byte_size(weights)} in "
+                f"{str(dtype).removeprefix('torch.')}, and {byte_size(free)} of {device} is "
+                f"free now: no room is left for the KV cache; free memory on {device},{half} "
+                "or split the model over more GPUs (--tensor-parallel-size)")
     else:
         free, total, weights = physical_memory(), None, 0  # total: a GPU's share's
     if cfg.kv_tokens is not None:
@@ -68,7 +77,7 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         context = min([x for x in (config.max_position, cfg.max_model_len) if x])
         most, exact = cfg.cpu_pool_tokens(context), True
     else:
-        room, exact = max(free - weights, 0), False
+        room, exact = free - weights, False
         u = cfg.gpu_memory_utilization
         if u is not None and u * total < weights + per_token:
             raise ValueError(
