@@ -3,6 +3,8 @@ readably and what to change."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -56,6 +58,7 @@ def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny
     assert str(e.value).startswith(f"a KV pool of {TOO_MANY} tokens (256.00 GiB) does not fit "
                                    "in the memory of cpu: lower kv_tokens (--kv-tokens); the "
                                    "machine has "), str(e.value)
+    assert str(e.value).endswith(" of memory and swap"), str(e.value)
 
 
 @pytest.fixture
@@ -202,3 +205,21 @@ def test_float32_weights_past_the_gpus_free_memory_suggest_bfloat16(tiny, gpu_me
                        r"and 12\.04 MiB of cuda is free now: no room is left for the KV cache; "
                        r"free memory on cuda, run in bfloat16 \(--dtype bfloat16\), or split "):
         check_kv_plan(EngineConfig(model=tiny), config, torch.device("cuda"), torch.float32)
+
+
+@pytest.mark.parametrize("overcommit, meminfo, limit", [
+    ("0", "MemTotal:  1000 kB\nMemFree:  500 kB\nSwapTotal:  3000 kB\n", 4000 * 1024),
+    ("2\n", "MemTotal:  1000 kB\nSwapTotal:  0 kB\n", 1000 * 1024),
+    ("1\n", "MemTotal:  1000 kB\nSwapTotal:  3000 kB\n", None),
+])
+def test_the_cpus_kv_tokens_bound_counts_swap(tmp_path, overcommit, meminfo, limit):
+    """A CPU pool's pages come lazily from calloc: one past the physical memory but within
+    it and swap allocates (Linux's default heuristic overcommit refuses only past both), and
+    was refused before loading; under vm.overcommit_memory 1 nothing is refused."""
+    from aiollm.engine.kv_plan import memory_limit
+
+    (tmp_path / "meminfo").write_text(meminfo)
+    (tmp_path / "overcommit").write_text(overcommit)
+    assert memory_limit(str(tmp_path / "meminfo"), str(tmp_path / "overcommit")) == limit
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert memory_limit(str(tmp_path / "absent"), str(tmp_path / "absent")) == physical

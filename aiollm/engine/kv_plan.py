@@ -3,7 +3,7 @@ moment, not after minutes of reading a large model.
 
 What is known then: the model's config (layers, this rank's KV heads, head dim, context),
 the run dtype, the device's memory (a GPU's free and total memory now; on the CPU the
-machine's physical memory) and a lower bound of the weights' bytes (their parameter count
+machine's physical memory and swap) and a lower bound of the weights' bytes (their parameter count
 at the run dtype). From these: a kv_tokens (--kv-tokens) the device cannot hold; on a GPU,
 a gpu_memory_utilization share smaller than the weights (mem_fraction_static's or
 mem_fraction's leaving no room), and the most tokens a pool sized
@@ -37,8 +37,9 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
       V (naming the weights, not an option of the pool's, which cannot help);
     - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
       (the text KVPool raises, naming kv_tokens), or on the CPU more than the machine's
-      physical memory (weights not counted: a cached GGUF's are mapped from a file, and the
-      pool's pages come lazily from calloc, so only a pool past all of memory surely fails);
+      physical memory and swap (`memory_limit`; weights not counted: a cached GGUF's are
+      mapped from a file, and the pool's pages come lazily from calloc, so only a pool past
+      all of memory and swap surely fails);
     - gpu_memory_utilization x the GPU's total memory below the weights' bytes (naming
       gpu_memory_utilization, as utilization_pool_tokens does); SGLang's mem_fraction_static
       or LightLLM's mem_fraction leaving no room once the weights load (static_pool_tokens);
@@ -63,13 +64,13 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
                 f"free now: no room is left for the KV cache; free memory on {device},{half} "
                 "or split the model over more GPUs (--tensor-parallel-size)")
     else:
-        free, total, weights = physical_memory(), None, 0  # total: a GPU's share's
+        free, total, weights = memory_limit(), None, 0  # total: a GPU's share's
     if cfg.kv_tokens is not None:
         need = cfg.kv_tokens * per_token
-        if need + weights > free:
+        if free is not None and need + weights > free:
             where = (f"{byte_size(free)} of {device} is free before loading, and the weights "
                      f"take at least {byte_size(weights)} of it" if device.type == "cuda"
-                     else f"the machine has {byte_size(free)} of memory")
+                     else f"the machine has {byte_size(free)} of memory and swap")
             raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device, given=True)}; "
                              f"{where}")
         return  # EngineConfig holds it to max_model_len
@@ -126,6 +127,21 @@ def memory_share(cfg: EngineConfig) -> str:
                 "kv_memory_fraction")
 
 
-def physical_memory() -> int:
-    """Bytes of physical memory of this machine (sysconf's page count x page size)."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+def memory_limit(meminfo: str = "/proc/meminfo",
+                 overcommit: str = "/proc/sys/vm/overcommit_memory") -> int | None:
+    """Bytes past which one allocation of this machine's memory surely fails: on Linux, its
+    physical memory and swap (MemTotal + SwapTotal of `meminfo`), past which the default
+    heuristic overcommit (vm.overcommit_memory 0, read from `overcommit`) refuses it, as
+    the kernel's __vm_enough_memory does; None under 1, which refuses none (2's commit limit
+    is lower at ratios up to 100%: the pool's own allocation fails there). Elsewhere, or
+    with `meminfo` unreadable, the physical memory (sysconf's page count x page size)."""
+    try:
+        with open(overcommit) as f:
+            if f.read().strip() == "1":
+                return None
+        with open(meminfo) as f:
+            kib = dict(line.split()[:2] for line in f if line.startswith(("MemTotal:",
+                                                                           "SwapTotal:")))
+        return (int(kib["MemTotal:"]) + int(kib.get("SwapTotal:", 0))) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
