@@ -67,7 +67,7 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         free, total, weights = memory_limit(), None, 0  # total: a GPU's share's
     if cfg.kv_tokens is not None:
         need = cfg.kv_tokens * per_token
-        if free is not None and need + weights > free:
+        if need + weights > free:
             where = (f"{byte_size(free)} of {device} is free before loading, and the weights "
                      f"take at least {byte_size(weights)} of it" if device.type == "cuda"
                      else f"the machine has {byte_size(free)} of memory and swap")
@@ -127,18 +127,14 @@ def memory_share(cfg: EngineConfig) -> str:
                 "kv_memory_fraction")
 
 
-def memory_limit(meminfo: str = "/proc/meminfo",
-                 overcommit: str = "/proc/sys/vm/overcommit_memory") -> int | None:
-    """Bytes past which one allocation of this machine's memory surely fails: on Linux, its
-    physical memory and swap (MemTotal + SwapTotal of `meminfo`), past which the default
-    heuristic overcommit (vm.overcommit_memory 0, read from `overcommit`) refuses it, as
-    the kernel's __vm_enough_memory does; None under 1, which refuses none (2's commit limit
-    is lower at ratios up to 100%: the pool's own allocation fails there). Elsewhere, or
-    with `meminfo` unreadable, the physical memory (sysconf's page count x page size)."""
+def memory_limit(meminfo: str = "/proc/meminfo") -> int:
+    """Bytes of memory a CPU pool can fill: on Linux, the physical memory and swap
+    (MemTotal + SwapTotal of `meminfo`). One allocation past them fails under the default
+    heuristic overcommit (vm.overcommit_memory 0), as the kernel's __vm_enough_memory
+    refuses it; under 1 it is made, but its pages past them can never be written (the OOM
+    killer ends the process first), so the plan cannot work either. Elsewhere, or with
+    `meminfo` unreadable, the physical memory (sysconf's page count x page size)."""
     try:
-        with open(overcommit) as f:
-            if f.read().strip() == "1":
-                return None
         with open(meminfo) as f:
             kib = dict(line.split()[:2] for line in f if line.startswith(("MemTotal:",
                                                                            "SwapTotal:")))
