@@ -120,19 +120,22 @@ def test_sglangs_and_lightllms_shares_leaving_no_room_fail_before_the_weights_lo
 
 @pytest.mark.parametrize("options, raise_", [
     ({}, "raise kv_memory_fraction (--kv-memory-fraction)"),
-    ({"gpu_memory_utilization": 0.9}, "raise gpu_memory_utilization (--gpu-memory-utilization)"),
+    ({"gpu_memory_utilization": 0.5}, "raise gpu_memory_utilization (--gpu-memory-utilization)"),
     ({"mem_fraction_static": 0.5}, "raise mem_fraction_static (--mem-fraction-static)"),
     ({"mem_fraction": 0.5}, "raise mem_fraction (--mem-fraction)"),
 ])
 def test_a_gpu_that_cannot_hold_max_model_len_fails_before_the_weights_load(plan, gpu_memory,
                                                                              options, raise_):
     """What loading can leave free is at most the free memory now less the weights: a pool
-    of at most 100 tokens (85% of 7,530 bytes, or all of 6,400; SGLang's share keeps half of
-    the memory free now, LightLLM's half of the total) cannot hold one request of
+    of at most 100 tokens (85% of 7,530 bytes, or all of 6,400; vLLM's share is half of the
+    total, SGLang's keeps half of the memory free now, LightLLM's half of the total; each
+    the bound, which a larger share raises) cannot hold one request of
     max_model_len 101, and was refused only after the weights loaded."""
     room = 7530 if not options else 6400
     free, total = plan.weights + room, 80 * GiB
-    if "mem_fraction_static" in options:  # half the free memory kept, the weights, 6,400
+    if "gpu_memory_utilization" in options:  # half the total: the weights, 6,400
+        free = total = 2 * (plan.weights + room)
+    elif "mem_fraction_static" in options:  # half the free memory kept, the weights, 6,400
         free = 2 * (plan.weights + room)
     elif "mem_fraction" in options:  # half the total (the weights' bytes) kept, the weights
         free, total = 2 * plan.weights + room, 2 * plan.weights
@@ -221,3 +224,20 @@ def test_the_cpus_kv_tokens_bound_counts_swap(tmp_path, meminfo, limit):
     assert memory_limit(str(tmp_path / "meminfo")) == limit
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert memory_limit(str(tmp_path / "absent")) == physical
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"gpu_memory_utilization": 0.9}, {"mem_fraction_static": 0.99}, {"mem_fraction": 0.99},
+])
+def test_a_gpu_whose_free_memory_cannot_hold_max_model_len_names_no_share(plan, gpu_memory,
+                                                                         options):
+    """Free memory less the weights of 100 tokens (6,400 bytes) bounds every share's pool:
+    against max_model_len 101 the message said to raise the share, which cannot help."""
+    gpu_memory(plan.weights + 6400, 80 * GiB, unit=1)
+    with pytest.raises(ValueError) as e:
+        plan(max_model_len=101, **options)
+    assert str(e.value).endswith(
+        "lower max_model_len (--max-model-len) to at most 100 (or leave it out: the longest "
+        "that fits), or free memory on cuda (what the weights leave is too little for any "
+        "share)"), (
+        str(e.value))

@@ -79,6 +79,10 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         most, exact = cfg.cpu_pool_tokens(context), True
     else:
         room, exact = free - weights, False
+        if cfg.max_model_len is not None and room // per_token < cfg.max_model_len:
+            # all of the memory free after loading is short: no share can help
+            raise ValueError(pool_short(cfg, device, room // per_token, per_token,
+                                        at_most=True, free_bound=True))
         u = cfg.gpu_memory_utilization
         if u is not None and u * total < weights + per_token:
             raise ValueError(
@@ -101,14 +105,17 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
 
 
 def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_token: int,
-               at_most: bool = False) -> str:
+               at_most: bool = False, free_bound: bool = False) -> str:
     """The start-up error when a pool of kv_tokens (of per_token bytes each; sized from
     memory, kv_tokens itself EngineConfig checks; `at_most`: the most a pool can hold, known
     before loading) cannot hold one request of cfg.max_model_len tokens, which vLLM refuses
     too ("To serve at least one request with the model's max seq len..."): the numbers, and
-    what to change."""
+    what to change (`free_bound`: kv_tokens is all a GPU's free memory holds, which no
+    share of it can raise)."""
     if device.type == "cpu":  # only a cpu_kv_tokens below it sizes a CPU pool so
         more = "raise cpu_kv_tokens"
+    elif free_bound:
+        more = f"free memory on {device} (what the weights leave is too little for any share)"
     else:
         share = memory_share(cfg)
         more = f"raise {share} (--{share.replace('_', '-')})"
