@@ -4,7 +4,8 @@ moment, not after minutes of reading a large model.
 What is known then: the model's config (layers, this rank's KV heads, head dim, context),
 the run dtype, the device's memory (a GPU's free and total memory now; on the CPU the
 machine's physical memory and swap) and a lower bound of the weights' bytes (their parameter count
-at the run dtype). From these: a kv_tokens (--kv-tokens) the device cannot hold; on a GPU,
+at the run dtype). From these: weights that leave a GPU no room for the KV cache; a
+kv_tokens (--kv-tokens) the device cannot hold; on a GPU,
 a gpu_memory_utilization share smaller than the weights (mem_fraction_static's or
 mem_fraction's leaving no room), and the most tokens a pool sized
 from memory can hold (what loading leaves free is at most the free memory now less the
@@ -139,7 +140,7 @@ def memory_limit(meminfo: str = "/proc/meminfo") -> int:
     (MemTotal + SwapTotal of `meminfo`). One allocation past them fails under the default
     heuristic overcommit (vm.overcommit_memory 0), as the kernel's __vm_enough_memory
     refuses it; under 1 it is made, but its pages past them can never be written (the OOM
-    killer ends the process first), so the plan cannot work either. Elsewhere, or with
+    killer ends a process first), so the plan cannot work either. Elsewhere, or with
     `meminfo` unreadable, the physical memory (sysconf's page count x page size)."""
     try:
         with open(meminfo) as f:
