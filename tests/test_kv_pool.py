@@ -231,13 +231,43 @@ def test_the_cpus_kv_tokens_bound_counts_swap(tmp_path, meminfo, limit):
 ])
 def test_a_gpu_whose_free_memory_cannot_hold_max_model_len_names_no_share(plan, gpu_memory,
                                                                          options):
-    """Free memory less the weights of 100 tokens (6,400 bytes) bounds every share's pool:
-    against max_model_len 101 the message said to raise the share, which cannot help."""
+    """Free memory less the weights of 100 tokens (6,400 bytes) bounds every share's pool
+    (vLLM's to 85 of them: it keeps 15% of what is free after loading): against
+    max_model_len 101 the message said to raise the share, which cannot help."""
     gpu_memory(plan.weights + 6400, 80 * GiB, unit=1)
     with pytest.raises(ValueError) as e:
         plan(max_model_len=101, **options)
+    most = 85 if "gpu_memory_utilization" in options else 100
+    assert str(e.value).startswith(f"the KV cache can hold at most {most} tokens"), str(e.value)
     assert str(e.value).endswith(
-        "lower max_model_len (--max-model-len) to at most 100 (or leave it out: the longest "
+        f"lower max_model_len (--max-model-len) to at most {most} (or leave it out: the longest "
         "that fits), or free memory on cuda (what the weights leave is too little for any "
         "share)"), (
         str(e.value))
+
+
+@pytest.mark.parametrize("options", [{}, {"gpu_memory_utilization": 0.9}])
+def test_after_loading_a_gpu_whose_free_memory_cannot_hold_max_model_len_names_no_share(
+        tiny, gpu_memory, options):
+    """The same advice after loading: with 100 tokens' K and V (128 bytes each in float32)
+    free, no share raises the pool to max_model_len 101."""
+    from aiollm.config import EngineConfig
+    from aiollm.engine.loading import build_rank_model
+    from aiollm.model.loader import load_model
+
+    loaded = load_model(tiny, dtype=torch.float32, device="cpu", load_format="dummy")
+    gpu_memory(128 * 100, 80 * GiB, reserved=2**20, unit=1)
+    with pytest.raises(ValueError) as e:
+        build_rank_model(EngineConfig(model=tiny, max_model_len=101, **options), loaded,
+                         torch.device("cuda"), torch.float32)
+    assert str(e.value).endswith("or free memory on cuda (what the weights leave is too "
+                                 "little for any share)"), str(e.value)
+    # 110 tokens free: all of them hold 101, so the default share is the one to raise; the
+    # 15% vLLM's share always keeps of the free memory leaves 93 tokens under it
+    gpu_memory(128 * 110, 80 * GiB, reserved=2**20, unit=1)
+    with pytest.raises(ValueError) as e:
+        build_rank_model(EngineConfig(model=tiny, max_model_len=101, **options), loaded,
+                         torch.device("cuda"), torch.float32)
+    assert str(e.value).endswith(
+        "or free memory on cuda (what the weights leave is too little for any share)" if options
+        else "or raise kv_memory_fraction (--kv-memory-fraction)"), str(e.value)

@@ -80,11 +80,13 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         most, exact = cfg.cpu_pool_tokens(context), True
     else:
         room, exact = free - weights, False
+        u = cfg.gpu_memory_utilization
+        if u is not None:  # its pool is at most KV_MEMORY_FRACTION of the memory free after
+            room = int(room * KV_MEMORY_FRACTION)  # loading (utilization_pool_tokens' headroom)
         if cfg.max_model_len is not None and room // per_token < cfg.max_model_len:
             # all of the memory free after loading is short: no share can help
             raise ValueError(pool_short(cfg, device, room // per_token, per_token,
                                         at_most=True, free_bound=True))
-        u = cfg.gpu_memory_utilization
         if u is not None and u * total < weights + per_token:
             raise ValueError(
                 f"gpu_memory_utilization {u} leaves no room for the KV cache: {u} x "
