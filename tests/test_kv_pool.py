@@ -4,10 +4,12 @@ readably and what to change."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
 
+from aiollm.byte_size import byte_size
 from aiollm.model.kv_pool import KVPool
 
 
@@ -57,6 +59,7 @@ def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny
     assert str(e.value).startswith(f"a KV pool of {TOO_MANY} tokens (256.00 GiB) does not fit "
                                    "in the memory of cpu: lower kv_tokens (--kv-tokens); the "
                                    "machine has "), str(e.value)
+    assert str(e.value).endswith(" of memory and swap"), str(e.value)
 
 
 def test_a_refusal_before_loading_names_the_flag_as_typed(tiny, monkeypatch, caplog):
@@ -133,19 +136,22 @@ def test_sglangs_and_lightllms_shares_leaving_no_room_fail_before_the_weights_lo
 
 @pytest.mark.parametrize("options, raise_", [
     ({}, "raise kv_memory_fraction (--kv-memory-fraction)"),
-    ({"gpu_memory_utilization": 0.9}, "raise gpu_memory_utilization (--gpu-memory-utilization)"),
+    ({"gpu_memory_utilization": 0.5}, "raise gpu_memory_utilization (--gpu-memory-utilization)"),
     ({"mem_fraction_static": 0.5}, "raise mem_fraction_static (--mem-fraction-static)"),
     ({"mem_fraction": 0.5}, "raise mem_fraction (--mem-fraction)"),
 ])
 def test_a_gpu_that_cannot_hold_max_model_len_fails_before_the_weights_load(plan, gpu_memory,
                                                                              options, raise_):
     """What loading can leave free is at most the free memory now less the weights: a pool
-    of at most 100 tokens (85% of 7,530 bytes, or all of 6,400; SGLang's share keeps half of
-    the memory free now, LightLLM's half of the total) cannot hold one request of
+    of at most 100 tokens (85% of 7,530 bytes, or all of 6,400; vLLM's share is half of the
+    total, SGLang's keeps half of the memory free now, LightLLM's half of the total; each
+    the bound, which a larger share raises) cannot hold one request of
     max_model_len 101, and was refused only after the weights loaded."""
     room = 7530 if not options else 6400
     free, total = plan.weights + room, 80 * GiB
-    if "mem_fraction_static" in options:  # half the free memory kept, the weights, 6,400
+    if "gpu_memory_utilization" in options:  # half the total: the weights, 6,400
+        free = total = 2 * (plan.weights + room)
+    elif "mem_fraction_static" in options:  # half the free memory kept, the weights, 6,400
         free = 2 * (plan.weights + room)
     elif "mem_fraction" in options:  # half the total (the weights' bytes) kept, the weights
         free, total = 2 * plan.weights + room, 2 * plan.weights
@@ -180,3 +186,104 @@ def test_a_kv_tokens_past_the_gpus_memory_fails_before_the_weights_load(tiny, mo
                        r"\); .* of cuda(:0)? is free before loading"):
         start_without_weights(monkeypatch, tiny, load_format="dummy", device="cuda",
                               dtype="float32", kv_tokens=TOO_MANY)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"max_model_len": 100}, {"kv_tokens": 100}, {"gpu_memory_utilization": 0.9},
+    {"mem_fraction_static": 0.9, "max_model_len": 100}, {"mem_fraction": 0.9},
+])
+# short 1: room for the weights, not for one token's K and V (64 bytes); 65: not for them
+@pytest.mark.parametrize("short", [1, 64 + 1])
+def test_weights_past_the_gpus_free_memory_are_named_not_the_kv_pools_option(
+        plan, gpu_memory, options, short):
+    """Free memory that cannot hold the weights and one token's K and V was refused as a
+    pool too small (raise kv_memory_fraction, lower kv_tokens: neither helps), SGLang's
+    share with the weights' bytes called the memory free at start, or not at all (the load
+    then fails out of memory after reading them)."""
+    free = plan.weights + 64 - short
+    gpu_memory(free, 80 * GiB, unit=1)
+    with pytest.raises(ValueError) as e:
+        plan(**options)
+    assert str(e.value) == (
+        f"the weights take at least 6.02 MiB in bfloat16, and {byte_size(free)} of cuda is "
+        "free now: no room is left for the KV cache; free memory on cuda, or split the model "
+        "over more GPUs (--tensor-parallel-size)")
+    gpu_memory(80 * GiB, 80 * GiB)  # room for all: the same plan passes
+    plan(**options)
+
+
+def test_float32_weights_past_the_gpus_free_memory_suggest_bfloat16(tiny, gpu_memory):
+    """Only in float32 is a smaller dtype there to suggest."""
+    from aiollm.config import EngineConfig
+    from aiollm.engine.kv_plan import check_kv_plan
+    from aiollm.model.hf_config import load_hf_config
+
+    config = load_hf_config(tiny)
+    gpu_memory(config.num_params() * 4, 80 * GiB, unit=1)
+    with pytest.raises(ValueError, match=r"^the weights take at least 12\.04 MiB in float32, "
+                       r"and 12\.04 MiB of cuda is free now: no room is left for the KV cache; "
+                       r"free memory on cuda, run in bfloat16 \(--dtype bfloat16\), or split "):
+        check_kv_plan(EngineConfig(model=tiny), config, torch.device("cuda"), torch.float32)
+
+
+@pytest.mark.parametrize("meminfo, limit", [
+    ("MemTotal:  1000 kB\nMemFree:  500 kB\nSwapTotal:  3000 kB\n", 4000 * 1024),
+    ("MemTotal:  1000 kB\nSwapTotal:  0 kB\n", 1000 * 1024),
+])
+def test_the_cpus_kv_tokens_bound_counts_swap(tmp_path, meminfo, limit):
+    """A CPU pool's pages come lazily from calloc: one past the physical memory but within
+    it and swap allocates (Linux's default heuristic overcommit refuses only past both), and
+    was refused before loading."""
+    from aiollm.engine.kv_plan import memory_limit
+
+    (tmp_path / "meminfo").write_text(meminfo)
+    assert memory_limit(str(tmp_path / "meminfo")) == limit
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert memory_limit(str(tmp_path / "absent")) == physical
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"gpu_memory_utilization": 0.9}, {"mem_fraction_static": 0.99}, {"mem_fraction": 0.99},
+])
+def test_a_gpu_whose_free_memory_cannot_hold_max_model_len_names_no_share(plan, gpu_memory,
+                                                                         options):
+    """Free memory less the weights of 100 tokens (6,400 bytes) bounds every share's pool
+    (vLLM's to 85 of them: it keeps 15% of what is free after loading): against
+    max_model_len 101 the message said to raise the share, which cannot help."""
+    gpu_memory(plan.weights + 6400, 80 * GiB, unit=1)
+    with pytest.raises(ValueError) as e:
+        plan(max_model_len=101, **options)
+    most = 85 if "gpu_memory_utilization" in options else 100
+    assert str(e.value).startswith(f"the KV cache can hold at most {most} tokens"), str(e.value)
+    assert str(e.value).endswith(
+        f"lower max_model_len (--max-model-len) to at most {most} (or leave it out: the longest "
+        "that fits), or free memory on cuda (what the weights leave is too little for any "
+        "share)"), (
+        str(e.value))
+
+
+@pytest.mark.parametrize("options", [{}, {"gpu_memory_utilization": 0.9}])
+def test_after_loading_a_gpu_whose_free_memory_cannot_hold_max_model_len_names_no_share(
+        tiny, gpu_memory, options):
+    """The same advice after loading: with 100 tokens' K and V (128 bytes each in float32)
+    free, no share raises the pool to max_model_len 101."""
+    from aiollm.config import EngineConfig
+    from aiollm.engine.loading import build_rank_model
+    from aiollm.model.loader import load_model
+
+    loaded = load_model(tiny, dtype=torch.float32, device="cpu", load_format="dummy")
+    gpu_memory(128 * 100, 80 * GiB, reserved=2**20, unit=1)
+    with pytest.raises(ValueError) as e:
+        build_rank_model(EngineConfig(model=tiny, max_model_len=101, **options), loaded,
+                         torch.device("cuda"), torch.float32)
+    assert str(e.value).endswith("or free memory on cuda (what the weights leave is too "
+                                 "little for any share)"), str(e.value)
+    # 110 tokens free: all of them hold 101, so the default share is the one to raise; the
+    # 15% vLLM's share always keeps of the free memory leaves 93 tokens under it
+    gpu_memory(128 * 110, 80 * GiB, reserved=2**20, unit=1)
+    with pytest.raises(ValueError) as e:
+        build_rank_model(EngineConfig(model=tiny, max_model_len=101, **options), loaded,
+                         torch.device("cuda"), torch.float32)
+    assert str(e.value).endswith(
+        "or free memory on cuda (what the weights leave is too little for any share)" if options
+        else "or raise kv_memory_fraction (--kv-memory-fraction)"), str(e.value)

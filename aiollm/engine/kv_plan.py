@@ -3,8 +3,9 @@ moment, not after minutes of reading a large model.
 
 What is known then: the model's config (layers, this rank's KV heads, head dim, context),
 the run dtype, the device's memory (a GPU's free and total memory now; on the CPU the
-machine's physical memory) and a lower bound of the weights' bytes (their parameter count
-at the run dtype). From these: a kv_tokens (--kv-tokens) the device cannot hold; on a GPU,
+machine's physical memory and swap) and a lower bound of the weights' bytes (their parameter count
+at the run dtype). From these: weights that leave a GPU no room for the KV cache; a
+kv_tokens (--kv-tokens) the device cannot hold; on a GPU,
 a gpu_memory_utilization share smaller than the weights (mem_fraction_static's or
 mem_fraction's leaving no room), and the most tokens a pool sized
 from memory can hold (what loading leaves free is at most the free memory now less the
@@ -33,10 +34,13 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     """Raise ValueError, with the text the same fault gets after loading, when the KV pool
     `cfg` plans for `config`'s model (this rank's part under `tp`; K and V in `dtype`)
     cannot work on `device`:
+    - on a GPU, weights whose bytes leave no room in the free memory for one token's K and
+      V (naming the weights, not an option of the pool's, which cannot help);
     - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
       (the text KVPool raises, naming kv_tokens), or on the CPU more than the machine's
-      physical memory (weights not counted: a cached GGUF's are mapped from a file, and the
-      pool's pages come lazily from calloc, so only a pool past all of memory surely fails);
+      physical memory and swap (`memory_limit`; weights not counted: a cached GGUF's are
+      mapped from a file, and the pool's pages come lazily from calloc, so only a pool past
+      all of memory and swap surely fails);
     - gpu_memory_utilization x the GPU's total memory below the weights' bytes (naming
       gpu_memory_utilization, as utilization_pool_tokens does); SGLang's mem_fraction_static
       or LightLLM's mem_fraction leaving no room once the weights load (static_pool_tokens);
@@ -53,14 +57,21 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)
         weights = local.num_params() * torch.empty((), dtype=dtype).element_size()
+        if weights + per_token > free:  # no share or size of the pool can help
+            half = " run in bfloat16 (--dtype bfloat16)," if dtype == torch.float32 else ""
+            raise ValueError(
+                f"the weights take at least {byte_size(weights)} in "
+                f"{str(dtype).removeprefix('torch.')}, and {byte_size(free)} of {device} is "
+                f"free now: no room is left for the KV cache; free memory on {device},{half} "
+                "or split the model over more GPUs (--tensor-parallel-size)")
     else:
-        free, total, weights = physical_memory(), None, 0  # total: a GPU's share's
+        free, total, weights = memory_limit(), None, 0  # total: a GPU's share's
     if cfg.kv_tokens is not None:
         need = cfg.kv_tokens * per_token
         if need + weights > free:
             where = (f"{byte_size(free)} of {device} is free before loading, and the weights "
                      f"take at least {byte_size(weights)} of it" if device.type == "cuda"
-                     else f"the machine has {byte_size(free)} of memory")
+                     else f"the machine has {byte_size(free)} of memory and swap")
             raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device, given=True)}; "
                              f"{where}")
         return  # EngineConfig holds it to max_model_len
@@ -68,8 +79,14 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         context = min([x for x in (config.max_position, cfg.max_model_len) if x])
         most, exact = cfg.cpu_pool_tokens(context), True
     else:
-        room, exact = max(free - weights, 0), False
+        room, exact = free - weights, False
         u = cfg.gpu_memory_utilization
+        if u is not None:  # its pool is at most KV_MEMORY_FRACTION of the memory free after
+            room = int(room * KV_MEMORY_FRACTION)  # loading (utilization_pool_tokens' headroom)
+        if cfg.max_model_len is not None and room // per_token < cfg.max_model_len:
+            # all of the memory free after loading is short: no share can help
+            raise ValueError(pool_short(cfg, device, room // per_token, per_token,
+                                        at_most=True, free_bound=True))
         if u is not None and u * total < weights + per_token:
             raise ValueError(
                 f"gpu_memory_utilization {u} leaves no room for the KV cache: {u} x "
@@ -91,14 +108,17 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
 
 
 def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_token: int,
-               at_most: bool = False) -> str:
+               at_most: bool = False, free_bound: bool = False) -> str:
     """The start-up error when a pool of kv_tokens (of per_token bytes each; sized from
     memory, kv_tokens itself EngineConfig checks; `at_most`: the most a pool can hold, known
     before loading) cannot hold one request of cfg.max_model_len tokens, which vLLM refuses
     too ("To serve at least one request with the model's max seq len..."): the numbers, and
-    what to change."""
+    what to change (`free_bound`: kv_tokens is all a GPU's free memory holds, which no
+    share of it can raise)."""
     if device.type == "cpu":  # only a cpu_kv_tokens below it sizes a CPU pool so
         more = "raise cpu_kv_tokens"
+    elif free_bound:
+        more = f"free memory on {device} (what the weights leave is too little for any share)"
     else:
         share = memory_share(cfg)
         more = f"raise {share} (--{share.replace('_', '-')})"
@@ -117,6 +137,17 @@ def memory_share(cfg: EngineConfig) -> str:
                 "kv_memory_fraction")
 
 
-def physical_memory() -> int:
-    """Bytes of physical memory of this machine (sysconf's page count x page size)."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+def memory_limit(meminfo: str = "/proc/meminfo") -> int:
+    """Bytes of memory a CPU pool can fill: on Linux, the physical memory and swap
+    (MemTotal + SwapTotal of `meminfo`). One allocation past them fails under the default
+    heuristic overcommit (vm.overcommit_memory 0), as the kernel's __vm_enough_memory
+    refuses it; under 1 it is made, but its pages past them can never be written (the OOM
+    killer ends a process first), so the plan cannot work either. Elsewhere, or with
+    `meminfo` unreadable, the physical memory (sysconf's page count x page size)."""
+    try:
+        with open(meminfo) as f:
+            kib = dict(line.split()[:2] for line in f if line.startswith(("MemTotal:",
+                                                                           "SwapTotal:")))
+        return (int(kib["MemTotal:"]) + int(kib.get("SwapTotal:", 0))) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

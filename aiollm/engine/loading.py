@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import EngineConfig, check_kv_cache_dtype
+from aiollm.config import KV_MEMORY_FRACTION, EngineConfig, check_kv_cache_dtype
 from aiollm.engine.kv_plan import check_kv_plan, memory_share, pool_short
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.token_floor import floor_of
@@ -86,8 +86,14 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
     if tp is not None:  # every rank's pool holds the same token slots
         kv_tokens = tp.start_check(kv_tokens)
     if cfg.max_model_len is not None and kv_tokens < cfg.max_model_len:
-        # every rank meets this alike (the agreed size), before the last checkpoint
-        raise ValueError(pool_short(cfg, device, kv_tokens, per_token))
+        # every rank meets this alike (the agreed size), before the last checkpoint; where
+        # this rank's free memory (less the headroom gpu_memory_utilization always keeps:
+        # utilization_pool_tokens) cannot hold it either, no share can help
+        most = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+        if cfg.gpu_memory_utilization is not None:
+            most = int(most * KV_MEMORY_FRACTION)
+        free_bound = device.type == "cuda" and most // per_token < cfg.max_model_len
+        raise ValueError(pool_short(cfg, device, kv_tokens, per_token, free_bound=free_bound))
     max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
     kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
     # the planner never runs more requests than there are req_to_token rows
