@@ -159,8 +159,9 @@ def rendered_size(messages: Any, tools: list[dict] | None = None,
     off_loop weighs: each message's text and its tool calls' arguments (which templates that
     know tools write out: an agent's file write can be megabytes) plus MESSAGE_FRAMING for
     its framing and for each call's, 256 per tool, the text of `template`'s documents (RAG
-    sources can be long), and MESSAGE_FRAMING per template variable (its kwargs) with the text of those
-    that are strings; 0 for what is not a sequence of messages (chat_token_ids refuses it).
+    sources can be long), and MESSAGE_FRAMING per template variable (its kwargs) with the
+    text of those that are strings; 0 for what is not a sequence of messages
+    (chat_token_ids refuses it).
     enough: the count stops once past it (a size past `enough`, not the whole): weighing
     is itself a pass over every message, on the event loop, which for hundreds of
     thousands of messages would hold it as long as the work it decides to move off."""
