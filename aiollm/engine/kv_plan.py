@@ -23,9 +23,9 @@ import os
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import KV_MEMORY_FRACTION, MEMORY_SHARES, EngineConfig
+from aiollm.config import KV_MEMORY_FRACTION, EngineConfig
 from aiollm.model.config import ModelConfig
-from aiollm.model.kv_pool import KVPool, pool_misfit, static_pool_tokens
+from aiollm.model.kv_pool import KVPool, pool_misfit, share_given, static_pool_tokens
 from aiollm.model.parallel import local_config
 
 
@@ -95,7 +95,7 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
                 "with kv_tokens (--kv-tokens)")
         if u is not None:
             most = int(min(u * total - weights, room)) // per_token
-        elif (share := memory_share(cfg)) in ("mem_fraction_static", "mem_fraction"):
+        elif (share := share_given(cfg)) is not None:  # SGLang's or LightLLM's share
             # what loading leaves free is at most room, and the memory free at start is
             # room + weights: the text static_pool_tokens raises when none fits
             most = static_pool_tokens(share, getattr(cfg, share), room, total, weights,
@@ -133,8 +133,7 @@ def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_toke
 def memory_share(cfg: EngineConfig) -> str:
     """The option that sizes a GPU's KV pool as a share of its memory: the one given
     (EngineConfig refuses two), else kv_memory_fraction, the default's."""
-    return next((name for name in MEMORY_SHARES if getattr(cfg, name) is not None),
-                "kv_memory_fraction")
+    return share_given(cfg) or "kv_memory_fraction"
 
 
 def memory_limit(meminfo: str = "/proc/meminfo") -> int:

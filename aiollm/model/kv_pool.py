@@ -31,7 +31,7 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     cap = cfg.max_total_tokens
     if cap is None or cap <= tokens:
         return tokens if cap is None else cap
-    share = _share_given(cfg)
+    share = share_given(cfg)
     sizer = ("the CPU's default" if device.type != "cuda"  # where no share has an effect
              else "the GPU's free memory" if share is None else f"{share} {getattr(cfg, share)}")
     log.warning("max_total_tokens %d is more than the %d tokens %s leaves: the KV pool holds "
@@ -39,7 +39,7 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     return tokens
 
 
-def _share_given(cfg) -> str | None:
+def share_given(cfg) -> str | None:
     """The share of a whole GPU's memory `cfg` gives (EngineConfig allows one), if any: one
     of MEMORY_SHARES but kv_memory_fraction, a share of the memory free after loading."""
     return next((name for name in MEMORY_SHARES
@@ -56,7 +56,7 @@ def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position:
     max_position and max_model_len, tokens). Raises ValueError naming the share given when
     it leaves no room for a pool."""
     utilization = cfg.gpu_memory_utilization
-    share = _share_given(cfg)
+    share = share_given(cfg)
     if cfg.kv_tokens is not None:
         if share is not None:  # as vLLM's kv_cache_memory_bytes overrides it (and
             # LightLLM's max_total_token_num its mem_fraction)
