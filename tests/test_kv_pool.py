@@ -77,6 +77,37 @@ def test_a_refusal_before_loading_names_the_flag_as_typed(tiny, monkeypatch, cap
     assert len(said) == 1 and "lower kv_tokens (--max_total_token_num)" in said[0], said
 
 
+def test_a_start_up_warning_names_the_flags_as_typed(tiny, caplog):
+    """LightLLM's --max_total_token_num of fewer tokens than the model's context: the
+    warning logged while loading said to raise aiollm's --kv-tokens and a share the user
+    never typed. The start is stopped by SIGINT once the warning is logged (the server
+    shuts down once loaded, never listening)."""
+    import signal
+
+    from aiollm.cli import main
+
+    class StopAtTheWarning(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "less than the model's context" in record.getMessage():
+                os.kill(os.getpid(), signal.SIGINT)
+
+    stop = StopAtTheWarning()
+    logging.getLogger("aiollm").addHandler(stop)
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiollm"):
+            main(["serve", tiny, "--load-format", "dummy", "--device", "cpu", "--dtype",
+                  "float32", "--port", "0", "--max_total_token_num", "64", "--mem_fraction",
+                  "0.8"])
+    finally:
+        logging.getLogger("aiollm").removeHandler(stop)
+    said = [r.getMessage() for r in caplog.records
+            if "less than the model's context" in r.getMessage()]
+    assert len(said) == 1 and ("raise kv_tokens (--max_total_token_num) or, on a GPU, "
+                               "mem_fraction (--mem_fraction)") in said[0], said
+    logging.getLogger("aiollm.test").warning("lower kv_tokens (--kv-tokens)")
+    assert caplog.records[-1].getMessage() == "lower kv_tokens (--kv-tokens)"  # served no more
+
+
 @pytest.fixture
 def plan(tiny):
     """check_kv_plan of `tiny` (its weights: 6.02 MiB in bfloat16, K and V 64 bytes a

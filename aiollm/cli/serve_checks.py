@@ -196,13 +196,16 @@ def cors_options(parser: argparse.ArgumentParser,
 def flags_as_typed(message: str, args: argparse.Namespace) -> str:
     """`message` with the options' flags it names in passing ("(--max-model-len)", "(--kv-
     tokens)") as the user typed them (SGLang's --context-length, LightLLM's
-    --max_total_token_num): for EngineConfig's messages and the start's own (a KV plan
-    refused before or after loading)."""
+    --max_total_token_num; an option's own flag spelt with underscores, --mem_fraction):
+    for EngineConfig's messages and the start's own (a KV plan refused before or after
+    loading, a warning while loading)."""
     # the spelling typed, where argparse read it dashed (flag_spelling.ArgumentParser's)
     spelt = getattr(getattr(args, "command_parser", None), "typed_spellings", {})
     for name, typed_flag in getattr(args, "flags_typed", {}).items():
         typed_flag = spelt.get(typed_flag, typed_flag)
         message = re.sub(rf"\((--{name.replace('_', '-')})\)", f"({typed_flag})", message)
+    for read, typed_flag in spelt.items():  # aiollm's own flags, typed with underscores
+        message = message.replace(f"({read})", f"({typed_flag})")
     return message
 
 

@@ -222,8 +222,10 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
         # the pool, not the model's context, is the limit: max_model_len left out is the
         # longest that fits, as vLLM's --max-model-len auto (one given is held or refused)
         bound = cfg.max_total_tokens  # SGLang's bound of the pool, where it is what binds
+        share = memory_share(cfg)
         raise_ = ("max_total_tokens (--max-total-tokens)" if bound == rank.kv_tokens
-                  else f"kv_tokens (--kv-tokens; on a GPU, {memory_share(cfg)})")
+                  else f"kv_tokens (--kv-tokens) or, on a GPU, {share} "
+                       f"(--{share.replace('_', '-')})")
         log.warning("the KV cache holds %d tokens, less than the model's context of %d: a "
                     "request's prompt and output are limited to %d tokens; raise %s, or give "
                     "max_model_len (--max-model-len) of at most %d to silence this warning",

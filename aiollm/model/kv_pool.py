@@ -35,7 +35,7 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     sizer = ("the CPU's default" if device.type != "cuda"  # where no share has an effect
              else "the GPU's free memory" if share is None else f"{share} {getattr(cfg, share)}")
     log.warning("max_total_tokens %d is more than the %d tokens %s leaves: the KV pool holds "
-                "%d (kv_tokens, --kv-tokens, sizes it instead)", cap, tokens, sizer, tokens)
+                "%d (kv_tokens (--kv-tokens) sizes it instead)", cap, tokens, sizer, tokens)
     return tokens
 
 
