@@ -24,6 +24,24 @@ def test_a_pool_past_the_memory_names_its_size_and_the_option():
     assert isinstance(e.value.__cause__, MemoryError)
 
 
+@pytest.mark.parametrize("tokens, size, cause", [
+    (2**48, "2.25 PiB", MemoryError),  # past any address space: malloc fails
+    (2**60, "9216.00 PiB", ValueError),  # past numpy's largest array: "array is too big"
+])
+def test_a_free_list_past_the_host_memory_names_its_size_and_the_option(tokens, size, cause):
+    """The free stack (8 bytes a slot) and in-use flags (1 byte) live in host memory
+    whatever the device: their allocation failed with numpy's own MemoryError or
+    ValueError, naming no option. K and V on the meta device take no memory, so only the
+    host's part can fail here."""
+    with pytest.raises(ValueError) as e:
+        KVPool(1, 1, 1, tokens, torch.float32, "meta")
+    message = str(e.value)
+    assert message.startswith(f"a KV pool of {tokens} tokens (its free list: {size}) does "
+                              "not fit in the memory of cpu: lower kv_tokens (--kv-tokens)"), \
+        message
+    assert isinstance(e.value.__cause__, cause)
+
+
 GiB = 2**30
 TOO_MANY = 2**31 - 2  # the most kv_tokens takes: 256 GiB of K and V of `tiny` in float32
 
