@@ -80,6 +80,38 @@ def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny
     assert str(e.value).endswith(" of memory and swap"), str(e.value)
 
 
+@pytest.fixture(scope="module")
+def tiny_with_tokenizer(tmp_path_factory) -> str:
+    """tiny_llama's config and a word-level tokenizer (read in a moment, where the default
+    model's is parsed from its GGUF file), no weights."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import tiny_llama
+
+    path = tiny_llama(tmp_path_factory.mktemp("tiny-tokenizer"))
+    word_level = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>").save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"load_format": "gguf"}, "load_format gguf asks for a GGUF file"),
+    ({"load_format": "auto"}, "no *.safetensors file in "),  # a config alone: no weights
+    ({"max_model_len": 100_000}, "max_model_len 100000 exceeds the model's context of 256"),
+])
+def test_an_argument_error_comes_before_the_kv_plans(tiny_with_tokenizer, monkeypatch,
+                                                     options, says):
+    """A wrong load_format, a model without weights or a max_model_len past the context,
+    beside a KV pool past the machine's memory: the plan's error came first (or none, and
+    the weights were read), and once the user lowered the pool, the start failed again for
+    the argument."""
+    with pytest.raises((ValueError, OSError)) as e:
+        start_without_weights(monkeypatch, tiny_with_tokenizer, **{
+            "load_format": "dummy", "device": "cpu", "kv_tokens": TOO_MANY, **options})
+    assert says in str(e.value), str(e.value)
+
+
 def test_a_refusal_before_loading_names_the_flag_as_typed(tiny, monkeypatch, caplog):
     """LightLLM's --max_total_token_num (the KV pool's size) past the machine's memory: the
     start's error named aiollm's --kv-tokens, which the user never typed."""
