@@ -11,6 +11,7 @@ import re
 from typing import TYPE_CHECKING
 
 from aiollm import vllm_compilation, vllm_graph_flags
+from aiollm.cli import sglang_flags
 from aiollm.cli.serve_parser import ENGINE_OPTIONS
 from aiollm.config import EngineConfig
 
@@ -77,6 +78,8 @@ def checked_config(parser: argparse.ArgumentParser,
         log.info("%s", line)
     if mode_said is not None:
         log.info("%s", mode_said)
+    if (sizes_said := sglang_flags.graph_sizes_said(args)) is not None:
+        log.info("%s", sizes_said)
     return config, api_keys
 
 
