@@ -131,20 +131,21 @@ def test_a_start_up_warning_names_the_flags_as_typed(tiny, caplog):
     """LightLLM's --max_total_token_num of fewer tokens than the model's context: the
     warning logged while loading said to raise aiollm's --kv-tokens and a share the user
     never typed. The start is stopped by SIGINT once the warning is logged (the server
-    shuts down once loaded, never listening)."""
+    shuts down once loaded, never listening), or, were it not logged, once it serves."""
     import signal
 
     from aiollm.cli import main
 
     class StopAtTheWarning(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if "less than the model's context" in record.getMessage():
+            message = record.getMessage()
+            if "less than the model's context" in message or message.startswith("serving "):
                 os.kill(os.getpid(), signal.SIGINT)
 
     stop = StopAtTheWarning()
     logging.getLogger("aiollm").addHandler(stop)
     try:
-        with caplog.at_level(logging.WARNING, logger="aiollm"):
+        with caplog.at_level(logging.INFO, logger="aiollm"):
             main(["serve", tiny, "--load-format", "dummy", "--device", "cpu", "--dtype",
                   "float32", "--port", "0", "--max_total_token_num", "64", "--mem_fraction",
                   "0.8"])
