@@ -226,6 +226,11 @@ def test_what_sglangs_launch_flags_do_here_is_logged(caplog):
     assert any(m.startswith("--cuda-graph-bs 1 2 4 8: decode batches of up to 8 requests "
                             "replay CUDA graphs") for m in said), said
     assert any(m.startswith("--watchdog-timeout 600 has no effect: ") for m in said), said
+    caplog.clear()
+    args = parse("--cuda-graph-bs 1 2 4 8 --disable-cuda-graph")
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        checked_config(args.command_parser, args)
+    assert "--cuda-graph-bs 1 2 4 8 has no effect: CUDA graphs are off" in caplog.text
 
 
 @pytest.mark.parametrize("line, says", [

@@ -78,7 +78,7 @@ def checked_config(parser: argparse.ArgumentParser,
         log.info("%s", line)
     if mode_said is not None:
         log.info("%s", mode_said)
-    if (sizes_said := sglang_flags.graph_sizes_said(args)) is not None:
+    if (sizes_said := sglang_flags.graph_sizes_said(args, config.cuda_graph)) is not None:
         log.info("%s", sizes_said)
     return config, api_keys
 

@@ -80,11 +80,15 @@ class GraphBatchSizes(Alias):
         super().__call__(parser, namespace, max(sizes), option_string)
 
 
-def graph_sizes_said(args: argparse.Namespace) -> str | None:
+def graph_sizes_said(args: argparse.Namespace, cuda_graph: bool) -> str | None:
     """The start's line for --cuda-graph-bs as given (None: not given, or another spelling
-    of the bound given after it), naming what it does here."""
+    of the bound given after it), naming what it does here; `cuda_graph`: whether the
+    config runs CUDA graphs at all (not with --enforce-eager or SGLang's
+    --disable-cuda-graph)."""
     if getattr(args, "flags_typed", {}).get("cuda_graph_max_batch") != GRAPH_SIZES:
         return None
+    if not cuda_graph:
+        return f"{GRAPH_SIZES} {args.graph_sizes_typed} has no effect: CUDA graphs are off"
     return (f"{GRAPH_SIZES} {args.graph_sizes_typed}: decode batches of up to "
             f"{args.cuda_graph_max_batch} requests replay CUDA graphs (its largest size, as "
             "--cuda-graph-max-batch), captured at the sizes aiollm picks below it")
