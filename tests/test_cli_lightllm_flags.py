@@ -117,18 +117,21 @@ def test_conflicts_and_bad_values_are_usage_errors_naming_the_flags(line, says, 
     "--run_mode normal", "--quant_type none", "--output_constraint_mode xgrammar",
     "--nccl_host 127.0.0.1", "--dp 1", "--enable_fa3", "--graph_max_len_in_batch 8192",
     "--trust_remote_code",
+    # the router's admission knobs: aiollm's scheduler has none of the same meaning
+    "--router_token_ratio 0.5", "--router_max_new_token_len 1024", "--router_max_wait_tokens 6",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
 
 
 def test_flags_of_no_effect_are_logged_as_typed(caplog):
-    args = parse("--use_dynamic_prompt_cache --nccl_port 28765")
+    args = parse("--use_dynamic_prompt_cache --nccl_port 28765 --router_max_wait_tokens 6")
     with caplog.at_level(logging.INFO, logger="aiollm"):
         checked_config(args.command_parser, args)
     said = [r.getMessage().split(" has no effect")[0] for r in caplog.records
             if "has no effect" in r.getMessage()]
-    assert said == ["--use_dynamic_prompt_cache", "--nccl_port 28765"], said
+    assert said == ["--use_dynamic_prompt_cache", "--nccl_port 28765",
+                    "--router_max_wait_tokens 6"], said
 
 
 @pytest.mark.parametrize("line, names", [

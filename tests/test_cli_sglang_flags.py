@@ -82,6 +82,12 @@ def test_an_sglang_launch_line_reaches_the_engine_config():
     ("--cuda-graph-max-bs 32", "cuda_graph_max_batch", 32),
     ("--max-running-requests 8", "max_running_requests", 8),
     ("--max-prefill-tokens 16384", "max_prefill_tokens", 16384),
+    # SGLang's capture list: its largest is SGLang's cuda_graph_max_bs, and aiollm's bound
+    ("--cuda-graph-bs 1 2 4 8", "cuda_graph_max_batch", 8),
+    ("--cuda-graph-bs 16 4", "cuda_graph_max_batch", 16),
+    ("--max-queued-requests 100", "max_waiting_requests", 100),
+    ("--skip-server-warmup", "warm_up", False),
+    ("--log-level critical", "log_level", "critical"),
 ])
 def test_sglang_names_set_the_aiollm_option_of_the_same_meaning(line, dest, value):
     assert getattr(parse(line), dest) == value
@@ -101,10 +107,10 @@ def test_model_path_and_another_model_is_a_usage_error(capsys):
     # SGLang's flags aiollm does not take, after (or before) the model's flag: argparse
     # read their values as MODEL, and the error was "MODEL and --model-path name two models
     # ('/m', '600')", naming neither the flag nor what was wrong with it
-    ("--model-path /m --watchdog-timeout 600", "--watchdog-timeout"),
-    ("--max-queued-requests 100 --model-path /m", "--max-queued-requests"),
-    ("--model-path /m --cuda-graph-bs 1 2 4", "--cuda-graph-bs"),
-    ("--model_dir /m --router_max_wait_tokens 10", "--router_max_wait_tokens"),  # as typed
+    ("--model-path /m --dist-timeout 600", "--dist-timeout"),
+    ("--decode-log-interval 10 --model-path /m", "--decode-log-interval"),
+    ("--model-path /m --bucket-time-to-first-token 0.1 0.5 1", "--bucket-time-to-first-token"),
+    ("--model_dir /m --dp_prefill_wait_step 4", "--dp_prefill_wait_step"),  # as typed
 ])
 def test_a_flag_aiollm_does_not_take_is_named_not_read_as_a_second_model(line, flag,
                                                                          capsys):
@@ -192,7 +198,7 @@ def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
     # values asking for what aiollm does
     "--dp-size 1", "--dp 1", "--pp-size 1", "--ep-size 1", "--schedule-policy fcfs",
     "--schedule-conservativeness 1.0", "--grammar-backend xgrammar", "--stream-interval 1",
-    "--json-model-override-args {}", "--trust-remote-code",
+    "--json-model-override-args {}", "--trust-remote-code", "--watchdog-timeout 600",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -208,6 +214,37 @@ def test_flags_of_no_effect_are_logged_once_each(caplog):
                     "--attention-backend fa3 has no effect: attention runs on aiollm's "
                     "Triton kernels (their PyTorch references on the CPU); outputs are the "
                     "same"], said
+
+
+def test_what_sglangs_launch_flags_do_here_is_logged(caplog):
+    """--cuda-graph-bs's list is read as its largest size, --watchdog-timeout has no
+    effect: each start says so in a line naming the flag."""
+    args = parse("--cuda-graph-bs 1 2 4 8 --watchdog-timeout 600")
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        checked_config(args.command_parser, args)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("--cuda-graph-bs 1 2 4 8: decode batches of up to 8 requests "
+                            "replay CUDA graphs") for m in said), said
+    assert any(m.startswith("--watchdog-timeout 600 has no effect: ") for m in said), said
+    caplog.clear()
+    args = parse("--cuda-graph-bs 1 2 4 8 --disable-cuda-graph")
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        checked_config(args.command_parser, args)
+    assert "--cuda-graph-bs 1 2 4 8 has no effect: CUDA graphs are off" in caplog.text
+
+
+@pytest.mark.parametrize("line, says", [
+    ("--cuda-graph-max-bs 32 --cuda-graph-bs 1 2 4",
+     "argument --cuda-graph-bs: 4 and --cuda-graph-max-bs 32 are two values of one option"),
+    ("--cuda-graph-bs 0 4", "argument --cuda-graph-bs: batch sizes must be whole numbers >= 1"),
+    ("--cuda-graph-bs 4 x", "argument --cuda-graph-bs: batch sizes must be whole numbers >= 1"),
+    ("--max-queued-requests 0",
+     "argument --max-queued-requests: max_waiting_requests must be an integer >= 1, got 0"),
+    ("--log-level trace", "argument --log-level: invalid choice: 'trace'"),
+])
+def test_bad_values_of_sglangs_launch_flags_name_the_flag(line, says, capsys):
+    err = refusal(line, capsys)
+    assert says in err, err
 
 
 @pytest.mark.parametrize("line, names", [

@@ -24,6 +24,24 @@ def test_a_pool_past_the_memory_names_its_size_and_the_option():
     assert isinstance(e.value.__cause__, MemoryError)
 
 
+@pytest.mark.parametrize("tokens, size, cause", [
+    (2**48, "2.25 PiB", MemoryError),  # past any address space: malloc fails
+    (2**60, "9216.00 PiB", ValueError),  # past numpy's largest array: "array is too big"
+])
+def test_a_free_list_past_the_host_memory_names_its_size_and_the_option(tokens, size, cause):
+    """The free stack (8 bytes a slot) and in-use flags (1 byte) live in host memory
+    whatever the device: their allocation failed with numpy's own MemoryError or
+    ValueError, naming no option. K and V on the meta device take no memory, so only the
+    host's part can fail here."""
+    with pytest.raises(ValueError) as e:
+        KVPool(1, 1, 1, tokens, torch.float32, "meta")
+    message = str(e.value)
+    assert message.startswith(f"a KV pool of {tokens} tokens (its free list: {size}) does "
+                              "not fit in the memory of cpu: lower kv_tokens (--kv-tokens)"), \
+        message
+    assert isinstance(e.value.__cause__, cause)
+
+
 GiB = 2**30
 TOO_MANY = 2**31 - 2  # the most kv_tokens takes: 256 GiB of K and V of `tiny` in float32
 
@@ -62,6 +80,38 @@ def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny
     assert str(e.value).endswith(" of memory and swap"), str(e.value)
 
 
+@pytest.fixture(scope="module")
+def tiny_with_tokenizer(tmp_path_factory) -> str:
+    """tiny_llama's config and a word-level tokenizer (read in a moment, where the default
+    model's is parsed from its GGUF file), no weights."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import tiny_llama
+
+    path = tiny_llama(tmp_path_factory.mktemp("tiny-tokenizer"))
+    word_level = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>").save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"load_format": "gguf"}, "load_format gguf asks for a GGUF file"),
+    ({"load_format": "auto"}, "no *.safetensors file in "),  # a config alone: no weights
+    ({"max_model_len": 100_000}, "max_model_len 100000 exceeds the model's context of 256"),
+])
+def test_an_argument_error_comes_before_the_kv_plans(tiny_with_tokenizer, monkeypatch,
+                                                     options, says):
+    """A wrong load_format, a model without weights or a max_model_len past the context,
+    beside a KV pool past the machine's memory: the plan's error came first (or none, and
+    the weights were read), and once the user lowered the pool, the start failed again for
+    the argument."""
+    with pytest.raises((ValueError, OSError)) as e:
+        start_without_weights(monkeypatch, tiny_with_tokenizer, **{
+            "load_format": "dummy", "device": "cpu", "kv_tokens": TOO_MANY, **options})
+    assert says in str(e.value), str(e.value)
+
+
 def test_a_refusal_before_loading_names_the_flag_as_typed(tiny, monkeypatch, caplog):
     """LightLLM's --max_total_token_num (the KV pool's size) past the machine's memory: the
     start's error named aiollm's --kv-tokens, which the user never typed."""
@@ -75,6 +125,38 @@ def test_a_refusal_before_loading_names_the_flag_as_typed(tiny, monkeypatch, cap
                      "--max_total_token_num", str(TOO_MANY)]) == 1
     said = [r.getMessage() for r in caplog.records if "does not fit" in r.getMessage()]
     assert len(said) == 1 and "lower kv_tokens (--max_total_token_num)" in said[0], said
+
+
+def test_a_start_up_warning_names_the_flags_as_typed(tiny, caplog):
+    """LightLLM's --max_total_token_num of fewer tokens than the model's context: the
+    warning logged while loading said to raise aiollm's --kv-tokens and a share the user
+    never typed. The start is stopped by SIGINT once the warning is logged (the server
+    shuts down once loaded, never listening), or, were it not logged, once it serves."""
+    import signal
+
+    from aiollm.cli import main
+
+    class StopAtTheWarning(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if "less than the model's context" in message or message.startswith("serving "):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    stop = StopAtTheWarning()
+    logging.getLogger("aiollm").addHandler(stop)
+    try:
+        with caplog.at_level(logging.INFO, logger="aiollm"):
+            main(["serve", tiny, "--load-format", "dummy", "--device", "cpu", "--dtype",
+                  "float32", "--port", "0", "--max_total_token_num", "64", "--mem_fraction",
+                  "0.8"])
+    finally:
+        logging.getLogger("aiollm").removeHandler(stop)
+    said = [r.getMessage() for r in caplog.records
+            if "less than the model's context" in r.getMessage()]
+    assert len(said) == 1 and ("raise kv_tokens (--max_total_token_num) or, on a GPU, "
+                               "mem_fraction (--mem_fraction)") in said[0], said
+    logging.getLogger("aiollm.test").warning("lower kv_tokens (--kv-tokens)")
+    assert caplog.records[-1].getMessage() == "lower kv_tokens (--kv-tokens)"  # served no more
 
 
 @pytest.fixture

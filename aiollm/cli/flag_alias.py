@@ -57,7 +57,7 @@ class ModelFlag(argparse.Action):
     LightLLM's --model_dir); several may name it, but not two different models, which would
     serve one of them silently. Where one of the two is the positional, the error waits in
     the namespace's `deferred_error` (help_format.ShortUsage.parse_args reports it): argparse
-    reads the value of a flag it does not know (SGLang's `--watchdog-timeout 600` beside
+    reads the value of a flag it does not know (SGLang's `--dist-timeout 600` beside
     --model-path) as MODEL, and "unrecognized arguments", naming that flag, is then the
     error to give; the flag's model is kept meanwhile."""
 

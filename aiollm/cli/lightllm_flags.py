@@ -106,9 +106,19 @@ NO_EFFECT = {
     "--enable-fa3": "attention runs on aiollm's Triton kernels (outputs are the same)",
 }
 
+# the router's admission knobs: its "busy" threshold of the pool's use, its guess of a
+# request's output length, and the decode steps between admissions (LightLLM's api_cli.py
+# and its req queues); aiollm's scheduler has none of the same meaning
+_ADMISSION = ("waiting requests are admitted at every step by --scheduler (past_future: "
+              "output lengths predicted from finished requests)")
 NO_EFFECT_VALUES = (
     Ignored(("--graph-max-len-in-batch",),
             "decode CUDA graphs cover every context up to --max-model-len", "N"),
+    Ignored(("--router-token-ratio",), f"{_ADMISSION}, with no switch at a share of the "
+            "KV cache in use", "RATIO"),
+    Ignored(("--router-max-new-token-len",), f"{_ADMISSION}, not from a fixed guess", "N"),
+    Ignored(("--router-max-wait-tokens",), f"{_ADMISSION}, not every N decode steps; "
+            "--mixed-prefill-tokens bounds the prompt tokens a decode step carries", "N"),
 )
 
 

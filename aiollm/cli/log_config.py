@@ -1,10 +1,13 @@
 """The process's logging: one format, the level and the periodic statistics as `aiollm serve`'s
-flags say (--log-level, --disable-log-stats)."""
+flags say (--log-level, --disable-log-stats), and the flags aiollm's messages name rewritten
+as the user typed them while serve runs."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STATS_LOGGER = "aiollm.stats"  # periodic statistics (the prefix cache's hit rate)
@@ -15,3 +18,33 @@ def configure_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     logging.getLogger(STATS_LOGGER).setLevel(logging.NOTSET if args.log_stats
                                              else logging.WARNING)
+
+
+@contextmanager
+def messages_rewritten(rewrite: Callable[[str], str]) -> Iterator[None]:
+    """Within the block, every record of aiollm's loggers carries `rewrite` of its message
+    (serve's: the flags it names, "(--kv-tokens)", as the user typed them, LightLLM's
+    "(--max_total_token_num)"), so that the engine's warnings name them without the engine
+    knowing the CLI. A record factory, not a filter: a logger's filter sees only the records
+    logged at that logger, not its children's, and a handler's only what reaches that
+    handler; the factory sees every record before any handler (a caller's, pytest's). The
+    factory in place before is restored on exit, for a caller of main(argv) whose process
+    goes on."""
+    made = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = made(*args, **kwargs)
+        if record.name == "aiollm" or record.name.startswith("aiollm."):
+            try:
+                message = record.getMessage()
+            except Exception:  # a record whose arguments do not fit: the handler reports it
+                return record
+            if (rewritten := rewrite(message)) != message:
+                record.msg, record.args = rewritten, None
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(made)

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from aiollm.cli.log_config import configure_logging
+from aiollm.cli.log_config import configure_logging, messages_rewritten
 from aiollm.cli.serve_checks import checked_config, cors_options, flags_as_typed
 from aiollm.stop_signal import exit_status
 
@@ -22,8 +22,15 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Serve as `args` (serve's parsed flags) say until SIGINT/SIGTERM: the exit status (0;
     1 when the model or the address fails; 130 for Ctrl-C before the server's signal
     handlers exist, and 130 or 143 for Ctrl-C or SIGTERM that gave up a tensor parallel
-    start-up). A bad flag is parser.error, before anything loads."""
+    start-up). A bad flag is parser.error, before anything loads; what the start logs names
+    flags as the user typed them (flags_as_typed)."""
     configure_logging(args)
+    with messages_rewritten(lambda message: flags_as_typed(message, args)):
+        return _serve(parser, args)
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """run()'s start and serving, once the process's logging is set up."""
     try:  # a --chat-template pipe waits for its writer here
         config, api_keys = checked_config(parser, args)
     except KeyboardInterrupt:
@@ -78,7 +85,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except KeyboardInterrupt as e:  # interrupted while loading (SIGTERM: see api.serve)
         return exit_status(e)
     except (FileNotFoundError, OSError, ValueError) as e:
-        log.error("%s", flags_as_typed(str(e), args))  # a flag it names, as the user typed it
+        log.error("%s", e)  # the flags it names as the user typed them (messages_rewritten)
         return 1
     except RuntimeError as e:
         from aiollm.distributed import RankLost

@@ -11,6 +11,7 @@ import re
 from typing import TYPE_CHECKING
 
 from aiollm import vllm_compilation, vllm_graph_flags
+from aiollm.cli import sglang_flags
 from aiollm.cli.serve_parser import ENGINE_OPTIONS
 from aiollm.config import EngineConfig
 
@@ -77,6 +78,8 @@ def checked_config(parser: argparse.ArgumentParser,
         log.info("%s", line)
     if mode_said is not None:
         log.info("%s", mode_said)
+    if (sizes_said := sglang_flags.graph_sizes_said(args, config.cuda_graph)) is not None:
+        log.info("%s", sizes_said)
     return config, api_keys
 
 
@@ -196,13 +199,16 @@ def cors_options(parser: argparse.ArgumentParser,
 def flags_as_typed(message: str, args: argparse.Namespace) -> str:
     """`message` with the options' flags it names in passing ("(--max-model-len)", "(--kv-
     tokens)") as the user typed them (SGLang's --context-length, LightLLM's
-    --max_total_token_num): for EngineConfig's messages and the start's own (a KV plan
-    refused before or after loading)."""
+    --max_total_token_num; an option's own flag spelt with underscores, --mem_fraction):
+    for EngineConfig's messages and the start's own (a KV plan refused before or after
+    loading, a warning while loading)."""
     # the spelling typed, where argparse read it dashed (flag_spelling.ArgumentParser's)
     spelt = getattr(getattr(args, "command_parser", None), "typed_spellings", {})
     for name, typed_flag in getattr(args, "flags_typed", {}).items():
         typed_flag = spelt.get(typed_flag, typed_flag)
         message = re.sub(rf"\((--{name.replace('_', '-')})\)", f"({typed_flag})", message)
+    for read, typed_flag in spelt.items():  # aiollm's own flags, typed with underscores
+        message = message.replace(f"({read})", f"({typed_flag})")
     return message
 
 

@@ -138,7 +138,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                      help="seconds in-flight requests may take to finish on SIGINT/SIGTERM "
                           "before they are aborted")
     net.add_argument("--log-level", default="info",
-                     choices=["debug", "info", "warning", "error"],
+                     choices=["debug", "info", "warning", "error", "critical"],
                      help="logging level (debug also logs every HTTP request)")
     net.add_argument("--disable-log-stats", dest="log_stats", action="store_false",
                      help="do not log the periodic statistics (the prefix cache's hit rate, "

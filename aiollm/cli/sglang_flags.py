@@ -14,6 +14,10 @@ arguments" said neither). Built as aiollm/vllm_flags.py is, in tables:
   `kv_cache_dtype_name`);
 - --max-total-tokens and --mem-fraction-static: SGLang's bound and sizing of the KV pool
   (EngineConfig.max_total_tokens, mem_fraction_static);
+- --cuda-graph-bs N...: its largest size is --cuda-graph-max-batch, as it becomes SGLang's
+  cuda_graph_max_bs (GraphBatchSizes); --max-queued-requests: the waiting requests past
+  which SGLang answers 503 ("The request queue is full"), --max-waiting-requests here
+  (which does not count those the running batch has free places for);
 - NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
   implementations of what aiollm does one way, changing no output; accepted and logged;
 - REFUSED: flags asking for what aiollm cannot do: a usage error (exit 2) naming the flag
@@ -47,7 +51,47 @@ ALIASES = {
 SWITCHES = {
     "--disable-radix-cache": ("prefix_cache", False, "--no-prefix-cache"),
     "--disable-cuda-graph": ("cuda_graph", False, "--enforce-eager"),
+    # SGLang's warm-up is a request sent before serving, so that kernels compile then:
+    # aiollm's launches its step shapes for the same reason
+    "--skip-server-warmup": ("warm_up", False, "--no-warm-up"),
 }
+GRAPH_SIZES = "--cuda-graph-bs"
+
+
+class GraphBatchSizes(Alias):
+    """SGLang's --cuda-graph-bs N...: the decode batch sizes it captures as CUDA graphs,
+    whose largest becomes its cuda_graph_max_bs (SGLang's ServerArgs), as it becomes
+    --cuda-graph-max-batch here; aiollm picks the sizes below it itself
+    (engine/cuda_graph.batch_buckets). A usage error naming the flag for a size that is no
+    whole number >= 1; beside --cuda-graph-max-bs, Alias's rule (two values: give one)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        try:
+            sizes = [int(v) for v in values]
+        except ValueError:
+            sizes = [0]
+        if min(sizes) < 1:
+            raise argparse.ArgumentError(self, "batch sizes must be whole numbers >= 1, "
+                                               f"got {' '.join(values)}")
+        namespace.graph_sizes_typed = " ".join(values)
+        super().__call__(parser, namespace, max(sizes), option_string)
+
+
+def graph_sizes_said(args: argparse.Namespace, cuda_graph: bool) -> str | None:
+    """The start's line for --cuda-graph-bs as given (None: not given, or another spelling
+    of the bound given after it), naming what it does here; `cuda_graph`: whether the
+    config runs CUDA graphs at all (not with --enforce-eager or SGLang's
+    --disable-cuda-graph)."""
+    if getattr(args, "flags_typed", {}).get("cuda_graph_max_batch") != GRAPH_SIZES:
+        return None
+    if not cuda_graph:
+        return f"{GRAPH_SIZES} {args.graph_sizes_typed} has no effect: CUDA graphs are off"
+    return (f"{GRAPH_SIZES} {args.graph_sizes_typed}: decode batches of up to "
+            f"{args.cuda_graph_max_batch} requests replay CUDA graphs (its largest size, as "
+            "--cuda-graph-max-batch), captured at the sizes aiollm picks below it")
 
 
 def chunk_size(value: str) -> int:
@@ -136,6 +180,9 @@ NO_EFFECT = {
 }
 
 NO_EFFECT_VALUES = (
+    Ignored(("--watchdog-timeout",),
+            "no watchdog ends the server when a step outlasts this many seconds (SGLang's "
+            "guard against a hung step); outputs are the same", "SECONDS"),
     Ignored(("--attention-backend",),
             "attention runs on aiollm's Triton kernels (their PyTorch references on the "
             "CPU); outputs are the same", "BACKEND"),
@@ -185,7 +232,10 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "SGLang's flags", "`python -m sglang.launch_server` flags of the same meaning are "
         f"aliases of aiollm's: --model-path is MODEL; {aliases}; --chunked-prefill-size is "
         "--max-prefill-tokens, a step's tokens (given with it, the smaller counts; -1 is "
-        f"refused); {switches}. --max-running-requests, --max-prefill-tokens, "
+        "refused); --cuda-graph-bs's largest size is --cuda-graph-max-batch; "
+        "--max-queued-requests is --max-waiting-requests (requests waiting for the running "
+        f"batch, past which a request gets 503); {switches}. --max-running-requests, "
+        "--max-prefill-tokens, "
         "--cuda-graph-max-bs, --dtype, --kv-cache-dtype (bf16 is bfloat16), --host, "
         "--port, --api-key, --served-model-name, --chat-template, --tool-call-parser "
         "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 and qwen3-thinking "
@@ -198,6 +248,10 @@ def add_to(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chunked-prefill-size", dest="max_prefill_tokens", type=chunk_size,
                        action=Alias, least=True, default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)
+    group.add_argument(GRAPH_SIZES, dest="cuda_graph_max_batch", action=GraphBatchSizes,
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    group.add_argument("--max-queued-requests", dest="max_waiting_requests", type=int,
+                       action=Alias, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     group.add_argument("--max-total-tokens", type=token_counts.token_count, default=None,
                        metavar="N",
                        help="SGLang's: at most N tokens in the KV cache, which holds the "

@@ -46,9 +46,10 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
       or LightLLM's mem_fraction leaving no room once the weights load (static_pool_tokens);
     - a pool that holds, or on a GPU can at most hold, fewer tokens than max_model_len
       (naming max_model_len and the option that sizes the pool: pool_short).
-    max_model_len past the model's context is load_model's error (before any weight)."""
+    max_model_len past the model's context is loader.check_checkpoint's error, which the
+    start gives before this one."""
     if cfg.max_model_len is not None and cfg.max_model_len > config.max_position:
-        return  # load_model refuses it, naming the model's context
+        return  # check_checkpoint refuses it, naming the model's context
     local = local_config(config, tp)
     per_token = KVPool.bytes_per_token(config.num_layers, local.num_kv_heads, config.head_dim,
                                        dtype)

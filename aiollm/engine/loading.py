@@ -27,6 +27,7 @@ from aiollm.engine.warm_up import warm_up
 from aiollm.model.config import ModelConfig
 from aiollm.model.generation_defaults import folder_eos_ids, log_defaults, sampling_defaults
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable, pool_tokens
+from aiollm.model.paths import check_load_format
 from aiollm.model.tokenizer_files import check_tokenizer_path
 from aiollm.native import RequestTable
 
@@ -170,10 +171,14 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     folder_eos = folder_eos_ids(cfg.generation_config)
     if cfg.kv_cache_dtype != "auto" and cfg.dtype == "auto":  # EngineConfig checked the rest
         _check_auto_kv_cache_dtype(cfg, device)
-    # a KV pool that cannot work on this device: refused now, not after the weights
-    from aiollm.model.loader import auto_dtype, read_config
+    # what was asked of the model (its kind, its weights, its context), then a KV pool that
+    # cannot work on this device: refused now, not after the weights, in that order (a
+    # plan's error may go once the argument's is fixed)
+    from aiollm.model.loader import auto_dtype, check_checkpoint, read_config
 
+    check_load_format(cfg.load_format, cfg.model)
     config = read_config(cfg.model)
+    check_checkpoint(cfg.model, cfg.load_format, cfg.max_model_len, config)
     check_kv_plan(cfg, config, device, resolve_dtype(cfg.dtype) or auto_dtype(config, device), tp)
     loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=device,
                         load_format=cfg.load_format, max_model_len=cfg.max_model_len)
@@ -222,8 +227,10 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
         # the pool, not the model's context, is the limit: max_model_len left out is the
         # longest that fits, as vLLM's --max-model-len auto (one given is held or refused)
         bound = cfg.max_total_tokens  # SGLang's bound of the pool, where it is what binds
+        share = memory_share(cfg)
         raise_ = ("max_total_tokens (--max-total-tokens)" if bound == rank.kv_tokens
-                  else f"kv_tokens (--kv-tokens; on a GPU, {memory_share(cfg)})")
+                  else f"kv_tokens (--kv-tokens) or, on a GPU, {share} "
+                       f"(--{share.replace('_', '-')})")
         log.warning("the KV cache holds %d tokens, less than the model's context of %d: a "
                     "request's prompt and output are limited to %d tokens; raise %s, or give "
                     "max_model_len (--max-model-len) of at most %d to silence this warning",

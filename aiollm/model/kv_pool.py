@@ -35,7 +35,7 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     sizer = ("the CPU's default" if device.type != "cuda"  # where no share has an effect
              else "the GPU's free memory" if share is None else f"{share} {getattr(cfg, share)}")
     log.warning("max_total_tokens %d is more than the %d tokens %s leaves: the KV pool holds "
-                "%d (kv_tokens, --kv-tokens, sizes it instead)", cap, tokens, sizer, tokens)
+                "%d (kv_tokens (--kv-tokens) sizes it instead)", cap, tokens, sizer, tokens)
     return tokens
 
 
@@ -131,12 +131,15 @@ def static_pool_tokens(name: str, fraction: float, free: int, total: int, in_use
     return budget // bytes_per_token
 
 
-def pool_misfit(num_tokens: int, need: int, device: torch.device, given: bool = False) -> str:
-    """The error of a pool of num_tokens slots (`need` bytes) that `device` cannot hold, and
-    what to lower: kv_tokens, or (not `given`: sized from memory) kv_memory_fraction too."""
+def pool_misfit(num_tokens: int, need: int, device: torch.device, given: bool = False,
+                part: str = "") -> str:
+    """The error of a pool of num_tokens slots (`need` bytes; of its `part` where named, such
+    as the free list in host memory) that `device` cannot hold, and what to lower:
+    kv_tokens, or (not `given`: sized from memory) kv_memory_fraction too."""
     also = "" if given else " or kv_memory_fraction"
-    return (f"a KV pool of {num_tokens} tokens ({byte_size(need)}) does not fit in the "
-            f"memory of {device}: lower kv_tokens (--kv-tokens){also}")
+    size = f"{part}: {byte_size(need)}" if part else byte_size(need)
+    return (f"a KV pool of {num_tokens} tokens ({size}) does not fit in the memory of "
+            f"{device}: lower kv_tokens (--kv-tokens){also}")
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -178,9 +181,14 @@ class KVPool:
             raise ValueError(pool_misfit(num_tokens, need, self.device)) from e
         # Free stack on the CPU: slots [0, n_free) of _stack are free. Popping from the end
         # hands out the most recently freed slots first (they are warm in cache).
-        self._stack = np.arange(num_tokens - 1, -1, -1, dtype=np.int64)
+        try:
+            self._stack = np.arange(num_tokens - 1, -1, -1, dtype=np.int64)
+            self._in_use = np.zeros(num_tokens, dtype=bool)
+        except (MemoryError, ValueError) as e:  # ValueError: past numpy's largest array
+            host = num_tokens * (np.dtype(np.int64).itemsize + np.dtype(bool).itemsize)
+            raise ValueError(pool_misfit(num_tokens, host, torch.device("cpu"),
+                                         part="its free list")) from e
         self._n_free = num_tokens
-        self._in_use = np.zeros(num_tokens, dtype=bool)
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -176,10 +176,7 @@ def load_model(
             config = _gguf_config(full_path, cache, need_reader=False, warn=True)[0]
     elif config is None:
         config = load_hf_config(model_dir)
-    if max_model_len is not None and max_model_len > config.max_position:
-        raise ValueError(f"max_model_len {max_model_len} exceeds the model's context of "
-                         f"{config.max_position}: set max_model_len (--max-model-len) to "
-                         f"at most {config.max_position}")
+    check_checkpoint(path, load_format, max_model_len, config)
     max_len = max_model_len or config.max_position
     if dtype is None:
         dtype = auto_dtype(config, device)
@@ -199,6 +196,25 @@ def load_model(
     log.info("loaded %s (%s, %.1fM params, %s on %s, max_model_len %d)", full_path,
              config.architecture, config.num_params() / 1e6, dtype, device, max_len)
     return LoadedModel(model=model, config=config, path=full_path, max_model_len=max_len)
+
+
+def check_checkpoint(path: str | None, load_format: str, max_model_len: int | None,
+                     config: ModelConfig) -> None:
+    """What load_model refuses of the model at `path` (None: the default model), its
+    config read, before any weight: a max_model_len past the model's context (ValueError),
+    an HF directory with no weights to read where load_format is not "dummy"
+    (FileNotFoundError / ValueError: weights_hf.safetensors_files). The engine's start
+    checks it before its KV plan (aiollm/engine/loading.py), so that an error in what was
+    asked comes before one of the memory it would take."""
+    if max_model_len is not None and max_model_len > config.max_position:
+        raise ValueError(f"max_model_len {max_model_len} exceeds the model's context of "
+                         f"{config.max_position}: set max_model_len (--max-model-len) to "
+                         f"at most {config.max_position}")
+    model_dir, gguf_name = resolve_model_path(path)
+    if gguf_name is None and load_format != "dummy":
+        from aiollm.model.weights_hf import safetensors_files
+
+        safetensors_files(model_dir)
 
 
 def auto_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:

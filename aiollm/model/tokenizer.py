@@ -152,6 +152,10 @@ def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokeni
     log.info("converting the tokenizer of %s for transformers (%s)", gguf_name,
              "once: cached for later starts" if cache.dir else
              "the cache is off: AIOLLM_CACHE_DIR=off")
+    # transformers parses the whole file again here (its load_gguf_checkpoint opens a
+    # GGUFReader of its own: ~2-5 s for the default model, as long as weights_gguf's parse)
+    # and takes no parsed reader; building the tokenizer from ours would copy its private
+    # value parsing and class choice. Only a start with nothing cached pays it twice.
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_name, local_files_only=True)
     except Exception as e:  # noqa: BLE001 (as above)
