@@ -1,11 +1,11 @@
-"""A conversation of many messages is checked, and a Responses input of many items turned
-into messages, on a worker thread, not on the event loop: a 6.8 MB body of 200,000 short
-messages held the loop (every other request's stream, /health) for 0.5 s on
-/v1/chat/completions and /tokenize and 0.7 s on /v1/responses, a 16 MiB one more than a
-second, before the rendering that was already moved off it. A conversation of a few
-messages is still checked on the loop (no thread hand-off per request). A chat of many
-template variables (chat_template_kwargs) is rendered off the loop too: 300,000 of them
-held it for 0.8 s, weighed as no text at all.
+"""A conversation of many messages is checked, and a Responses input of many items (or an
+item of many content parts) turned into messages, on a worker thread, not on the event
+loop: a 6.8 MB body of 200,000 short messages held the loop (every other request's
+stream, /health) for 0.5 s on /v1/chat/completions and /tokenize and 0.7 s on
+/v1/responses, a 16 MiB one more than a second, before the rendering that was already
+moved off it. A conversation of a few messages is still checked on the loop (no thread
+hand-off per request). A chat of many template variables (chat_template_kwargs) is
+rendered off the loop too: 300,000 of them held it for 0.8 s, weighed as no text at all.
 
 Where each check runs is recorded by wrapping the real functions (they still run), as
 test_api_unknown_fields records where a body is scanned: a time bound on the loop's stall
@@ -90,6 +90,23 @@ def test_a_responses_input_of_many_items_is_read_off_the_event_loop(server, wher
     where.clear()
     status, _, raw = http(server, "POST", "/v1/responses",
                           json={"input": "Hi", "max_output_tokens": 1, "store": False})
+    assert status == 200, raw
+    assert threads(where, "input_messages") == {LOOP}, where
+
+
+def test_a_responses_item_of_many_content_parts_is_read_off_the_event_loop(server, where):
+    """One input item of 150,000 content parts held the loop ~0.2 s, weighed as one item:
+    its parts are weighed too, as chat weighs a message's (its kept copy is made there
+    too, by the same weight)."""
+    parts = [{"type": "input_text", "text": "Hi"}] * MANY
+    status, _, raw = http(server, "POST", "/v1/responses", json={
+        "input": [{"role": "user", "content": parts}], "max_output_tokens": 1, "store": False})
+    assert status == 400 and b"context_length_exceeded" in raw, raw
+    assert threads(where, "input_messages") and LOOP not in threads(where, "input_messages")
+    where.clear()
+    status, _, raw = http(server, "POST", "/v1/responses", json={
+        "input": [{"role": "user", "content": parts[:2]}], "max_output_tokens": 1,
+        "store": False})
     assert status == 200, raw
     assert threads(where, "input_messages") == {LOOP}, where
 

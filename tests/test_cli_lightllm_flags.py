@@ -159,7 +159,8 @@ def test_flags_aiollm_cannot_honour_stop_the_start_saying_what_to_do(line, names
 
 def test_a_lightllm_launch_line_serves_the_generate_route(tmp_path):
     """A LightLLM benchmark-style launch line, underscores and all, starts the server with
-    its sizes (KV tokens, request length, running requests) and /generate answers."""
+    its sizes (KV tokens, request length, running requests) and /generate answers; its
+    --model_name is the name reported, and a request naming another model is answered."""
     model = tiny_llama(tmp_path / "tiny")
     log = tmp_path / "serve.log"
     line = [str(Path(sys.executable).with_name("aiollm")), "serve", "--model_dir", model,
@@ -167,7 +168,7 @@ def test_a_lightllm_launch_line_serves_the_generate_route(tmp_path):
             "--max_total_token_num", "640", "--max_req_total_len", "160",
             "--running_max_req_size", "4", "--batch_max_tokens", "96", "--tokenizer_mode",
             "fast", "--data_type", "fp32", "--disable_dynamic_prompt_cache", "--nccl_port",
-            "28765", "--device", "cpu"]
+            "28765", "--device", "cpu", "--model_name", "llama"]
     with open(log, "w") as out:
         proc = subprocess.Popen(line, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -181,6 +182,10 @@ def test_a_lightllm_launch_line_serves_the_generate_route(tmp_path):
             "inputs": "Hello", "parameters": {"max_new_tokens": 3, "ignore_eos": True}}))
         assert status == 200, body
         assert len(body["generated_text"]) == 1 and body["count_output_tokens"] == 3, body
+        # --model_name is the name reported; as LightLLM, no request's model is refused
+        status, body = asyncio.run(_post(base + "/v1/completions", {
+            "model": "gpt-4", "prompt": "Hello", "max_tokens": 1}))
+        assert status == 200 and body["model"] == "llama", body
     finally:
         proc.kill()
         proc.wait()

@@ -228,15 +228,23 @@ def test_a_stop_in_a_next_calls_head_is_a_stop_in_a_call(parser, mode):
     family, and the Response is incomplete. Mistral's array (`, {"na` after the first
     call) read as "completed", though Hermes, Llama 3 and Mistral v11 said incomplete: its
     plain reading drops the cut element too, so the contents compared were alike. A stop
-    right after the first call, or in its closing, stays a stop after a whole call."""
+    right after the first call, or in its markup after the call's JSON (Hermes' end tag,
+    Mistral's "]"), stays a stop after a whole call; one before the JSON's own "}" (Llama
+    3's last character: a stop string "}" kept by include_stop_str_in_output) ended the
+    output inside the call, its arguments whole or not."""
     from aiollm.api.chat_plan import ChatPlan
 
     plan = ChatPlan([], [], [], "assistant", mode, False, None, parser, set(NAMES), False,
                     None, False, "", None, "", None)
     text = NEXT_HEAD_CUT[parser.name]
     whole = CALL[parser.name] % '{"city": "P"}'
-    closed = [whole[:-1]] if parser.name != "mistral_v11" else []  # its closing unwritten
+    # its markup after the JSON unwritten
+    closed = [whole[:-1]] if parser.name in ("hermes", "mistral") else []
     for t, inside in [(text, True), *((w, False) for w in [whole, whole + "\n", *closed])]:
         _, calls = plan.calls(t, cut=True)
         assert [c.name for c in calls][:1] == ["get_weather"] and calls[0].complete, t
         assert plan.stopped_in_call(t, "stop", calls) is inside, (t, mode)
+    if parser.name == "llama3":  # the call's JSON unclosed
+        _, [call] = plan.calls(whole[:-1], cut=True)
+        assert not call.complete and call.arguments == '{"city": "P"}', call
+        assert plan.stopped_in_call(whole[:-1], "stop", [call]), mode

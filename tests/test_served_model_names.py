@@ -74,3 +74,28 @@ def test_the_model_as_given_is_a_name_when_no_served_name_is_set(tiny):
             "model": tiny, "prompt": "hi", "max_tokens": 1})
         assert resp.status == 404, await resp.text()
     serve_tiny(tiny, named, served_model_name="m")
+
+
+def test_lightllms_model_name_reports_the_name_and_refuses_no_model(tiny):
+    """LightLLM's --model_name names the model in /v1/models and in the answers, but its
+    server checks no request's model (its chat route takes any, as a client with another
+    configured name sends it): it was --served-model-name's, which answered another name
+    404. vLLM's spelling still refuses it (the tests above)."""
+    from aiollm.cli import build_parser
+    from aiollm.cli.lightllm_flags import answers_any_model
+
+    def typed(line: str) -> bool:
+        return answers_any_model(build_parser().parse_args(["serve", "M", *line.split()]))
+    assert typed("--model_name llama") and typed("--model-name llama")
+    assert not typed("--served-model-name llama") and not typed("")
+
+    async def check(client, engine):
+        listed = await (await client.get("/v1/models")).json()
+        assert [card["id"] for card in listed["data"]] == ["llama"]
+        for path, body in (("/v1/completions", {"prompt": "hi"}),
+                           ("/v1/chat/completions", {"messages": HI})):
+            for name in ("llama", "gpt-4", None):
+                resp = await client.post(path, json={**body, "model": name, "max_tokens": 1})
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["model"] == "llama"
+    serve_tiny(tiny, check, served_model_name=["llama"], any_model=True)

@@ -147,17 +147,18 @@ def _sse(raw: str) -> list[dict]:
             if line.startswith("data: ") and line != "data: [DONE]"]
 
 
-def _both_endpoints(tiny: str, stop: list[str], stream: bool) -> tuple[str, str]:
+def _both_endpoints(tiny: str, stop: list[str], stream: bool, **kw) -> tuple[str, str]:
     """The raw bodies of one chat completion and one Response, each asked for TOOL's one
-    call (tool_choice "required") with the client's `stop`, streamed or not."""
+    call (tool_choice "required") with the client's `stop` (and the fields `kw`), streamed
+    or not."""
     async def check(engine, client):
         chat = await client.post("/v1/chat/completions", json=_body(
             tools=[TOOL], tool_choice="required", parallel_tool_calls=False, stop=stop,
-            stream=stream))
+            stream=stream, **kw))
         resp = await client.post("/v1/responses", json={
             "input": "hi", "tools": [{"type": "function", **TOOL["function"]}],
             "tool_choice": "required", "parallel_tool_calls": False, "stop": stop,
-            "max_output_tokens": MAX_TOKENS, "temperature": 0, "stream": stream})
+            "max_output_tokens": MAX_TOKENS, "temperature": 0, "stream": stream, **kw})
         assert chat.status == resp.status == 200
         return await chat.text(), await resp.text()
     return _serve(tiny, check)
@@ -214,6 +215,34 @@ def test_a_stop_string_inside_a_calls_arguments_leaves_the_response_incomplete(t
     [call] = resp["output"]
     assert call["type"] == "function_call" and call["status"] == "incomplete", call
     assert call["name"] == "f" and call["arguments"].strip() == "{", call
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_kept_stop_string_that_closes_the_arguments_leaves_the_call_incomplete(tiny, stream):
+    """A stop string "}" kept in the text (include_stop_str_in_output) ends the output at
+    the arguments' closing brace, before the call's own: the arguments parse, but the
+    output ended inside the call, which is no complete call. Chat: finish_reason "stop"
+    (it said "tool_calls", a complete call), streamed and whole alike; /v1/responses: the
+    call and the Response "incomplete" (they said "completed")."""
+    chat, resp = _both_endpoints(tiny, ["}"], stream, include_stop_str_in_output=True)
+    if stream:
+        chunks = [c for c in _sse(chat) if c["choices"]]
+        finish = chunks[-1]["choices"][0]["finish_reason"]
+        args = "".join(f["function"].get("arguments") or "" for c in chunks
+                       for f in c["choices"][0]["delta"].get("tool_calls") or [])
+        resp = _sse(resp)[-1]["response"]
+    else:
+        choice = json.loads(chat)["choices"][0]
+        finish = choice["finish_reason"]
+        [call] = choice["message"]["tool_calls"]
+        args = call["function"]["arguments"]
+        resp = json.loads(resp)
+    assert finish == "stop", chat[-600:]
+    assert json.loads(args)["a"] in range(10), args  # the arguments' "}" kept: whole JSON
+    assert resp["status"] == "incomplete", resp
+    [call] = resp["output"]
+    assert call["type"] == "function_call" and call["status"] == "incomplete", call
+    assert json.loads(call["arguments"])["a"] in range(10), call
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

@@ -104,7 +104,7 @@ class MistralV11Parser(MistralParser):
 
     name, heads, special = "mistral_v11", Heads(marked=ARGS), (ARGS,)
     separator = MistralParser.start  # between the calls of a "required" output
-    closing = re.compile("")  # a call ends with its arguments: nothing closes it
+    closing = json_end = re.compile("")  # a call ends with its arguments: nothing closes it
     joints = Joints(re.compile(r"\[TOOL_CALLS\]\s*"), re.compile(r"\s*\[TOOL_CALLS\]\s*"))
 
     def __init__(self, call_ids: bool = False):

@@ -2,7 +2,8 @@
 (`input_messages`): a message, a function_call joined to its assistant turn, a
 function_call_output a tool message, a reasoning item its turn's reasoning_content; each
 checked, errors naming its field (input[i]...), as the items are also kept as sent
-(response_items.py).
+(response_items.py). And what reading them weighs (`input_weight`: on the event loop or
+off it).
 """
 
 from __future__ import annotations
@@ -11,11 +12,30 @@ from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.chat_messages import check_call_arguments
+from aiollm.engine.chat_template import MESSAGE_FRAMING
 from aiollm.engine.content_parts import text_parts
+from aiollm.engine.submission import TOKENIZE_INLINE_CHARS
 from aiollm.errors import InvalidRequest, check_type, json_type, missing, shown_json
 
 _ROLES = ("user", "system", "developer", "assistant")
 _STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
+
+
+def input_weight(value: str | list[Any], earlier: Sequence[dict] = ()) -> int:
+    """What reading `value` (a request's input) after `earlier` (the items of the
+    conversation it continues) weighs, in off_loop's characters: MESSAGE_FRAMING a message
+    as chat weighs its messages (chat_request.message_dicts), and where they are few,
+    MESSAGE_FRAMING each of their parts too (an item's content, a function_call_output's
+    output, a reasoning item's summary, where each is a list): one item of 150,000 content
+    parts held the event loop ~0.2 s, weighed as one message."""
+    items = [*earlier, *(value if isinstance(value, list) else [value])]
+    size = MESSAGE_FRAMING * len(items)
+    if size <= TOKENIZE_INLINE_CHARS:  # a few items: their parts counted
+        size += MESSAGE_FRAMING * sum(
+            len(part) for item in items if isinstance(item, dict)
+            for part in (item.get("content"), item.get("output"), item.get("summary"))
+            if isinstance(part, list))
+    return size
 
 
 def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list[ChatMessage]:

@@ -24,6 +24,7 @@ from aiollm.api.cut_calls import may_cut_a_call
 from aiollm.api.http_errors import context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
+from aiollm.api.response_input import input_weight
 from aiollm.api.response_items import input_items
 from aiollm.api.responses_output import (ResponseHead, answer_items, reasoning_status,
                                          status_of, usage_of)
@@ -31,7 +32,6 @@ from aiollm.api.responses_request import ResponsesRequest, responses_names
 from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.state import state
 from aiollm.api.stored_responses import kept
-from aiollm.engine.chat_template import MESSAGE_FRAMING
 from aiollm.engine.request_group import choice_group
 from aiollm.engine.submission import off_loop
 
@@ -64,10 +64,9 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     req.check_unserved()
     earlier = [] if req.previous_response_id is None else kept(
         st, req.previous_response_id, "previous_response_id").conversation()
-    # the input's items turned into messages, and kept, off the event loop when they are
-    # many (as chat's messages are checked: chat_request.message_dicts)
-    size = MESSAGE_FRAMING * (len(earlier) + (len(req.input) if isinstance(req.input, list)
-                                              else 1))
+    # the input's items turned into messages, and kept, off the event loop when they (or
+    # their parts) are many (as chat's messages are checked: chat_request.message_dicts)
+    size = input_weight(req.input, earlier)
     plan = await plan_chat(st, await off_loop(size, req.as_chat, earlier))
     store = req.store is not False and st.responses.keeps
     head = ResponseHead(req, st.model_name, plan.params[0], store)

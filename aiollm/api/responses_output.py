@@ -137,7 +137,11 @@ class ResponseHead:
             "max_output_tokens": r.max_output_tokens, "max_tool_calls": None,
             "metadata": r.metadata, "model": self.model, "output": output,
             "parallel_tool_calls": r.parallel_tool_calls is not False,
-            "previous_response_id": r.previous_response_id, "reasoning": r.reasoning,
+            "previous_response_id": r.previous_response_id,
+            # OpenAI's Response carries these two as the request gave them (its
+            # CreateModelResponseProperties); they change nothing here
+            "prompt_cache_key": r.prompt_cache_key, "safety_identifier": r.safety_identifier,
+            "reasoning": r.reasoning,
             "service_tier": r.service_tier or "auto", "store": self.store,
             "temperature": self.params.temperature, "text": {**(r.text or {}), "format": fmt},
             "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",

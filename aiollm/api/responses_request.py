@@ -30,6 +30,15 @@ _CHAT_CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_c
 _STORED = "this server keeps no background responses, conversations or prompts"
 
 
+class ResponseStreamOptions(Struct, kw_only=True):
+    """OpenAI's stream_options of /v1/responses."""
+
+    # OpenAI pads its delta events with an `obfuscation` field of random characters
+    # (against side channels on payload sizes) unless this is false: this server adds
+    # none, as vLLM does not, so either value is served as false
+    include_obfuscation: bool | None = True
+
+
 class ResponsesRequest(Struct, kw_only=True):
     """OpenAI's CreateResponse body, with vLLM's sampling extensions; None is the default."""
 
@@ -45,6 +54,7 @@ class ResponsesRequest(Struct, kw_only=True):
     parallel_tool_calls: bool | None = True
     reasoning: dict[str, Any] | None = None
     stream: bool | None = False
+    stream_options: ResponseStreamOptions | None = None  # with stream only (check_unserved)
     store: bool | None = True
     metadata: dict[str, Any] | None = None  # checked with the chat request (metadata.py)
     user: str | None = None
@@ -104,6 +114,12 @@ class ResponsesRequest(Struct, kw_only=True):
             if getattr(self, name) is not None:
                 raise InvalidRequest(f"{name} is not served: {_STORED}; send the messages as "
                                      "input items (or previous_response_id)", param=name)
+        # as chat refuses it (SamplingFields.check_unserved): its options shape a stream,
+        # and an answer in one piece would silently leave out what they ask for
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest("stream_options is only allowed with stream true: send "
+                                 "stream true, or leave stream_options out",
+                                 param="stream_options")
         if self.truncation not in (None, "disabled"):
             raise InvalidRequest(f"truncation {shown_json(self.truncation)} is not served: send "
                                  '"disabled" or leave it out (an input past the context is a '

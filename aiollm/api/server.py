@@ -74,6 +74,7 @@ SERVER_LOG = _ServerLog(server_logger)
 
 def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                served_model_name: str | Sequence[str] | None = None,
+               any_model: bool = False,
                shutdown_timeout: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES,
                body_timeout: float = BODY_TIMEOUT_S,
                cors: CorsOptions | None = None,
@@ -92,7 +93,9 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
     bodies' content codings itself. served_model_name: the model's name in the API, or
     several (vLLM's --served-model-name A B): the first is reported, each is accepted as a
-    request's model and listed by /v1/models; None: the engine's model name.
+    request's model and listed by /v1/models; None: the engine's model name. any_model:
+    a request may name any model, the name reported whatever it names (LightLLM's
+    --model_name, whose server checks no request's model); else another name is a 404.
     body_timeout: seconds a request body's next bytes may take (408 past it); ValueError
     unless positive. trust_request_chat_template: a chat or /tokenize request may render its
     messages with a chat template of its own (vLLM's --trust-request-chat-template; else a
@@ -129,7 +132,8 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     names = ((served_model_name,) if isinstance(served_model_name, str)
              else tuple(dict.fromkeys(served_model_name or ())))  # each once, in order
     app[STATE] = ApiState(engine=engine, served_model_name=names[0] if names else None,
-                          aliases=names[1:], shutdown_timeout=shutdown_timeout,
+                          aliases=names[1:], any_model=any_model,
+                          shutdown_timeout=shutdown_timeout,
                           created=int(time.time()), body_timeout=body_timeout,
                           trust_request_chat_template=trust_request_chat_template,
                           trust_request_chat_template_name=trust_request_chat_template_name,

@@ -38,6 +38,9 @@ class ApiState:
     # the model's other names (vLLM's --served-model-name A B: B): a request may name the
     # model by one of them and /v1/models lists them, but responses report model_name
     aliases: tuple[str, ...] = ()
+    # LightLLM's --model_name: the name is reported, and a request may name any model
+    # (LightLLM checks no request's model): check_model refuses none
+    any_model: bool = False
     body_timeout: float = BODY_TIMEOUT_S  # wait for a body's next bytes, s (api/body.py)
     # vLLM's --trust-request-chat-template: a request may render with its own chat template
     trust_request_chat_template: bool = False
@@ -102,7 +105,10 @@ class ApiState:
         None (absent or null) and "" mean the served model, as in vLLM: clients with no model
         configured send "" (the one model there is is what they want). With no served name
         set, the model exactly as the server was given it (a path) is taken too: vLLM serves
-        it under that string then, and a client set up for vLLM sends it."""
+        it under that string then, and a client set up for vLLM sends it. With `any_model`
+        (LightLLM's --model_name) every name is taken, as LightLLM takes it."""
+        if self.any_model:
+            return
         e = self.engine
         as_given = (self.served_model_name is None and e.config.served_model_name is None
                     and name == e.config.model)

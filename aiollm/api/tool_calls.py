@@ -56,6 +56,11 @@ class ToolParser:
     # what closes a call after its arguments (the tool grammar's tag end, whitespace aside):
     # an output max_tokens cut whose last call stops short of it was cut in that call
     closing = re.compile(r"\s*\}")
+    # what closes a call's JSON after its arguments: an output a stop (a stop string, kept in
+    # the text by include_stop_str_in_output or not) ended before it ended inside that call,
+    # its arguments whole or not; a stop may leave out only the markup after it (Hermes'
+    # </tool_call>, a stop string the client named)
+    json_end = closing
     # what leads from `start` to a call's head, and from one call's arguments to the next
     # (call_text.written_calls: where a stream may send a call)
     joints = Joints(re.compile(r"\s*"), re.compile(r"\s*\}\s*"))
@@ -131,8 +136,11 @@ class ToolParser:
         no call markup stays content (aiollm/api/cut_calls.py). `length`: max_tokens ended
         it (finish_reason "length"), so a last call whose arguments are whole but whose
         markup is left open (`closing`) was cut there, not complete either; a stop that
-        falls there (the model's end token, a client's stop string "</tool_call>") ended a
-        whole call, as vLLM's Hermes parser reads a last call without its end tag.
+        falls after the call's JSON (the model's end token, a client's stop string
+        "</tool_call>") ended a whole call, as vLLM's Hermes parser reads a last call
+        without its end tag, but one that falls before the JSON's end (`json_end`: a stop
+        string "}" kept by include_stop_str_in_output, whose arguments then parse) ended
+        the output inside the call, which is not complete.
         `required`: the output can only be calls (tool_choice "required" or a named
         function). `named`: the function tool_choice named, whose call a cut output is
         even before the call's name was written, with no arguments yet, as vLLM answers
@@ -160,8 +168,8 @@ class ToolParser:
             content = without_wrap_end(text[:at], self.brackets, fences)
             calls = [ToolCall(c.name, c.arguments, c.id, c.complete) for c in sent]
             calls[-1].complete = False
-        if length and calls and calls[-1].complete \
-                and not self._closed(text, at, names, calls):
+        if cut and calls and calls[-1].complete and not self._closed(
+                text, at, names, calls, self.closing if length else self.json_end):
             calls[-1].complete = False
         taken: set[str] = set()
         for call in calls:  # the id the model wrote in the call's head is the call's,
@@ -171,19 +179,21 @@ class ToolParser:
             taken.add(call.id)
         return head + content, calls
 
-    def _closed(self, text: str, at: int, names: Collection[str],
-                calls: list[ToolCall]) -> bool:
+    def _closed(self, text: str, at: int, names: Collection[str], calls: list[ToolCall],
+                closing: re.Pattern) -> bool:
         """Whether the last of `calls`, read of `text` (its first call marker at `at`) with
-        its arguments whole, has its markup closed there too (`closing`): an output cut
-        after the arguments but before the call's end (the "}" of its object, Hermes'
-        </tool_call>) was cut in the call, which OpenAI's items then say is incomplete.
+        its arguments whole, has its markup closed there too (`closing`: the parser's
+        `closing` after max_tokens, its `json_end` after a stop): an output cut after the
+        arguments but before the call's end (the "}" of its object, and after max_tokens
+        Hermes' </tool_call>) was cut in the call, which OpenAI's items then say is
+        incomplete.
         Where the calls as written (call_text.written_calls) are not these, it is taken
         as closed: the parser read it so."""
         written, end = written_calls(text, max(at, 0), names, self.heads, self.joints)
         if len(written) != len(calls) or written[-1].arguments != calls[-1].arguments \
                 or not written[-1].complete:
             return True
-        return self.closing.match(text, end) is not None
+        return closing.match(text, end) is not None
 
     def _read(self, text: str, names: Collection[str], cut: bool, required: bool,
               named: str | None, fences: Fences) -> tuple[str, list[ToolCall]]:

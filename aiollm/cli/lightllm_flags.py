@@ -50,6 +50,14 @@ def _one_name(value: str) -> list[str]:
     return [value]
 
 
+def answers_any_model(args: argparse.Namespace) -> bool:
+    """Whether the served name is LightLLM's --model_name (the last spelling of it given):
+    the name /v1/models and every answer report, but no request's `model` is checked
+    against it, as LightLLM checks none (its chat route takes any); --served-model-name,
+    vLLM's, answers a 404 for another name."""
+    return getattr(args, "flags_typed", {}).get("served_model_name") == "--model-name"
+
+
 # the flag (dashed) -> (EngineConfig's option it sets, aiollm's flag of it, for --help), with
 # the type its value is read as
 ALIASES = {

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from aiollm.cli.lightllm_flags import answers_any_model
 from aiollm.cli.log_config import configure_logging, messages_rewritten
 from aiollm.cli.serve_checks import checked_config, cors_options, flags_as_typed
 from aiollm.stop_signal import exit_status
@@ -72,6 +73,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cors = cors_options(parser, args)
         app = create_app(Engine.from_config(config), api_key=api_keys,
                          served_model_name=names or None,
+                         any_model=answers_any_model(args),
                          shutdown_timeout=args.shutdown_timeout, cors=cors,
                          trust_request_chat_template=args.trust_request_chat_template,
                          trust_request_chat_template_name=TRUST_FLAG,

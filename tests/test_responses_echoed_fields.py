@@ -1,0 +1,67 @@
+"""/v1/responses fields OpenAI's Response echoes as the request gave them (prompt_cache_key,
+safety_identifier), whole, streamed and kept; and stream_options, which every endpoint
+takes with stream true only (a 400 naming it without, as chat answers it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from live_server import http
+
+ECHOED = {"prompt_cache_key": "tenant-7/session-42", "safety_identifier": "user-9f2a"}
+ASK = {"input": "hi", "max_output_tokens": 2}
+
+
+def _events(raw: bytes) -> list[dict]:
+    return [json.loads(line[len("data: "):]) for line in raw.decode().splitlines()
+            if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def test_prompt_cache_key_and_safety_identifier_are_echoed(server):
+    """OpenAI's Response carries both as given (they were taken and left out): in the
+    answer, in each streamed event's response, and in the kept response read back."""
+    status, _, raw = http(server, "POST", "/v1/responses", json={**ASK, **ECHOED})
+    assert status == 200, raw[:300]
+    whole = json.loads(raw)
+    assert {k: whole[k] for k in ECHOED} == ECHOED, whole
+    status, _, raw = http(server, "GET", f"/v1/responses/{whole['id']}")
+    assert status == 200 and {k: json.loads(raw)[k] for k in ECHOED} == ECHOED, raw[:300]
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={**ASK, **ECHOED, "stream": True})
+    responses = [e["response"] for e in _events(raw) if "response" in e]
+    assert status == 200 and responses, raw[:300]
+    assert all({k: r[k] for k in ECHOED} == ECHOED for r in responses), responses[-1]
+    status, _, raw = http(server, "POST", "/v1/responses", json=ASK)
+    assert {k: json.loads(raw)[k] for k in ECHOED} == dict.fromkeys(ECHOED), raw[:300]
+
+
+@pytest.mark.parametrize("path, body, options", [
+    ("/v1/responses", ASK, {"include_obfuscation": False}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "max_tokens": 2}, {"include_usage": True}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 2}, {"include_usage": True}),
+], ids=["responses", "chat", "completions"])
+@pytest.mark.parametrize("stream", [False, None], ids=["false", "absent"])
+def test_stream_options_without_stream_is_a_400(server, path, body, options, stream):
+    """stream_options shapes a stream: without stream true the answer in one piece would
+    leave out what they ask for. Chat refused it; /v1/responses took it (and ignored it).
+    Each endpoint now answers the same 400, naming the field."""
+    sent = {**body, "stream_options": options, **({} if stream is None else {"stream": stream})}
+    status, _, raw = http(server, "POST", path, json=sent)
+    assert status == 400, raw[:300]
+    assert json.loads(raw)["error"] == {
+        "message": "stream_options is only allowed with stream true: send stream true, or "
+                   "leave stream_options out", "type": "invalid_request_error",
+        "param": "stream_options", "code": None}
+
+
+def test_responses_stream_options_with_stream_are_served(server):
+    """With stream true, /v1/responses takes OpenAI's stream_options (include_obfuscation:
+    this server pads no events, either value) and a null as "not set" without stream."""
+    status, _, raw = http(server, "POST", "/v1/responses", json={
+        **ASK, "stream": True, "stream_options": {"include_obfuscation": False}})
+    assert status == 200, raw[:300]
+    assert _events(raw)[-1]["type"] in ("response.completed", "response.incomplete"), raw[-300:]
+    status, _, raw = http(server, "POST", "/v1/responses", json={**ASK, "stream_options": None})
+    assert status == 200, raw[:300]
