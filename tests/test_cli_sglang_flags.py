@@ -241,6 +241,12 @@ def test_what_sglangs_launch_flags_do_here_is_logged(caplog):
     ("--max-queued-requests 0",
      "argument --max-queued-requests: max_waiting_requests must be an integer >= 1, got 0"),
     ("--log-level trace", "argument --log-level: invalid choice: 'trace'"),
+    # two values of the waiting limit: the last was served silently (aiollm's own flag
+    # stored without the alias's check), either way round
+    ("--max-queued-requests 5 --max-waiting-requests 6", "argument --max-waiting-requests: "
+     "6 and --max-queued-requests 5 are two values of one option: give one"),
+    ("--max-waiting-requests 6 --max-queued-requests 5", "argument --max-queued-requests: "
+     "5 and --max-waiting-requests 6 are two values of one option: give one"),
 ])
 def test_bad_values_of_sglangs_launch_flags_name_the_flag(line, says, capsys):
     err = refusal(line, capsys)
