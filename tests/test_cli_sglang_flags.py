@@ -253,6 +253,18 @@ def test_bad_values_of_sglangs_launch_flags_name_the_flag(line, says, capsys):
     assert says in err, err
 
 
+def test_a_model_after_the_graph_sizes_is_named_as_read_as_a_size(capsys):
+    """`aiollm serve --cuda-graph-bs 1 2 4 8 /m`: argparse's nargs="+" reads every word up
+    to the next flag as a size, MODEL too; the error said the sizes were not numbers,
+    not where MODEL goes (vLLM's --cudagraph-capture-sizes says it)."""
+    err = refusal("--cuda-graph-bs 1 2 4 8 /m", capsys, model=())
+    assert err.endswith("got 1 2 4 8 /m (the sizes take every word up to the next flag: "
+                        "give the model first, `aiollm serve MODEL ...`, or as "
+                        "--model-path MODEL)"), err
+    err = refusal("--cuda-graph-bs 4 x", capsys)  # after MODEL: a bad size, no more
+    assert err.endswith("got 4 x"), err
+
+
 @pytest.mark.parametrize("line, names", [
     ("--dp-size 2", ("one aiollm server per replica",)),
     ("--dp 2", ("one aiollm server per replica",)),
