@@ -78,15 +78,21 @@ def _as_int(text: str) -> int | str:
 
 
 def _model_hint(key: str, values: list[str] | str) -> str:
-    """Where the sizes' last word, after sizes, is no number: a note that it was read as a
-    size, being before no flag (a model written after the sizes, as argparse's nargs="+"
-    takes every word up to the next flag, vLLM's too), and where the model goes."""
-    if key != SIZES or len(values) < 2 or isinstance(_as_int(values[-1]), int):
+    """model_after_sizes' note for the sizes' words (none for the largest size's)."""
+    return "" if key != SIZES else model_after_sizes(values, "--model")
+
+
+def model_after_sizes(values: list[str], model_flag: str) -> str:
+    """Where a list of batch sizes' last word, after sizes, is no number: a note that it
+    was read as a size, being before no flag (a model written after the sizes, as
+    argparse's nargs="+" takes every word up to the next flag, vLLM's and SGLang's too),
+    and where the model goes (first, or as `model_flag`); else ""."""
+    if len(values) < 2 or isinstance(_as_int(values[-1]), int):
         return ""
     if not all(isinstance(_as_int(v), int) for v in values[:-1]):
         return ""
     return (" (the sizes take every word up to the next flag: give the model first, "
-            "`aiollm serve MODEL ...`, or as --model MODEL)")
+            f"`aiollm serve MODEL ...`, or as {model_flag} MODEL)")
 
 
 def whole(item: Any, least: int) -> bool:

@@ -134,6 +134,22 @@ def test_flags_of_no_effect_are_logged_as_typed(caplog):
                     "--router_max_wait_tokens 6"], said
 
 
+def test_the_router_knobs_line_names_the_default_admission_policy(caplog):
+    """The router's admission knobs have no effect, and their line says what admits
+    instead: it said past_future (output lengths predicted from finished requests), while
+    the default policy, the one a LightLLM launch line runs, is aggressive (prompts fit)."""
+    from aiollm.config import EngineConfig
+    from aiollm.scheduler import SCHEDULERS
+
+    args = parse("--router_max_new_token_len 1024")
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        checked_config(args.command_parser, args)
+    [said] = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith("--router_max_new_token_len 1024 has no effect")]
+    assert f"--scheduler's policy ({EngineConfig().scheduler}, the default: " in said, said
+    assert all(f"{name}" in said for name in SCHEDULERS), said
+
+
 @pytest.mark.parametrize("line, names", [
     ("--disable_chunked_prefill", ("--max-prefill-tokens",)),
     ("--run_mode prefill", ("disaggregation",)),

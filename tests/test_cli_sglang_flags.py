@@ -241,10 +241,28 @@ def test_what_sglangs_launch_flags_do_here_is_logged(caplog):
     ("--max-queued-requests 0",
      "argument --max-queued-requests: max_waiting_requests must be an integer >= 1, got 0"),
     ("--log-level trace", "argument --log-level: invalid choice: 'trace'"),
+    # two values of the waiting limit: the last was served silently (aiollm's own flag
+    # stored without the alias's check), either way round
+    ("--max-queued-requests 5 --max-waiting-requests 6", "argument --max-waiting-requests: "
+     "6 and --max-queued-requests 5 are two values of one option: give one"),
+    ("--max-waiting-requests 6 --max-queued-requests 5", "argument --max-queued-requests: "
+     "5 and --max-waiting-requests 6 are two values of one option: give one"),
 ])
 def test_bad_values_of_sglangs_launch_flags_name_the_flag(line, says, capsys):
     err = refusal(line, capsys)
     assert says in err, err
+
+
+def test_a_model_after_the_graph_sizes_is_named_as_read_as_a_size(capsys):
+    """`aiollm serve --cuda-graph-bs 1 2 4 8 /m`: argparse's nargs="+" reads every word up
+    to the next flag as a size, MODEL too; the error said the sizes were not numbers,
+    not where MODEL goes (vLLM's --cudagraph-capture-sizes says it)."""
+    err = refusal("--cuda-graph-bs 1 2 4 8 /m", capsys, model=())
+    assert err.endswith("got 1 2 4 8 /m (the sizes take every word up to the next flag: "
+                        "give the model first, `aiollm serve MODEL ...`, or as "
+                        "--model-path MODEL)"), err
+    err = refusal("--cuda-graph-bs 4 x", capsys)  # after MODEL: a bad size, no more
+    assert err.endswith("got 4 x"), err
 
 
 @pytest.mark.parametrize("line, names", [

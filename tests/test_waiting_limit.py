@@ -265,6 +265,41 @@ def test_refusals_are_logged_once_then_counted(loop, caplog, monkeypatch, long_t
     run(loop, go())
 
 
+def test_a_refusal_names_the_waiting_limit_as_typed(loop, caplog, long_tiny):
+    """SGLang's --max-queued-requests is the waiting limit: the refusal's WARNING line,
+    logged while serve runs (cli.log_config.messages_rewritten), said to raise
+    --max-waiting-requests, a flag the operator never typed (it named it outside the
+    brackets that serve's rewriting reads)."""
+    from aiollm.cli import build_parser
+    from aiollm.cli.log_config import messages_rewritten
+    from aiollm.cli.serve_checks import flags_as_typed
+    from aiollm.engine import refusal_log
+
+    args = build_parser().parse_args(["serve", "--max-queued-requests", "1"])
+
+    async def go():
+        eng = tiny_engine(long_tiny, max_running_requests=1,
+                          max_waiting_requests=args.max_waiting_requests)
+        await eng.start()
+        try:
+            busy = eng.stream("Count:", LONG)
+            await anext(busy)
+            waiting = eng.stream("Question:", PARAMS)
+            with (caplog.at_level("WARNING", logger=refusal_log.log.name),
+                  messages_rewritten(lambda message: flags_as_typed(message, args))):
+                with pytest.raises(Overloaded):
+                    eng.stream("One too many:", PARAMS)
+            said = [r.getMessage() for r in caplog.records if r.name == refusal_log.log.name]
+            assert len(said) == 1 and "(--max-queued-requests) allows (1)" in said[0], said
+            assert "--max-waiting-requests" not in said[0], said
+            await busy.aclose()
+            await drain([waiting])
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_a_queue_timeout_is_logged(loop, caplog, long_tiny):
     """A request that waited past --queue-timeout gets a 503 too: logged as a refusal."""
     from aiollm.engine import refusal_log

@@ -23,10 +23,12 @@ as aiollm/vllm_flags.py and sglang_flags.py are:
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 from aiollm import vllm_flags
 from aiollm.cli import sglang_flags, token_counts
 from aiollm.cli.flag_alias import Alias, add_aliases
+from aiollm.config import EngineConfig
 from aiollm.vllm_flags import Ignored, Refusal
 
 # LightLLM's --data_type values -> aiollm's --dtype
@@ -117,8 +119,15 @@ NO_EFFECT = {
 # the router's admission knobs: its "busy" threshold of the pool's use, its guess of a
 # request's output length, and the decode steps between admissions (LightLLM's api_cli.py
 # and its req queues); aiollm's scheduler has none of the same meaning
-_ADMISSION = ("waiting requests are admitted at every step by --scheduler (past_future: "
-              "output lengths predicted from finished requests)")
+_POLICIES = {"aggressive": "while their prompts fit in the KV cache",
+             "past_future": "by output lengths predicted from finished requests",
+             "conservative": "by each request's max_tokens"}
+_DEFAULT_POLICY = next(f.default for f in fields(EngineConfig) if f.name == "scheduler")
+_ADMISSION = ("waiting requests are admitted at every step by --scheduler's policy ("
+              + "; ".join(f"{name}{', the default' if name == _DEFAULT_POLICY else ''}: {how}"
+                          for name, how in sorted(_POLICIES.items(),
+                                                  key=lambda p: p[0] != _DEFAULT_POLICY))
+              + ")")
 NO_EFFECT_VALUES = (
     Ignored(("--graph-max-len-in-batch",),
             "decode CUDA graphs cover every context up to --max-model-len", "N"),

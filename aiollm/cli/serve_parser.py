@@ -213,7 +213,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "streams wait for a token while prompts are prefilled; lifted while "
                         "more prompts wait than streams decode (a burst); 0: no cap "
                         "(default: %(default)s)")
-    e.add_argument("--max-waiting-requests", type=int, default=d.max_waiting_requests,
+    e.add_argument("--max-waiting-requests", type=int, action=Alias,
+                   default=d.max_waiting_requests,
                    help="requests that may wait beyond the running batch's free places "
                         "(--max-running-requests); past them a request gets 503 (default: "
                         "%(default)s)")

@@ -36,6 +36,7 @@ from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.flag_alias import Alias, add_aliases
 from aiollm.vllm_flags import Ignored, Refusal
+from aiollm.vllm_graph_flags import model_after_sizes
 
 # the flag -> (EngineConfig's option it sets, aiollm's flag of it, for --help), with the
 # type its value is read as
@@ -63,7 +64,9 @@ class GraphBatchSizes(Alias):
     whose largest becomes its cuda_graph_max_bs (SGLang's ServerArgs), as it becomes
     --cuda-graph-max-batch here; aiollm picks the sizes below it itself
     (engine/cuda_graph.batch_buckets). A usage error naming the flag for a size that is no
-    whole number >= 1; beside --cuda-graph-max-bs, Alias's rule (two values: give one)."""
+    whole number >= 1 (and where MODEL is not given yet and the last word is no number,
+    that MODEL typed after the sizes was read as one); beside --cuda-graph-max-bs, Alias's
+    rule (two values: give one)."""
 
     def __init__(self, option_strings, dest, **kwargs) -> None:
         super().__init__(option_strings, dest, nargs="+", **kwargs)
@@ -74,8 +77,10 @@ class GraphBatchSizes(Alias):
         except ValueError:
             sizes = [0]
         if min(sizes) < 1:
+            hint = ("" if getattr(namespace, "model", None) is not None
+                    else model_after_sizes(values, "--model-path"))
             raise argparse.ArgumentError(self, "batch sizes must be whole numbers >= 1, "
-                                               f"got {' '.join(values)}")
+                                               f"got {' '.join(values)}{hint}")
         namespace.graph_sizes_typed = " ".join(values)
         super().__call__(parser, namespace, max(sizes), option_string)
 

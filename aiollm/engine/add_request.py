@@ -125,7 +125,8 @@ class AddRequest:
             self._refusals.refused("the waiting queue is full", f"{beyond} request"
                                    f"{'s wait' if beyond != 1 else ' waits'} beyond the "
                                    "running batch's free places, the most "
-                                   f"--max-waiting-requests allows ({limit})")
+                                   "max_waiting_requests (--max-waiting-requests) allows "
+                                   f"({limit})")
             raise Overloaded(f"too many waiting requests: {beyond} wait beyond the running "
                              "batch's free places, the most max_waiting_requests "
                              f"(--max-waiting-requests) allows ({limit}); retry later")
