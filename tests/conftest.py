@@ -82,6 +82,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    from file_order import longest_first
+
+    longest_first(items)  # (the order xdist hands the files out in: file_order.py)
     if _cuda:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
