@@ -23,9 +23,10 @@ import torch
 
 
 def from_gguf(path: str):
-    """(config, tensors): transformers' LlamaConfig of the GGUF file at `path` and its tensors
-    (name -> fp32 tensor, transformers' names; no lm_head: the embedding is tied), as
-    from_pretrained(..., gguf_file=) reads them. Two costs are left out that change no name
+    """(config, tensors, model): transformers' LlamaConfig of the GGUF file at `path`, its
+    tensors (name -> fp32 tensor, transformers' names; no lm_head: the embedding is tied), as
+    from_pretrained(..., gguf_file=) reads them, and the LlamaForCausalLM (uninitialised, not
+    loaded) whose names the tensors took. Two costs are left out that change no name
     or value: the file's metadata (a 49,152-token vocabulary) is parsed once, not once for
     the config and again for the tensors; gguf's tensor-name map (a pure function of the
     architecture and the layer count) is built once, not for each of the 397 submodules."""
@@ -42,7 +43,7 @@ def from_gguf(path: str):
         with no_init_weights():  # (the checkpoint's tensor names and shapes come from it)
             model = LlamaForCausalLM(config)
         tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
-    return config, tensors
+    return config, tensors, model
 
 
 def _cache_folder(path: str) -> str | None:
@@ -60,8 +61,8 @@ def _cache_folder(path: str) -> str | None:
 
 def config_and_tensors(path: str):
     """from_gguf(path), computed once per test run: the first caller loads the GGUF file and
-    saves both in the run's shared folder; later callers (other workers) read them back.
-    Without a shared folder, from_gguf(path)."""
+    saves the config and tensors in the run's shared folder; later callers (other workers)
+    read them back, their model None. Without a shared folder, from_gguf(path)."""
     from safetensors.torch import load_file, save_file
 
     folder = _cache_folder(path)
@@ -75,13 +76,13 @@ def config_and_tensors(path: str):
         if os.path.exists(config_file):
             with open(config_file, "rb") as f:
                 config = pickle.load(f)
-            return config, load_file(tensor_file)
-        config, tensors = from_gguf(path)
+            return config, load_file(tensor_file), None
+        config, tensors, model = from_gguf(path)
         save_file({k: v.contiguous() for k, v in tensors.items()}, tensor_file)
         with open(config_file + ".part", "wb") as f:  # written last: its presence says done
             pickle.dump(config, f)
         os.replace(config_file + ".part", config_file)
-        return config, tensors
+        return config, tensors, model
 
 
 def load(path: str):
@@ -93,9 +94,11 @@ def load(path: str):
     from transformers import LlamaForCausalLM
     from transformers.initialization import no_init_weights
 
-    config, tensors = config_and_tensors(path)
-    with no_init_weights():
-        model = LlamaForCausalLM(config).eval()
+    config, tensors, model = config_and_tensors(path)
+    if model is None:
+        with no_init_weights():
+            model = LlamaForCausalLM(config)
+    model.eval()
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     assert missing == ["lm_head.weight"] and not unexpected, (missing, unexpected)
     model.tie_weights()
