@@ -45,8 +45,9 @@ serve: $(DEPS)
 	$(BIN)/aiollm serve --host $(HOST) --port $(PORT)
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them
-# (module fixtures such as a started server are built once): 683-721 s on 2 CPU cores from
-# a fresh clone (2026-12-07, 62b2f4d and e4a587f; 12 m 44 s to 13 m 46 s with the setup).
+# (module fixtures such as a started server are built once), the slowest files first
+# (tests/file_order.py; xdist's own order is by number of tests): 683-721 s on 2 CPU cores
+# from a fresh clone (2026-12-07, 62b2f4d and e4a587f; 12 m 44 s to 13 m 46 s with setup).
 # TEST_WORKERS=1: one process.
 # The CPU suite, the same on every machine: CUDA_VISIBLE_DEVICES= hides any GPU, so engines
 # run on the CPU and Triton's interpreter runs every kernel (on an H100, 2026-12-06, with the
@@ -56,7 +57,8 @@ serve: $(DEPS)
 TEST_WORKERS ?= 2
 test: $(DEPS)
 	CUDA_VISIBLE_DEVICES= TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow and not gpu" \
-		$(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) tests
+		$(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder) tests
 
 soak: $(DEPS)
 	$(BIN)/python -m pytest -q -m slow tests

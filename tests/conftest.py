@@ -27,6 +27,11 @@ import pytest
 if "AIOLLM_CACHE_DIR" not in os.environ:
     os.environ["AIOLLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="aiollm-test-cache-")
     atexit.register(shutil.rmtree, os.environ["AIOLLM_CACHE_DIR"], True)
+# Files that the run's processes (the xdist workers) share, made once for the run: the
+# reference model's tensors (hf_gguf_reference.py).
+if "AIOLLM_TEST_SHARED_DIR" not in os.environ:
+    os.environ["AIOLLM_TEST_SHARED_DIR"] = tempfile.mkdtemp(prefix="aiollm-test-shared-")
+    atexit.register(shutil.rmtree, os.environ["AIOLLM_TEST_SHARED_DIR"], True)
 
 
 def load_bench(name: str):
@@ -77,6 +82,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    from file_order import longest_first
+
+    longest_first(items)  # (the order xdist hands the files out in: file_order.py)
     if _cuda:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
@@ -91,42 +99,15 @@ def hf_reference():
     reference that the model and engine tests compare with. Loading it costs 10-25 s on the
     CPU, so the session loads it once; tests only run its forward and must not change it.
 
-    from_pretrained(..., gguf_file=) needs accelerate, which aiollm does not depend on; this
-    is the same path without it: transformers' config and tensors from the GGUF file.
-
-    Two costs of that path are left out, neither of which changes a name or a value: the
-    file's metadata (a 49,152-token vocabulary) is parsed once, not once for the config and
-    again for the tensors; and gguf's tensor-name map (a pure function of the architecture
-    and the layer count), built for each of the model's 397 submodules, is built once. Nor
-    is the model's random initialisation run (5 s on a 2-core CPU), as from_pretrained skips
-    it: every parameter is then loaded (the one missing, lm_head, is tied to the embedding,
-    both checked below) and the rotary buffers are computed by the constructor, not by it."""
-    import functools
-    from unittest import mock
-
-    import gguf
-    import torch
-    from transformers import AutoConfig, LlamaForCausalLM
-    from transformers.initialization import no_init_weights
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from_pretrained(..., gguf_file=) needs accelerate, which aiollm does not depend on;
+    hf_gguf_reference.py takes the same path without it (transformers' config and tensors
+    from the GGUF file), once per test run: another xdist worker reads the same tensors back
+    from the run's shared folder instead of de-quantizing the file again."""
+    import hf_gguf_reference
 
     from aiollm.model import default_model_path
 
-    path = default_model_path()
-    with mock.patch.object(gguf, "GGUFReader", functools.lru_cache(maxsize=1)(gguf.GGUFReader)), \
-            mock.patch.object(gguf, "get_tensor_name_map",
-                              functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)):
-        config = AutoConfig.from_pretrained(os.path.dirname(path),
-                                            gguf_file=os.path.basename(path))
-        with no_init_weights():
-            model = LlamaForCausalLM(config).eval()
-        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    assert missing == ["lm_head.weight"] and not unexpected, (missing, unexpected)
-    model.tie_weights()
-    assert torch.equal(model.lm_head.weight, tensors["model.embed_tokens.weight"])
-    assert model.dtype == torch.float32
-    return model
+    return hf_gguf_reference.load(default_model_path())
 
 
 def tiny_llama(path, *, vocab_size: int = 49152, hidden_size: int = 32,

@@ -1096,30 +1096,36 @@ def test_a_start_after_a_cancelled_one_takes_its_load_over(loop, monkeypatch):
     the weights: out of memory for a model over half of it). The retry takes that load over;
     after a stop() the next start() loads afresh."""
     import threading
-    import time
 
     async def go():
         eng = Engine(None, kv_tokens=1024)
         real = engine_module.load
         loads = []
 
+        go_on = threading.Event()  # each load waits for it (was a 1 s sleep each)
+
         def load_slowly(*args):
             loads.append(threading.get_ident())
-            time.sleep(1.0)
+            go_on.wait(60)
             return real(*args)
 
         monkeypatch.setattr(engine_module, "load", load_slowly)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(eng.start(), 0.2)
-        await eng.start()
+        retry = asyncio.ensure_future(eng.start())
+        await asyncio.sleep(0.05)  # the retry takes over the load still under way
+        go_on.set()
+        await retry
         assert len(loads) == 1
         out = await eng.generate("Hello", SamplingParams(max_tokens=2))
         assert len(out.token_ids) == 2
         assert_idle(eng)
         await eng.stop()
+        go_on.clear()
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(eng.start(), 0.2)
-        await eng.stop()  # drops the cancelled load
+        await eng.stop()  # drops the cancelled load (under way: it waits for go_on)
+        go_on.set()
         await eng.start()
         assert len(loads) == 3
         await eng.stop()
