@@ -172,8 +172,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 rest, found = calls[j].finish(cut=may_cut_a_call(finish),
                                               length=finish == "length")
                 text += rest
-                finish = finish_with_calls(finish, found, named, plan.stopped_in_call(
-                    "".join(fed[j]), finish, found))
+                finish = finish_with_calls(finish, found, named, bool(found) and (
+                    plan.stopped_in_call("".join(fed[j]), finish, found)))
             frags = [f.as_openai() for f in calls[j].take()]
         delta: dict = {}
         # once content has begun every chunk carries it (simple clients index
