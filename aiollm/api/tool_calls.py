@@ -192,10 +192,11 @@ class ToolParser:
         "auto"'s blocks), else from the first: where neither reading ends with it, it is
         taken as closed (the parser read it so; a marker may stand in its arguments)."""
         last = calls[-1]
-        for i, run in ((text.rfind(self.start), False), (max(at, 0), True)):
+        # (where a reading starts, whether it must read every call: from the first marker)
+        for i, every in ((text.rfind(self.start), False), (max(at, 0), True)):
             written, end = written_calls(text, max(i, 0), names, self.heads, self.joints)
             if written and written[-1].complete and (written[-1].name, written[-1].arguments) \
-                    == (last.name, last.arguments) and (not run or len(written) == len(calls)):
+                    == (last.name, last.arguments) and not (every and len(written) != len(calls)):
                 return closing.match(text, end) is not None
         return True
 
