@@ -248,3 +248,26 @@ def test_a_stop_in_a_next_calls_head_is_a_stop_in_a_call(parser, mode):
         _, [call] = plan.calls(whole[:-1], cut=True)
         assert not call.complete and call.arguments == '{"city": "P"}', call
         assert plan.stopped_in_call(whole[:-1], "stop", [call]), mode
+
+
+@pytest.mark.parametrize("finish", ["stop", "length"])
+@pytest.mark.parametrize("parser", PARSERS[:3], ids=lambda p: p.name)
+def test_a_call_after_text_cut_in_its_closing_is_incomplete(parser, finish):
+    """A call after the model's text that follows a first call (tool_choice "auto", calls
+    in blocks with text between them), whose arguments are whole but whose JSON a stop or
+    max_output_tokens ended before its "}": incomplete, whole and streamed, as a call so
+    cut with no text before it is (the tests above). It said "completed": the check of the
+    call's closing read the calls from the first one on, which the text between them
+    ends, and took a reading that was not the parser's as closed. Mistral v11's call
+    ends with its arguments: nothing is left open there."""
+    opened = OPEN_CALLS[parser.name][0]
+    text = "Sure. " + CALL[parser.name] % ARGS + " Then: " + opened
+    content, calls = parser.calls(text, NAMES, cut=True, length=finish == "length")
+    assert [(c.arguments, c.complete) for c in calls] == [
+        (ARGS, True), ('{"city": "P"}', False)], text
+    whole = _whole(parser, text, finish)
+    assert [i["status"] for i in whole if i["type"] == "function_call"] == [
+        "completed", "incomplete"], whole
+    for cuts in ([], list(range(1, len(text)))):
+        events = _events(parser, text, cuts, finish)
+        assert _shape(events[-1]["response"]["output"]) == _shape(whole), cuts

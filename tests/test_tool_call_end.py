@@ -265,3 +265,43 @@ def test_a_stop_string_inside_a_calls_head_leaves_the_response_incomplete(tiny, 
     assert not [o for o in resp["output"] if o["type"] == "function_call"], resp
     assert resp["status"] == "incomplete", resp
     assert resp["incomplete_details"] == {"reason": None}, resp
+
+
+# a sampled answer of the tiny model, tool_choice "required" with parallel calls, that
+# writes two calls: a stop string kept at the second one's opening ends it in that call
+TWO_CALLS = {"temperature": 1.0, "seed": 5, "tool_choice": "required",
+             "stop": ["</tool_call>\n<tool_call>"], "include_stop_str_in_output": True}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_stop_in_a_second_calls_opening_is_no_tool_calls_finish(tiny, stream):
+    """A stop that ends the output in a second call's opening, before its name (the first
+    call whole), ended it inside a call: /v1/responses says "incomplete" (its first call
+    "completed"), and chat's finish_reason is "stop" as for a stop inside any call's JSON;
+    it said "tool_calls", an answer of whole calls only, whole and streamed alike."""
+    async def check(engine, client):
+        chat = await client.post("/v1/chat/completions", json={
+            "messages": ASK, "tools": [TOOL], "max_tokens": MAX_TOKENS, "stream": stream,
+            **TWO_CALLS})
+        resp = await client.post("/v1/responses", json={
+            "input": "hi", "tools": [{"type": "function", **TOOL["function"]}],
+            "max_output_tokens": MAX_TOKENS, "stream": stream, **TWO_CALLS})
+        assert chat.status == resp.status == 200
+        return await chat.text(), await resp.text()
+    chat, resp = _serve(tiny, check)
+    if stream:
+        chunks = [c for c in _sse(chat) if c["choices"]]
+        last = chunks[-1]["choices"][0]
+        heads = [f for c in chunks for f in c["choices"][0]["delta"].get("tool_calls") or []
+                 if f.get("id")]
+        resp = _sse(resp)[-1]["response"]
+    else:
+        last = json.loads(chat)["choices"][0]
+        heads = last["message"]["tool_calls"]
+        resp = json.loads(resp)
+    assert last["stop_reason"] == TWO_CALLS["stop"][0], chat[-600:]  # a second call begun
+    assert len(heads) == 1 and heads[0]["function"]["name"] == "f", heads
+    assert last["finish_reason"] == "stop", chat[-600:]
+    assert resp["status"] == "incomplete", resp
+    [call] = resp["output"]
+    assert call["type"] == "function_call" and call["status"] == "completed", call

@@ -102,7 +102,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             if calls:
                 message = {"role": role, "content": content or None, "refusal": None,
                            **thought, "tool_calls": [c.as_openai() for c in calls]}
-                finish = finish_with_calls(finish, calls, named)
+                finish = finish_with_calls(finish, calls, named,
+                                           plan.stopped_in_call(text, finish, calls))
             if req.echo:  # as vLLM: a string then, even of no content (calls alone)
                 message["content"] = echo + (message["content"] or "")
             choices.append({
@@ -127,6 +128,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # whether each later chunk carries content: all do without a parser (open_choices), else
     # from the first text on
     said = [False] * req.n
+    # each choice's content as the tool parser was fed it, read again at the end
+    # (stopped_in_call), as /v1/responses' stream keeps it
+    fed: list[list[str]] = [[] for _ in range(req.n)]
     # vLLM's return_token_ids: the prompt's ids in the stream's first chunk
     prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
 
@@ -162,12 +166,14 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             thought_counts[j].add(d.token_texts)
         frags = []
         if calls[j] is not None:
+            fed[j].append(text)
             text = calls[j].feed(text)
             if finish is not None:
                 rest, found = calls[j].finish(cut=may_cut_a_call(finish),
                                               length=finish == "length")
                 text += rest
-                finish = finish_with_calls(finish, found, named)
+                finish = finish_with_calls(finish, found, named, bool(found) and (
+                    plan.stopped_in_call("".join(fed[j]), finish, found)))
             frags = [f.as_openai() for f in calls[j].take()]
         delta: dict = {}
         # once content has begun every chunk carries it (simple clients index

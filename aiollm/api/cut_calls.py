@@ -92,13 +92,17 @@ def may_cut_a_call(finish_reason: str) -> bool:
     return finish_reason in ("length", "stop")
 
 
-def finish_with_calls(finish_reason: str, calls: Sequence[ToolCall], named: bool = False) -> str:
+def finish_with_calls(finish_reason: str, calls: Sequence[ToolCall], named: bool = False,
+                      in_call: bool = False) -> str:
     """The finish_reason of an answer with `calls`, whose output ended with `finish_reason`:
     "tool_calls" only where it stopped ("stop") after a complete last call; else as it was (a
     call a stop string cut is no complete call, so "stop" stays; a call max_tokens cut keeps
-    "length"). `named`: the request's tool_choice named the function, whose forced call
-    OpenAI's API answers with "stop" (vLLM too, since its PR 25054), not "tool_calls"."""
-    if calls and finish_reason == "stop" and calls[-1].complete and not named:
+    "length"). `in_call`: the stop fell inside a call all the same (ChatPlan.stopped_in_call:
+    a next call's opening or head cut before its name, which the reading drops), so "stop"
+    stays too, as /v1/responses then says "incomplete". `named`: the request's tool_choice
+    named the function, whose forced call OpenAI's API answers with "stop" (vLLM too, since
+    its PR 25054), not "tool_calls"."""
+    if calls and finish_reason == "stop" and calls[-1].complete and not named and not in_call:
         return "tool_calls"
     return finish_reason
 

@@ -187,13 +187,18 @@ class ToolParser:
         arguments but before the call's end (the "}" of its object, and after max_tokens
         Hermes' </tool_call>) was cut in the call, which OpenAI's items then say is
         incomplete.
-        Where the calls as written (call_text.written_calls) are not these, it is taken
-        as closed: the parser read it so."""
-        written, end = written_calls(text, max(at, 0), names, self.heads, self.joints)
-        if len(written) != len(calls) or written[-1].arguments != calls[-1].arguments \
-                or not written[-1].complete:
-            return True
-        return closing.match(text, end) is not None
+        The call is read as written (call_text.written_calls) from the last marker on (a
+        run of calls after the model's text, which ends a reading from the first call:
+        "auto"'s blocks), else from the first: where neither reading ends with it, it is
+        taken as closed (the parser read it so; a marker may stand in its arguments)."""
+        last = calls[-1]
+        # (where a reading starts, whether it must read every call: from the first marker)
+        for i, every in ((text.rfind(self.start), False), (max(at, 0), True)):
+            written, end = written_calls(text, max(i, 0), names, self.heads, self.joints)
+            if written and written[-1].complete and (written[-1].name, written[-1].arguments) \
+                    == (last.name, last.arguments) and not (every and len(written) != len(calls)):
+                return closing.match(text, end) is not None
+        return True
 
     def _read(self, text: str, names: Collection[str], cut: bool, required: bool,
               named: str | None, fences: Fences) -> tuple[str, list[ToolCall]]:
