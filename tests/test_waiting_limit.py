@@ -272,7 +272,7 @@ def test_a_refusal_names_the_waiting_limit_as_typed(loop, caplog, long_tiny):
     brackets that serve's rewriting reads)."""
     from aiollm.cli import build_parser
     from aiollm.cli.log_config import messages_rewritten
-    from aiollm.cli.serve_checks import flags_as_typed
+    from aiollm.cli.serve_checks import typed_flags
     from aiollm.engine import refusal_log
 
     args = build_parser().parse_args(["serve", "--max-queued-requests", "1"])
@@ -286,7 +286,7 @@ def test_a_refusal_names_the_waiting_limit_as_typed(loop, caplog, long_tiny):
             await anext(busy)
             waiting = eng.stream("Question:", PARAMS)
             with (caplog.at_level("WARNING", logger=refusal_log.log.name),
-                  messages_rewritten(lambda message: flags_as_typed(message, args))):
+                  messages_rewritten(typed_flags(args))):
                 with pytest.raises(Overloaded):
                     eng.stream("One too many:", PARAMS)
             said = [r.getMessage() for r in caplog.records if r.name == refusal_log.log.name]
