@@ -207,7 +207,8 @@ def test_a_health_probe_takes_no_place_in_the_waiting_queue_nor_needs_one(tiny, 
 
             health = await probe() if probe_first else None
             waiting = eng.stream([7, 8, 9], PARAMS)  # the one place the limit leaves
-            with pytest.raises(Overloaded, match=r"too many waiting requests: the request queue is full \(1 wait"):
+            with pytest.raises(Overloaded, match=r"too many waiting requests: the "
+                               r"request queue is full \(1 wait"):
                 eng.stream([1, 2], PARAMS)
             if not probe_first:
                 health = await probe()
@@ -374,7 +375,8 @@ def test_a_running_health_probe_takes_no_clients_row(tiny):
                 await asyncio.sleep(0.01)
             assert not any(r.counted for r in eng.planner.running)
             clients = [eng.stream([4, 5, 6], PARAMS), eng.stream([7, 8, 9], PARAMS)]
-            with pytest.raises(Overloaded, match=r"too many waiting requests: the request queue is full \(1 wait"):
+            with pytest.raises(Overloaded, match=r"too many waiting requests: the "
+                               r"request queue is full \(1 wait"):
                 eng.stream([1, 2], PARAMS)
             unstuck.set()
             assert await health is None
