@@ -77,3 +77,21 @@ def test_help_with_an_empty_word_is_the_whole_help(args, capsys):
     code, out, err = _serve(args, capsys)
     assert (code, err) == (0, "")
     assert out == whole
+
+
+@pytest.mark.parametrize(("value", "title", "flag", "command"), [
+    ("sglang", "SGLang's flags", "--watchdog-timeout", "sglang.launch_server"),
+    ("SGLang's-flags", "SGLang's flags", "--watchdog-timeout", "sglang.launch_server"),
+    ("lightllm", "LightLLM's flags", "--mem-fraction", "lightllm.server.api_server"),
+    ("lightllm_flags", "LightLLM's flags", "--mem-fraction", "lightllm.server.api_server"),
+    ("vllm", "vLLM's flags", "-O", "`vllm serve`"),
+])
+def test_help_names_another_engines_group_by_that_engine(value, title, flag, command,
+                                                         capsys):
+    """The groups are titled "SGLang's flags", ...: --help=sglang and --help=lightllm
+    matched no group (nor any option's name), and printed only the tip. The group's
+    description, which lists the aliases, comes with its options."""
+    code, out, err = _serve([f"--help={value}"], capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"{title}:"), out
+    assert flag in out and command in out, out

@@ -233,9 +233,29 @@ def test_what_sglangs_launch_flags_do_here_is_logged(caplog):
     assert "--cuda-graph-bs 1 2 4 8 has no effect: CUDA graphs are off" in caplog.text
 
 
+@pytest.mark.parametrize("line", ["--cuda-graph-max-bs 32 --cuda-graph-bs 1 2 4",
+                                  "--cuda-graph-bs 1 2 4 --cuda-graph-max-bs 32"])
+def test_sglangs_graph_sizes_beside_its_bound_win_as_in_sglang(line, caplog):
+    """An SGLang launch line with both was refused as two values of one option; SGLang's
+    ServerArgs takes the list's largest size as its cuda_graph_max_bs, whatever the order.
+    The start says which value it uses."""
+    args = parse(line)
+    assert args.cuda_graph_max_batch == 4
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        config, _ = checked_config(args.command_parser, args)
+    assert config.cuda_graph_max_batch == 4
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("--cuda-graph-bs 1 2 4: decode batches of up to 4 requests ")
+               and m.endswith("; --cuda-graph-max-bs 32 is not used: as in SGLang, the "
+                              "list's largest size is the bound") for m in said), said
+
+
 @pytest.mark.parametrize("line, says", [
-    ("--cuda-graph-max-bs 32 --cuda-graph-bs 1 2 4",
-     "argument --cuda-graph-bs: 4 and --cuda-graph-max-bs 32 are two values of one option"),
+    # aiollm's own bound beside the list: two values, as for every other option
+    ("--cuda-graph-max-batch 32 --cuda-graph-bs 1 2 4",
+     "argument --cuda-graph-bs: 4 and --cuda-graph-max-batch 32 are two values of one option"),
+    ("--cuda-graph-bs 1 2 4 --cuda-graph-max-batch 32",
+     "argument --cuda-graph-max-batch: 32 and --cuda-graph-bs 4 are two values of one option"),
     ("--cuda-graph-bs 0 4", "argument --cuda-graph-bs: batch sizes must be whole numbers >= 1"),
     ("--cuda-graph-bs 4 x", "argument --cuda-graph-bs: batch sizes must be whole numbers >= 1"),
     ("--max-queued-requests 0",

@@ -24,6 +24,34 @@ def test_a_pool_past_the_memory_names_its_size_and_the_option():
     assert isinstance(e.value.__cause__, MemoryError)
 
 
+@pytest.mark.parametrize("share, said", [
+    (None, ""),
+    ("kv_memory_fraction", " or kv_memory_fraction (--kv-memory-fraction)"),
+    ("gpu_memory_utilization", " or gpu_memory_utilization (--gpu-memory-utilization)"),
+    ("mem_fraction_static", " or mem_fraction_static (--mem-fraction-static)"),
+    ("mem_fraction", " or mem_fraction (--mem-fraction)"),
+])
+def test_a_pool_past_the_memory_names_the_share_that_sized_it(share, said):
+    """It said "or kv_memory_fraction" whatever sized the pool: the user who gave
+    --gpu-memory-utilization (SGLang's --mem-fraction-static, LightLLM's --mem_fraction),
+    or the pool's size in tokens, was told to lower an option they never gave, and by a
+    name serve cannot rewrite as typed (no flag in brackets)."""
+    with pytest.raises(ValueError) as e:
+        KVPool(1, 1, 1, 2**48, torch.float32, "cpu", sized_by=share)
+    assert str(e.value).endswith(f"lower kv_tokens (--kv-tokens){said}"), e.value
+
+
+def test_a_pool_past_the_memory_names_the_share_as_typed():
+    """serve's log names the share's flag as the user typed it (LightLLM's underscores)."""
+    from aiollm.cli import build_parser
+    from aiollm.cli.serve_checks import flags_as_typed
+
+    args = build_parser().parse_args(["serve", "--mem_fraction", "0.8"])
+    with pytest.raises(ValueError) as e:
+        KVPool(1, 1, 1, 2**48, torch.float32, "cpu", sized_by="mem_fraction")
+    assert flags_as_typed(str(e.value), args).endswith("or mem_fraction (--mem_fraction)")
+
+
 @pytest.mark.parametrize("tokens, size, cause", [
     (2**48, "2.25 PiB", MemoryError),  # past any address space: malloc fails
     (2**60, "9216.00 PiB", ValueError),  # past numpy's largest array: "array is too big"

@@ -851,6 +851,10 @@ def test_overload_and_queue_timeout(tight):
     refused, results = asyncio.run(scenario())
     status, headers, body, elapsed = refused
     assert_error(status, body, 503, None, "waiting")
+    # what happened, as SGLang's 503 says it; not the server's flag, which its client can
+    # neither see nor set (the server's log names it)
+    message = json.loads(body)["error"]["message"]
+    assert "the request queue is full" in message and "--" not in message, message
     assert headers["Retry-After"] == "1" and elapsed < QUEUE_TIMEOUT
     assert json.loads(body)["error"]["type"] == "overloaded_error"
     for status, headers, body, elapsed in results:
@@ -870,12 +874,14 @@ def test_overload_and_queue_timeout(tight):
 def test_more_choices_than_the_queue_holds_are_400(tight, path, body, param):
     """A request's choices all enter the queue at once: with more of them than an idle
     server's running batch and --max-waiting-requests hold it was a 503 on an idle server
-    too (retried in vain, the openai client twice). Now a 400 naming the field, while as
+    too (retried in vain, the openai client twice). Now a 400 naming the field (and the
+    limits in numbers, not the server's flags, which it named), while as
     many as they hold are served: 3 here, one running and two waiting (it was 2, the
     waiting queue alone, as if the idle batch had no room)."""
     status, _, raw_body = http(tight, "POST", path, json=body, headers=AUTH)
     assert_error(status, raw_body, refused_status(path), param,
-                 "(--max-running-requests 1 running, --max-waiting-requests 2 waiting)")
+                 "holds at once (1 running and 2 waiting); send at most 3")
+    assert b"--max-" not in raw_body, raw_body  # (the server's flags, which it cannot see)
     status, _, raw_body = http(tight, "POST", path, headers=AUTH, json={
         **body, **({"parameters": {**body["parameters"], "n": 3, "best_of": 3}} if path == G
                    else {"n": 3, "prompt": "a"} if path == C else {"n": 3})})
@@ -905,7 +911,7 @@ def test_more_choices_than_the_request_table_holds_are_400():
     srv = LiveServer(table_capacity=2).start()
     try:
         status, _, raw_body = http(srv, "POST", CH, json=chat(n=3))
-        assert_error(status, raw_body, 400, "n", "(--table-capacity 2)")
+        assert_error(status, raw_body, 400, "n", "(2 requests in its request table)")
         status, _, raw_body = http(srv, "POST", CH, json=chat(n=2))
         assert status == 200, raw_body
         srv.wait_idle()

@@ -121,16 +121,17 @@ class ApiState:
         """A request's `count` engine requests (its choices: prompts x n) all enter the queue,
         each in a request-table slot, at once: more than an idle server's running batch and
         waiting queue take together, or the table holds, were a 503 on an idle server too,
-        which a client retries in vain. ApiError 400 naming `param` instead."""
+        which a client retries in vain. ApiError 400 naming `param` instead, and the
+        limits in words: a client cannot see or set the server's flags."""
         config = self.engine.config
         batch = self.engine.planner.r2t.rows  # as configured (not lowered by an OOM step)
-        limit, flag = min((config.max_waiting_requests + batch,
-                           f"--max-running-requests {batch} running, --max-waiting-requests "
-                           f"{config.max_waiting_requests} waiting"),
-                          (config.table_capacity, f"--table-capacity {config.table_capacity}"))
+        limit, held = min((config.max_waiting_requests + batch,
+                           f"{batch} running and {config.max_waiting_requests} waiting"),
+                          (config.table_capacity,
+                           f"{config.table_capacity} requests in its request table"))
         if count > limit:
             raise ApiError(400, f"{count} choices (prompts x n) are more than this server "
-                                f"holds at once ({flag}); send at most {limit}",
+                                f"holds at once ({held}); send at most {limit}",
                            param=param)
 
     async def token_bytes(self) -> TokenBytes:

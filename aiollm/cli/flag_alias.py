@@ -15,18 +15,29 @@ class Alias(argparse._StoreAction):
     value is a usage error naming both, unless both are `least` flags of different
     actions: then the smaller value is kept. Those are other engines' upper bounds of one
     count (a step's tokens: SGLang's --chunked-prefill-size beside its --max-prefill-tokens),
-    which those engines keep within all at once."""
+    which those engines keep within all at once. `wins_over`: spellings of the option
+    whose value this one's replaces, before it or after, as the engine both belong to
+    does (SGLang's --cuda-graph-bs over its --cuda-graph-max-bs); the value not used is
+    kept in the namespace's `values_dropped` (dest -> (flag, value as typed)), for the
+    start to log."""
 
-    def __init__(self, option_strings, dest, least: bool = False, **kwargs) -> None:
+    def __init__(self, option_strings, dest, least: bool = False,
+                 wins_over: tuple[str, ...] = (), **kwargs) -> None:
         super().__init__(option_strings, dest, **kwargs)
         self.least = least
+        self.wins_over = tuple(wins_over)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         typed = dict(getattr(namespace, "flags_typed", {}))
         before = typed.get(self.dest)
         if before is not None and before != option_string:
             given = getattr(namespace, self.dest)
-            if self.least and before not in self.option_strings:
+            if option_string in getattr(namespace, "outranked", {}).get(self.dest, ()):
+                _dropped(namespace, self.dest, option_string, values)  # the winner stays
+                return
+            if before in self.wins_over:
+                _dropped(namespace, self.dest, before, given)
+            elif self.least and before not in self.option_strings:
                 if given <= values:
                     return
             elif given != values:
@@ -35,6 +46,15 @@ class Alias(argparse._StoreAction):
         super().__call__(parser, namespace, values, option_string)
         typed[self.dest] = option_string
         namespace.flags_typed = typed
+        if self.wins_over:  # a spelling it wins over, given later, leaves its value
+            namespace.outranked = {**getattr(namespace, "outranked", {}),
+                                   self.dest: self.wins_over}
+
+
+def _dropped(namespace, dest: str, flag: str, value) -> None:
+    """Keep `flag value`, a value of option `dest` that another spelling's replaces."""
+    namespace.values_dropped = {**getattr(namespace, "values_dropped", {}),
+                                dest: (flag, _shown(value))}
 
 
 class AliasConst(argparse.Action):

@@ -5,6 +5,7 @@ options; ShortUsage makes a usage error one short usage line and the error, and 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 
@@ -83,27 +84,43 @@ class ShortUsage(argparse.ArgumentParser):
 
 def help_for(parser: argparse.ArgumentParser, value: str) -> str | None:
     """`--help=VALUE`'s text, as `vllm serve` reads it: "all" is the whole --help; a group's
-    title (case aside, "-" for a space: `--help=tensor-parallelism`) is that group's options;
-    else the options whose flag holds VALUE (case, leading dashes and "_" for "-" aside:
-    `--help=max_model_len`, `--help=eplb`); an empty word (`--help=`, `--help=--`) too is
-    the whole --help, as every option's name holds it (vLLM lists every option for it).
-    None where nothing matches."""
+    name (_group_names: `--help=tensor-parallelism`, `--help=sglang`) is that group's
+    description and options; else the options whose flag holds VALUE (case, leading dashes
+    and "_" for "-" aside: `--help=max_model_len`, `--help=eplb`); an empty word (`--help=`,
+    `--help=--`) too is the whole --help, as every option's name holds it (vLLM lists every
+    option for it). None where nothing matches."""
     key = value.lstrip("-").lower().replace("_", "-")
     if value == "all" or not key.strip():
         return parser.format_help()
     formatter = parser._get_formatter()
     shown = [a for a in parser._actions if a.help != argparse.SUPPRESS]
-    group = next((g for g in parser._action_groups
-                  if (g.title or "").lower().replace(" ", "-") == key.replace(" ", "-")), None)
+    group = next((g for g in parser._action_groups if _group_key(value) in _group_names(g)),
+                 None)
     if group is not None:
         title, actions = group.title, [a for a in group._group_actions if a in shown]
+        description = group.description
     else:
-        title = f"options with {value!r} in their name"
+        title, description = f"options with {value!r} in their name", None
         actions = [a for a in shown if key and any(key in o.lstrip("-").lower()
                                                    for o in a.option_strings)]
-    if not actions:
+    if not actions and not description:
         return None
     formatter.start_section(title)
+    formatter.add_text(description)
     formatter.add_arguments(actions)
     formatter.end_section()
     return formatter.format_help()
+
+
+def _group_key(text: str) -> str:
+    """A group's title or a --help=GROUP value, case, spaces ("-"), "_" and the "'s" of a
+    possessive aside: "SGLang's flags" and `--help=sglang-flags` are "sglang-flags"."""
+    text = re.sub(r"'s\b", "", text.strip().lstrip("-").lower()).replace("'", "")
+    return "-".join(text.replace("_", " ").replace("-", " ").split())
+
+
+def _group_names(group: argparse._ArgumentGroup) -> set[str]:
+    """The --help=GROUP values that name `group`: its title (_group_key), and for another
+    engine's flags ("SGLang's flags") the engine's name alone (`--help=sglang`)."""
+    key = _group_key(group.title or "")
+    return {key, key.removesuffix("-flags")} - {""}

@@ -13,7 +13,7 @@ import sys
 
 from aiollm.cli.lightllm_flags import answers_any_model
 from aiollm.cli.log_config import configure_logging, messages_rewritten
-from aiollm.cli.serve_checks import checked_config, cors_options, flags_as_typed
+from aiollm.cli.serve_checks import checked_config, cors_options, typed_flags
 from aiollm.stop_signal import exit_status
 
 log = logging.getLogger("aiollm.cli")
@@ -24,9 +24,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     1 when the model or the address fails; 130 for Ctrl-C before the server's signal
     handlers exist, and 130 or 143 for Ctrl-C or SIGTERM that gave up a tensor parallel
     start-up). A bad flag is parser.error, before anything loads; what the start logs names
-    flags as the user typed them (flags_as_typed)."""
+    flags as the user typed them (typed_flags)."""
     configure_logging(args)
-    with messages_rewritten(lambda message: flags_as_typed(message, args)):
+    with messages_rewritten(typed_flags(args)):
         return _serve(parser, args)
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiollm import vllm_compilation, vllm_graph_flags
 from aiollm.cli import sglang_flags
+from aiollm.cli.log_config import rewrite_flags
 from aiollm.cli.serve_parser import ENGINE_OPTIONS
 from aiollm.config import EngineConfig
 
@@ -196,20 +197,24 @@ def cors_options(parser: argparse.ArgumentParser,
         parser.error(f"argument --allowed-origins: {e}")
 
 
-def flags_as_typed(message: str, args: argparse.Namespace) -> str:
-    """`message` with the options' flags it names in passing ("(--max-model-len)", "(--kv-
-    tokens)") as the user typed them (SGLang's --context-length, LightLLM's
-    --max_total_token_num; an option's own flag spelt with underscores, --mem_fraction):
-    for EngineConfig's messages and the start's own (a KV plan refused before or after
-    loading, a warning while loading)."""
+def typed_flags(args: argparse.Namespace) -> dict[str, str]:
+    """aiollm's flag of each option the user typed otherwise: the flag as typed (SGLang's
+    --context-length for --max-model-len, LightLLM's --max_total_token_num for --kv-tokens;
+    an option's own flag spelt with underscores, --mem_fraction for --mem-fraction)."""
     # the spelling typed, where argparse read it dashed (flag_spelling.ArgumentParser's)
     spelt = getattr(getattr(args, "command_parser", None), "typed_spellings", {})
-    for name, typed_flag in getattr(args, "flags_typed", {}).items():
-        typed_flag = spelt.get(typed_flag, typed_flag)
-        message = re.sub(rf"\((--{name.replace('_', '-')})\)", f"({typed_flag})", message)
-    for read, typed_flag in spelt.items():  # aiollm's own flags, typed with underscores
-        message = message.replace(f"({read})", f"({typed_flag})")
-    return message
+    flags = {f"--{name.replace('_', '-')}": spelt.get(typed, typed)
+             for name, typed in getattr(args, "flags_typed", {}).items()}
+    for read, typed in spelt.items():  # aiollm's own flags, typed with underscores
+        flags.setdefault(read, typed)
+    return flags
+
+
+def flags_as_typed(message: str, args: argparse.Namespace) -> str:
+    """`message` with the options' flags it names in passing ("(--max-model-len)", "(--kv-
+    tokens)") as the user typed them (typed_flags): for EngineConfig's messages and the
+    start's own (a KV plan refused before or after loading, a warning while loading)."""
+    return rewrite_flags(message, typed_flags(args))
 
 
 def _naming_flag(message: str, args: argparse.Namespace) -> str:

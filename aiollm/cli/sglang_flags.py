@@ -65,8 +65,10 @@ class GraphBatchSizes(Alias):
     --cuda-graph-max-batch here; aiollm picks the sizes below it itself
     (engine/cuda_graph.batch_buckets). A usage error naming the flag for a size that is no
     whole number >= 1 (and where MODEL is not given yet and the last word is no number,
-    that MODEL typed after the sizes was read as one); beside --cuda-graph-max-bs, Alias's
-    rule (two values: give one)."""
+    that MODEL typed after the sizes was read as one). Beside SGLang's --cuda-graph-max-bs,
+    before it or after, the list's largest size is the bound, as SGLang's ServerArgs takes
+    them (the start logs which value it uses: graph_sizes_said); beside aiollm's own
+    --cuda-graph-max-batch, Alias's rule (two values: give one)."""
 
     def __init__(self, option_strings, dest, **kwargs) -> None:
         super().__init__(option_strings, dest, nargs="+", **kwargs)
@@ -92,11 +94,15 @@ def graph_sizes_said(args: argparse.Namespace, cuda_graph: bool) -> str | None:
     --disable-cuda-graph)."""
     if getattr(args, "flags_typed", {}).get("cuda_graph_max_batch") != GRAPH_SIZES:
         return None
+    dropped = getattr(args, "values_dropped", {}).get("cuda_graph_max_batch")
+    unused = "" if dropped is None else (f"; {' '.join(dropped)} is not used: as in SGLang, "
+                                         "the list's largest size is the bound")
     if not cuda_graph:
-        return f"{GRAPH_SIZES} {args.graph_sizes_typed} has no effect: CUDA graphs are off"
+        return (f"{GRAPH_SIZES} {args.graph_sizes_typed} has no effect: CUDA graphs are "
+                f"off{unused}")
     return (f"{GRAPH_SIZES} {args.graph_sizes_typed}: decode batches of up to "
             f"{args.cuda_graph_max_batch} requests replay CUDA graphs (its largest size, as "
-            "--cuda-graph-max-batch), captured at the sizes aiollm picks below it")
+            f"--cuda-graph-max-batch), captured at the sizes aiollm picks below it{unused}")
 
 
 def chunk_size(value: str) -> int:
@@ -237,7 +243,8 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "SGLang's flags", "`python -m sglang.launch_server` flags of the same meaning are "
         f"aliases of aiollm's: --model-path is MODEL; {aliases}; --chunked-prefill-size is "
         "--max-prefill-tokens, a step's tokens (given with it, the smaller counts; -1 is "
-        "refused); --cuda-graph-bs's largest size is --cuda-graph-max-batch; "
+        "refused); --cuda-graph-bs's largest size is --cuda-graph-max-batch (beside "
+        "--cuda-graph-max-bs too, as in SGLang); "
         "--max-queued-requests is --max-waiting-requests (requests waiting for the running "
         f"batch, past which a request gets 503); {switches}. --max-running-requests, "
         "--max-prefill-tokens, "
@@ -253,8 +260,10 @@ def add_to(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chunked-prefill-size", dest="max_prefill_tokens", type=chunk_size,
                        action=Alias, least=True, default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)
+    # SGLang's ServerArgs takes the list's largest size over --cuda-graph-max-bs given too
     group.add_argument(GRAPH_SIZES, dest="cuda_graph_max_batch", action=GraphBatchSizes,
-                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                       wins_over=("--cuda-graph-max-bs",), default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
     group.add_argument("--max-queued-requests", dest="max_waiting_requests", type=int,
                        action=Alias, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     group.add_argument("--max-total-tokens", type=token_counts.token_count, default=None,

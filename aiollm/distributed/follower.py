@@ -12,7 +12,8 @@ sampled rows' logits' all-gather and, when rank 0 sampled, the broadcast of the 
 
 Run as `python -m aiollm.distributed.follower --rank R --init HOST:PORT` by a node's lead
 process (spawned_ranks.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG (and the
-model's config as its lead read it); `follow()` is
+model's config as its lead read it), logging at its lead's level (--log-level) with the
+flags its messages name as the user typed them (--flags-typed); `follow()` is
 what `aiollm serve --node-rank K` (K > 0) runs on the other nodes.
 """
 
@@ -49,7 +50,9 @@ from aiollm.distributed.peer_lost import peer_ended_error
 from aiollm.distributed.spawned_ranks import lead_model_config
 from aiollm.stop_signal import sigterm_raises
 
-log = logging.getLogger(__name__)
+# (not __name__, which is "__main__" in a spawned rank: its records are aiollm's, which
+# log_config.messages_rewritten rewrites)
+log = logging.getLogger("aiollm.distributed.follower")
 
 
 def build_runner(cfg: EngineConfig, tp: TensorParallel, model_config=None):
@@ -261,7 +264,12 @@ def _exit_with_parent(files: RankFiles) -> None:
     os._exit(1)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _level(text: str) -> int | str:
+    """--log-level's value: a level's name (any case) or number."""
+    return int(text) if text.isdigit() else text.upper()
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="an aiollm tensor-parallel follower rank")
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--init", required=True, help="HOST:PORT of the TCP rendezvous")
@@ -269,11 +277,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joining-file", help="written just before the rendezvous")
     # (its parent at spawn: one that ended during this rank's imports is no longer its parent)
     parser.add_argument("--lead-pid", type=int, help="the process that spawned this rank")
+    parser.add_argument("--log-level", type=_level, default="INFO",
+                        help="its lead's logging level (a name or a number)")
+    parser.add_argument("--flags-typed", type=json.loads, default={},
+                        help="JSON: aiollm's flag -> the flag the user typed "
+                             "(log_config.messages_rewritten)")
     args = parser.parse_args(argv)
     from aiollm.cli import LOG_FORMAT
+    from aiollm.cli.log_config import messages_rewritten
 
-    logging.basicConfig(level=os.environ.get("AIOLLM_LOG_LEVEL", "INFO"),
-                        format=f"[rank {args.rank}] {LOG_FORMAT}")
+    logging.basicConfig(level=args.log_level, format=f"[rank {args.rank}] {LOG_FORMAT}")
+    with messages_rewritten(args.flags_typed):
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
+    """main()'s rank, its logging set up: join, load and serve steps until rank 0's stop;
+    the process ends here (os._exit)."""
     files = RankFiles(args.error_file, args.joining_file, args.lead_pid or os.getppid())
     threading.Thread(target=_exit_with_parent, args=(files,), daemon=True).start()
     tp = None

@@ -48,7 +48,8 @@ def check_devices(cfg: EngineConfig) -> None:
     need, have = len(node_ranks(cfg)), torch.cuda.device_count()
     if have < need:
         raise ValueError(
-            f"--tensor-parallel-size {cfg.tensor_parallel_size} over {cfg.nnodes} node(s) needs "
+            f"a tensor parallel size (--tensor-parallel-size) of {cfg.tensor_parallel_size} "
+            f"over {cfg.nnodes} node(s) needs "
             f"{need} GPUs on this node, but {have} are visible (CUDA_VISIBLE_DEVICES="
             f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
 

@@ -13,7 +13,8 @@ its key, then polls for the others' in Python, so that:
 - Ctrl-C ends the wait at once, and so does the caller's own `check` (a rank it spawned
   lost, a caller that gave up).
 
-Keys, under "aiollm/tp/": "shape", "--tensor-parallel-size N --nnodes M" of rank 0, set as
+Keys, under "aiollm/tp/": "shape", rank 0's tensor parallel size and node count in words
+(start_settings.shape), set as
 it hosts the store (a rank started with others is refused, never counted); "arrived/R",
 counted by rank R as it enters the wait; "alive/R", counted by rank R at each look while it
 waits (its heartbeat); "met/R", set by rank R once it has seen every rank arrived;
@@ -63,6 +64,10 @@ STALE_S = 2.0
 # a node waiting for rank 0's store to come up says so after NOTE_S, then every NOTE_EVERY_S
 # (node 0 not yet started, or a wrong --dist-init-addr: else silent up to the timeout)
 NOTE_S, NOTE_EVERY_S = 5.0, 60.0
+# what every node must be started with alike, each flag as "name (--flag)", the form a
+# message's flags are rewritten as the user typed them in (cli/log_config.py)
+SAME_SHAPE = ("the same tensor parallel size (--tensor-parallel-size), node count (--nnodes) "
+              "and rendezvous address (--dist-init-addr)")
 # a process that ended closes its sockets one by one: rank 0's gloo connection may close,
 # and another rank look at its store's port, before that port closes
 SETTLE_S = 0.5
@@ -140,8 +145,8 @@ class Rendezvous:
                 raise TimeoutError(
                     f"the tensor parallel rendezvous at {self.addr} (hosted by rank 0, node 0)"
                     f" did not answer within {waited}: check that `aiollm serve --node-rank 0`"
-                    f" runs there with the same --tensor-parallel-size, --nnodes and "
-                    f"--dist-init-addr, that this node can reach {self.addr}, and node 0's log")
+                    f" runs there with {SAME_SHAPE}, that this node can reach {self.addr}, "
+                    f"and node 0's log")
             time.sleep(POLL_S)
         try:  # (a store answers its handshake at once: what does not is something else)
             store = dist.TCPStore(self._host, self._port, None, is_master=False,
@@ -224,8 +229,8 @@ class Rendezvous:
                 self._told = True  # not posted: the group was made, it looks here no more
                 raise ValueError(
                     f"tensor parallel rank {self.rank} (node {node}) is already in the group "
-                    f"made at {self.addr}: either another node runs with --node-rank {node} "
-                    f"(end it, or give this node its own --node-rank), or this node's "
+                    f"made at {self.addr}: either another node runs as node {node} "
+                    f"(--node-rank) (end it, or give this node its own), or this node's "
                     f"earlier start ended after the group was made, and a group takes no "
                     f"replacement (node 0 ends once it finds that rank gone): start every "
                     f"node again")
@@ -233,9 +238,10 @@ class Rendezvous:
                 self._told = True  # not posted: the node that came first is fine
                 raise ValueError(
                     f"tensor parallel rank {self.rank} (node {node}) has already arrived at "
-                    f"the rendezvous at {self.addr}: another node was started with "
-                    f"--node-rank {node}, or with another --tensor-parallel-size or --nnodes;"
-                    f" end it, or give this node its own --node-rank")
+                    f"the rendezvous at {self.addr}: another node was started as node "
+                    f"{node} (--node-rank), or with another tensor parallel size "
+                    f"(--tensor-parallel-size) or node count (--nnodes); end it, or give "
+                    f"this node its own node rank (--node-rank)")
             self._check_failed(store)
             if check is not None:
                 check()
@@ -336,9 +342,8 @@ class Rendezvous:
                         f"{self.addr} (arrived, then showed no sign of life for {STALE_S:.0f}"
                         f" s: killed?) and were not restarted within {self.timeout}")
         flags = " ".join(f"--node-rank {node}" for node in sorted({**missing, **gone}))
-        return (f"{'; '.join(said)}: check that `aiollm serve {flags}` runs there with the "
-                f"same --tensor-parallel-size, --nnodes and --dist-init-addr, that it can "
-                f"reach {self.addr}, and its log")
+        return (f"{'; '.join(said)}: check that `aiollm serve {flags}` runs there with "
+                f"{SAME_SHAPE}, that it can reach {self.addr}, and its log")
 
     def fail(self, node: int, error: BaseException,
              check: Callable[[], None] | None = None) -> None:

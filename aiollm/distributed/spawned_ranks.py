@@ -4,7 +4,12 @@ processes, and the files through which they speak to it before the group exists.
 Each child is a `python -m aiollm.distributed.follower` with its rank, the rendezvous
 address, the EngineConfig (as JSON in $AIOLLM_TP_CONFIG) and the model's config as the lead
 read it (pickled in $AIOLLM_TP_MODEL_CONFIG: the rank does not read config.json again, which
-imports transformers, ~1.4 s of CPU per rank). It writes its `.joining` file
+imports transformers, ~1.4 s of CPU per rank). Its command line carries what is its own
+process's: its rank, the rendezvous, its files, its lead's pid, and its logging as its
+lead's (the level of the lead's "aiollm" logger, `aiollm serve --log-level`'s, and the flags
+the lead's messages name as the user typed them, log_config.messages_rewritten): only what
+the lead writes there reaches it, where an environment variable set in the user's shell
+would reach it too, unasked. It writes its `.joining` file
 just before it enters the rendezvous, and its `.err` file (its exception, whole or not at
 all: follower.py) when it fails; both live in one temporary folder per node, made with the
 first rank's files and removed once the ranks have ended (NodeRanks' stop, abort and
@@ -17,6 +22,7 @@ the failure of the requests in flight) is NodeRanks'.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import pickle
@@ -55,9 +61,14 @@ class SpawnedRanks:
         rendezvous) with the EngineConfig `config_json` and `model_config` (the lead's
         ModelConfig of the model, which the rank then loads without reading it again; None:
         the rank reads it)."""
+        from aiollm.cli.log_config import flags_rewritten
+
         cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank", str(rank),
                "--init", addr, "--error-file", self.error_file(rank),
-               "--joining-file", self.joining_file(rank), "--lead-pid", str(os.getpid())]
+               "--joining-file", self.joining_file(rank), "--lead-pid", str(os.getpid()),
+               "--log-level", _level_name(logging.getLogger("aiollm").getEffectiveLevel())]
+        if flags := flags_rewritten():
+            cmd += ["--flags-typed", json.dumps(flags)]
         env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
         env.pop(MODEL_CONFIG_ENV, None)  # (a lead that is itself a spawned rank's child)
         if model_config is not None:
@@ -136,6 +147,13 @@ class SpawnedRanks:
         still be failing, so only once they have ended)."""
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _level_name(level: int) -> str:
+    """A logging level as the rank's --log-level takes it: its name, or its number where
+    it has none."""
+    name = logging.getLevelName(level)
+    return name if isinstance(name, str) and not name.startswith("Level ") else str(level)
 
 
 def lead_model_config():

@@ -81,8 +81,10 @@ def differing(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
 
 
 def shape(rdv: Rendezvous) -> str:
-    """The flags that shape the group, as rank 0 posts them as it hosts the store."""
-    return f"--tensor-parallel-size {rdv.size} --nnodes {rdv.nnodes}"
+    """The flags that shape the group, as rank 0 posts them as it hosts the store: each
+    "name (--flag)", which a message's rewriting names as the user typed it."""
+    return (f"tensor parallel size {rdv.size} (--tensor-parallel-size) over {rdv.nnodes} "
+            f"node(s) (--nnodes)")
 
 
 def check_shape(rdv: Rendezvous, store: dist.TCPStore) -> None:
@@ -95,8 +97,8 @@ def check_shape(rdv: Rendezvous, store: dist.TCPStore) -> None:
     theirs = store.get(f"{PREFIX}shape").decode(errors="replace")  # set as it was hosted
     if theirs != shape(rdv):
         raise ValueError(
-            f"this node was started with {shape(rdv)}, node 0 (the rendezvous at "
-            f"{rdv.addr}) with {theirs}: start every node with the same")
+            f"this node was started with a {shape(rdv)}, node 0 (the rendezvous at "
+            f"{rdv.addr}) with a {theirs}: start every node with the same")
 
 
 def check_settings(rdv: Rendezvous, store: dist.TCPStore, check: Callable[[], None] | None,

@@ -127,9 +127,12 @@ class AddRequest:
                                    "running batch's free places, the most "
                                    "max_waiting_requests (--max-waiting-requests) allows "
                                    f"({limit})")
-            raise Overloaded(f"too many waiting requests: {beyond} wait beyond the running "
-                             "batch's free places, the most max_waiting_requests "
-                             f"(--max-waiting-requests) allows ({limit}); retry later")
+            # what its client reads (a 503's body, as SGLang's "The request queue is full."):
+            # what happened, not a flag of the server's it cannot see or set; the log line
+            # above names the flag, as the operator typed it
+            raise Overloaded(f"too many waiting requests: the request queue is full ({beyond} "
+                             "wait beyond the running batch's free places, the most this "
+                             "server lets wait); retry later")
         bad_words = (bad_word_ids(self.tokenizer, params.bad_words, self.model_config.vocab_size)
                      if params.bad_words else None)
         grammar = (self.grammars.start(params.constraint, bad_words)

@@ -73,7 +73,7 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
             where = (f"{byte_size(free)} of {device} is free before loading, and the weights "
                      f"take at least {byte_size(weights)} of it" if device.type == "cuda"
                      else f"the machine has {byte_size(free)} of memory and swap")
-            raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device, given=True)}; "
+            raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device)}; "
                              f"{where}")
         return  # EngineConfig holds it to max_model_len
     if device.type == "cpu":  # its size is known exactly: no memory is measured

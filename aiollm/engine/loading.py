@@ -96,7 +96,10 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
         free_bound = device.type == "cuda" and most // per_token < cfg.max_model_len
         raise ValueError(pool_short(cfg, device, kv_tokens, per_token, free_bound=free_bound))
     max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
-    kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
+    # a GPU's pool not given in tokens is sized by a share of its memory (pool_tokens)
+    sized_by = memory_share(cfg) if device.type == "cuda" and cfg.kv_tokens is None else None
+    kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device,
+                     sized_by=sized_by)
     # the planner never runs more requests than there are req_to_token rows
     rows = min(cfg.max_running_requests, cfg.table_capacity)
     r2t = ReqToTokenTable(rows, max_len, device)

@@ -131,12 +131,13 @@ def static_pool_tokens(name: str, fraction: float, free: int, total: int, in_use
     return budget // bytes_per_token
 
 
-def pool_misfit(num_tokens: int, need: int, device: torch.device, given: bool = False,
+def pool_misfit(num_tokens: int, need: int, device: torch.device, share: str | None = None,
                 part: str = "") -> str:
     """The error of a pool of num_tokens slots (`need` bytes; of its `part` where named, such
     as the free list in host memory) that `device` cannot hold, and what to lower:
-    kv_tokens, or (not `given`: sized from memory) kv_memory_fraction too."""
-    also = "" if given else " or kv_memory_fraction"
+    kv_tokens, and the memory share that sized it where one did (`share`: an option of
+    MEMORY_SHARES, named "name (--flag)", the form serve rewrites as the user typed it)."""
+    also = "" if share is None else f" or {share} (--{share.replace('_', '-')})"
     size = f"{part}: {byte_size(need)}" if part else byte_size(need)
     return (f"a KV pool of {num_tokens} tokens ({size}) does not fit in the memory of "
             f"{device}: lower kv_tokens (--kv-tokens){also}")
@@ -154,8 +155,9 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 class KVPool:
     """K and V of every layer for num_tokens token slots (plus one scratch slot), and the
-    free list of those slots. Raises ValueError naming kv_tokens when the pool does not fit
-    in the device's memory."""
+    free list of those slots. Raises ValueError naming kv_tokens, and `sized_by` (the
+    memory share, an option of MEMORY_SHARES, that sized num_tokens; None: none did), when
+    the pool does not fit in the device's memory."""
 
     def __init__(
         self,
@@ -165,6 +167,7 @@ class KVPool:
         num_tokens: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        sized_by: str | None = None,
     ):
         if num_tokens <= 0:
             raise ValueError(f"KV pool needs a positive token count, got {num_tokens}")
@@ -178,7 +181,7 @@ class KVPool:
             self.v_cache = [_zeros(shape, dtype, self.device) for _ in range(num_layers)]
         except (MemoryError, torch.OutOfMemoryError) as e:  # numpy's on the CPU is a MemoryError
             need = num_tokens * self.bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
-            raise ValueError(pool_misfit(num_tokens, need, self.device)) from e
+            raise ValueError(pool_misfit(num_tokens, need, self.device, sized_by)) from e
         # Free stack on the CPU: slots [0, n_free) of _stack are free. Popping from the end
         # hands out the most recently freed slots first (they are warm in cache).
         try:
