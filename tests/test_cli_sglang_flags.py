@@ -270,6 +270,21 @@ def test_three_spellings_of_the_graph_bound_get_one_answer_in_any_order(order, c
 
 
 @pytest.mark.parametrize("line, says", [
+    ("--max-num-seqs 8 --max-running-requests 8 --max-running-requests 4",
+     "argument --max-running-requests: 4 and --max-num-seqs 8 are two values"),
+    ("--cuda-graph-max-batch 8 --cuda-graph-bs 1 2 8 --cuda-graph-bs 1 4",
+     "argument --cuda-graph-bs: 4 and --cuda-graph-max-batch 8 are two values"),
+])
+def test_a_spelling_given_again_is_held_to_the_other_spellings(line, says, capsys):
+    """A spelling given twice keeps its last value (argparse's rule), but was checked
+    against nothing then: vLLM's --max-num-seqs 8 was served as 4, unsaid, where the same
+    4 given once beside it was refused."""
+    err = refusal(line, capsys)
+    assert says in err, err
+    assert parse("--max-running-requests 8 --max-running-requests 4").max_running_requests == 4
+
+
+@pytest.mark.parametrize("line, says", [
     # aiollm's own bound beside the list: two values, as for every other option
     ("--cuda-graph-max-batch 32 --cuda-graph-bs 1 2 4",
      "argument --cuda-graph-bs: 4 and --cuda-graph-max-batch 32 are two values of one option"),

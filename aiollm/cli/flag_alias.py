@@ -11,7 +11,8 @@ import argparse
 class Alias(argparse._StoreAction):
     """A spelling of an option: stores its value as `store` does and records the spelling
     in the namespace's `flags_typed` (dest -> flag). The same spelling given again replaces
-    its value (argparse's rule); another spelling of the option given before with another
+    its value (argparse's rule: still held to the others'); another spelling of the option
+    given before with another
     value is a usage error naming both, unless both are `least` flags of different
     actions: then the smaller value is kept. Those are other engines' upper bounds of one
     count (a step's tokens: SGLang's --chunked-prefill-size beside its --max-prefill-tokens),
@@ -33,12 +34,12 @@ class Alias(argparse._StoreAction):
         before = typed.get(self.dest)
         # spellings a winner given before outranks: loser -> winner
         losers = getattr(namespace, "outranked", {}).get(self.dest, {})
-        if before is not None and before != option_string:
+        if before is not None:
             given = getattr(namespace, self.dest)
             if self.least and before not in self.option_strings:
                 if given <= values:
                     return
-            else:
+            else:  # (the same spelling again too: its others still hold)
                 self._agrees(parser, namespace, values, option_string,
                              {before: given, **getattr(namespace, "values_typed", {})
                               .get(self.dest, {})}, losers)
