@@ -95,3 +95,17 @@ def test_help_names_another_engines_group_by_that_engine(value, title, flag, com
     assert (code, err) == (0, "")
     assert out.startswith(f"{title}:"), out
     assert flag in out and command in out, out
+
+
+def test_help_matching_nothing_names_the_groups_it_takes(capsys):
+    """A group misnamed (`--help=sglang-options`, `--help=tp`) got a tip that there are
+    groups, not which: the user read the whole --help to find them. Each one the tip names
+    is a --help=GROUP that shows that group."""
+    code, out, err = _serve(["--help=sglang-options"], capsys)
+    assert (code, err) == (0, "")
+    assert len(out.splitlines()) <= 3, out
+    named = out.split("groups: ", 1)[1].split(")", 1)[0].split(", ")
+    assert {"server", "tensor-parallelism", "vllm", "sglang", "lightllm"} <= set(named), out
+    for group in named:
+        code, shown, _ = _serve([f"--help={group}"], capsys)
+        assert code == 0 and "matching" not in shown.splitlines()[0], (group, shown)

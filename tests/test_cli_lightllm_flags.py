@@ -29,7 +29,7 @@ def parse(line: str, model: tuple[str, ...] = ("M",)):
 
 def options(line: str) -> dict:
     return {k: v for k, v in vars(parse(line)).items()
-            if k not in ("command_parser", "no_effect", "flags_typed")}
+            if k not in ("command_parser", "no_effect", "flags_typed", "values_typed")}
 
 
 def refusal(line: str, capsys) -> str:

@@ -6,6 +6,7 @@ Parse-level: the parser and serve's checks are called directly, no model loads."
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -22,7 +23,7 @@ def options(line: str) -> dict:
     """What `aiollm serve M line` sets, but the parser it reports through, the flags typed
     and the flags it logs as having no effect."""
     return {k: v for k, v in vars(parse(line)).items()
-            if k not in ("command_parser", "no_effect", "flags_typed")}
+            if k not in ("command_parser", "no_effect", "flags_typed", "values_typed")}
 
 
 def refusal(line: str, capsys, model: tuple[str, ...] = ("M",)) -> str:
@@ -248,6 +249,39 @@ def test_sglangs_graph_sizes_beside_its_bound_win_as_in_sglang(line, caplog):
     assert any(m.startswith("--cuda-graph-bs 1 2 4: decode batches of up to 4 requests ")
                and m.endswith("; --cuda-graph-max-bs 32 is not used: as in SGLang, the "
                               "list's largest size is the bound") for m in said), said
+
+
+_THREE = ("--cuda-graph-bs 1 2 8", "--cuda-graph-max-bs 16", "--cuda-graph-max-batch {}")
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_three_spellings_of_the_graph_bound_get_one_answer_in_any_order(order, capsys):
+    """--cuda-graph-bs wins over SGLang's --cuda-graph-max-bs; aiollm's --cuda-graph-max-batch
+    is held to both. The answer hung on the order: --cuda-graph-max-bs 16 beside
+    --cuda-graph-max-batch 8 (two values of one option, refused alone) was refused in some
+    orders and in others served with 16 dropped unsaid; --cuda-graph-max-batch 16 given
+    before --cuda-graph-max-bs 16 and the list was dropped unsaid too."""
+    for bound in (8, 16):  # the list's largest, SGLang's bound
+        line = " ".join(_THREE[i].format(bound) for i in order)
+        err = refusal(line, capsys)
+        assert "are two values of one option: give one" in err, (line, err)
+    line = " ".join(_THREE[i].format(16).replace("16", "8") for i in order)
+    assert parse(line).cuda_graph_max_batch == 8  # all agree: served
+
+
+@pytest.mark.parametrize("line, says", [
+    ("--max-num-seqs 8 --max-running-requests 8 --max-running-requests 4",
+     "argument --max-running-requests: 4 and --max-num-seqs 8 are two values"),
+    ("--cuda-graph-max-batch 8 --cuda-graph-bs 1 2 8 --cuda-graph-bs 1 4",
+     "argument --cuda-graph-bs: 4 and --cuda-graph-max-batch 8 are two values"),
+])
+def test_a_spelling_given_again_is_held_to_the_other_spellings(line, says, capsys):
+    """A spelling given twice keeps its last value (argparse's rule), but was checked
+    against nothing then: vLLM's --max-num-seqs 8 was served as 4, unsaid, where the same
+    4 given once beside it was refused."""
+    err = refusal(line, capsys)
+    assert says in err, err
+    assert parse("--max-running-requests 8 --max-running-requests 4").max_running_requests == 4
 
 
 @pytest.mark.parametrize("line, says", [

@@ -64,3 +64,21 @@ def test_a_spawned_rank_logs_at_its_leads_level_and_names_flags_as_typed(spawned
     assert "max_model_len (--context-length)" in said, said
     assert "(--max-model-len)" not in said, said
     assert "(--kv-tokens)" in said, said  # (a flag the user did not retype: as it was)
+
+
+def test_a_level_named_by_the_lead_alone_reaches_the_rank_as_its_number():
+    """A lead whose program named a level of its own (logging.addLevelName(25, "NOTICE"))
+    and logs at it passed "--log-level NOTICE": the rank, a fresh interpreter that knows
+    only logging's own names, failed in basicConfig ("Unknown level"), and the start with
+    it."""
+    from aiollm.distributed.spawned_ranks import _level_name
+
+    assert _level_name(logging.INFO) == "INFO"
+    before = logging.getLevelName(25)
+    logging.addLevelName(25, "R250_NOTICE")
+    try:
+        assert _level_name(25) == "25"
+    finally:
+        logging._levelToName.pop(25, None)
+        logging._nameToLevel.pop("R250_NOTICE", None)
+    assert logging.getLevelName(25) == before

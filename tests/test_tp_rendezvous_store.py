@@ -492,8 +492,9 @@ def test_a_node_started_with_another_model_or_flags_is_refused_naming_them(tiny_
         started = time.monotonic()
         out = _meet_in_threads(*places)
         assert isinstance(out[0], ValueError), out
-        said = {"max_model_len": ("--max-model-len 64", "--max-model-len 128"),
-                "dtype": ("--dtype bfloat16", "--dtype float32 (auto)"),
+        said = {"max_model_len": ("max_model_len 64 (--max-model-len)",
+                                  "max_model_len 128 (--max-model-len)"),
+                "dtype": ("dtype bfloat16 (--dtype)", "dtype float32 (auto) (--dtype)"),
                 "model": ("3 layers", "2 layers")}[flag]
         assert f"node 1 was started with " in str(out[0]) and said[0] in str(out[0]), out
         assert f"node 0 (the rendezvous at {addr}) with " in str(out[0]), out
@@ -579,3 +580,19 @@ def test_auto_and_the_value_it_resolves_to_are_the_same_setting(tiny_model):  # 
     ours, theirs = start_settings(auto, model), start_settings(other, model)
     assert differing(ours, theirs) == ["--dtype", "--kv-cache-dtype"]
     assert ours["--dtype"] == "float32 (auto)" and theirs["--dtype"] == "bfloat16", ours
+
+
+def test_settings_a_node_differs_in_name_the_flags_the_user_typed():
+    """A node started with SGLang's `--context-length 64`, refused for node 0's 128, was told
+    "--max-model-len 64", a flag its user never typed: the settings were named bare, not in
+    the "name (--flag)" form serve's log rewrites as typed (as the shape's are)."""
+    from aiollm.cli.log_config import rewrite_flags
+    from aiollm.distributed.start_settings import settings_said
+
+    settings = {"the model": "llama (2 layers)", "--max-model-len": "64",
+                "--max-running-requests": "8", "--no-cuda-graph": "given"}
+    said = rewrite_flags(settings_said(settings, list(settings)),
+                         {"--max-model-len": "--context-length",
+                          "--max-running-requests": "--max-num-seqs"})
+    assert said == ("the model llama (2 layers), max_model_len 64 (--context-length), "
+                    "max_running_requests 8 (--max-num-seqs), --no-cuda-graph given"), said

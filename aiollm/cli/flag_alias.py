@@ -11,7 +11,8 @@ import argparse
 class Alias(argparse._StoreAction):
     """A spelling of an option: stores its value as `store` does and records the spelling
     in the namespace's `flags_typed` (dest -> flag). The same spelling given again replaces
-    its value (argparse's rule); another spelling of the option given before with another
+    its value (argparse's rule: still held to the others'); another spelling of the option
+    given before with another
     value is a usage error naming both, unless both are `least` flags of different
     actions: then the smaller value is kept. Those are other engines' upper bounds of one
     count (a step's tokens: SGLang's --chunked-prefill-size beside its --max-prefill-tokens),
@@ -19,7 +20,8 @@ class Alias(argparse._StoreAction):
     whose value this one's replaces, before it or after, as the engine both belong to
     does (SGLang's --cuda-graph-bs over its --cuda-graph-max-bs); the value not used is
     kept in the namespace's `values_dropped` (dest -> (flag, value as typed)), for the
-    start to log."""
+    start to log. Every other pair of spellings given must agree, in any order (_agrees:
+    the one outranked too, with a third spelling)."""
 
     def __init__(self, option_strings, dest, least: bool = False,
                  wins_over: tuple[str, ...] = (), **kwargs) -> None:
@@ -30,25 +32,53 @@ class Alias(argparse._StoreAction):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         typed = dict(getattr(namespace, "flags_typed", {}))
         before = typed.get(self.dest)
-        if before is not None and before != option_string:
+        # spellings a winner given before outranks: loser -> winner
+        losers = getattr(namespace, "outranked", {}).get(self.dest, {})
+        if before is not None:
             given = getattr(namespace, self.dest)
-            if option_string in getattr(namespace, "outranked", {}).get(self.dest, ()):
-                _dropped(namespace, self.dest, option_string, values)  # the winner stays
-                return
-            if before in self.wins_over:
-                _dropped(namespace, self.dest, before, given)
-            elif self.least and before not in self.option_strings:
+            if self.least and before not in self.option_strings:
                 if given <= values:
                     return
-            elif given != values:
-                parser.error(f"argument {option_string}: {_shown(values)} and {before} "
-                             f"{_shown(given)} are two values of one option: give one")
+            else:  # (the same spelling again too: its others still hold)
+                self._agrees(parser, namespace, values, option_string,
+                             {before: given, **getattr(namespace, "values_typed", {})
+                              .get(self.dest, {})}, losers)
+                if option_string in losers:  # the winner stays
+                    _dropped(namespace, self.dest, option_string, values)
+                    _typed_value(namespace, self.dest, option_string, values)
+                    return
+                if before in self.wins_over:
+                    _dropped(namespace, self.dest, before, given)
         super().__call__(parser, namespace, values, option_string)
         typed[self.dest] = option_string
         namespace.flags_typed = typed
+        if not self.least:
+            _typed_value(namespace, self.dest, option_string, values)
         if self.wins_over:  # a spelling it wins over, given later, leaves its value
             namespace.outranked = {**getattr(namespace, "outranked", {}),
-                                   self.dest: self.wins_over}
+                                   self.dest: {**losers, **dict.fromkeys(self.wins_over,
+                                                                         option_string)}}
+
+    def _agrees(self, parser, namespace, values, option_string: str, earlier: dict,
+                losers: dict[str, str]) -> None:
+        """parser.error where `values` and a value of another spelling given before
+        (`earlier`: flag -> value) differ, but for a spelling this one wins over or that
+        wins over this one: every other pair must agree whatever their order (SGLang's
+        --cuda-graph-max-bs, which its --cuda-graph-bs outranks, is still held to aiollm's
+        --cuda-graph-max-batch). `earlier` holds the namespace's `values_typed` (dest ->
+        flag -> value; each spelling's last, but `least` flags', which keep the smaller)."""
+        for flag, value in earlier.items():
+            if (flag != option_string and flag not in self.wins_over
+                    and losers.get(option_string) != flag and value != values):
+                parser.error(f"argument {option_string}: {_shown(values)} and {flag} "
+                             f"{_shown(value)} are two values of one option: give one")
+
+
+def _typed_value(namespace, dest: str, flag: str, value) -> None:
+    """Record `flag value` of option `dest` in the namespace's `values_typed`."""
+    values_typed = getattr(namespace, "values_typed", {})
+    namespace.values_typed = {**values_typed,
+                              dest: {**values_typed.get(dest, {}), flag: value}}
 
 
 def _dropped(namespace, dest: str, flag: str, value) -> None:

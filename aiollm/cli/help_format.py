@@ -51,7 +51,8 @@ class ShortUsage(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         """argparse's, but `--help=VALUE` (or -h=VALUE; before a bare "--") prints
         help_for's part of the help and exits 0, on a parser with no subcommands (the
-        command's own); where VALUE matches nothing, a tip of where to look instead, and
+        command's own); where VALUE matches nothing, a tip of where to look instead (the
+        groups --help=GROUP takes by name), and
         exits 0 too, as `vllm serve --help=VALUE` answers it (it asked for help, and got
         an answer: no error)."""
         args = sys.argv[1:] if args is None else list(args)
@@ -63,8 +64,8 @@ class ShortUsage(argparse.ArgumentParser):
                     if text is None:
                         text = (f"No option or group matching {value!r}: --help (or "
                                 "--help=all) shows every option, by group; --help=GROUP "
-                                "one group's, --help=WORD the options with WORD in their "
-                                "name.\n")
+                                f"one group's (groups: {', '.join(_group_list(self))}), "
+                                "--help=WORD the options with WORD in their name.\n")
                     self._print_message(text, sys.stdout)  # as --help prints
                     self.exit(0)
         return super().parse_known_args(args, namespace)
@@ -124,3 +125,10 @@ def _group_names(group: argparse._ArgumentGroup) -> set[str]:
     engine's flags ("SGLang's flags") the engine's name alone (`--help=sglang`)."""
     key = _group_key(group.title or "")
     return {key, key.removesuffix("-flags")} - {""}
+
+
+def _group_list(parser: argparse.ArgumentParser) -> list[str]:
+    """The shortest --help=GROUP value of each group that shows anything (_group_names), in
+    --help's order: for the tip of a --help=VALUE that matched nothing."""
+    return [min(sorted(_group_names(g)), key=len) for g in parser._action_groups
+            if g.description or any(a.help != argparse.SUPPRESS for a in g._group_actions)]

@@ -149,11 +149,16 @@ class SpawnedRanks:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
+# the level names a fresh interpreter knows: a name the lead's program added is not the rank's
+_LEVEL_NAMES = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
+
+
 def _level_name(level: int) -> str:
-    """A logging level as the rank's --log-level takes it: its name, or its number where
-    it has none."""
+    """A logging level as the rank's --log-level takes it: its name where logging itself
+    names it so, else its number (a level the lead's program named, addLevelName(25,
+    "NOTICE"), was an unknown level to the rank's logging.basicConfig, which failed)."""
     name = logging.getLevelName(level)
-    return name if isinstance(name, str) and not name.startswith("Level ") else str(level)
+    return name if name in _LEVEL_NAMES else str(level)
 
 
 def lead_model_config():

@@ -128,11 +128,23 @@ def check_settings(rdv: Rendezvous, store: dist.TCPStore, check: Callable[[], No
     theirs = json.loads(store.get(key))
     differ = differing(rdv.settings, theirs)
     if differ:
-        def said(settings: dict[str, str]) -> str:
-            return ", ".join(f"{k} {settings.get(k, '(none)')}" for k in differ)
-
         node = rdv.node_of(rdv.rank)
         raise ValueError(
-            f"node {node} was started with {said(rdv.settings)}, node 0 (the rendezvous "
-            f"at {rdv.addr}) with {said(theirs)}: start every node with the same model "
-            f"and flags (the model's path may differ, not its files)")
+            f"node {node} was started with {settings_said(rdv.settings, differ)}, node 0 "
+            f"(the rendezvous at {rdv.addr}) with {settings_said(theirs, differ)}: start "
+            f"every node with the same model and flags (the model's path may differ, not "
+            f"its files)")
+
+
+def settings_said(settings: dict[str, str], names: list[str]) -> str:
+    """The settings `names` of `settings` (start_settings') in words: an option's as "name
+    value (--flag)" ("max_model_len 64 (--max-model-len)"), the form a message's flags are
+    rewritten in as the user typed them (cli/log_config.py: SGLang's --context-length); a
+    switch's ("--no-cuda-graph given") and the model's as they are."""
+    def said(name: str) -> str:
+        value = settings.get(name, "(none)")
+        if name.startswith("--no-") or not name.startswith("--"):
+            return f"{name} {value}"
+        return f"{name[2:].replace('-', '_')} {value} ({name})"
+
+    return ", ".join(map(said, names))
