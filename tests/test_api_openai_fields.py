@@ -81,3 +81,24 @@ def test_a_field_of_the_wrong_type_is_a_400_naming_it(server, name, value, expec
     error = json.loads(raw)["error"]
     assert error["param"] == name and error["message"].startswith(f"{name}: expected "
                                                                   f"{expected}"), error
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", CHAT),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 3, "temperature": 0}),
+], ids=["chat", "completions"])
+def test_stream_options_include_obfuscation_is_taken(server, caplog, path, body):
+    """OpenAI pads stream chunks with an `obfuscation` field unless include_obfuscation is
+    false; this server pads none (as vLLM, and as its /v1/responses takes the option), so
+    either value is served as false, without the unknown-field line it had. A value that is
+    no boolean is a 400 naming it."""
+    for value in (False, True):
+        status, raw, warned = _served(server, caplog, path, {
+            **body, "stream": True,
+            "stream_options": {"include_usage": True, "include_obfuscation": value}})
+        assert status == 200 and warned == [], (raw[:300], warned)
+        assert b"obfuscation" not in raw, raw[:300]
+    status, _, raw = http(server, "POST", path, json={
+        **body, "stream": True, "stream_options": {"include_obfuscation": "no"}})
+    assert status == 400, raw[:300]
+    assert json.loads(raw)["error"]["param"] == "stream_options.include_obfuscation", raw
