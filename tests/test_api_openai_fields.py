@@ -83,6 +83,25 @@ def test_a_field_of_the_wrong_type_is_a_400_naming_it(server, name, value, expec
                                                                   f"{expected}"), error
 
 
+@pytest.mark.parametrize("name, value", [
+    ("web_search_options", {"search_context_size": "low"}),
+    ("web_search_options", {}),
+    ("moderation", {"model": "omni-moderation-latest"}),
+])
+def test_a_field_asking_for_what_the_server_cannot_do_is_a_400(server, caplog, name, value):
+    """A web search before the answer, or moderation of input and output: ignored, the
+    answer would be one the client did not ask for (no search; unmoderated, and no scores
+    or block), so each is a 400 naming it, as audio is. null is "not set"."""
+    status, raw, warned = _served(server, caplog, "/v1/chat/completions",
+                                  {**CHAT, name: value})
+    assert status == 400 and json.loads(raw)["error"]["param"] == name, raw[:300]
+    assert "not served" in json.loads(raw)["error"]["message"], raw[:300]
+    assert warned == [], warned
+    status, raw, warned = _served(server, caplog, "/v1/chat/completions",
+                                  {**CHAT, name: None})
+    assert status == 200 and warned == [], (raw[:300], warned)
+
+
 @pytest.mark.parametrize("path, body", [
     ("/v1/chat/completions", CHAT),
     ("/v1/completions", {"prompt": "Hi", "max_tokens": 3, "temperature": 0}),

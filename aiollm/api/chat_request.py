@@ -156,6 +156,10 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     store: bool | None = None
     verbosity: str | None = None
     prediction: dict[str, Any] | None = None
+    # OpenAI's web search before the answer, and moderation of input and output: not served,
+    # refused when sent (check_unserved)
+    web_search_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
 
     def check_max_tokens(self) -> None:
         """The length field the request uses (max_completion_tokens over max_tokens) is >= 1,
@@ -168,8 +172,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     template_options = chat_template_options
 
     def check_unserved(self) -> None:
-        """Refuse vLLM's chat fields the server does not serve, when they would change the
-        prompt or the output: ignored, they would answer another question than the one asked."""
+        """Refuse the chat fields (vLLM's, OpenAI's) the server does not serve, when they would
+        change the prompt or the output: ignored, they would answer another question than the
+        one asked."""
         SamplingFields.check_unserved(self)
         if self.modalities is not None and not (
                 isinstance(self.modalities, list)
@@ -179,6 +184,15 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         if self.audio is not None:  # OpenAI's voice and format of an audio answer
             raise InvalidRequest("audio output is not served: the model writes text alone; "
                                  "leave audio out", param="audio")
+        # ignored, they would answer without the search, or unmoderated (no scores, nothing
+        # blocked): not what the client asked for
+        if self.web_search_options is not None:
+            raise InvalidRequest("web_search_options is not served: the server searches no "
+                                 "web before answering; leave it out", param="web_search_options")
+        if self.moderation is not None:
+            raise InvalidRequest("moderation is not served: the server runs no moderation "
+                                 "model on the input or the output; leave it out",
+                                 param="moderation")
 
 
 async def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
