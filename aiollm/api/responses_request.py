@@ -63,7 +63,10 @@ class ResponsesRequest(Struct, kw_only=True):
     include: list[str] | None = None
     top_logprobs: int | None = None
     max_tool_calls: int | None = None
+    # echoed in the Response as given (OpenAI's Response carries them), else unused
     prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     previous_response_id: str | None = None  # a kept response's id (response_store.py)
     # refused (check_unserved)
