@@ -121,3 +121,16 @@ def test_stream_options_include_obfuscation_is_taken(server, caplog, path, body)
         **body, "stream": True, "stream_options": {"include_obfuscation": "no"}})
     assert status == 400, raw[:300]
     assert json.loads(raw)["error"]["param"] == "stream_options.include_obfuscation", raw
+
+
+def test_responses_moderation_is_a_400(server, caplog):
+    """/v1/responses takes OpenAI's moderation too (its Response reports the moderation's
+    results): refused as on chat, naming it, where it was ignored with the unknown-field
+    line; null is "not set"."""
+    ask = {"input": "hi", "max_output_tokens": 2}
+    status, raw, warned = _served(server, caplog, "/v1/responses",
+                                  {**ask, "moderation": {"model": "omni-moderation-latest"}})
+    assert status == 400 and json.loads(raw)["error"]["param"] == "moderation", raw[:300]
+    assert warned == [], warned
+    status, raw, warned = _served(server, caplog, "/v1/responses", {**ask, "moderation": None})
+    assert status == 200 and warned == [], (raw[:300], warned)

@@ -31,6 +31,11 @@ TRUST_PARAM = "trust_request_chat_template"  # create_app's
 # newer ones)
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
+# OpenAI's `moderation` (chat and /v1/responses), refused: ignored, the answer would come
+# unmoderated, with none of the scores or blocking it asks for
+MODERATION_REFUSED = ("moderation is not served: the server runs no moderation model on the "
+                      "input or the output; leave it out")
+
 
 def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
                           trust_request_chat_template: bool,
@@ -190,9 +195,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
             raise InvalidRequest("web_search_options is not served: the server searches no "
                                  "web before answering; leave it out", param="web_search_options")
         if self.moderation is not None:
-            raise InvalidRequest("moderation is not served: the server runs no moderation "
-                                 "model on the input or the output; leave it out",
-                                 param="moderation")
+            raise InvalidRequest(MODERATION_REFUSED, param="moderation")
 
 
 async def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
