@@ -1,6 +1,7 @@
 """The body of /v1/chat/completions (`ChatCompletionRequest`): its messages (`ChatMessage`),
 tools, logprobs, reasoning and chat-template options (a request's own template only where
-the server trusts it), and vLLM's chat fields it refuses.
+the server trusts it), OpenAI's fields it takes without effect (caching hints, identifiers),
+and the fields, vLLM's and OpenAI's, it refuses.
 """
 
 from __future__ import annotations
