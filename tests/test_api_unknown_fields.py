@@ -61,8 +61,8 @@ def test_unknown_openai_fields_are_named_once(server, caplog, path, body, refuse
     assert len(warned) == 1, warned
     assert "max_token, safety_settings" in warned[0] and path in warned[0], warned[0]
     _, warned = served(server, caplog, path, {**body, "stream": True, "stream_options": {
-        "include_usage": True, "include_obfuscation": False}})
-    assert len(warned) == 1 and "stream_options.include_obfuscation" in warned[0], warned
+        "include_usage": True, "include_usages": False}})
+    assert len(warned) == 1 and "stream_options.include_usages" in warned[0], warned
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="aiollm.api"):
         status, _, raw = http(server, "POST", path, json={**body, **refused})

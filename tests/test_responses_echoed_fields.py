@@ -1,15 +1,17 @@
 """/v1/responses fields OpenAI's Response echoes as the request gave them (prompt_cache_key,
-safety_identifier), whole, streamed and kept; and stream_options, which every endpoint
+safety_identifier, prompt_cache_retention, prompt_cache_options), whole, streamed and kept; and stream_options, which every endpoint
 takes with stream true only (a 400 naming it without, as chat answers it)."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from live_server import http
 
-ECHOED = {"prompt_cache_key": "tenant-7/session-42", "safety_identifier": "user-9f2a"}
+ECHOED = {"prompt_cache_key": "tenant-7/session-42", "safety_identifier": "user-9f2a",
+          "prompt_cache_retention": "24h", "prompt_cache_options": {"ttl": "30m"}}
 ASK = {"input": "hi", "max_output_tokens": 2}
 
 
@@ -18,11 +20,14 @@ def _events(raw: bytes) -> list[dict]:
             if line.startswith("data: ") and line != "data: [DONE]"]
 
 
-def test_prompt_cache_key_and_safety_identifier_are_echoed(server):
-    """OpenAI's Response carries both as given (they were taken and left out): in the
-    answer, in each streamed event's response, and in the kept response read back."""
-    status, _, raw = http(server, "POST", "/v1/responses", json={**ASK, **ECHOED})
+def test_prompt_cache_key_and_safety_identifier_are_echoed(server, caplog):
+    """OpenAI's Response carries each as given (they were taken and left out; the cache's
+    two were named as unknown fields in the log): in the answer, in each streamed event's
+    response, and in the kept response read back. Of the wrong type, a 400 naming it."""
+    with caplog.at_level(logging.WARNING, logger="aiollm.api"):
+        status, _, raw = http(server, "POST", "/v1/responses", json={**ASK, **ECHOED})
     assert status == 200, raw[:300]
+    assert "unknown" not in caplog.text, caplog.text
     whole = json.loads(raw)
     assert {k: whole[k] for k in ECHOED} == ECHOED, whole
     status, _, raw = http(server, "GET", f"/v1/responses/{whole['id']}")
@@ -34,6 +39,9 @@ def test_prompt_cache_key_and_safety_identifier_are_echoed(server):
     assert all({k: r[k] for k in ECHOED} == ECHOED for r in responses), responses[-1]
     status, _, raw = http(server, "POST", "/v1/responses", json=ASK)
     assert {k: json.loads(raw)[k] for k in ECHOED} == dict.fromkeys(ECHOED), raw[:300]
+    for name in ECHOED:
+        status, _, raw = http(server, "POST", "/v1/responses", json={**ASK, name: 24})
+        assert status == 400 and json.loads(raw)["error"]["param"] == name, raw[:300]
 
 
 @pytest.mark.parametrize("path, body, options", [

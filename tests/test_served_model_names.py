@@ -99,3 +99,31 @@ def test_lightllms_model_name_reports_the_name_and_refuses_no_model(tiny):
                 assert resp.status == 200, await resp.text()
                 assert (await resp.json())["model"] == "llama"
     serve_tiny(tiny, check, served_model_name=["llama"], any_model=True)
+
+
+def test_a_card_of_a_name_not_served_is_the_served_models(tiny):
+    """GET /v1/models/NAME (the openai client's models.retrieve, which a client runs to see
+    the model it will ask for exists) where requests naming NAME are served but answered
+    under another name: with LightLLM's --model_name (any name taken) and with the model as
+    the server was given it (a path). The card's id was NAME, a name no answer reports; it
+    is now the served model's card, under the name every answer reports, as /v1/models
+    lists it. A served name's card keeps its own name; another name without --model_name
+    stays a 404."""
+    import os
+
+    async def lightllm(client, engine):
+        listed = await (await client.get("/v1/models")).json()
+        for name in ("gpt-4", "llama", "org/some-model"):
+            resp = await client.get(f"/v1/models/{name}")
+            assert resp.status == 200, await resp.text()
+            assert await resp.json() == listed["data"][0], name
+    serve_tiny(tiny, lightllm, served_model_name=["llama"], any_model=True)
+
+    async def as_given(client, engine):
+        listed = await (await client.get("/v1/models")).json()
+        resp = await client.get(f"/v1/models/{tiny}")
+        assert resp.status == 200, await resp.text()
+        card = await resp.json()
+        assert card == listed["data"][0] and card["id"] == os.path.basename(tiny), card
+        assert (await client.get(f"/v1/models/{tiny}-other")).status == 404
+    serve_tiny(tiny, as_given)

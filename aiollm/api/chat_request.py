@@ -1,6 +1,7 @@
 """The body of /v1/chat/completions (`ChatCompletionRequest`): its messages (`ChatMessage`),
 tools, logprobs, reasoning and chat-template options (a request's own template only where
-the server trusts it), and vLLM's chat fields it refuses.
+the server trusts it), OpenAI's fields it takes without effect (caching hints, identifiers),
+and the fields, vLLM's and OpenAI's, it refuses.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ TRUST_PARAM = "trust_request_chat_template"  # create_app's
 # reasoning_effort's values, vLLM's ("max" is DeepSeek V4's, "xhigh" and "none" OpenAI's
 # newer ones)
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+# OpenAI's `moderation` (chat and /v1/responses), refused: ignored, the answer would come
+# unmoderated, with none of the scores or blocking it asks for
+MODERATION_REFUSED = ("moderation is not served: the server runs no moderation model on the "
+                      "input or the output; leave it out")
 
 
 def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
@@ -143,6 +149,23 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     audio: Any = None
     # OpenAI's: the client's key-value pairs, read and checked (api/metadata.py), unused
     metadata: dict[str, Any] | None = None
+    # OpenAI's, taken (their types checked, as OpenAI checks them) and without effect here:
+    # caching hints (the prefix cache reuses every shared prefix, keyed by none of them), the
+    # end user's id for abuse checks (`user`'s successors), a processing tier, storage for
+    # OpenAI's evals, a verbosity hint of its models, a predicted output (which speeds up,
+    # never changes, OpenAI's answer). vLLM's ChatCompletionRequest names them in its log.
+    prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+    service_tier: str | None = None
+    store: bool | None = None
+    verbosity: str | None = None
+    prediction: dict[str, Any] | None = None
+    # OpenAI's web search before the answer, and moderation of input and output: not served,
+    # refused when sent (check_unserved)
+    web_search_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
 
     def check_max_tokens(self) -> None:
         """The length field the request uses (max_completion_tokens over max_tokens) is >= 1,
@@ -155,8 +178,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     template_options = chat_template_options
 
     def check_unserved(self) -> None:
-        """Refuse vLLM's chat fields the server does not serve, when they would change the
-        prompt or the output: ignored, they would answer another question than the one asked."""
+        """Refuse the chat fields (vLLM's, OpenAI's) the server does not serve, when they would
+        change the prompt or the output: ignored, they would answer another question than the
+        one asked."""
         SamplingFields.check_unserved(self)
         if self.modalities is not None and not (
                 isinstance(self.modalities, list)
@@ -166,6 +190,13 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         if self.audio is not None:  # OpenAI's voice and format of an audio answer
             raise InvalidRequest("audio output is not served: the model writes text alone; "
                                  "leave audio out", param="audio")
+        # ignored, they would answer without the search, or unmoderated (no scores, nothing
+        # blocked): not what the client asked for
+        if self.web_search_options is not None:
+            raise InvalidRequest("web_search_options is not served: the server searches no "
+                                 "web before answering; leave it out", param="web_search_options")
+        if self.moderation is not None:
+            raise InvalidRequest(MODERATION_REFUSED, param="moderation")
 
 
 async def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:

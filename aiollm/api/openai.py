@@ -39,12 +39,15 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """GET /v1/models/{model} (the openai client's models.retrieve): the served model's card
-    under the name asked for, 404 model_not_found for any other name (which may hold
-    slashes, as HF names do)."""
+    under the name asked for where it is one of the served names; where a request naming it
+    is served but answered under another name (any name with LightLLM's --model_name, the
+    model's path as given), the card of the reported name, as /v1/models lists it: its id
+    is the name every answer carries. 404 model_not_found for any other name (which may
+    hold slashes, as HF names do)."""
     st = state(request)
     name = request.match_info["model"]
     st.check_model(name)
-    return json_response(_model_card(st, name))
+    return json_response(_model_card(st, name if name in st.model_names else st.model_name))
 
 
 ROUTES = [

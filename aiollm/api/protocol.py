@@ -6,8 +6,8 @@ The bodies are msgspec Structs, one file per endpoint family: sampling_fields.py
 generate_request.py (LightLLM's /generate) and tokenize_request.py.
 Types are checked there, strictly, while the body is decoded (api/body.py decodes it); value
 ranges are checked once, by SamplingParams, so every rule lives in one place. Unknown fields
-are served as if left out, as vLLM serves them (clients send vendor extensions such as
-`metadata` or `service_tier` that must not fail), and named in a warning of the log
+are served as if left out, as vLLM serves them (clients send other vendors' extensions,
+such as Gemini's `safety_settings`, that must not fail), and named in a warning of the log
 (api/unknown_fields.py): a typo (`max_token`) would otherwise change nothing unseen.
 Known fields that would change the output, sent to an endpoint that does not serve them (tools
 on /v1/completions, logit_bias on /generate), are refused instead (refuse_unserved).

@@ -138,9 +138,11 @@ class ResponseHead:
             "metadata": r.metadata, "model": self.model, "output": output,
             "parallel_tool_calls": r.parallel_tool_calls is not False,
             "previous_response_id": r.previous_response_id,
-            # OpenAI's Response carries these two as the request gave them (its
+            # OpenAI's Response carries these as the request gave them (its
             # CreateModelResponseProperties); they change nothing here
             "prompt_cache_key": r.prompt_cache_key, "safety_identifier": r.safety_identifier,
+            "prompt_cache_retention": r.prompt_cache_retention,
+            "prompt_cache_options": r.prompt_cache_options,
             "reasoning": r.reasoning,
             "service_tier": r.service_tier or "auto", "store": self.store,
             "temperature": self.params.temperature, "text": {**(r.text or {}), "format": fmt},

@@ -7,7 +7,8 @@ renders, samples and constrains it as it would a chat completion (aiollm/api/cha
 A request continuing a kept response (previous_response_id) is given that response's
 conversation first (`earlier`: its input items, then its output items; response_store.py).
 What the server does not do is refused with a 400 naming the field: background responses,
-conversations, a reusable prompt, built-in tools, image, file and audio inputs, logprobs.
+conversations, a reusable prompt, moderation, built-in tools, image, file and audio inputs,
+logprobs.
 Chat's min_tokens, bad_words and allowed_token_ids, which vLLM's ResponsesRequest lacks (it
 ignores them), are served as chat serves them: they ask for what the client wants.
 """
@@ -20,7 +21,7 @@ from typing import Any, Iterator, Sequence, Union
 
 from msgspec import Struct
 
-from aiollm.api.chat_request import ChatCompletionRequest, ChatMessage
+from aiollm.api.chat_request import MODERATION_REFUSED, ChatCompletionRequest, ChatMessage
 from aiollm.api.protocol import Stop, TopK, refuse_unserved
 from aiollm.api.response_input import input_messages
 from aiollm.errors import InvalidRequest, check_type, missing, shown_json
@@ -63,13 +64,17 @@ class ResponsesRequest(Struct, kw_only=True):
     include: list[str] | None = None
     top_logprobs: int | None = None
     max_tool_calls: int | None = None
+    # echoed in the Response as given (OpenAI's Response carries them), else unused
     prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     previous_response_id: str | None = None  # a kept response's id (response_store.py)
     # refused (check_unserved)
     background: bool | None = False
     conversation: Any = None
     prompt: Any = None
+    moderation: Any = None
     # vLLM's extensions, as on its chat path
     top_k: TopK | None = None
     min_p: float | None = None
@@ -120,6 +125,8 @@ class ResponsesRequest(Struct, kw_only=True):
             raise InvalidRequest("stream_options is only allowed with stream true: send "
                                  "stream true, or leave stream_options out",
                                  param="stream_options")
+        if self.moderation is not None:
+            raise InvalidRequest(MODERATION_REFUSED, param="moderation")
         if self.truncation not in (None, "disabled"):
             raise InvalidRequest(f"truncation {shown_json(self.truncation)} is not served: send "
                                  '"disabled" or leave it out (an input past the context is a '

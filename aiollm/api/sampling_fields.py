@@ -22,6 +22,10 @@ class StreamOptions(Struct, kw_only=True):
     include_usage: bool | None = False  # null: not set (vLLM takes it; clients send it)
     # vLLM's and SGLang's: with include_usage, every chunk carries the usage so far
     continuous_usage_stats: bool | None = False
+    # OpenAI's: its stream chunks carry an `obfuscation` field of random characters (against
+    # side channels on payload sizes) unless this is false; this server pads none, as vLLM
+    # and its own /v1/responses do, so either value is served as false
+    include_obfuscation: bool | None = True
 
 
 # vLLM's sampling fields the server does not serve: (the value that changes nothing, why).
