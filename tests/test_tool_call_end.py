@@ -186,6 +186,19 @@ def test_a_stop_string_at_the_calls_end_tag_leaves_the_call_complete(tiny, strea
     assert json.loads(call["arguments"])["a"] in range(10)
 
 
+def _finish_args_response(chat: str, resp: str, stream: bool) -> tuple[str, str, dict]:
+    """Chat's finish_reason and its one call's arguments (joined from the deltas where
+    streamed), and the Response (the last event's where streamed), from _both_endpoints'."""
+    if stream:
+        chunks = [c for c in _sse(chat) if c["choices"]]
+        args = "".join(f["function"].get("arguments") or "" for c in chunks
+                       for f in c["choices"][0]["delta"].get("tool_calls") or [])
+        return chunks[-1]["choices"][0]["finish_reason"], args, _sse(resp)[-1]["response"]
+    choice = json.loads(chat)["choices"][0]
+    [call] = choice["message"]["tool_calls"]
+    return choice["finish_reason"], call["function"]["arguments"], json.loads(resp)
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_stop_string_inside_a_calls_arguments_leaves_the_response_incomplete(tiny, stream):
     """A client's stop string that matches inside a call's arguments ('"a"', the key of
@@ -196,18 +209,7 @@ def test_a_stop_string_inside_a_calls_arguments_leaves_the_response_incomplete(t
     are no JSON, which an agent loop would run), with no reason OpenAI's list names (a stop
     string is none of max_output_tokens or content_filter)."""
     chat, resp = _both_endpoints(tiny, ['"a"'], stream)
-    if stream:
-        chunks = [c for c in _sse(chat) if c["choices"]]
-        finish = chunks[-1]["choices"][0]["finish_reason"]
-        args = "".join(f["function"].get("arguments") or "" for c in chunks
-                       for f in c["choices"][0]["delta"].get("tool_calls") or [])
-        resp = _sse(resp)[-1]["response"]
-    else:
-        choice = json.loads(chat)["choices"][0]
-        finish = choice["finish_reason"]
-        [call] = choice["message"]["tool_calls"]
-        args = call["function"]["arguments"]
-        resp = json.loads(resp)
+    finish, args, resp = _finish_args_response(chat, resp, stream)
     assert finish == "stop", chat[-600:]
     assert args.strip() == "{", chat[-600:]  # cut before the key the stop string matched
     assert resp["status"] == "incomplete", resp
@@ -225,18 +227,7 @@ def test_a_kept_stop_string_that_closes_the_arguments_leaves_the_call_incomplete
     (it said "tool_calls", a complete call), streamed and whole alike; /v1/responses: the
     call and the Response "incomplete" (they said "completed")."""
     chat, resp = _both_endpoints(tiny, ["}"], stream, include_stop_str_in_output=True)
-    if stream:
-        chunks = [c for c in _sse(chat) if c["choices"]]
-        finish = chunks[-1]["choices"][0]["finish_reason"]
-        args = "".join(f["function"].get("arguments") or "" for c in chunks
-                       for f in c["choices"][0]["delta"].get("tool_calls") or [])
-        resp = _sse(resp)[-1]["response"]
-    else:
-        choice = json.loads(chat)["choices"][0]
-        finish = choice["finish_reason"]
-        [call] = choice["message"]["tool_calls"]
-        args = call["function"]["arguments"]
-        resp = json.loads(resp)
+    finish, args, resp = _finish_args_response(chat, resp, stream)
     assert finish == "stop", chat[-600:]
     assert json.loads(args)["a"] in range(10), args  # the arguments' "}" kept: whole JSON
     assert resp["status"] == "incomplete", resp
