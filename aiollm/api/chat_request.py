@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 import msgspec
 from msgspec import Meta, Struct
 
+from aiollm.api.openai_hints import check_chat_hints
 from aiollm.api.protocol import check_max_tokens
 from aiollm.api.sampling_fields import SamplingFields
 from aiollm.engine.content_format import PARAM
@@ -197,6 +198,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
                                  "web before answering; leave it out", param="web_search_options")
         if self.moderation is not None:
             raise InvalidRequest(MODERATION_REFUSED, param="moderation")
+        check_chat_hints(self)  # taken, without effect, where OpenAI would take them
 
 
 async def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
