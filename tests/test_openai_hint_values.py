@@ -49,9 +49,12 @@ def test_chat_value_openai_refuses_is_a_400_naming_it(server, fields, param):
     ({"service_tier": "turbo"}, "service_tier"),
     ({"prompt_cache_retention": "1w"}, "prompt_cache_retention"),
     ({"prompt_cache_options": {"mode": "x"}}, "prompt_cache_options.mode"),
+    ({"text": {"verbosity": "loud"}}, "text.verbosity"),
+    ({"text": {"verbosity": 3}}, "text.verbosity"),
 ])
 def test_responses_value_openai_refuses_is_a_400_naming_it(server, fields, param):
-    """The Response echoes these as given: "turbo" was echoed as the tier that served it."""
+    """The Response echoes these as given: "turbo" was echoed as the tier that served it,
+    text.verbosity "loud" (chat's verbosity, here) as the verbosity asked for."""
     error = _error(server, "/v1/responses", {**RESPONSES, **fields})
     assert error["param"] == param, error
 
@@ -64,6 +67,10 @@ def test_every_value_openai_takes_is_taken(server):
                 **body, "service_tier": tier, "prompt_cache_retention": "in_memory",
                 "prompt_cache_options": {"mode": "explicit", "ttl": "30m"}})
             assert status == 200, (tier, path, raw[:300])
+    for verbosity in ("low", "medium", "high"):
+        status, _, raw = http(server, "POST", "/v1/responses", json={
+            **RESPONSES, "text": {"format": {"type": "text"}, "verbosity": verbosity}})
+        assert status == 200 and json.loads(raw)["text"]["verbosity"] == verbosity, raw[:300]
     for verbosity in ("low", "medium", "high"):
         status, _, raw = http(server, "POST", "/v1/chat/completions", json={
             **CHAT, "verbosity": verbosity, "prediction": {
