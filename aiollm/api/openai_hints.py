@@ -4,6 +4,11 @@ values checked as OpenAI's API checks them (the enumerations of openai 3.x's
 completion_create_params, the shape of its ChatCompletionPredictionContentParam), so that a
 request OpenAI answers with a 400 naming the field gets that 400 here too, rather than an
 answer to a request that no server of this API takes ("verbosity": "loud").
+
+Two lists OpenAI keeps growing are held to their type alone: service_tier (its SDK added
+"fast", then "ultrafast" on /v1/responses) and prompt_cache_options.ttl ("30m" is "currently
+the only supported value"). Their new values change nothing here either, and a client that a
+newer SDK lets send one must not be refused for it.
 """
 
 from __future__ import annotations
@@ -14,11 +19,9 @@ from aiollm.errors import InvalidRequest, check_type, shown_json
 
 # each field's values, as openai 3.x's completion_create_params (and response_create_params)
 # spell them
-SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
 VERBOSITIES = ("low", "medium", "high")
 PROMPT_CACHE_RETENTIONS = ("in_memory", "24h")
 PROMPT_CACHE_MODES = ("implicit", "explicit")
-PROMPT_CACHE_TTLS = ("30m",)
 
 
 def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
@@ -30,12 +33,13 @@ def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
 
 
 def check_prompt_cache(retention: str | None, options: dict[str, Any] | None) -> None:
-    """prompt_cache_retention and prompt_cache_options' mode and ttl, each one of OpenAI's
-    values; InvalidRequest naming the first that is not."""
+    """prompt_cache_retention and prompt_cache_options.mode, each one of OpenAI's values,
+    and prompt_cache_options.ttl a string (its list grows); InvalidRequest naming the first
+    that is not."""
     check_choice(retention, PROMPT_CACHE_RETENTIONS, "prompt_cache_retention")
-    for key, choices in (("mode", PROMPT_CACHE_MODES), ("ttl", PROMPT_CACHE_TTLS)):
-        param = f"prompt_cache_options.{key}"
-        check_choice(check_type((options or {}).get(key), (str,), param), choices, param)
+    mode = check_type((options or {}).get("mode"), (str,), "prompt_cache_options.mode")
+    check_choice(mode, PROMPT_CACHE_MODES, "prompt_cache_options.mode")
+    check_type((options or {}).get("ttl"), (str,), "prompt_cache_options.ttl")
 
 
 def check_prediction(prediction: dict[str, Any] | None) -> None:
@@ -60,9 +64,9 @@ def check_prediction(prediction: dict[str, Any] | None) -> None:
 
 
 def check_chat_hints(req: Any) -> None:
-    """The fields of a ChatCompletionRequest this module names, each as OpenAI checks it;
-    InvalidRequest naming the first that OpenAI would refuse."""
-    check_choice(req.service_tier, SERVICE_TIERS, "service_tier")
+    """The fields of a ChatCompletionRequest this module names, each as OpenAI checks it
+    (service_tier: its type alone, checked as the body is decoded); InvalidRequest naming
+    the first that OpenAI would refuse."""
     check_choice(req.verbosity, VERBOSITIES, "verbosity")
     check_prompt_cache(req.prompt_cache_retention, req.prompt_cache_options)
     check_prediction(req.prediction)
