@@ -67,8 +67,9 @@ def test_every_value_openai_takes_is_taken(server):
                 "prompt_cache_options": {"mode": "explicit", "ttl": "30m"}})
             assert status == 200, (tier, path, raw[:300])
     for path, body in (("/v1/chat/completions", CHAT), ("/v1/responses", RESPONSES)):
-        status, _, raw = http(server, "POST", path, json={
-            **body, "prompt_cache_options": {"mode": "implicit", "ttl": "24h"}})
+        status, _, raw = http(server, "POST", path, json={  # the retention's first spelling
+            **body, "prompt_cache_retention": "in-memory",
+            "prompt_cache_options": {"mode": "implicit", "ttl": "24h"}})
         assert status == 200, (path, raw[:300])
     for verbosity in ("low", "medium", "high"):
         status, _, raw = http(server, "POST", "/v1/responses", json={

@@ -20,7 +20,8 @@ from aiollm.errors import InvalidRequest, check_type, shown_json
 # each field's values, as openai 3.x's completion_create_params (and response_create_params)
 # spell them
 VERBOSITIES = ("low", "medium", "high")
-PROMPT_CACHE_RETENTIONS = ("in_memory", "24h")
+# "in-memory" as OpenAI first spelt it (the SDK's types of 2025), before "in_memory"
+PROMPT_CACHE_RETENTIONS = ("in_memory", "in-memory", "24h")
 PROMPT_CACHE_MODES = ("implicit", "explicit")
 
 
