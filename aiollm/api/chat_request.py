@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 import msgspec
 from msgspec import Meta, Struct
 
+from aiollm.api.openai_hints import check_chat_hints
 from aiollm.api.protocol import check_max_tokens
 from aiollm.api.sampling_fields import SamplingFields
 from aiollm.engine.content_format import PARAM
@@ -149,11 +150,13 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     audio: Any = None
     # OpenAI's: the client's key-value pairs, read and checked (api/metadata.py), unused
     metadata: dict[str, Any] | None = None
-    # OpenAI's, taken (their types checked, as OpenAI checks them) and without effect here:
-    # caching hints (the prefix cache reuses every shared prefix, keyed by none of them), the
-    # end user's id for abuse checks (`user`'s successors), a processing tier, storage for
-    # OpenAI's evals, a verbosity hint of its models, a predicted output (which speeds up,
-    # never changes, OpenAI's answer). vLLM's ChatCompletionRequest names them in its log.
+    # OpenAI's, taken (types and values checked as OpenAI checks them: openai_hints.py) and
+    # without effect here: caching hints (the prefix cache reuses every shared prefix, keyed
+    # by none of them), the end user's id for abuse checks (`user`'s successors), a
+    # processing tier, storage for OpenAI's evals (nothing is kept: openai.py's
+    # stored-completion routes say so), a verbosity hint of its models, a predicted output
+    # (which speeds up, never changes, OpenAI's answer). vLLM's ChatCompletionRequest names
+    # them in its log.
     prompt_cache_key: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
@@ -197,6 +200,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
                                  "web before answering; leave it out", param="web_search_options")
         if self.moderation is not None:
             raise InvalidRequest(MODERATION_REFUSED, param="moderation")
+        check_chat_hints(self)  # taken, without effect, where OpenAI would take them
 
 
 async def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence, Union
 from msgspec import Struct
 
 from aiollm.api.chat_request import MODERATION_REFUSED, ChatCompletionRequest, ChatMessage
+from aiollm.api.openai_hints import VERBOSITIES, check_choice, check_prompt_cache
 from aiollm.api.protocol import Stop, TopK, refuse_unserved
 from aiollm.api.response_input import input_messages
 from aiollm.errors import InvalidRequest, check_type, missing, shown_json
@@ -127,6 +128,10 @@ class ResponsesRequest(Struct, kw_only=True):
                                  param="stream_options")
         if self.moderation is not None:
             raise InvalidRequest(MODERATION_REFUSED, param="moderation")
+        # echoed in the Response: held to OpenAI's values, as chat holds them
+        check_prompt_cache(self.prompt_cache_retention, self.prompt_cache_options)
+        verbosity = check_type((self.text or {}).get("verbosity"), (str,), "text.verbosity")
+        check_choice(verbosity, VERBOSITIES, "text.verbosity")  # chat's verbosity, echoed
         if self.truncation not in (None, "disabled"):
             raise InvalidRequest(f"truncation {shown_json(self.truncation)} is not served: send "
                                  '"disabled" or leave it out (an input past the context is a '

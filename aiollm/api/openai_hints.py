@@ -1,0 +1,73 @@
+"""OpenAI's request fields that change nothing here (caching hints, a processing tier, a
+verbosity hint, a predicted output), taken by /v1/chat/completions and /v1/responses: their
+values checked as OpenAI's API checks them (the enumerations of openai 3.x's
+completion_create_params, the shape of its ChatCompletionPredictionContentParam), so that a
+request OpenAI answers with a 400 naming the field gets that 400 here too, rather than an
+answer to a request that no server of this API takes ("verbosity": "loud").
+
+Two lists OpenAI keeps growing are held to their type alone: service_tier (its SDK added
+"fast", then "ultrafast" on /v1/responses) and prompt_cache_options.ttl ("30m" is "currently
+the only supported value"). Their new values change nothing here either, and a client that a
+newer SDK lets send one must not be refused for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiollm.errors import InvalidRequest, check_type, shown_json
+
+# each field's values, as openai 3.x's completion_create_params (and response_create_params)
+# spell them
+VERBOSITIES = ("low", "medium", "high")
+# "in-memory" as OpenAI first spelt it (the SDK's types of 2025), before "in_memory"
+PROMPT_CACHE_RETENTIONS = ("in_memory", "in-memory", "24h")
+PROMPT_CACHE_MODES = ("implicit", "explicit")
+
+
+def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
+    """InvalidRequest naming `param` where `value` (a string, its type already checked) is
+    neither null nor one of `choices`."""
+    if value is not None and value not in choices:
+        raise InvalidRequest(f"{param} must be one of {', '.join(choices)} (or null); got "
+                             f"{shown_json(value)}", param=param)
+
+
+def check_prompt_cache(retention: str | None, options: dict[str, Any] | None) -> None:
+    """prompt_cache_retention and prompt_cache_options.mode, each one of OpenAI's values,
+    and prompt_cache_options.ttl a string (its list grows); InvalidRequest naming the first
+    that is not."""
+    check_choice(retention, PROMPT_CACHE_RETENTIONS, "prompt_cache_retention")
+    mode = check_type((options or {}).get("mode"), (str,), "prompt_cache_options.mode")
+    check_choice(mode, PROMPT_CACHE_MODES, "prompt_cache_options.mode")
+    check_type((options or {}).get("ttl"), (str,), "prompt_cache_options.ttl")
+
+
+def check_prediction(prediction: dict[str, Any] | None) -> None:
+    """A chat request's predicted output, as OpenAI takes it: {"type": "content", "content":
+    a string, or a list of text parts ({"type": "text", "text": a string})}. InvalidRequest
+    naming the field (prediction.type, prediction.content[1].type...) otherwise: an image or
+    an audio part predicts no text."""
+    if prediction is None:
+        return
+    kind = check_type(prediction.get("type"), (str,), "prediction.type", required=True)
+    check_choice(kind, ("content",), "prediction.type")
+    content = check_type(prediction.get("content"), (str, list), "prediction.content",
+                         required=True)
+    for i, part in enumerate(content if isinstance(content, list) else ()):
+        param = f"prediction.content[{i}]"
+        check_type(part, (dict,), param)
+        kind = check_type(part.get("type"), (str,), f"{param}.type", required=True)
+        if kind != "text":
+            raise InvalidRequest(f"{param}.type must be text: a predicted output is text; got "
+                                 f"{shown_json(kind)}", param=f"{param}.type")
+        check_type(part.get("text"), (str,), f"{param}.text", required=True)
+
+
+def check_chat_hints(req: Any) -> None:
+    """The fields of a ChatCompletionRequest this module names, each as OpenAI checks it
+    (service_tier: its type alone, checked as the body is decoded); InvalidRequest naming
+    the first that OpenAI would refuse."""
+    check_choice(req.verbosity, VERBOSITIES, "verbosity")
+    check_prompt_cache(req.prompt_cache_retention, req.prompt_cache_options)
+    check_prediction(req.prediction)

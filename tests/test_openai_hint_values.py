@@ -1,0 +1,82 @@
+"""The values of OpenAI's fields that change nothing here (api/openai_hints.py), checked as
+OpenAI checks them: a value outside the field's enumeration, or a prediction that is no text,
+is a 400 naming the field, on /v1/chat/completions and (its caching fields and service_tier)
+on /v1/responses; each value OpenAI takes is taken."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from live_server import http
+
+CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+RESPONSES = {"input": "Hi", "max_output_tokens": 1}
+
+
+def _error(server, path: str, body: dict) -> dict:
+    status, _, raw = http(server, "POST", path, json=body)
+    assert status == 400, raw[:300]
+    return json.loads(raw)["error"]
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"verbosity": "loud"}, "verbosity"),
+    ({"prompt_cache_retention": "1w"}, "prompt_cache_retention"),
+    ({"prompt_cache_options": {"mode": "sometimes"}}, "prompt_cache_options.mode"),
+    ({"prompt_cache_options": {"ttl": 30}}, "prompt_cache_options.ttl"),
+    ({"prediction": {"type": "image", "content": "x"}}, "prediction.type"),
+    ({"prediction": {"content": "x"}}, "prediction.type"),
+    ({"prediction": {"type": "content"}}, "prediction.content"),
+    ({"prediction": {"type": "content", "content": 5}}, "prediction.content"),
+    ({"prediction": {"type": "content", "content": [
+        {"type": "text", "text": "a"},
+        {"type": "image_url", "image_url": {"url": "data:,"}}]}}, "prediction.content[1].type"),
+    ({"prediction": {"type": "content", "content": [{"type": "text"}]}},
+     "prediction.content[0].text"),
+    ({"prediction": {"type": "content", "content": ["a"]}}, "prediction.content[0]"),
+])
+def test_chat_value_openai_refuses_is_a_400_naming_it(server, fields, param):
+    """Each was answered 200 as if the field were left out, where OpenAI answers 400."""
+    error = _error(server, "/v1/chat/completions", {**CHAT, **fields})
+    assert error["param"] == param and error["type"] == "invalid_request_error", error
+    assert error["message"].startswith(param), error
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"prompt_cache_retention": "1w"}, "prompt_cache_retention"),
+    ({"prompt_cache_options": {"mode": "x"}}, "prompt_cache_options.mode"),
+    ({"text": {"verbosity": "loud"}}, "text.verbosity"),
+    ({"text": {"verbosity": 3}}, "text.verbosity"),
+])
+def test_responses_value_openai_refuses_is_a_400_naming_it(server, fields, param):
+    """The Response echoes these as given: text.verbosity "loud" (chat's verbosity, here)
+    was echoed as the verbosity asked for."""
+    error = _error(server, "/v1/responses", {**RESPONSES, **fields})
+    assert error["param"] == param, error
+
+
+def test_every_value_openai_takes_is_taken(server):
+    """OpenAI's whole enumeration of each field, and a prediction given as text parts.
+    service_tier and prompt_cache_options.ttl, whose lists OpenAI keeps growing, take any
+    string: a tier or a lifetime named after openai 3.63 changes nothing here either."""
+    for tier in ("auto", "default", "flex", "scale", "priority", "fast", "ultrafast", "next"):
+        for path, body in (("/v1/chat/completions", CHAT), ("/v1/responses", RESPONSES)):
+            status, _, raw = http(server, "POST", path, json={
+                **body, "service_tier": tier, "prompt_cache_retention": "in_memory",
+                "prompt_cache_options": {"mode": "explicit", "ttl": "30m"}})
+            assert status == 200, (tier, path, raw[:300])
+    for path, body in (("/v1/chat/completions", CHAT), ("/v1/responses", RESPONSES)):
+        status, _, raw = http(server, "POST", path, json={  # the retention's first spelling
+            **body, "prompt_cache_retention": "in-memory",
+            "prompt_cache_options": {"mode": "implicit", "ttl": "24h"}})
+        assert status == 200, (path, raw[:300])
+    for verbosity in ("low", "medium", "high"):
+        status, _, raw = http(server, "POST", "/v1/responses", json={
+            **RESPONSES, "text": {"format": {"type": "text"}, "verbosity": verbosity}})
+        assert status == 200 and json.loads(raw)["text"]["verbosity"] == verbosity, raw[:300]
+    for verbosity in ("low", "medium", "high"):
+        status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+            **CHAT, "verbosity": verbosity, "prediction": {
+                "type": "content", "content": [{"type": "text", "text": "Hello"}]}})
+        assert status == 200, (verbosity, raw[:300])
