@@ -18,8 +18,9 @@ from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.add_request import checked_params, params_bound
 from aiollm.engine.batch_api import Progress, check_params_count
 from aiollm.engine.chat_messages import checked_messages
-from aiollm.engine.chat_template import TemplateOptions, checked_options
+from aiollm.engine.chat_template import checked_options
 from aiollm.engine.chat_tools import check_tools
+from aiollm.engine.template_options import TemplateOptions
 from aiollm.errors import EngineStopped, InvalidRequest, naming_params_item
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams

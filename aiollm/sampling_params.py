@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 # a request's grammar and token constraints, importable from here as README documents them
 from aiollm.constraint import Constraint, GrammarSpec  # noqa: F401
-from aiollm.errors import InvalidRequest, check_unicode, shown
+from aiollm.errors import InvalidRequest, shown
 from aiollm.numpy_scalars import plain_bool, plain_number
 # the stop lists' bounds and checks, importable from here as before
 from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # noqa: F401
@@ -16,6 +16,8 @@ from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # no
                                     checked_stop_token_sequences, is_int)
 # vLLM's grammar object, importable from here as from vllm.sampling_params
 from aiollm.structured_outputs import GuidedDecodingParams, StructuredOutputsParams, grammar_of
+from aiollm.vllm_sampling_extras import (check_logits_processors, check_truncate_prompt_tokens,
+                                         checked_bad_words, checked_detokenize)
 
 
 logger = logging.getLogger(__name__)
@@ -39,10 +41,6 @@ MAX_N_SEQUENCES = 16384
 MAX_LOGPROBS = 20
 # SamplingParams.penalty_scope's values (the field's comment says what each counts)
 PENALTY_SCOPES = ("vllm", "output", "prompt_and_output")
-# bad words per request: each step's banned ids are found on the host, a few list
-# compares per word (aiollm/engine/bad_words.py)
-MAX_BAD_WORDS = 64
-MAX_BAD_WORD_CHARS = 256
 # Seen tokens' positive logits are divided by the repetition penalty in float32: far below
 # this they overflow to inf (a float32 zero below ~1e-45), and the logprobs become NaN
 MIN_REPETITION_PENALTY = 0.01
@@ -72,16 +70,6 @@ def choice_seed(seed: int | None, choice: int) -> int | None:
     if seed >= 0:
         return (seed + choice) % SEED_RANGE
     return (seed + SEED_RANGE + choice) % (SEED_RANGE - 1) - SEED_RANGE
-
-
-def check_truncate_prompt_tokens(t: object) -> None:
-    """Raise InvalidRequest naming truncate_prompt_tokens unless it is None, -1 (the
-    model's context length) or an integer >= 1 (the prompt's last tokens kept), as vLLM
-    takes it; the bound by the context is the engine's (submission.kept_prompt_tokens)."""
-    if t is not None and (not is_int(t) or not (t == -1 or 1 <= t < 2**31)):
-        raise InvalidRequest("truncate_prompt_tokens must be None, -1 (the model's context "
-                             "length) or an integer >= 1 (the prompt tokens kept, its last), "
-                             f"got {t!r}", param="truncate_prompt_tokens")
 
 
 # keywords only: vLLM's first field is n, so SamplingParams(2) meant n=2 there and another
@@ -274,7 +262,10 @@ class SamplingParams:
         if scoring and (not is_int(self.prompt_logprobs)
                         or not 0 <= self.prompt_logprobs <= MAX_LOGPROBS):
             raise bad("prompt_logprobs", f"must be an integer in [0, {MAX_LOGPROBS}]")
-        self._check_vllm_extras(bad)
+        self.detokenize = checked_detokenize(self.detokenize, self.stop)
+        self.bad_words = checked_bad_words(self.bad_words)
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
+        check_logits_processors(self.logits_processors)
 
     def _raise_tiny_temperature(self) -> None:
         """A temperature in (0, MIN_TEMPERATURE) raised to MIN_TEMPERATURE, with a warning in
@@ -292,40 +283,6 @@ class SamplingParams:
                 "less risks inf or NaN): sampling at %s (further raises are logged at debug "
                 "level)", t, MIN_TEMPERATURE, MIN_TEMPERATURE)
             self.temperature = MIN_TEMPERATURE
-
-    def _check_vllm_extras(self, bad) -> None:
-        """detokenize, bad_words, truncate_prompt_tokens and logits_processors (vLLM's)."""
-        self.detokenize = plain_bool(self.detokenize)
-        if not isinstance(self.detokenize, bool):
-            raise bad("detokenize", "must be a boolean")
-        if not self.detokenize and self.stop:
-            raise InvalidRequest("stop strings need the output's text: they cannot be used "
-                                 "with detokenize=False (stop_token_ids can)",
-                                 param="detokenize")
-        if isinstance(self.bad_words, str):
-            self.bad_words = [self.bad_words]
-        elif isinstance(self.bad_words, tuple):
-            self.bad_words = list(self.bad_words)
-        if self.bad_words is not None and (
-                not isinstance(self.bad_words, list)
-                or not all(isinstance(w, str) and w.strip() for w in self.bad_words)):
-            raise bad("bad_words", "must be a list of words (non-blank strings)")
-        if self.bad_words is not None and len(self.bad_words) > MAX_BAD_WORDS:
-            raise InvalidRequest(f"at most {MAX_BAD_WORDS} bad words, got "
-                                 f"{len(self.bad_words)}", param="bad_words")
-        for i, w in enumerate(self.bad_words or ()):
-            if len(w) > MAX_BAD_WORD_CHARS:
-                raise InvalidRequest(f"bad_words[{i}] has {len(w)} characters, more than the "
-                                     f"{MAX_BAD_WORD_CHARS} allowed", param="bad_words")
-            check_unicode(w, f"bad_words[{i}]")  # the tokenizer fails on one, naming neither
-        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
-        lp = self.logits_processors
-        if lp is not None and not (isinstance(lp, (list, tuple)) and len(lp) == 0):
-            raise InvalidRequest(
-                "logits_processors are not supported: per-request Python logits processors "
-                "would run on every step of the batch; vLLM's V1 engine refuses them too. "
-                "Use allowed_token_ids, logit_bias, bad_words or a grammar (constraint)",
-                param="logits_processors")
 
     def _fold_into_constraint(self) -> None:
         """vLLM's allowed_token_ids, logit_bias and grammar (structured_outputs, or

@@ -38,8 +38,8 @@ from typing import Any
 
 from aiollm import vllm_flags, vllm_graph_keywords
 from aiollm.config import EngineConfig
-from aiollm.engine.chat_template import TemplateOptions
 from aiollm.engine.content_format import check_content_format
+from aiollm.engine.template_options import TemplateOptions
 from aiollm.errors import InvalidRequest
 from aiollm.vllm_flags import Refusal
 

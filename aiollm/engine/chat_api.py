@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from aiollm.engine.add_request import params_bound
 from aiollm.engine.cache_salt import checked_salt
 from aiollm.engine.chat_messages import checked_messages
-from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
-                                          special_texts)
+from aiollm.engine.chat_template import chat_token_ids, rendered_size, special_texts
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.content_format import rendering_template
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
+from aiollm.engine.template_options import TemplateOptions
 from aiollm.errors import ContextExceeded, InvalidRequest
 from aiollm.sampling_params import SamplingParams
 

@@ -17,14 +17,8 @@ that text after a control token is tokenized as it is there: control_text_encodi
 A conversation (and tools) without control-token text takes the plain path: the ids are
 exactly what `apply_chat_template` gives.
 
-TemplateOptions carries what a caller may ask of the rendering, as vLLM and SGLang take it:
-no generation prompt, continuing the final (assistant) message, the template's own
-variables (`chat_template_kwargs`, e.g. Qwen3's `enable_thinking`), the form of message
-content the template takes (vLLM's chat-template content format: content_format.py), and
-(the Python API's alone: the HTTP API refuses it per request) another template than the
-tokenizer's.
-Variables pass through to the template as they are, except that those the server gives a
-meaning to are type-checked (`enable_thinking` is a boolean: "no" would turn thinking on).
+TemplateOptions (template_options.py) carries what a caller may ask of the rendering; it is
+importable from here, where the Python API documents it.
 """
 
 from __future__ import annotations
@@ -32,113 +26,17 @@ from __future__ import annotations
 import dataclasses
 import re
 import uuid
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiollm.engine.content_format import (check_content_format, formed_messages, given_format,
-                                          resolve_content_format)
+from aiollm.engine.content_format import formed_messages, given_format, resolve_content_format
 from aiollm.engine.control_text_encoding import encode_in_one_pass, encode_split
 from aiollm.engine.submission import check_fewest_tokens, check_unicode
-from aiollm.errors import (ChatTemplateError, InvalidRequest, check_type, shown_json,
-                           too_deep)
-from aiollm.model.chat_template_source import check_template_source
+# the Python API's options of a render, importable from here as README documents them
+from aiollm.engine.template_options import TemplateOptions
+from aiollm.errors import ChatTemplateError, InvalidRequest, too_deep
 
 if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
     from transformers import PreTrainedTokenizerBase
-
-
-# Names a template variable may not take: apply_chat_template's own arguments (transformers
-# 5's included; "self" too, which its call would take as a second self) and what the renderer
-# puts in the template's context (the special-token texts are added per tokenizer).
-_RESERVED = frozenset({
-    "self", "conversation", "messages", "tools", "documents", "chat_template",
-    "add_generation_prompt", "continue_final_message", "tokenize", "sanitize_control_tokens",
-    "padding", "truncation", "max_length", "return_tensors", "return_dict",
-    "return_assistant_tokens_mask", "tokenizer_kwargs", "raise_exception", "strftime_now",
-    "special_tokens_map"})
-
-# Variables the server gives a meaning to, and the one type each takes (null: not set, left
-# out of the render). Templates test enable_thinking with `is false` or plain truth, so "no"
-# or 0 would turn thinking on; and the reasoning split reads where the rendered prompt left
-# the output (aiollm/api/reasoning.py), so a wrong value answers another question quietly.
-_TYPED = {"enable_thinking": bool}
-
-
-@dataclass(frozen=True, slots=True)
-class TemplateOptions:
-    """How a conversation is rendered (transformers' apply_chat_template arguments of the
-    same names). add_generation_prompt: open the assistant's turn after the messages;
-    continue_final_message: end the prompt inside the final message (its end-of-turn left
-    out) so that the model continues it, which needs add_generation_prompt false; kwargs:
-    variables of the template (`chat_template_kwargs`), each a bool, number, None or a
-    string without control-token text, and `enable_thinking` a bool or None (None: not set,
-    the template's default); chat_template: a Jinja chat template to render with in place
-    of the tokenizer's (vLLM's LLM.chat(chat_template=...); None: the tokenizer's);
-    documents: the sources of retrieval-augmented generation, given to the template as its
-    `documents` variable (vLLM's chat field; each a dict of strings, such as {"title",
-    "text"}; a template that renders none ignores them; control-token text in them stays
-    plain text, as in message content); content_format: the form message content takes in
-    the template, vLLM's chat_template_content_format (content_format.py): "string" (text
-    parts joined), "openai" (a list of text parts) or "auto" (whichever the template
-    reads); content_format_name: how its caller names content_format, for the messages
-    that quote it (the server's --chat-template-content-format, LLM.chat's
-    chat_template_content_format). `check` raises InvalidRequest naming the field
-    (`chat_template_kwargs.enable_thinking`; `chat_template` for one that is no string or
-    does not compile; `documents[1].text`; chat_template_content_format)."""
-
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    chat_template: str | None = None
-    documents: list[dict[str, str]] | None = None
-    content_format: str = "auto"
-    content_format_name: str = "content_format"
-
-    def check(self, specials: list[str], reserved: frozenset[str] = frozenset()) -> None:
-        """specials: control-token texts a string variable may not hold (it would be
-        tokenized as the control token); reserved: more names variables may not take."""
-        if self.add_generation_prompt and self.continue_final_message:
-            raise InvalidRequest("continue_final_message needs add_generation_prompt false (a "
-                                 "final message continued leaves no turn to open)",
-                                 param="continue_final_message")
-        check_content_format(self.content_format)
-        if self.chat_template is not None:
-            check_template_source(self.chat_template)
-        _check_documents(self.documents)
-        if not isinstance(self.kwargs, dict):
-            raise InvalidRequest("chat_template_kwargs must be an object",
-                                 param="chat_template_kwargs")
-        for name, value in self.kwargs.items():
-            param = f"chat_template_kwargs.{name}"
-            if name in _RESERVED or name in reserved:
-                raise InvalidRequest(f"{shown_json(name)} cannot be a template variable: the "
-                                     "server sets it", param=param)
-            if name in _TYPED:
-                check_type(value, (_TYPED[name],), param)
-            if value is not None and not isinstance(value, (bool, int, float, str)):
-                raise InvalidRequest("template variables are booleans, numbers, strings or "
-                                     "null", param=param)
-            if isinstance(value, str) and any(t in value for t in specials):
-                raise InvalidRequest("a template variable cannot hold control-token text",
-                                     param=param)
-
-
-def _check_documents(documents: Any) -> None:
-    """InvalidRequest naming the place where `documents` is not None or a list of dicts of
-    strings (vLLM's list[dict[str, str]])."""
-    if documents is None:
-        return
-    if not isinstance(documents, (list, tuple)):
-        raise InvalidRequest("documents must be a list of objects of strings, such as "
-                             '{"title": ..., "text": ...}', param="documents")
-    for i, doc in enumerate(documents):
-        if not isinstance(doc, dict):
-            raise InvalidRequest("a document must be an object of strings, such as "
-                                 '{"title": ..., "text": ...}', param=f"documents[{i}]")
-        for key, value in doc.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise InvalidRequest("a document's keys and values must be strings",
-                                     param=f"documents[{i}].{key}")
 
 
 def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -405,13 +303,10 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
         extra["chat_template"] = options.chat_template
     if options.documents:  # none or []: the template's documents stay None, as left out
         extra["documents"] = options.documents
-    # a typed variable sent as null is left out: passed as None it would count as set for the
-    # template's `is defined` and `| default(...)`, not give the template's default
-    variables = {k: v for k, v in options.kwargs.items() if v is not None or k not in _TYPED}
     try:
         return tokenizer.apply_chat_template(
             messages, tools=tools or None, add_generation_prompt=options.add_generation_prompt,
-            tokenize=tokenize, **extra, **variables)
+            tokenize=tokenize, **extra, **options.variables())
     except TemplateSyntaxError as e:
         # the served template itself (one given in options compiled in check()): no request
         # could change it, so no request's field is to blame

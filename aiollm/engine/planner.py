@@ -7,8 +7,8 @@ fits: the last one admitted takes what is left of the budget and goes on as a ru
 request still prefilling in the next step, so a burst of prompts fills every step.
 The planner owns the running set, the waiting queue, KV allocation and eviction;
 admission decisions come from the scheduler policy (aiollm.scheduler). With a prefix cache
-(prefix_cache.py) it matches requests at admission, hands it planned prefill chunks and
-released KV, and counts its evictable tokens as free.
+(prefix_cache.py) it matches requests at admission (prefix_admission.py), hands it planned
+prefill chunks and released KV, and counts its evictable tokens as free.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aiollm.engine.prefix_cache import PrefixCache, common_prefix, known_tokens, reuse_limit
+from aiollm.engine.prefix_admission import cache_matches, locked_by, prefix_in_flight
+from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Phase, Request
 from aiollm.model.forward_batch import new_token_coords
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
@@ -233,12 +234,12 @@ class Planner:
                 running.output_len, running.max_new_tokens, running.ignore_eos)
         limit = min(len(self.waiting), self.max_running - len(self.running), self.r2t.n_free_rows)
         head = [self.waiting[i] for i in range(limit)]
-        matches = self._match(head, budget)
+        matches = cache_matches(self.cache, head, budget)
         head = head[:len(matches)]
         cand_slots = np.fromiter((r.slot for r in head), np.int32, len(head))
         crec = tab.gather_fields(("output_len", "max_new_tokens", "ignore_eos"), cand_slots)
         new_tokens = [r.num_tokens - (m[1] if m else 0) for r, m in zip(head, matches)]
-        locked = self._locked_by(matches)
+        locked = locked_by(self.cache, matches)
         cands = Candidates(prompt_len=np.array(new_tokens, np.int64),
                            output_len=crec["output_len"], max_new_tokens=crec["max_new_tokens"],
                            ignore_eos=crec["ignore_eos"].astype(bool),
@@ -250,7 +251,7 @@ class Planner:
         taken = self.free_tokens() - free  # by this step's decodes and chunks
         prefilling = [r for r in self.running if r.num_tokens - r.kv_len > 1] if n else []
         for r, m in zip(head[:n], matches):
-            if m is not None and self._prefix_in_flight(r, m[1], prefilling):
+            if m is not None and prefix_in_flight(self.cache, r, m[1], prefilling):
                 break  # another request computes more of its prefix now: reuse it next step
             if m is not None and self.free_tokens() - self.cache.tree.unreferenced(m[0]) <= taken:
                 # its hit would lock cached tokens this step's chunks are counting on, or
@@ -326,51 +327,6 @@ class Planner:
         own_now = sum(max(r.kv_len - r.cache_len, 0) for r in self.running)
         used = self.kv.n_used - (self.cache.evictable if self.cache else 0)
         return max(used - own_now, 0) + self.scheduler.predicted_peak(running)
-
-    def _match(self, head: list[Request], budget: int) -> list[tuple | None]:
-        """The cache's match of each candidate, for as many as the prefill budget lets
-        start (the new tokens before each below it: the scheduler looks no further); all of
-        head's length without a cache."""
-        if self.cache is None:
-            return [None] * len(head)
-        out, new = [], 0
-        for r in head:
-            if r.prompt_array is None:
-                r.prompt_array = np.asarray(r.prompt_ids, dtype=np.int32)
-            m = self.cache.match_for(r)
-            out.append(m)
-            new += r.num_tokens - m[1]
-            if new >= budget:
-                break
-        return out
-
-    def _locked_by(self, matches: list[tuple | None]) -> list[int]:
-        """Cached tokens no one uses that each match, admitted in queue order, takes out of
-        the free pool unprefilled (a node shared with a match before it is counted there)."""
-        if self.cache is None:
-            return [0] * len(matches)
-        seen: set = set()
-        return [self.cache.tree.unreferenced(m[0], seen) if m else 0 for m in matches]
-
-    def _prefix_in_flight(self, req: Request, matched: int, prefilling: list[Request]) -> bool:
-        """Does a running request still prefilling share more of req's tokens than the
-        cache holds, and may req reuse them? Then its chunks will be in the cache soon: req
-        waits for them. Only one of req's cache salt (and rotary kind, PrefixCache.salt_of)
-        counts: req will reuse nothing of another's, and its wait would tell a tenant that
-        another prefills that prompt now."""
-        limit = reuse_limit(req)
-        if matched >= limit:
-            return False
-        key, salt = None, self.cache.salt_of(req)
-        for r in prefilling:
-            p = r.prompt_array
-            if p is None or p.shape[0] <= matched or self.cache.salt_of(r) != salt:
-                continue
-            if key is None:
-                key = known_tokens(req, limit)
-            if p[matched] == key[matched] and common_prefix(p, key) > matched:
-                return True
-        return False
 
     def _build(self, chunks: list[tuple[Request, int]]) -> Step:
         total = sum(n for _, n in chunks)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from aiollm.engine.chat_template import TemplateOptions, chat_token_ids
+from aiollm.engine.chat_template import chat_token_ids
+from aiollm.engine.template_options import TemplateOptions
 from aiollm.errors import ChatTemplateError, InvalidRequest
 
 if TYPE_CHECKING:

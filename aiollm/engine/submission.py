@@ -25,8 +25,9 @@ from aiollm.errors import (ContextExceeded, InvalidRequest, Overloaded,
                            check_unicode, shown)
 from aiollm.model.sampling_tensors import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
-from aiollm.sampling_params import SamplingParams, check_truncate_prompt_tokens, is_int
+from aiollm.sampling_params import SamplingParams, is_int
 from aiollm.stop_conditions import StopSequences
+from aiollm.vllm_sampling_extras import check_truncate_prompt_tokens
 
 Prompt = str | Sequence[int] | dict  # a dict: vLLM's {"prompt"} or {"prompt_token_ids"}
 R = TypeVar("R")

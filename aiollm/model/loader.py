@@ -313,7 +313,7 @@ def _fill(model: LlamaForCausalLM, tensors, total: int | None, label: str,
     Phi-3's fused tensors are split and a partial rotary's q/k rows reordered first
     (weights_layout)."""
     filler = WeightFiller(model, fused_source_name(model.config, source_name), gguf=gguf)
-    tensors = to_llama_layout(tensors, model.config, filler.shape_error)
+    tensors = to_llama_layout(tensors, model.config, filler.errors.shape_error)
     # disable=None: the bar shows on a terminal and stays silent in logs and tests.
     for name, tensor in tqdm(tensors, total=total, desc=f"loading {label}", unit="tensor",
                              disable=None):

@@ -15,7 +15,8 @@ embedding and lm_head, its columns of o_proj and down_proj; the router and the s
 gate whole. GraniteMoe's router (router.layer) and its experts, stacked and gate/up fused
 already (input_linear, output_linear), land in our router and stacked experts; Granite's
 residual and logit scales are multiplied into the tensors they fold into as those are copied
-(granite_scales.py).
+(granite_scales.py). What the errors say of a checkpoint that does not fit the config (which
+field to check, by the checkpoint's names) is weights_errors.py's.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from collections.abc import Callable
 
 import torch
 
-from aiollm.model.config import MOE_ARCHITECTURES
 from aiollm.model.granite_scales import scaled
 from aiollm.model.llama import LlamaForCausalLM
 from aiollm.model.parallel import ShardPlan
+from aiollm.model.weights_errors import CheckpointErrors
 
 # dtypes of weights read as they are (an integer or float8 tensor is a quantized weight)
 _WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -52,11 +53,6 @@ _GRANITE_MOE_SOURCE = {"gate.weight": "router.layer.weight",
                        "experts.down_proj": "output_linear.weight"}
 # Qwen2-MoE's shared expert and its gate.
 _SHARED_EXPERT = re.compile(r"layers\.\d+\.mlp\.shared_expert(?:_gate)?\.")
-# a tensor of a dense MLP or of a sparse one (router, experts, shared expert)
-_LAYER_MLP = re.compile(
-    r"layers\.(\d+)\.mlp\.(?:gate_up_proj|gate_proj|up_proj|down_proj|gate|experts|shared_)")
-# a tensor only a sparse MLP has (router, experts, shared expert)
-_SPARSE_MLP = re.compile(r"layers\.\d+\.mlp\.(?:gate\.|experts\.|shared_expert)")
 
 
 class WeightFiller:
@@ -66,7 +62,6 @@ class WeightFiller:
         for messages (None: the checkpoint uses transformers' names). gguf: the checkpoint
         is a GGUF file, whose metadata is its config (messages name no config.json)."""
         cfg = model.config
-        self.source_name = source_name
         self.gguf = gguf
         self.params = dict(model.named_parameters())
         self.tied = cfg.tie_word_embeddings
@@ -110,7 +105,7 @@ class WeightFiller:
         # where each copy into a parameter began (its storage offset): a second copy to the
         # same place is a repeated tensor, and the places never written name what is missing
         self.starts: dict[str, set[int]] = {}
-        self.moe, self.architecture = cfg.moe, cfg.architecture
+        self.architecture = cfg.architecture
         self.config = cfg
         self.num_experts = cfg.moe.num_experts if cfg.moe is not None else 0
         self.mixtral_names = False  # the checkpoint names experts w1/w3/w2 (for messages)
@@ -123,8 +118,10 @@ class WeightFiller:
             str(n): layer.mlp.expert_range for n, layer in enumerate(model.layers)
             if hasattr(layer.mlp, "expert_range")
         }
-        self.layer_kinds = ["experts" if str(n) in self.expert_ranges else "a dense MLP"
-                            for n in range(len(model.layers))]
+        layer_kinds = ["experts" if str(n) in self.expert_ranges else "a dense MLP"
+                       for n in range(len(model.layers))]
+        self.errors = CheckpointErrors(source_name, gguf, cfg.moe, cfg.architecture,
+                                       self.num_experts, layer_kinds)
         # transformers builds shared_expert_intermediate_size=0 as a zero-width shared expert
         # (and saves its empty projections and its gate), which adds sigmoid(gate) * 0: ours
         # has none, and those tensors are skipped
@@ -146,14 +143,14 @@ class WeightFiller:
                 # no config field gives Mixtral or Qwen3-MoE a shared expert: naming
                 # shared_expert_intermediate_size sent users to a field these never read
                 raise ValueError(
-                    f"checkpoint tensor {self._src(hf_name)!r} has no place in the model: "
+                    f"checkpoint tensor {self.errors.src(hf_name)!r} has no place in the model: "
                     f"{self.architecture} models have no shared expert (of the supported "
                     "model types only qwen2_moe has one): check " + (
                         "the file's general.architecture" if self.gguf
                         else "config.json's model_type"))
             if ".shared_expert." in name and tensor.numel():
                 raise ValueError(
-                    f"checkpoint tensor {self._src(hf_name)!r} has shape "
+                    f"checkpoint tensor {self.errors.src(hf_name)!r} has shape "
                     f"{tuple(tensor.shape)}, but the config's shared_expert_intermediate_size "
                     "is 0 (no shared expert)")
             return
@@ -169,7 +166,7 @@ class WeightFiller:
             name = ".".join(parts)
         param = self.params.get(name)
         if param is None:
-            raise self._no_place(hf_name, name)
+            raise self.errors.no_place(hf_name, name)
         if ".experts." in name:  # a parameter of ours in the checkpoint: all experts at once
             self.expert_layout = "fused"
         if shard is None:
@@ -214,40 +211,20 @@ class WeightFiller:
         want = list(dst.shape)
         want[dim] = size
         if list(tensor.shape) != want:
-            raise self.shape_error(hf_name, tensor, want)
+            raise self.errors.shape_error(hf_name, tensor, want)
         return tensor if part is None else tensor.narrow(dim, *part)
-
-    def _advice(self) -> str:
-        # a GGUF file's metadata and tensors come together; a directory's config.json
-        # may be another model's (another size of it), whose fields are named
-        return "" if self.gguf else ": use the config.json saved with these weights"
-
-    def _expert_count(self) -> str:
-        """Where the model's expert count comes from, and its value, for messages."""
-        where = "the file's expert_count" if self.gguf else \
-            f"config.json's {self.moe.experts_field}"
-        return f"{where} is {self.num_experts}"
-
-    def shape_error(self, hf_name: str, tensor: torch.Tensor, want) -> ValueError:
-        """The ValueError for checkpoint tensor `hf_name` of `tensor`'s shape where the model
-        expects `want`, naming the checkpoint's name and the config.json fields that size it
-        (weights_layout's refusal of a fused tensor it cannot split too)."""
-        advice = "" if self.gguf else (
-            f" (config.json's {self._sized_by(hf_name)}){self._advice()}")
-        return ValueError(f"checkpoint tensor {self._src(hf_name)!r} has shape "
-                          f"{tuple(tensor.shape)}, the model expects {tuple(want)}{advice}")
 
     def _copy(self, hf_name: str, name: str, dst: torch.Tensor, tensor: torch.Tensor) -> None:
         if tensor.dtype not in _WEIGHT_DTYPES:  # copy_ would cast its numbers as if weights
             raise ValueError(
-                f"checkpoint tensor {self._src(hf_name)!r} has dtype {tensor.dtype}: a "
+                f"checkpoint tensor {self.errors.src(hf_name)!r} has dtype {tensor.dtype}: a "
                 "quantized weight, which aiollm does not read: use a float16/bfloat16/float32 "
                 "checkpoint or a GGUF file")
         if dst.shape != tensor.shape:
-            raise self.shape_error(hf_name, tensor, dst.shape)
+            raise self.errors.shape_error(hf_name, tensor, dst.shape)
         starts = self.starts.setdefault(name, set())
         if dst.storage_offset() in starts:
-            raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} is given twice (two "
+            raise ValueError(f"checkpoint tensor {self.errors.src(hf_name)!r} is given twice (two "
                              "files of the directory hold it, or two names of one weight)")
         starts.add(dst.storage_offset())
         dst.copy_(scaled(self.config, name, tensor))  # Granite's scalars: granite_scales.py
@@ -259,25 +236,25 @@ class WeightFiller:
         layer, proj = m.group(1), m.group(m.lastindex)
         experts = self.expert_ranges.get(layer)
         if experts is None or proj not in _EXPERT_PROJ:
-            raise self._no_place(hf_name, m.group(0))
+            raise self.errors.no_place(hf_name, m.group(0))
         half = _EXPERT_PROJ[proj]
         name = f"layers.{layer}.mlp.experts.{'down_proj' if half is None else 'gate_up_proj'}"
         param = self.params[name].data
         if m.lastindex == 3:  # one expert
             e = int(m.group(2))
             if e >= self.num_experts:
-                raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} is of expert {e}, "
-                                 f"but {self._expert_count()} (experts 0 to "
-                                 f"{self.num_experts - 1}){self._advice()}")
+                raise ValueError(f"checkpoint tensor {self.errors.src(hf_name)!r} is of expert "
+                                 f"{e}, but {self.errors.expert_count()} (experts 0 to "
+                                 f"{self.num_experts - 1}){self.errors.advice()}")
             if e not in experts:
                 return  # held by another expert-parallel rank
             dst = param[e - experts.start]
         else:
             self.expert_layout = "stacked"
             if tensor.shape[0] != self.num_experts:
-                raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} stacks "
-                                 f"{tensor.shape[0]} experts, but {self._expert_count()}"
-                                 f"{self._advice()}")
+                raise ValueError(f"checkpoint tensor {self.errors.src(hf_name)!r} stacks "
+                                 f"{tensor.shape[0]} experts, but {self.errors.expert_count()}"
+                                 f"{self.errors.advice()}")
             dst, tensor = param, tensor[experts.start:experts.stop]
         if half is not None:
             rows = dst.shape[-2] // 2
@@ -287,89 +264,13 @@ class WeightFiller:
                                 self.expert_features, self.expert_size)
         self._copy(hf_name, name, dst, tensor)
 
-    def _sized_by(self, hf_name: str) -> str:
-        """The config.json fields that give the tensor `hf_name` its shape."""
-        parts = hf_name.split(".")
-        module = parts[-2] if parts[-1] in ("weight", "bias") else parts[-1]
-        if module in ("q_norm", "k_norm"):
-            return "head_dim"
-        if module.endswith("norm"):
-            return "hidden_size"
-        width = {"q_proj": "num_attention_heads, head_dim", "o_proj": "num_attention_heads, "
-                 "head_dim", "k_proj": "num_key_value_heads, head_dim",
-                 "qkv_proj": "num_attention_heads, num_key_value_heads, head_dim",  # Phi-3
-                 "v_proj": "num_key_value_heads, head_dim", "embed_tokens": "vocab_size",
-                 "lm_head": "vocab_size"}.get(module)
-        experts = self.moe.experts_field if self.moe is not None else "num_experts"
-        if module == "shared_expert_gate":  # one output: its sigmoid scale
-            return "hidden_size"
-        if width is None and module == "gate":  # the router
-            width = experts
-        elif width is None and "shared_expert" in hf_name:
-            width = "shared_expert_intermediate_size"
-        elif width is None and ".experts" in hf_name and self.architecture not in (
-                "mixtral", "granitemoe"):
-            width = "moe_intermediate_size"
-        # all experts in one tensor [E, out, in]: the expert count is a field too
-        stacked = f"{experts}, " if module in ("gate_up_proj", "down_proj") and (
-            ".experts." in hf_name) and parts[-1] != "weight" else ""
-        return f"{stacked}{width or 'intermediate_size'}, hidden_size"
-
-    def _src(self, hf_name: str) -> str:
-        """The checkpoint's own name of the tensor transformers calls `hf_name`."""
-        return hf_name if self.source_name is None else self.source_name(hf_name)
-
-    def _no_place(self, hf_name: str, name: str) -> ValueError:
-        """The error for a tensor the model has no parameter for; for a layer past the
-        model's, with the field that counts them; for an MLP tensor of a
-        MoE model, with which kind of MLP (dense or experts) the config gives its layer: a
-        config whose mlp_only_layers / decoder_sparse_step disagree with the checkpoint (a
-        GGUF file has neither: its layers with a router are the sparse ones)."""
-        m = _LAYER_MLP.search(name)
-        why = ""
-        past = re.match(r"layers\.(\d+)\.", name)
-        if past is not None and int(past.group(1)) >= len(self.layer_kinds):
-            why = f": it has {len(self.layer_kinds)} layers (" + (
-                "the file's block_count)" if self.gguf else "config.json's "
-                "num_hidden_layers): use the config.json saved with these weights")
-        elif (self.moe is None and self.architecture in MOE_ARCHITECTURES and not self.gguf
-              and m is not None):
-            # a Qwen MoE config.json whose every layer is dense (hf_moe_config.moe_from_hf)
-            why = (f": layer {m.group(1)} has a dense MLP by the config, as every layer has "
-                   "(its mlp_only_layers, decoder_sparse_step and num_experts leave no layer "
-                   "sparse): use the config.json saved with these weights")
-        elif self.moe is None and _SPARSE_MLP.search(name):
-            # a mixture-of-experts checkpoint under a dense model type (a qwen3_moe one
-            # relabelled qwen3): the field that made the model dense is the one to check
-            why = (f": {self.architecture} models have no experts (of the supported model "
-                   f"types {', '.join(MOE_ARCHITECTURES[:-1])} and {MOE_ARCHITECTURES[-1]} "
-                   "have them): check " + (
-                       "config.json's model_type" if not self.gguf
-                       else "the file's llama.expert_count (llama.cpp's Mixtral files are "
-                       "llama with an expert count)" if self.architecture == "llama"
-                       else "the file's general.architecture"))
-        elif m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
-            layer = int(m.group(1))
-            if self.gguf:
-                router = self._src(f"model.layers.{layer}.mlp.gate.weight")
-                has = "it has no" if self.layer_kinds[layer] == "a dense MLP" else "it has the"
-                why = f": layer {layer} has {self.layer_kinds[layer]} by the file ({has} " \
-                      f"router {router})"
-            else:
-                why = f": layer {layer} has {self.layer_kinds[layer]} by the config"
-                if self.architecture not in ("mixtral", "granitemoe"):
-                    why += (f" (mlp_only_layers {list(self.moe.dense_layers)}, "
-                            f"decoder_sparse_step {self.moe.sparse_step})")
-        return ValueError(f"checkpoint tensor {self._src(hf_name)!r} has no place in the "
-                          f"model{why}")
-
     def check_complete(self) -> None:
         """Raise ValueError naming (up to 5 of) the checkpoint tensors never given."""
         missing = [t for n, p in self.params.items() if self.filled.get(n, 0) != p.numel()
                    for t in self._missing_parts(n, p)]
         if missing:
             # q, k and v of a fused checkpoint tensor (Phi-3's) are one name of its
-            missing = list(dict.fromkeys(self._src(n) for n in missing))
+            missing = list(dict.fromkeys(self.errors.src(n) for n in missing))
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             names = missing[:5]
             why = (" (config.json's tie_word_embeddings is false: true reads the output "

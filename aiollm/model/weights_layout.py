@@ -49,7 +49,7 @@ def to_llama_layout(tensors: Iterable[tuple[str, torch.Tensor]], config: ModelCo
     """(transformers Llama name, tensor) for each (checkpoint name, tensor) of `tensors`,
     `config` the whole model's (not one rank's): fused projections of FUSED_ARCHITECTURES
     split, q and k rows of a partial rotary reordered. A fused tensor whose rows are not the
-    sum of its parts' raises shape_error(name, tensor, expected shape) (WeightFiller's): passed
+    sum of its parts' raises shape_error(name, tensor, expected shape) (CheckpointErrors'): passed
     on whole, one of a tensor-parallel rank's size would fill that rank's fused parameter."""
     fused = config.architecture in FUSED_ARCHITECTURES
     order = None
