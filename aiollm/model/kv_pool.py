@@ -3,8 +3,9 @@
 KVPool holds one K and one V tensor per layer, indexed by token slot, and hands slots out
 and takes them back with a free stack kept on the CPU in numpy (vectorised: one slice per
 call, never a Python loop over tokens; a numpy call costs about a microsecond where a torch
-CPU op costs several, and the planner makes a few per step). ReqToTokenTable maps each request's positions to slots:
-row r, column p holds the slot of token p of the request that owns row r.
+CPU op costs several, and the planner makes a few per step). ReqToTokenTable maps each
+request's positions to slots: row r, column p holds the slot of token p of the request that
+owns row r.
 """
 
 from __future__ import annotations
@@ -194,8 +195,11 @@ class KVPool:
         self._n_free = num_tokens
 
     @staticmethod
-    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
-        return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int,
+                        dtype: torch.dtype) -> int:
+        """Bytes of K and V one token takes over all layers (one rank's KV heads)."""
+        size = torch.empty((), dtype=dtype).element_size()
+        return 2 * num_layers * num_kv_heads * head_dim * size
 
     def release(self) -> None:
         """Drop the K and V tensors (the pool's memory: most of a GPU's, by default) once no
@@ -278,7 +282,8 @@ class ReqToTokenTable:
         self._np[np.asarray(rows, dtype=np.int64), np.asarray(positions, dtype=np.int64)] = \
             np.asarray(slots)
 
-    def write_device(self, rows: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> None:
+    def write_device(self, rows: torch.Tensor, positions: torch.Tensor,
+                     slots: torch.Tensor) -> None:
         """Mirror a write_cpu on the device copy (tensors already on the device)."""
         if self.table is not self.cpu:
             from aiollm.kernels.decode_io import write_slots
