@@ -12,16 +12,15 @@ class Alias(argparse._StoreAction):
     """A spelling of an option: stores its value as `store` does and records the spelling
     in the namespace's `flags_typed` (dest -> flag). The same spelling given again replaces
     its value (argparse's rule: still held to the others'); another spelling of the option
-    given before with another
-    value is a usage error naming both, unless both are `least` flags of different
-    actions: then the smaller value is kept. Those are other engines' upper bounds of one
-    count (a step's tokens: SGLang's --chunked-prefill-size beside its --max-prefill-tokens),
-    which those engines keep within all at once. `wins_over`: spellings of the option
-    whose value this one's replaces, before it or after, as the engine both belong to
-    does (SGLang's --cuda-graph-bs over its --cuda-graph-max-bs); the value not used is
-    kept in the namespace's `values_dropped` (dest -> (flag, value as typed)), for the
-    start to log. Every other pair of spellings given must agree, in any order (_agrees:
-    the one outranked too, with a third spelling)."""
+    given before with another value is a usage error naming both, unless both are `least`
+    flags of different actions: then the smaller value is kept. Those are other engines'
+    upper bounds of one count (a step's tokens: SGLang's --chunked-prefill-size beside its
+    --max-prefill-tokens), which those engines keep within all at once. `wins_over`:
+    spellings of the option whose value this one's replaces, before it or after, as the
+    engine both belong to does (SGLang's --cuda-graph-bs over its --cuda-graph-max-bs); the
+    value not used is kept in the namespace's `values_dropped` (dest -> (flag, value as
+    typed)), for the start to log. Every other pair of spellings given must agree, in any
+    order (_agrees: the one outranked too, with a third spelling)."""
 
     def __init__(self, option_strings, dest, least: bool = False,
                  wins_over: tuple[str, ...] = (), **kwargs) -> None:
