@@ -109,3 +109,17 @@ def test_help_matching_nothing_names_the_groups_it_takes(capsys):
     for group in named:
         code, shown, _ = _serve([f"--help={group}"], capsys)
         assert code == 0 and "matching" not in shown.splitlines()[0], (group, shown)
+
+
+@pytest.mark.parametrize("word, title, option", [
+    ("context-length", "--context-length, an alias of:", "--max-model-len MAX_MODEL_LEN"),
+    ("cuda_graph_bs", "--cuda-graph-bs, an alias of:", "--cuda-graph-max-batch"),
+    ("max-queued-requests", "--max-queued-requests, an alias of:", "--max-waiting-requests"),
+    ("max_total_token_num", "--max-total-token-num, an alias of:", "--kv-tokens"),
+])
+def test_help_word_of_a_hidden_alias_shows_the_option_it_sets(word, title, option, capsys):
+    """SGLang's and LightLLM's aliases are hidden from --help (their groups' descriptions
+    name them): --help=context-length answered "No option or group matching" though the
+    flag is taken; it shows the option the alias sets."""
+    code, out, _ = _serve([f"--help={word}"], capsys)
+    assert code == 0 and out.startswith(title) and option in out, out

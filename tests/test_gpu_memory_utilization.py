@@ -64,7 +64,8 @@ def test_the_keyword_is_taken_and_has_no_effect_on_the_cpu(caplog):
             assert llm.engine.config.gpu_memory_utilization == 0.9
             assert llm.engine.kv_pool.capacity == EngineConfig().cpu_pool_tokens(512)
     said = [r.getMessage() for r in caplog.records]
-    assert said.count("gpu_memory_utilization 0.9 has no effect on the CPU") == 1, said
+    assert said.count("gpu_memory_utilization (--gpu-memory-utilization) 0.9 has no effect on the "
+                      "CPU") == 1, said
 
 
 def test_tensor_parallel_followers_get_the_option():
@@ -127,7 +128,7 @@ def test_kv_tokens_wins_over_the_share(gpu_memory, caplog):
     gpu_memory(free=80, total=100, reserved=16)
     with caplog.at_level(logging.INFO, logger="aiollm"):
         assert tokens(gpu_memory_utilization=0.2, kv_tokens=4096) == 4096
-    assert "gpu_memory_utilization 0.2 is not used" in caplog.text
+    assert "gpu_memory_utilization (--gpu-memory-utilization) 0.2 is not used" in caplog.text
 
 
 @pytest.mark.parametrize("options, says", [

@@ -183,6 +183,11 @@ def test_a_start_up_warning_names_the_flags_as_typed(tiny, caplog):
             if "less than the model's context" in r.getMessage()]
     assert len(said) == 1 and ("raise kv_tokens (--max_total_token_num) or, on a GPU, "
                                "mem_fraction (--mem_fraction)") in said[0], said
+    # the pool's size logged with the flags as typed too: it named kv_tokens=64 and
+    # mem_fraction, neither of which the user typed
+    sized = [r.getMessage() for r in caplog.records if "is not used" in r.getMessage()]
+    assert sized == ["the KV pool holds the 64 tokens of kv_tokens (--max_total_token_num): "
+                     "mem_fraction (--mem_fraction) 0.8 is not used"], sized
     logging.getLogger("aiollm.test").warning("lower kv_tokens (--kv-tokens)")
     assert caplog.records[-1].getMessage() == "lower kv_tokens (--kv-tokens)"  # served no more
 

@@ -74,7 +74,7 @@ def test_kv_tokens_wins_over_the_share(gpu_memory, caplog):
     gpu_memory(free=80, total=100, reserved=16)
     with caplog.at_level(logging.INFO, logger="aiollm"):
         assert tokens(mem_fraction=0.9, kv_tokens=4096) == 4096
-    assert "mem_fraction 0.9 is not used" in caplog.text
+    assert "mem_fraction (--mem-fraction) 0.9 is not used" in caplog.text
 
 
 def test_sglangs_max_total_tokens_caps_the_pool_the_memory_gives(gpu_memory, caplog):
@@ -86,8 +86,9 @@ def test_sglangs_max_total_tokens_caps_the_pool_the_memory_gives(gpu_memory, cap
     assert tokens(mem_fraction_static=0.9, max_total_tokens=4096) == 4096
     with caplog.at_level(logging.WARNING, logger="aiollm"):
         assert tokens(mem_fraction_static=0.9, max_total_tokens=100 * 1024) == 72089
-    assert ("max_total_tokens 102400 is more than the 72089 tokens mem_fraction_static 0.9 "
-            "leaves: the KV pool holds 72089") in caplog.text
+    assert ("max_total_tokens (--max-total-tokens) 102400 is more than the 72089 tokens "
+            "mem_fraction_static (--mem-fraction-static) 0.9 leaves: the KV pool holds 72089"
+            ) in caplog.text
     # aiollm's default share, and the CPU's pool, are bounded alike
     assert tokens(max_total_tokens=10**6) == int(80 * GiB * KV_MEMORY_FRACTION) // MiB
     cpu = pool_tokens(EngineConfig(max_total_tokens=300, max_model_len=256),
@@ -138,7 +139,7 @@ def test_the_share_has_no_effect_on_the_cpu(caplog):
         n = pool_tokens(EngineConfig(mem_fraction_static=0.8, max_model_len=512),
                         torch.device("cpu"), MiB, 8192)
     assert n == EngineConfig().cpu_pool_tokens(512)
-    assert "mem_fraction_static 0.8 has no effect on the CPU" in caplog.text
+    assert "mem_fraction_static (--mem-fraction-static) 0.8 has no effect on the CPU" in caplog.text
 
 
 @pytest.mark.parametrize("options, says", [

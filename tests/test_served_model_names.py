@@ -76,18 +76,26 @@ def test_the_model_as_given_is_a_name_when_no_served_name_is_set(tiny):
     serve_tiny(tiny, named, served_model_name="m")
 
 
-def test_lightllms_model_name_reports_the_name_and_refuses_no_model(tiny):
+def test_lightllms_model_name_reports_the_name_and_refuses_no_model(tiny, capsys):
     """LightLLM's --model_name names the model in /v1/models and in the answers, but its
     server checks no request's model (its chat route takes any, as a client with another
     configured name sends it): it was --served-model-name's, which answered another name
     404. vLLM's spelling still refuses it (the tests above)."""
-    from aiollm.cli import build_parser
+    from aiollm.cli import build_parser, main
     from aiollm.cli.lightllm_flags import answers_any_model
 
     def typed(line: str) -> bool:
         return answers_any_model(build_parser().parse_args(["serve", "M", *line.split()]))
     assert typed("--model_name llama") and typed("--model-name llama")
     assert not typed("--served-model-name llama") and not typed("")
+    # --help=lightllm says so: it said "--model_name is --served-model-name" alone, whose
+    # 404 for another name --model_name does not answer
+    with pytest.raises(SystemExit):
+        main(["serve", "--help=lightllm"])
+    group = " ".join(capsys.readouterr().out.split())
+    assert ("--model_name is --served-model-name (one name, which no request's model is "
+            "checked against, as in LightLLM; --served-model-name answers another name 404)"
+            ) in group, group[:400]
 
     async def check(client, engine):
         listed = await (await client.get("/v1/models")).json()

@@ -87,7 +87,9 @@ def help_for(parser: argparse.ArgumentParser, value: str) -> str | None:
     """`--help=VALUE`'s text, as `vllm serve` reads it: "all" is the whole --help; a group's
     name (_group_names: `--help=tensor-parallelism`, `--help=sglang`) is that group's
     description and options; else the options whose flag holds VALUE (case, leading dashes
-    and "_" for "-" aside: `--help=max_model_len`, `--help=eplb`); an empty word (`--help=`,
+    and "_" for "-" aside: `--help=max_model_len`, `--help=eplb`), or where none does, the
+    options of the aliases --help hides that do (`--help=context-length`, SGLang's, is
+    --max-model-len's, titled "--context-length, an alias of"); an empty word (`--help=`,
     `--help=--`) too is the whole --help, as every option's name holds it (vLLM lists every
     option for it). None where nothing matches."""
     key = value.lstrip("-").lower().replace("_", "-")
@@ -102,8 +104,13 @@ def help_for(parser: argparse.ArgumentParser, value: str) -> str | None:
         description = group.description
     else:
         title, description = f"options with {value!r} in their name", None
-        actions = [a for a in shown if key and any(key in o.lstrip("-").lower()
-                                                   for o in a.option_strings)]
+        actions = [a for a in shown if _named(a, key)]
+        if not actions:  # an alias --help hides (SGLang's --context-length): what it sets
+            aliases = [a for a in parser._actions if a.help == argparse.SUPPRESS
+                       and a.dest != argparse.SUPPRESS and _named(a, key)]
+            actions = [a for a in shown if a.dest in {alias.dest for alias in aliases}]
+            title = ", ".join(o for alias in aliases for o in alias.option_strings)
+            title += ", an alias of" if len(aliases) == 1 else ", aliases of"
     if not actions and not description:
         return None
     formatter.start_section(title)
@@ -111,6 +118,11 @@ def help_for(parser: argparse.ArgumentParser, value: str) -> str | None:
     formatter.add_arguments(actions)
     formatter.end_section()
     return formatter.format_help()
+
+
+def _named(action: argparse.Action, key: str) -> bool:
+    """Whether one of `action`'s flags holds `key` (lower case, dashed, no leading dashes)."""
+    return bool(key) and any(key in o.lstrip("-").lower() for o in action.option_strings)
 
 
 def _group_key(text: str) -> str:

@@ -139,12 +139,18 @@ NO_EFFECT_VALUES = (
 )
 
 
+# what an alias does beside its aiollm flag's meaning, for --help (answers_any_model)
+NOTES = {"--model-name": " (one name, which no request's model is checked against, as in "
+                         "LightLLM; --served-model-name answers another name 404)"}
+
+
 def add_to(parser: argparse.ArgumentParser) -> None:
     """Add LightLLM's flags (the tables above, and --mem_fraction) to `parser`, aiollm
     serve's, in a group of their own."""
     shown = [(flag, aiollm_flag) for flag, (_, aiollm_flag, _) in ALIASES.items()]
     shown += [(flag, aiollm_flag) for flag, (_, _, aiollm_flag) in SWITCHES.items()]
-    aliases = "; ".join(f"{_underscored(flag)} is {aiollm_flag}" for flag, aiollm_flag in shown)
+    aliases = "; ".join(f"{_underscored(flag)} is {aiollm_flag}{NOTES.get(flag, '')}"
+                        for flag, aiollm_flag in shown)
     refused = ", ".join(_underscored(r.names[0]) for r in REFUSED)
     group = parser.add_argument_group(
         "LightLLM's flags", "`python -m lightllm.server.api_server` flags (underscores or "

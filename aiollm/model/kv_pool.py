@@ -34,10 +34,19 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
         return tokens if cap is None else cap
     share = share_given(cfg)
     sizer = ("the CPU's default" if device.type != "cuda"  # where no share has an effect
-             else "the GPU's free memory" if share is None else f"{share} {getattr(cfg, share)}")
-    log.warning("max_total_tokens %d is more than the %d tokens %s leaves: the KV pool holds "
-                "%d (kv_tokens (--kv-tokens) sizes it instead)", cap, tokens, sizer, tokens)
+             else "the GPU's free memory" if share is None
+             else f"{named(share)} {getattr(cfg, share)}")
+    log.warning("max_total_tokens (--max-total-tokens) %d is more than the %d tokens %s leaves: "
+                "the KV pool holds %d (kv_tokens (--kv-tokens) sizes it instead)",
+                cap, tokens, sizer, tokens)
     return tokens
+
+
+def named(option: str) -> str:
+    """An EngineConfig option as its log lines and errors name it, "mem_fraction
+    (--mem-fraction)": the form serve rewrites to the flag as the user typed it
+    (log_config.rewrite_flags: LightLLM's "(--mem_fraction)")."""
+    return f"{option} (--{option.replace('_', '-')})"
 
 
 def share_given(cfg) -> str | None:
@@ -61,8 +70,8 @@ def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position:
     if cfg.kv_tokens is not None:
         if share is not None:  # as vLLM's kv_cache_memory_bytes overrides it (and
             # LightLLM's max_total_token_num its mem_fraction)
-            log.info("the KV pool holds kv_tokens=%d tokens: %s %s is not used",
-                     cfg.kv_tokens, share, getattr(cfg, share))
+            log.info("the KV pool holds the %d tokens of kv_tokens (--kv-tokens): %s %s is "
+                     "not used", cfg.kv_tokens, named(share), getattr(cfg, share))
         return cfg.kv_tokens
     if device.type == "cuda":
         # blocks PyTorch keeps cached (the load's temporary tensors, ~0.9 GB for a 135M
@@ -79,7 +88,7 @@ def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position:
                                       torch.cuda.memory_reserved(device), bytes_per_token)
         return int(free * (cfg.kv_memory_fraction or KV_MEMORY_FRACTION)) // bytes_per_token
     if share is not None:
-        log.info("%s %s has no effect on the CPU", share, getattr(cfg, share))
+        log.info("%s %s has no effect on the CPU", named(share), getattr(cfg, share))
     return cfg.cpu_pool_tokens(min([x for x in (max_position, cfg.max_model_len) if x] or [8192]))
 
 
@@ -138,7 +147,7 @@ def pool_misfit(num_tokens: int, need: int, device: torch.device, share: str | N
     as the free list in host memory) that `device` cannot hold, and what to lower:
     kv_tokens, and the memory share that sized it where one did (`share`: an option of
     MEMORY_SHARES, named "name (--flag)", the form serve rewrites as the user typed it)."""
-    also = "" if share is None else f" or {share} (--{share.replace('_', '-')})"
+    also = "" if share is None else f" or {named(share)}"
     size = f"{part}: {byte_size(need)}" if part else byte_size(need)
     return (f"a KV pool of {num_tokens} tokens ({size}) does not fit in the memory of "
             f"{device}: lower kv_tokens (--kv-tokens){also}")
