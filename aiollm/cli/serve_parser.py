@@ -36,7 +36,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        "/generate_stream, /health, /healthz, /ping, /load, /metrics, /version, "
                        "/tokenize, /detokenize, /flush_cache, and LightLLM's /liveness, "
                        "/readiness, /get_model_name, /tokens, /token_load, POST /, and "
-                       "/get_score, a reward model's route: a 404 saying none is served.")
+                       "/get_score, a reward model's route: a 404 saying none is served. "
+                       "OpenAI's routes of stored chat completions, "
+                       "/v1/chat/completions/{completion_id}, "
+                       "/v1/chat/completions/{completion_id}/messages, answer a 404 saying "
+                       "none is kept.")
     s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
     s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=ModelFlag,
                    metavar="MODEL",
