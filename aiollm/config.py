@@ -187,7 +187,8 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+            raise ValueError("dtype must be auto, float32, bfloat16 or float16, "
+                             f"got {self.dtype!r}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be auto or the dtype the model runs in "
                              f"(float32, bfloat16 or float16): the KV cache is kept in the "
@@ -218,7 +219,8 @@ class EngineConfig:
         from aiollm.scheduler.config import ESTIMATORS
 
         if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
+            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, "
+                             f"got {self.scheduler!r}")
         # SchedulerConfig checks them too, under its own names (estimator, blind_cap), when
         # the engine makes it: here they are named as the options are
         if self.past_future_estimator not in ESTIMATORS:

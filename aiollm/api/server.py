@@ -100,8 +100,8 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     unless positive. trust_request_chat_template: a chat or /tokenize request may render its
     messages with a chat template of its own (vLLM's --trust-request-chat-template; else a
     400 naming it as trust_request_chat_template_name says: this argument by default;
-    `aiollm serve` gives its flag). chat_template_content_format: the form of message content the chat
-    template is given, for chat, the Responses API and /tokenize (vLLM's
+    `aiollm serve` gives its flag). chat_template_content_format: the form of message content the
+    chat template is given, for chat, the Responses API and /tokenize (vLLM's
     --chat-template-content-format: "auto", "string" or "openai"; engine/content_format.py);
     InvalidRequest, a ValueError, naming it for another value. content_format_name: how
     the messages of a chat template that cannot render that form (logged at start, and each

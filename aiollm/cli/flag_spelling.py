@@ -43,8 +43,9 @@ def json_keys(args: Sequence[str], known: Collection[str] | None = None) -> list
     `=VALUE`; `KEY+` appends VALUE's comma-separated items to a list; a short name too,
     `-cc.KEY VALUE`), gathered into one `--FLAG JSON` after the other flags, as vLLM's
     parser reads them: VALUE is JSON where it parses as JSON (1000, true), else a whole
-    number with a suffix (1k, 8K: _json_or_text), else the string. Only flags of `known` (a parser's option strings; None: any flag), or the start
-    of one (argparse's abbreviation), are gathered: another dotted word (a model path
+    number with a suffix (1k, 8K: _json_or_text), else the string. Only flags of `known` (a
+    parser's option strings; None: any flag), or the start of one (argparse's
+    abbreviation), are gathered: another dotted word (a model path
     beginning with "-", a misspelt flag) stays as given, for argparse to name as typed. A
     dotted flag with no value after it, and every word from a bare "--" on, stay as
     given."""

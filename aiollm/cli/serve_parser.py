@@ -71,8 +71,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                      choices=list(CONTENT_FORMATS),
                      help="chat, the Responses API and /tokenize: the form of message "
                           "content the chat template is given, as vLLM's flag: string (text "
-                          "parts joined by newlines into one string), openai (a list of {\"type\": \"text\", "
-                          "\"text\": ...} parts; a string as one part) or auto (whichever the "
+                          "parts joined by newlines into one string), openai (a list of "
+                          "{\"type\": \"text\", \"text\": ...} parts; a string as one part) "
+                          "or auto (whichever the "
                           "template reads: openai where it loops over a message's content, or "
                           "indexes it outside a test that it is a string; else string)")
     net.add_argument("--trust-request-chat-template", action="store_true",

@@ -26,8 +26,9 @@ context fits it.
 
 A batch is padded up to its bucket: padding rows read and write the req_to_token table's
 padding row and the KV pool's scratch slot. Buckets are few (batch_buckets): a padding row
-costs little next to the weights every step reads, and each graph costs start-up time. Prefill and larger batches run eagerly. Without
-capture (the CPU) the same step function runs eagerly on exactly the batch, no padding, so
+costs little next to the weights every step reads, and each graph costs start-up time.
+Prefill and larger batches run eagerly. Without capture (the CPU) the same step function
+runs eagerly on exactly the batch, no padding, so
 the CPU test suite exercises what the graphs replay.
 """
 

@@ -147,8 +147,9 @@ class HandOut:
         """From any thread: stop accepting and fail every request with `message`. From
         another thread than the event loop's, return once the loop has done so and run the
         first turn of the streams it woke (up to FAIL_WAIT_S seconds); at once when the
-        engine's event loop has closed (no request is left in flight). The lost-rank watchdog calls it before
-        it ends the process: posting alone gave a loop busy elsewhere (a loaded CPU) no time
+        engine's event loop has closed (no request is left in flight). The lost-rank watchdog
+        calls it before it ends the process: posting alone gave a loop busy elsewhere (a
+        loaded CPU) no time
         to answer, and the callers were cut off without the rank's error."""
         failed = threading.Event()
 

@@ -256,7 +256,8 @@ def untuned():
         _untuned.active = outer
 
 
-def _tune(kernel: str, key: str, candidates: list[Config], bench: Callable[[Config], float]) -> Config:
+def _tune(kernel: str, key: str, candidates: list[Config],
+          bench: Callable[[Config], float]) -> Config:
     timings: list[tuple[float, Config]] = []
     for cfg in candidates:
         try:

@@ -33,7 +33,7 @@ def store_kv_triton(
     assert v.shape == k.shape and out_cache_loc.shape == (T,)
     assert k_cache.shape[1:] == (HKV, D) and v_cache.shape == k_cache.shape
     assert k.dtype == k_cache.dtype and v.dtype == v_cache.dtype
-    assert k.stride(2) == 1 and v.stride(2) == 1 and k_cache.stride(2) == 1 and v_cache.stride(2) == 1
+    assert all(t.stride(2) == 1 for t in (k, v, k_cache, v_cache))
     if T == 0:
         return
     _store_kv_kernel[(T,)](

@@ -52,7 +52,8 @@ def _rotate_heads(Ptr, stride_h, cos, sin, j, jmask, NUM_HEADS: tl.constexpr,
     ptrs = Ptr + h[:, None] * stride_h + j[None, :]
     x1, x2 = _load_halves(ptrs, mask, NormW, eps, j, jmask, NORM, HALF)
     tl.store(ptrs, (x1 * cos[None, :] - x2 * sin[None, :]).to(Ptr.dtype.element_ty), mask=mask)
-    tl.store(ptrs + HALF, (x2 * cos[None, :] + x1 * sin[None, :]).to(Ptr.dtype.element_ty), mask=mask)
+    tl.store(ptrs + HALF, (x2 * cos[None, :] + x1 * sin[None, :]).to(Ptr.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit
