@@ -44,12 +44,14 @@ def test_a_pool_past_the_memory_names_the_share_that_sized_it(share, said):
 def test_a_pool_past_the_memory_names_the_share_as_typed():
     """serve's log names the share's flag as the user typed it (LightLLM's underscores)."""
     from aiollm.cli import build_parser
-    from aiollm.cli.serve_checks import flags_as_typed
+    from aiollm.cli.log_config import rewrite_flags
+    from aiollm.cli.serve_checks import typed_flags
 
     args = build_parser().parse_args(["serve", "--mem_fraction", "0.8"])
     with pytest.raises(ValueError) as e:
         KVPool(1, 1, 1, 2**48, torch.float32, "cpu", sized_by="mem_fraction")
-    assert flags_as_typed(str(e.value), args).endswith("or mem_fraction (--mem_fraction)")
+    said = rewrite_flags(str(e.value), typed_flags(args))  # as serve's log rewrites it
+    assert said.endswith("or mem_fraction (--mem_fraction)")
 
 
 @pytest.mark.parametrize("tokens, size, cause", [

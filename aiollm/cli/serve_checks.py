@@ -210,13 +210,6 @@ def typed_flags(args: argparse.Namespace) -> dict[str, str]:
     return flags
 
 
-def flags_as_typed(message: str, args: argparse.Namespace) -> str:
-    """`message` with the options' flags it names in passing ("(--max-model-len)", "(--kv-
-    tokens)") as the user typed them (typed_flags): for EngineConfig's messages and the
-    start's own (a KV plan refused before or after loading, a warning while loading)."""
-    return rewrite_flags(message, typed_flags(args))
-
-
 def _naming_flag(message: str, args: argparse.Namespace) -> str:
     """EngineConfig's message about an option ("table_capacity must be ...") led by the
     option's flag as the user typed it (an alias's spelling too), as argparse names the
@@ -229,7 +222,7 @@ def _naming_flag(message: str, args: argparse.Namespace) -> str:
     if message.startswith("give one of "):  # two options that conflict: both by their flags
         return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b",
                       lambda m: flag(m[0]) if m[0] in ENGINE_OPTIONS else m[0], message)
-    message = flags_as_typed(message, args)
+    message = rewrite_flags(message, typed_flags(args))  # the flags named in passing
     name = next((n for n in ENGINE_OPTIONS if message.startswith(n + " ")), None)
     if name is None:
         return message
