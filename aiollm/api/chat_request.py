@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 import msgspec
 from msgspec import Meta, Struct
 
-from aiollm.api.openai_hints import check_chat_hints
+from aiollm.api.openai_hints import PromptCacheOptions, check_chat_hints
 from aiollm.api.protocol import check_max_tokens
 from aiollm.api.sampling_fields import SamplingFields
 from aiollm.engine.content_format import PARAM
@@ -158,7 +158,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     # (which speeds up, never changes, OpenAI's answer). vLLM's ChatCompletionRequest names
     # them in its log.
     prompt_cache_key: str | None = None
-    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
     prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     service_tier: str | None = None

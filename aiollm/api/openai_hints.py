@@ -5,6 +5,12 @@ completion_create_params, the shape of its ChatCompletionPredictionContentParam)
 request OpenAI answers with a 400 naming the field gets that 400 here too, rather than an
 answer to a request that no server of this API takes ("verbosity": "loud").
 
+prompt_cache_options is a Struct of OpenAI's two keys, so that another key in it is named in
+the unknown-field line of the log (unknown_fields.py), as an unknown top-level field is, and
+left out of the Response that echoes the options. OpenAI answers an unknown key at any depth
+with a 400 (unknown_parameter); this server refuses none at the top level (vLLM's way), and
+a key inside this object is held to the same rule.
+
 Two lists OpenAI keeps growing are held to their type alone: service_tier (its SDK added
 "fast", then "ultrafast" on /v1/responses) and prompt_cache_options.ttl ("30m" is "currently
 the only supported value"). Their new values change nothing here either, and a client that a
@@ -14,6 +20,8 @@ newer SDK lets send one must not be refused for it.
 from __future__ import annotations
 
 from typing import Any
+
+from msgspec import Struct
 
 from aiollm.errors import InvalidRequest, check_type, shown_json
 
@@ -25,6 +33,16 @@ PROMPT_CACHE_RETENTIONS = ("in_memory", "in-memory", "24h")
 PROMPT_CACHE_MODES = ("implicit", "explicit")
 
 
+class PromptCacheOptions(Struct, kw_only=True, omit_defaults=True):
+    """OpenAI's prompt_cache_options (the SDK's PromptCacheOptions): `mode` (one of
+    PROMPT_CACHE_MODES) and `ttl` (a string: "30m" is its only value today), each checked
+    by check_prompt_cache. Encoded with the keys the request sent (omit_defaults), as the
+    Response echoes it; a key sent as null is left out too."""
+
+    mode: str | None = None
+    ttl: str | None = None
+
+
 def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
     """InvalidRequest naming `param` where `value` (a string, its type already checked) is
     neither null nor one of `choices`."""
@@ -33,14 +51,13 @@ def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
                              f"{shown_json(value)}", param=param)
 
 
-def check_prompt_cache(retention: str | None, options: dict[str, Any] | None) -> None:
-    """prompt_cache_retention and prompt_cache_options.mode, each one of OpenAI's values,
-    and prompt_cache_options.ttl a string (its list grows); InvalidRequest naming the first
-    that is not."""
+def check_prompt_cache(retention: str | None, options: PromptCacheOptions | None) -> None:
+    """prompt_cache_retention and prompt_cache_options.mode, each one of OpenAI's values
+    (ttl, a string, was typed as the body was decoded: its list grows); InvalidRequest
+    naming the first that is not."""
     check_choice(retention, PROMPT_CACHE_RETENTIONS, "prompt_cache_retention")
-    mode = check_type((options or {}).get("mode"), (str,), "prompt_cache_options.mode")
-    check_choice(mode, PROMPT_CACHE_MODES, "prompt_cache_options.mode")
-    check_type((options or {}).get("ttl"), (str,), "prompt_cache_options.ttl")
+    if options is not None:
+        check_choice(options.mode, PROMPT_CACHE_MODES, "prompt_cache_options.mode")
 
 
 def check_prediction(prediction: dict[str, Any] | None) -> None:
