@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from live_server import http
+from live_server import http, sse_events
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 RESPONSES = {"input": "Hi", "max_output_tokens": 1}
@@ -80,3 +80,26 @@ def test_every_value_openai_takes_is_taken(server):
             **CHAT, "verbosity": verbosity, "prediction": {
                 "type": "content", "content": [{"type": "text", "text": "Hello"}]}})
         assert status == 200, (verbosity, raw[:300])
+
+
+@pytest.mark.parametrize("tier", [None, "auto", "flex", "priority"])
+def test_the_tier_reported_is_the_one_that_served(server, tier):
+    """OpenAI reports the tier that served a request ("default" for a normal one, "auto"
+    asked included), never the one asked for. /v1/responses reported the tier asked for
+    (or "auto") and chat none: a client reading it believed flex or priority processing
+    had run. Every answer, whole, each chunk and each streamed Response, says "default"."""
+    sent = {} if tier is None else {"service_tier": tier}
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={**CHAT, **sent})
+    assert status == 200 and json.loads(raw)["service_tier"] == "default", raw[:300]
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        **CHAT, **sent, "stream": True, "stream_options": {"include_usage": True}})
+    chunks = [json.loads(e) for e in sse_events(raw)[:-1]]
+    assert chunks and {c["service_tier"] for c in chunks} == {"default"}, raw[:300]
+    status, _, raw = http(server, "POST", "/v1/responses", json={**RESPONSES, **sent})
+    assert status == 200 and json.loads(raw)["service_tier"] == "default", raw[:300]
+    status, _, raw = http(server, "POST", "/v1/responses", json={
+        **RESPONSES, **sent, "stream": True})
+    events = [json.loads(line[len("data: "):]) for line in raw.decode().splitlines()
+              if line.startswith("data: ")]
+    told = [e["response"] for e in events if "response" in e]
+    assert told and {r["service_tier"] for r in told} == {"default"}, raw[:300]

@@ -11,6 +11,9 @@ left out of the Response that echoes the options. OpenAI answers an unknown key 
 with a 400 (unknown_parameter); this server refuses none at the top level (vLLM's way), and
 a key inside this object is held to the same rule.
 
+Every chat answer and Response reports the tier that served it (SERVED_TIER), as OpenAI
+does, not the service_tier the request asked for.
+
 Two lists OpenAI keeps growing are held to their type alone: service_tier (its SDK added
 "fast", then "ultrafast" on /v1/responses) and prompt_cache_options.ttl ("30m" is "currently
 the only supported value"). Their new values change nothing here either, and a client that a
@@ -31,6 +34,10 @@ VERBOSITIES = ("low", "medium", "high")
 # "in-memory" as OpenAI first spelt it (the SDK's types of 2025), before "in_memory"
 PROMPT_CACHE_RETENTIONS = ("in_memory", "in-memory", "24h")
 PROMPT_CACHE_MODES = ("implicit", "explicit")
+# the tier every answer reports, whatever service_tier asked for: OpenAI reports the tier
+# that served the request ("default" for a normal one, also where "auto" was asked; "flex"
+# or "priority" only where that processing ran), and this server has one way of serving
+SERVED_TIER = "default"
 
 
 class PromptCacheOptions(Struct, kw_only=True, omit_defaults=True):
