@@ -35,9 +35,11 @@ def _error(server, path: str, body: dict) -> dict:
     ({"prediction": {"type": "content", "content": [{"type": "text"}]}},
      "prediction.content[0].text"),
     ({"prediction": {"type": "content", "content": ["a"]}}, "prediction.content[0]"),
+    ({"safety_identifier": "u" * 129}, "safety_identifier"),
 ])
 def test_chat_value_openai_refuses_is_a_400_naming_it(server, fields, param):
-    """Each was answered 200 as if the field were left out, where OpenAI answers 400."""
+    """Each was answered 200 as if the field were left out, where OpenAI answers 400 (a
+    safety_identifier past its 128 characters too)."""
     error = _error(server, "/v1/chat/completions", {**CHAT, **fields})
     assert error["param"] == param and error["type"] == "invalid_request_error", error
     assert error["message"].startswith(param), error
@@ -48,6 +50,7 @@ def test_chat_value_openai_refuses_is_a_400_naming_it(server, fields, param):
     ({"prompt_cache_options": {"mode": "x"}}, "prompt_cache_options.mode"),
     ({"text": {"verbosity": "loud"}}, "text.verbosity"),
     ({"text": {"verbosity": 3}}, "text.verbosity"),
+    ({"safety_identifier": "u" * 129}, "safety_identifier"),
 ])
 def test_responses_value_openai_refuses_is_a_400_naming_it(server, fields, param):
     """The Response echoes these as given: text.verbosity "loud" (chat's verbosity, here)
@@ -70,6 +73,11 @@ def test_every_value_openai_takes_is_taken(server):
         status, _, raw = http(server, "POST", path, json={  # the retention's first spelling
             **body, "prompt_cache_retention": "in-memory",
             "prompt_cache_options": {"mode": "implicit", "ttl": "24h"}})
+        assert status == 200, (path, raw[:300])
+    for path, body in (("/v1/chat/completions", CHAT), ("/v1/responses", RESPONSES)):
+        # OpenAI's bound, 128 characters (a SHA-512 in hex, a hash and a prefix...)
+        status, _, raw = http(server, "POST", path, json={
+            **body, "safety_identifier": "u" * 128})
         assert status == 200, (path, raw[:300])
     for verbosity in ("low", "medium", "high"):
         status, _, raw = http(server, "POST", "/v1/responses", json={

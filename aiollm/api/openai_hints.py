@@ -1,7 +1,8 @@
 """OpenAI's request fields that change nothing here (caching hints, a processing tier, a
-verbosity hint, a predicted output), taken by /v1/chat/completions and /v1/responses: their
-values checked as OpenAI's API checks them (the enumerations of openai 3.x's
-completion_create_params, the shape of its ChatCompletionPredictionContentParam), so that a
+verbosity hint, a predicted output, the end user's safety_identifier), taken by
+/v1/chat/completions and /v1/responses: their values checked as OpenAI's API checks them
+(the enumerations of openai 3.x's completion_create_params, the shape of its
+ChatCompletionPredictionContentParam, safety_identifier's length), so that a
 request OpenAI answers with a 400 naming the field gets that 400 here too, rather than an
 answer to a request that no server of this API takes ("verbosity": "loud").
 
@@ -34,6 +35,9 @@ VERBOSITIES = ("low", "medium", "high")
 # "in-memory" as OpenAI first spelt it (the SDK's types of 2025), before "in_memory"
 PROMPT_CACHE_RETENTIONS = ("in_memory", "in-memory", "24h")
 PROMPT_CACHE_MODES = ("implicit", "explicit")
+# OpenAI's bound on safety_identifier (openai 3.x's docstring: "a maximum length of 128
+# characters"; 64 in its 2025 text); OpenAI answers a longer one with a 400 naming it
+SAFETY_IDENTIFIER_CHARS = 128
 # the tier every answer reports, whatever service_tier asked for: OpenAI reports the tier
 # that served the request ("default" for a normal one, also where "auto" was asked; "flex"
 # or "priority" only where that processing ran), and this server has one way of serving
@@ -67,6 +71,15 @@ def check_prompt_cache(retention: str | None, options: PromptCacheOptions | None
         check_choice(options.mode, PROMPT_CACHE_MODES, "prompt_cache_options.mode")
 
 
+def check_safety_identifier(value: str | None) -> None:
+    """InvalidRequest naming safety_identifier where `value` (a string, its type already
+    checked) is longer than SAFETY_IDENTIFIER_CHARS characters, as OpenAI refuses it."""
+    if value is not None and len(value) > SAFETY_IDENTIFIER_CHARS:
+        raise InvalidRequest(f"safety_identifier has {len(value)} characters: at most "
+                             f"{SAFETY_IDENTIFIER_CHARS} are taken (a hash of the user's "
+                             "name or address fits)", param="safety_identifier")
+
+
 def check_prediction(prediction: dict[str, Any] | None) -> None:
     """A chat request's predicted output, as OpenAI takes it: {"type": "content", "content":
     a string, or a list of text parts ({"type": "text", "text": a string})}. InvalidRequest
@@ -94,4 +107,5 @@ def check_chat_hints(req: Any) -> None:
     the first that OpenAI would refuse."""
     check_choice(req.verbosity, VERBOSITIES, "verbosity")
     check_prompt_cache(req.prompt_cache_retention, req.prompt_cache_options)
+    check_safety_identifier(req.safety_identifier)
     check_prediction(req.prediction)

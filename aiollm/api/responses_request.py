@@ -23,7 +23,7 @@ from msgspec import Struct
 
 from aiollm.api.chat_request import MODERATION_REFUSED, ChatCompletionRequest, ChatMessage
 from aiollm.api.openai_hints import (VERBOSITIES, PromptCacheOptions, check_choice,
-                                     check_prompt_cache)
+                                     check_prompt_cache, check_safety_identifier)
 from aiollm.api.protocol import Stop, TopK, refuse_unserved
 from aiollm.api.response_input import input_messages
 from aiollm.errors import InvalidRequest, check_type, missing, shown_json
@@ -131,6 +131,7 @@ class ResponsesRequest(Struct, kw_only=True):
             raise InvalidRequest(MODERATION_REFUSED, param="moderation")
         # echoed in the Response: held to OpenAI's values, as chat holds them
         check_prompt_cache(self.prompt_cache_retention, self.prompt_cache_options)
+        check_safety_identifier(self.safety_identifier)
         verbosity = check_type((self.text or {}).get("verbosity"), (str,), "text.verbosity")
         check_choice(verbosity, VERBOSITIES, "text.verbosity")  # chat's verbosity, echoed
         if self.truncation not in (None, "disabled"):
