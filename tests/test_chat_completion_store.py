@@ -54,11 +54,12 @@ def test_the_list_of_stored_chat_completions_is_empty(client):
 @pytest.mark.parametrize("query, param", [
     ({"limit": "ten"}, "limit"),
     ({"limit": "2.5"}, "limit"),
+    ({"limit": "\u0663"}, "limit"),  # an Arabic-Indic 3, which int() would read
     ({"order": "newest"}, "order"),
     ({"metadata": "k"}, "metadata"),
     ({f"metadata[k{i}]": "v" for i in range(17)}, "metadata"),
     ({"metadata[k]": "v" * 513}, "metadata.k"),
-], ids=["limit-word", "limit-decimal", "order", "metadata-flat", "metadata-17-pairs",
+], ids=["limit-word", "limit-decimal", "limit-not-ascii", "order", "metadata-flat", "metadata-17-pairs",
         "metadata-long-value"])
 def test_a_bad_list_query_is_refused_naming_it(client, query, param):
     """What OpenAI's API refuses in the list's query (listChatCompletions' types: limit an

@@ -153,8 +153,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     # OpenAI's, taken (types and values checked as OpenAI checks them: openai_hints.py) and
     # without effect here: caching hints (the prefix cache reuses every shared prefix, keyed
     # by none of them), the end user's id for abuse checks (`user`'s successors), a
-    # processing tier, storage for OpenAI's evals (nothing is kept: openai.py's
-    # stored-completion routes say so), a verbosity hint of its models, a predicted output
+    # processing tier, storage for OpenAI's evals (nothing is kept: the stored-completion
+    # routes say so, stored_chat.py), a verbosity hint of its models, a predicted output
     # (which speeds up, never changes, OpenAI's answer). vLLM's ChatCompletionRequest names
     # them in its log.
     prompt_cache_key: str | None = None

@@ -30,12 +30,13 @@ async def list_chat_completions(request: web.Request) -> web.Response:
     """GET /v1/chat/completions (the openai SDK's chat.completions.list): OpenAI's list
     object of an empty store, {object: "list", data: [], first_id: null, last_id: null,
     has_more: false}, whatever its filters and cursor. InvalidRequest (400) naming the
-    query parameter whose value OpenAI's API would refuse: limit not an integer, order
+    query parameter whose value OpenAI's API would refuse: limit not an integer (in ASCII
+    digits; OpenAI's document gives it no range, and no count changes an empty page), order
     neither asc nor desc, metadata not key-value pairs within OpenAI's bounds (metadata.py).
     Query parameters OpenAI does not name are ignored, as its list routes ignore them."""
     query = request.query
     limit = query.get("limit")
-    if limit is not None and not re.fullmatch(r"-?\d+", limit):
+    if limit is not None and not re.fullmatch(r"-?[0-9]+", limit):
         raise InvalidRequest(f"limit: expected an integer, got {shown_json(limit)}",
                              param="limit")
     order = query.get("order")
