@@ -174,3 +174,22 @@ def test_spaces_between_special_tokens_is_known(server, caplog, path, body):
                                                       "spaces_between_special_tokens": "no"})
     assert status == 400, raw
     assert json.loads(raw)["error"]["param"] == "spaces_between_special_tokens", raw
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 1}),
+    ("/v1/responses", {"input": "Hi", "max_output_tokens": 1}),
+], ids=["chat", "responses"])
+def test_an_unknown_key_of_prompt_cache_options_is_named(server, caplog, path, body):
+    """prompt_cache_options was a free-form object: a key OpenAI does not name in it (ttl
+    misspelt) was taken without a word, and /v1/responses echoed it in the Response as if
+    it had been applied. It is named in the line as any unknown field is, and the echo
+    holds OpenAI's keys alone."""
+    got, warned = served(server, caplog, path, {**body, "prompt_cache_options": {
+        "mode": "explicit", "ttll": "1h"}})
+    assert len(warned) == 1 and "prompt_cache_options.ttll" in warned[0], warned
+    if path == "/v1/responses":
+        assert got["prompt_cache_options"] == {"mode": "explicit"}, got
+    _, warned = served(server, caplog, path, {**body, "prompt_cache_options": {
+        "mode": "implicit", "ttl": "30m"}})
+    assert warned == []

@@ -32,3 +32,39 @@ def test_a_stored_chat_completion_is_told_as_not_kept(client):
         assert error["type"] == "invalid_request_error", (name, error)
         assert done.id in error["message"], (name, error)
         assert "keeps no chat completions" in error["message"], (name, error)
+
+
+def test_the_list_of_stored_chat_completions_is_empty(client):
+    """GET /v1/chat/completions (the SDK's chat.completions.list) answered 405: a client
+    listing what it stored got an error no OpenAI server gives. It is OpenAI's list object
+    of an empty store, filters, cursor and order taken as OpenAI takes them."""
+    model = client.models.list().data[0].id
+    client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
+                                   max_tokens=1, store=True, metadata={"k": "v"})
+    for kwargs in ({}, {"limit": 5, "order": "desc", "model": model, "after": "chatcmpl-x",
+                        "metadata": {"k": "v", "other": "w"}}):
+        page = client.chat.completions.list(**kwargs)
+        assert page.data == [] and page.has_more is False, (kwargs, page)
+        assert list(page) == [], kwargs  # the SDK's iteration asks for no further page
+    raw = client.chat.completions.with_raw_response.list().http_response.json()
+    assert raw == {"object": "list", "data": [], "first_id": None, "last_id": None,
+                   "has_more": False}
+
+
+@pytest.mark.parametrize("query, param", [
+    ({"limit": "ten"}, "limit"),
+    ({"limit": "2.5"}, "limit"),
+    ({"limit": "\u0663"}, "limit"),  # an Arabic-Indic 3, which int() would read
+    ({"order": "newest"}, "order"),
+    ({"metadata": "k"}, "metadata"),
+    ({f"metadata[k{i}]": "v" for i in range(17)}, "metadata"),
+    ({"metadata[k]": "v" * 513}, "metadata.k"),
+], ids=["limit-word", "limit-decimal", "limit-not-ascii", "order", "metadata-flat", "metadata-17-pairs",
+        "metadata-long-value"])
+def test_a_bad_list_query_is_refused_naming_it(client, query, param):
+    """What OpenAI's API refuses in the list's query (listChatCompletions' types: limit an
+    integer, order asc or desc, metadata key-value pairs within Metadata's bounds) is a 400
+    naming the parameter, not an empty page that hides the client's mistake."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.list(extra_query=query)
+    assert caught.value.body["param"] == param, caught.value.body

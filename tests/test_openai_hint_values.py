@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from live_server import http
+from live_server import http, sse_events
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 RESPONSES = {"input": "Hi", "max_output_tokens": 1}
@@ -35,9 +35,11 @@ def _error(server, path: str, body: dict) -> dict:
     ({"prediction": {"type": "content", "content": [{"type": "text"}]}},
      "prediction.content[0].text"),
     ({"prediction": {"type": "content", "content": ["a"]}}, "prediction.content[0]"),
+    ({"safety_identifier": "u" * 129}, "safety_identifier"),
 ])
 def test_chat_value_openai_refuses_is_a_400_naming_it(server, fields, param):
-    """Each was answered 200 as if the field were left out, where OpenAI answers 400."""
+    """Each was answered 200 as if the field were left out, where OpenAI answers 400 (a
+    safety_identifier past its 128 characters too)."""
     error = _error(server, "/v1/chat/completions", {**CHAT, **fields})
     assert error["param"] == param and error["type"] == "invalid_request_error", error
     assert error["message"].startswith(param), error
@@ -48,6 +50,7 @@ def test_chat_value_openai_refuses_is_a_400_naming_it(server, fields, param):
     ({"prompt_cache_options": {"mode": "x"}}, "prompt_cache_options.mode"),
     ({"text": {"verbosity": "loud"}}, "text.verbosity"),
     ({"text": {"verbosity": 3}}, "text.verbosity"),
+    ({"safety_identifier": "u" * 129}, "safety_identifier"),
 ])
 def test_responses_value_openai_refuses_is_a_400_naming_it(server, fields, param):
     """The Response echoes these as given: text.verbosity "loud" (chat's verbosity, here)
@@ -71,6 +74,11 @@ def test_every_value_openai_takes_is_taken(server):
             **body, "prompt_cache_retention": "in-memory",
             "prompt_cache_options": {"mode": "implicit", "ttl": "24h"}})
         assert status == 200, (path, raw[:300])
+    for path, body in (("/v1/chat/completions", CHAT), ("/v1/responses", RESPONSES)):
+        # OpenAI's bound, 128 characters (a SHA-512 in hex, a hash and a prefix...)
+        status, _, raw = http(server, "POST", path, json={
+            **body, "safety_identifier": "u" * 128})
+        assert status == 200, (path, raw[:300])
     for verbosity in ("low", "medium", "high"):
         status, _, raw = http(server, "POST", "/v1/responses", json={
             **RESPONSES, "text": {"format": {"type": "text"}, "verbosity": verbosity}})
@@ -80,3 +88,26 @@ def test_every_value_openai_takes_is_taken(server):
             **CHAT, "verbosity": verbosity, "prediction": {
                 "type": "content", "content": [{"type": "text", "text": "Hello"}]}})
         assert status == 200, (verbosity, raw[:300])
+
+
+@pytest.mark.parametrize("tier", [None, "auto", "flex", "priority"])
+def test_the_tier_reported_is_the_one_that_served(server, tier):
+    """OpenAI reports the tier that served a request ("default" for a normal one, "auto"
+    asked included), never the one asked for. /v1/responses reported the tier asked for
+    (or "auto") and chat none: a client reading it believed flex or priority processing
+    had run. Every answer, whole, each chunk and each streamed Response, says "default"."""
+    sent = {} if tier is None else {"service_tier": tier}
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={**CHAT, **sent})
+    assert status == 200 and json.loads(raw)["service_tier"] == "default", raw[:300]
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        **CHAT, **sent, "stream": True, "stream_options": {"include_usage": True}})
+    chunks = [json.loads(e) for e in sse_events(raw)[:-1]]
+    assert chunks and {c["service_tier"] for c in chunks} == {"default"}, raw[:300]
+    status, _, raw = http(server, "POST", "/v1/responses", json={**RESPONSES, **sent})
+    assert status == 200 and json.loads(raw)["service_tier"] == "default", raw[:300]
+    status, _, raw = http(server, "POST", "/v1/responses", json={
+        **RESPONSES, **sent, "stream": True})
+    events = [json.loads(line[len("data: "):]) for line in raw.decode().splitlines()
+              if line.startswith("data: ")]
+    told = [e["response"] for e in events if "response" in e]
+    assert told and {r["service_tier"] for r in told} == {"default"}, raw[:300]

@@ -422,7 +422,8 @@ BAD_INPUT = [
     bad("detokenize-out-of-vocab", "/detokenize", {"tokens": [10**9]}, 400, "tokens"),
     # wrong method, unknown route
     bad("get-completions", C, {}, 405, None, "allowed", method="GET"),
-    bad("get-chat", CH, {}, 405, None, method="GET"),
+    # GET lists the stored chat completions (none: tests/test_chat_completion_store.py)
+    bad("delete-chat", CH, {}, 405, None, method="DELETE"),
     bad("get-generate", G, {}, 405, None, method="GET"),
     bad("post-models", "/v1/models", {}, 405, None, method="POST"),
     bad("delete-health", "/health", {}, 405, None, method="DELETE"),
@@ -433,7 +434,7 @@ BAD_INPUT = [
         method="GET"),
     bad("unknown-post-route-slash", "/v1/embeddings/", {"input": "x"}, 404, None),
     bad("two-trailing-slashes", C + "//", prompt(), 404, None),
-    bad("get-chat-slash", CH + "/", {}, 405, None, "allowed", method="GET"),
+    bad("delete-chat-slash", CH + "/", {}, 405, None, "allowed", method="DELETE"),
     bad("unknown-model-slash", "/v1/models/gpt-4/", {}, 404, "model", method="GET"),
 ]
 

@@ -22,6 +22,7 @@ from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
 from aiollm.api.http_errors import context_told, param_names
 from aiollm.api.lax_bool import lax_bool
 from aiollm.api.logprob_json import json_logprob
+from aiollm.api.openai_hints import SERVED_TIER
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import state
@@ -63,7 +64,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     head = {"id": f"chatcmpl-{rid}",
             "object": "chat.completion.chunk" if req.stream else "chat.completion",
             "created": int(time.time()), "model": st.model_name,
-            "system_fingerprint": st.system_fingerprint}
+            "service_tier": SERVED_TIER, "system_fingerprint": st.system_fingerprint}
     vocab = (await st.token_bytes()
              if logprobs is not None or req.prompt_logprobs is not None else None)
     by_id = names_by_id(req.return_tokens_as_token_ids, st.return_tokens_as_token_ids)

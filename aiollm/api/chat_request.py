@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 import msgspec
 from msgspec import Meta, Struct
 
-from aiollm.api.openai_hints import check_chat_hints
+from aiollm.api.openai_hints import PromptCacheOptions, check_chat_hints
 from aiollm.api.protocol import check_max_tokens
 from aiollm.api.sampling_fields import SamplingFields
 from aiollm.engine.content_format import PARAM
@@ -153,12 +153,12 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     # OpenAI's, taken (types and values checked as OpenAI checks them: openai_hints.py) and
     # without effect here: caching hints (the prefix cache reuses every shared prefix, keyed
     # by none of them), the end user's id for abuse checks (`user`'s successors), a
-    # processing tier, storage for OpenAI's evals (nothing is kept: openai.py's
-    # stored-completion routes say so), a verbosity hint of its models, a predicted output
+    # processing tier, storage for OpenAI's evals (nothing is kept: the stored-completion
+    # routes say so, stored_chat.py), a verbosity hint of its models, a predicted output
     # (which speeds up, never changes, OpenAI's answer). vLLM's ChatCompletionRequest names
     # them in its log.
     prompt_cache_key: str | None = None
-    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
     prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     service_tier: str | None = None

@@ -1,6 +1,7 @@
 """OpenAI-compatible endpoints: the route table of /v1/completions (completions.py),
 /v1/chat/completions (chat_completions.py), /v1/responses (responses.py) and /v1/models,
-which this module serves, and the 404 of OpenAI's stored chat completions (none are kept).
+which this module serves, and OpenAI's routes of stored chat completions (stored_chat.py:
+none are kept).
 
 Each choice (n > 1, or each prompt of a batch) is its own engine request (a completion that
 only echoes its prompt asks the engine nothing: prompt_echo.py); a seeded request gives
@@ -11,14 +12,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from aiollm.api import responses
+from aiollm.api import responses, stored_chat
 from aiollm.api.chat_completions import chat_completions
 from aiollm.api.completions import completions
-from aiollm.api.http_errors import ApiError
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
 from aiollm.engine.loading import model_name_of
-from aiollm.errors import shown_id
 
 
 def _model_card(st: ApiState, name: str) -> dict:
@@ -52,29 +51,9 @@ async def retrieve_model(request: web.Request) -> web.Response:
     return json_response(_model_card(st, name if name in st.model_names else st.model_name))
 
 
-async def unstored_chat_completion(request: web.Request) -> web.Response:
-    """GET, POST (update) and DELETE /v1/chat/completions/{completion_id}, and GET
-    .../messages: OpenAI's routes of a chat completion kept by `store: true`, which the
-    server takes and keeps nothing by (as vLLM). Always ApiError 404 of type
-    invalid_request_error naming completion_id, as OpenAI answers an id it does not keep,
-    saying why: a client that sent store true learns that nothing is kept, and where
-    answers are (/v1/responses)."""
-    raise ApiError(404, f"Chat completion with id {shown_id(request.match_info['completion_id'])}"
-                   " not found: this server keeps no chat completions (a request's store is "
-                   "taken and changes nothing); /v1/responses keeps its responses (GET "
-                   "/v1/responses/{response_id})", param="completion_id",
-                   type="invalid_request_error")
-
-
-_STORED_CHAT = "/v1/chat/completions/{completion_id}"
-
 ROUTES = [
     web.get("/v1/models", list_models),
     web.get("/v1/models/{model:.+}", retrieve_model),
     web.post("/v1/completions", completions),
     web.post("/v1/chat/completions", chat_completions),
-    web.get(_STORED_CHAT, unstored_chat_completion),
-    web.post(_STORED_CHAT, unstored_chat_completion),
-    web.delete(_STORED_CHAT, unstored_chat_completion),
-    web.get(_STORED_CHAT + "/messages", unstored_chat_completion),
-] + responses.ROUTES
+] + stored_chat.ROUTES + responses.ROUTES

@@ -1,9 +1,19 @@
 """OpenAI's request fields that change nothing here (caching hints, a processing tier, a
-verbosity hint, a predicted output), taken by /v1/chat/completions and /v1/responses: their
-values checked as OpenAI's API checks them (the enumerations of openai 3.x's
-completion_create_params, the shape of its ChatCompletionPredictionContentParam), so that a
+verbosity hint, a predicted output, the end user's safety_identifier), taken by
+/v1/chat/completions and /v1/responses: their values checked as OpenAI's API checks them
+(the enumerations of openai 3.x's completion_create_params, the shape of its
+ChatCompletionPredictionContentParam, safety_identifier's length), so that a
 request OpenAI answers with a 400 naming the field gets that 400 here too, rather than an
 answer to a request that no server of this API takes ("verbosity": "loud").
+
+prompt_cache_options is a Struct of OpenAI's two keys, so that another key in it is named in
+the unknown-field line of the log (unknown_fields.py), as an unknown top-level field is, and
+left out of the Response that echoes the options. OpenAI answers an unknown key at any depth
+with a 400 (unknown_parameter); this server refuses none at the top level (vLLM's way), and
+a key inside this object is held to the same rule.
+
+Every chat answer and Response reports the tier that served it (SERVED_TIER), as OpenAI
+does, not the service_tier the request asked for.
 
 Two lists OpenAI keeps growing are held to their type alone: service_tier (its SDK added
 "fast", then "ultrafast" on /v1/responses) and prompt_cache_options.ttl ("30m" is "currently
@@ -15,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgspec import Struct
+
 from aiollm.errors import InvalidRequest, check_type, shown_json
 
 # each field's values, as openai 3.x's completion_create_params (and response_create_params)
@@ -23,6 +35,23 @@ VERBOSITIES = ("low", "medium", "high")
 # "in-memory" as OpenAI first spelt it (the SDK's types of 2025), before "in_memory"
 PROMPT_CACHE_RETENTIONS = ("in_memory", "in-memory", "24h")
 PROMPT_CACHE_MODES = ("implicit", "explicit")
+# OpenAI's bound on safety_identifier (openai 3.x's docstring: "a maximum length of 128
+# characters"; 64 in its 2025 text); OpenAI answers a longer one with a 400 naming it
+SAFETY_IDENTIFIER_CHARS = 128
+# the tier every answer reports, whatever service_tier asked for: OpenAI reports the tier
+# that served the request ("default" for a normal one, also where "auto" was asked; "flex"
+# or "priority" only where that processing ran), and this server has one way of serving
+SERVED_TIER = "default"
+
+
+class PromptCacheOptions(Struct, kw_only=True, omit_defaults=True):
+    """OpenAI's prompt_cache_options (the SDK's PromptCacheOptions): `mode` (one of
+    PROMPT_CACHE_MODES) and `ttl` (a string: "30m" is its only value today), each checked
+    by check_prompt_cache. Encoded with the keys the request sent (omit_defaults), as the
+    Response echoes it; a key sent as null is left out too."""
+
+    mode: str | None = None
+    ttl: str | None = None
 
 
 def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
@@ -33,14 +62,22 @@ def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
                              f"{shown_json(value)}", param=param)
 
 
-def check_prompt_cache(retention: str | None, options: dict[str, Any] | None) -> None:
-    """prompt_cache_retention and prompt_cache_options.mode, each one of OpenAI's values,
-    and prompt_cache_options.ttl a string (its list grows); InvalidRequest naming the first
-    that is not."""
+def check_prompt_cache(retention: str | None, options: PromptCacheOptions | None) -> None:
+    """prompt_cache_retention and prompt_cache_options.mode, each one of OpenAI's values
+    (ttl, a string, was typed as the body was decoded: its list grows); InvalidRequest
+    naming the first that is not."""
     check_choice(retention, PROMPT_CACHE_RETENTIONS, "prompt_cache_retention")
-    mode = check_type((options or {}).get("mode"), (str,), "prompt_cache_options.mode")
-    check_choice(mode, PROMPT_CACHE_MODES, "prompt_cache_options.mode")
-    check_type((options or {}).get("ttl"), (str,), "prompt_cache_options.ttl")
+    if options is not None:
+        check_choice(options.mode, PROMPT_CACHE_MODES, "prompt_cache_options.mode")
+
+
+def check_safety_identifier(value: str | None) -> None:
+    """InvalidRequest naming safety_identifier where `value` (a string, its type already
+    checked) is longer than SAFETY_IDENTIFIER_CHARS characters, as OpenAI refuses it."""
+    if value is not None and len(value) > SAFETY_IDENTIFIER_CHARS:
+        raise InvalidRequest(f"safety_identifier has {len(value)} characters: at most "
+                             f"{SAFETY_IDENTIFIER_CHARS} are taken (a hash of the user's "
+                             "name or address fits)", param="safety_identifier")
 
 
 def check_prediction(prediction: dict[str, Any] | None) -> None:
@@ -70,4 +107,5 @@ def check_chat_hints(req: Any) -> None:
     the first that OpenAI would refuse."""
     check_choice(req.verbosity, VERBOSITIES, "verbosity")
     check_prompt_cache(req.prompt_cache_retention, req.prompt_cache_options)
+    check_safety_identifier(req.safety_identifier)
     check_prediction(req.prediction)

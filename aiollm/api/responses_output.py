@@ -10,6 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from aiollm.api.openai_hints import SERVED_TIER
 from aiollm.api.responses_request import ResponsesRequest
 from aiollm.api.tool_calls import ToolCall
 from aiollm.sampling_params import SamplingParams
@@ -144,7 +145,8 @@ class ResponseHead:
             "prompt_cache_retention": r.prompt_cache_retention,
             "prompt_cache_options": r.prompt_cache_options,
             "reasoning": r.reasoning,
-            "service_tier": r.service_tier or "auto", "store": self.store,
+            # the tier that served it, not the one asked for (as OpenAI reports it)
+            "service_tier": SERVED_TIER, "store": self.store,
             "temperature": self.params.temperature, "text": {**(r.text or {}), "format": fmt},
             "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
             "tools": r.tools or [], "top_logprobs": r.top_logprobs or 0,

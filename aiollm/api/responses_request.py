@@ -22,7 +22,8 @@ from typing import Any, Iterator, Sequence, Union
 from msgspec import Struct
 
 from aiollm.api.chat_request import MODERATION_REFUSED, ChatCompletionRequest, ChatMessage
-from aiollm.api.openai_hints import VERBOSITIES, check_choice, check_prompt_cache
+from aiollm.api.openai_hints import (VERBOSITIES, PromptCacheOptions, check_choice,
+                                     check_prompt_cache, check_safety_identifier)
 from aiollm.api.protocol import Stop, TopK, refuse_unserved
 from aiollm.api.response_input import input_messages
 from aiollm.errors import InvalidRequest, check_type, missing, shown_json
@@ -67,7 +68,7 @@ class ResponsesRequest(Struct, kw_only=True):
     max_tool_calls: int | None = None
     # echoed in the Response as given (OpenAI's Response carries them), else unused
     prompt_cache_key: str | None = None
-    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
     prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     previous_response_id: str | None = None  # a kept response's id (response_store.py)
@@ -130,6 +131,7 @@ class ResponsesRequest(Struct, kw_only=True):
             raise InvalidRequest(MODERATION_REFUSED, param="moderation")
         # echoed in the Response: held to OpenAI's values, as chat holds them
         check_prompt_cache(self.prompt_cache_retention, self.prompt_cache_options)
+        check_safety_identifier(self.safety_identifier)
         verbosity = check_type((self.text or {}).get("verbosity"), (str,), "text.verbosity")
         check_choice(verbosity, VERBOSITIES, "text.verbosity")  # chat's verbosity, echoed
         if self.truncation not in (None, "disabled"):

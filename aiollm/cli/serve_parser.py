@@ -37,10 +37,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        "/tokenize, /detokenize, /flush_cache, and LightLLM's /liveness, "
                        "/readiness, /get_model_name, /tokens, /token_load, POST /, and "
                        "/get_score, a reward model's route: a 404 saying none is served. "
-                       "OpenAI's routes of stored chat completions, "
-                       "/v1/chat/completions/{completion_id}, "
-                       "/v1/chat/completions/{completion_id}/messages, answer a 404 saying "
-                       "none is kept.")
+                       "OpenAI's routes of stored chat completions answer as a store "
+                       "that keeps none: GET /v1/chat/completions lists none, and these "
+                       "answer a 404: /v1/chat/completions/{completion_id}, "
+                       "/v1/chat/completions/{completion_id}/messages.")
     s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
     s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=ModelFlag,
                    metavar="MODEL",
