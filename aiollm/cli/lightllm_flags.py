@@ -118,7 +118,8 @@ NO_EFFECT = {
 
 # the router's admission knobs: its "busy" threshold of the pool's use, its guess of a
 # request's output length, and the decode steps between admissions (LightLLM's api_cli.py
-# and its req queues); aiollm's scheduler has none of the same meaning
+# and its req queues); aiollm's scheduler has none of the same meaning. Each value's type is
+# the one LightLLM's api_cli.py declares
 _POLICIES = {"aggressive": "while their prompts fit in the KV cache",
              "past_future": "by output lengths predicted from finished requests",
              "conservative": "by each request's max_tokens"}
@@ -130,12 +131,14 @@ _ADMISSION = ("waiting requests are admitted at every step by --scheduler's poli
               + ")")
 NO_EFFECT_VALUES = (
     Ignored(("--graph-max-len-in-batch",),
-            "decode CUDA graphs cover every context up to --max-model-len", "N"),
+            "decode CUDA graphs cover every context up to --max-model-len", "N", kind=int),
     Ignored(("--router-token-ratio",), f"{_ADMISSION}, with no switch at a share of the "
-            "KV cache in use", "RATIO"),
-    Ignored(("--router-max-new-token-len",), f"{_ADMISSION}, not from a fixed guess", "N"),
+            "KV cache in use", "RATIO", kind=float),
+    Ignored(("--router-max-new-token-len",), f"{_ADMISSION}, not from a fixed guess", "N",
+            kind=int),
     Ignored(("--router-max-wait-tokens",), f"{_ADMISSION}, not every N decode steps; "
-            "--mixed-prefill-tokens bounds the prompt tokens a decode step carries", "N"),
+            "--mixed-prefill-tokens bounds the prompt tokens a decode step carries", "N",
+            kind=int),
 )
 
 
