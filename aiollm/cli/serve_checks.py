@@ -67,9 +67,10 @@ def checked_config(parser: argparse.ArgumentParser,
         parser.error("argument --max-stored-response-bytes: must be >= 0 (0 keeps no "
                      f"response), got {args.max_stored_response_bytes}")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
-        parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
+        parser.error("argument --host: must not be empty (0.0.0.0 or :: listens on every "
+                     "interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
-        parser.error(f"--port must be in [0, 65535], got {args.port}")
+        parser.error(f"argument --port: must be in [0, 65535], got {args.port}")
     spelt = getattr(parser, "typed_spellings", {})  # flag_spelling.ArgumentParser's
     for flag, why in getattr(args, "no_effect", ()):
         name, _, value = flag.partition(" ")  # the flag as typed (--nccl_port), its value
