@@ -107,7 +107,59 @@ def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny
     assert str(e.value).startswith(f"a KV pool of {TOO_MANY} tokens (256.00 GiB) does not fit "
                                    "in the memory of cpu: lower kv_tokens (--kv-tokens); the "
                                    "machine has "), str(e.value)
-    assert str(e.value).endswith(" of memory and swap"), str(e.value)
+    assert str(e.value).endswith(" of memory and swap, and the pool's free list takes "
+                                 "18.00 GiB of it"), str(e.value)
+
+
+HOST = 9  # the free stack's int64 slot id and the in-use flag's byte, per token
+
+
+@pytest.fixture
+def cpu_plan(tiny, monkeypatch):
+    """check_kv_plan of `tiny` (K and V 128 bytes a token in float32) on the CPU under
+    EngineConfig(**options), with the machine's memory and swap set to `limit` bytes."""
+    from aiollm.config import EngineConfig
+    from aiollm.engine import kv_plan
+    from aiollm.model.hf_config import load_hf_config
+
+    config = load_hf_config(tiny)
+
+    def check(limit: int, **options) -> None:
+        monkeypatch.setattr(kv_plan, "memory_limit", lambda: limit)
+        kv_plan.check_kv_plan(EngineConfig(model=tiny, **options), config,
+                              torch.device("cpu"), torch.float32)
+    return check
+
+
+def test_the_cpus_plan_counts_the_pools_free_list(cpu_plan):
+    """On the CPU K, V and the free list (free stack and in-use flags, 9 bytes a token)
+    share the machine's memory: a plan of K and V alone passed pools whose free list then
+    failed KVPool's allocation."""
+    cpu_plan((128 + HOST) * 1000, kv_tokens=1000)  # exactly fits
+    with pytest.raises(ValueError) as e:
+        cpu_plan((128 + HOST) * 1000 - 1, kv_tokens=1000)
+    assert str(e.value) == ("a KV pool of 1000 tokens (125.00 KiB) does not fit in the memory "
+                            "of cpu: lower kv_tokens (--kv-tokens); the machine has 133.79 KiB "
+                            "of memory and swap, and the pool's free list takes 8.79 KiB of "
+                            "it"), str(e.value)
+
+
+def test_on_a_gpu_the_pools_free_list_must_fit_the_hosts_memory(plan, gpu_memory,
+                                                                 monkeypatch):
+    """On a GPU the free list is still in host memory: kv_tokens whose K and V fit the GPU
+    but whose free list is past the machine's memory and swap failed only at KVPool's
+    allocation, after the weights loaded; now the plan refuses it, with that text."""
+    from aiollm.engine import kv_plan
+
+    gpu_memory(80, 80)
+    monkeypatch.setattr(kv_plan, "memory_limit", lambda: HOST * 1000)
+    plan(kv_tokens=1000)  # exactly fits
+    monkeypatch.setattr(kv_plan, "memory_limit", lambda: HOST * 1000 - 1)
+    with pytest.raises(ValueError) as e:
+        plan(kv_tokens=1000)
+    assert str(e.value) == ("a KV pool of 1000 tokens (its free list: 8.79 KiB) does not fit "
+                            "in the memory of cpu: lower kv_tokens (--kv-tokens); the machine "
+                            "has 8.79 KiB of memory and swap"), str(e.value)
 
 
 @pytest.fixture(scope="module")

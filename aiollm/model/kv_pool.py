@@ -169,6 +169,12 @@ class KVPool:
     memory share, an option of MEMORY_SHARES, that sized num_tokens; None: none did), when
     the pool does not fit in the device's memory."""
 
+    # host memory a slot takes whatever the device: its id in the free stack (int64) and its
+    # in-use flag (one byte); int64 as alloc hands slots out (int32 would save 4 bytes a
+    # token, ~1/10,000 of a real model's K and V, and slot ids past int32 are refused
+    # anyway: MAX_KV_TOKENS)
+    HOST_BYTES_PER_TOKEN = np.dtype(np.int64).itemsize + np.dtype(np.bool_).itemsize
+
     def __init__(
         self,
         num_layers: int,
@@ -198,7 +204,7 @@ class KVPool:
             self._stack = np.arange(num_tokens - 1, -1, -1, dtype=np.int64)
             self._in_use = np.zeros(num_tokens, dtype=bool)
         except (MemoryError, ValueError) as e:  # ValueError: past numpy's largest array
-            host = num_tokens * (np.dtype(np.int64).itemsize + np.dtype(bool).itemsize)
+            host = num_tokens * self.HOST_BYTES_PER_TOKEN
             raise ValueError(pool_misfit(num_tokens, host, torch.device("cpu"),
                                          part="its free list")) from e
         self._n_free = num_tokens
