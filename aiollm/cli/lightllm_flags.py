@@ -53,11 +53,15 @@ def _one_name(value: str) -> list[str]:
 
 
 def answers_any_model(args: argparse.Namespace) -> bool:
-    """Whether the served name is LightLLM's --model_name (the last spelling of it given):
-    the name /v1/models and every answer report, but no request's `model` is checked
-    against it, as LightLLM checks none (its chat route takes any); --served-model-name,
-    vLLM's, answers a 404 for another name."""
-    return getattr(args, "flags_typed", {}).get("served_model_name") == "--model-name"
+    """Whether the served name is LightLLM's --model_name alone: the name /v1/models and
+    every answer report, but no request's `model` is checked against it, as LightLLM
+    checks none (its chat route takes any); --served-model-name, vLLM's, answers a 404 for
+    another name, and given beside --model_name (the same name: Alias refuses two), in
+    either order, its check holds: that flag asks for it, where --model_name only names
+    the model (LightLLM has no --served-model-name, vLLM no --model_name, so neither
+    engine decides the pair; the answer followed the last spelling typed)."""
+    spellings = getattr(args, "values_typed", {}).get("served_model_name", {})
+    return "--model-name" in spellings and "--served-model-name" not in spellings
 
 
 # the flag (dashed) -> (EngineConfig's option it sets, aiollm's flag of it, for --help), with
@@ -144,7 +148,8 @@ NO_EFFECT_VALUES = (
 
 # what an alias does beside its aiollm flag's meaning, for --help (answers_any_model)
 NOTES = {"--model-name": " (one name, which no request's model is checked against, as in "
-                         "LightLLM; --served-model-name answers another name 404)"}
+                         "LightLLM; --served-model-name answers another name 404, beside it "
+                         "too)"}
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:
