@@ -41,6 +41,38 @@ def test_a_pool_past_the_memory_names_the_share_that_sized_it(share, said):
     assert str(e.value).endswith(f"lower kv_tokens (--kv-tokens){said}"), e.value
 
 
+def test_a_pool_bounded_by_max_total_tokens_names_that_bound():
+    """A GPU pool of SGLang's --max-total-tokens (its bound, where it is the smaller of it
+    and the memory share's tokens) that failed to allocate said "lower kv_tokens
+    (--kv-tokens) or mem_fraction_static (--mem-fraction-static)", neither of which sized
+    it: what to lower is the bound the user gave."""
+    with pytest.raises(ValueError) as e:
+        KVPool(1, 1, 1, 2**48, torch.float32, "cpu", sized_by="max_total_tokens")
+    assert str(e.value) == (f"a KV pool of {2**48} tokens (2.00 PiB) does not fit in the "
+                            "memory of cpu: lower max_total_tokens (--max-total-tokens)")
+
+
+@pytest.mark.parametrize("device, options, tokens, sizer", [
+    ("cuda", {"max_total_tokens": 1000, "mem_fraction_static": 0.8}, 1000, "max_total_tokens"),
+    ("cuda", {"max_total_tokens": 1000, "mem_fraction_static": 0.8}, 900, "mem_fraction_static"),
+    ("cuda", {"max_total_tokens": 1000}, 1000, "max_total_tokens"),
+    ("cuda", {"max_total_tokens": 1000}, 900, "kv_memory_fraction"),
+    ("cuda", {}, 900, "kv_memory_fraction"),
+    ("cuda", {"kv_tokens": 900}, 900, None),
+    ("cpu", {"max_total_tokens": 1000}, 1000, "max_total_tokens"),
+    ("cpu", {"max_total_tokens": 1000}, 900, None),
+    ("cpu", {}, 900, None),
+])
+def test_the_option_that_sized_the_pool(device, options, tokens, sizer):
+    """pool_sizer: what KVPool's error names (besides kv_tokens) for a pool of `tokens`,
+    as pool_tokens sized it: max_total_tokens where the pool holds its bound (tensor
+    parallelism's least rank below it: the memory's), else a GPU's memory share."""
+    from aiollm.config import EngineConfig
+    from aiollm.engine.kv_plan import pool_sizer
+
+    assert pool_sizer(EngineConfig(**options), torch.device(device), tokens) == sizer
+
+
 def test_a_pool_past_the_memory_names_the_share_as_typed():
     """serve's log names the share's flag as the user typed it (LightLLM's underscores)."""
     from aiollm.cli import build_parser

@@ -143,6 +143,17 @@ def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_toke
             f"fits), or {more}")
 
 
+def pool_sizer(cfg: EngineConfig, device: torch.device, kv_tokens: int) -> str | None:
+    """The option that sized a pool of kv_tokens (kv_pool.pool_tokens' size, or under
+    tensor parallelism the least any rank holds), for KVPool's errors to name: SGLang's
+    max_total_tokens where the pool holds that bound (it was the smaller of it and what the
+    memory gives); else on a GPU with no kv_tokens given, the memory share (memory_share);
+    None where kv_tokens itself did (given, or on the CPU its default sizing)."""
+    if cfg.max_total_tokens is not None and kv_tokens == cfg.max_total_tokens:
+        return "max_total_tokens"
+    return memory_share(cfg) if device.type == "cuda" and cfg.kv_tokens is None else None
+
+
 def memory_share(cfg: EngineConfig) -> str:
     """The option that sizes a GPU's KV pool as a share of its memory: the one given
     (EngineConfig refuses two), else kv_memory_fraction, the default's."""
