@@ -132,8 +132,9 @@ def test_serve_rejects_bad_options(capsys, monkeypatch, refused_at_load):
     checks += [(["--port", port], 2, [f"argument --port: must be in [0, 65535], got {port}"])
                for port in ("70000", "-1", "99999")]
     # NaN passed every check: no queue timeout at all, and a shutdown that aborted at once
-    checks += [([opt, "nan"], 2, [f"{name} must be"]) for opt, name in (
-        ("--queue-timeout", "queue_timeout"), ("--shutdown-timeout", "--shutdown-timeout"))]
+    checks += [([opt, "nan"], 2, [says]) for opt, says in (
+        ("--queue-timeout", "argument --queue-timeout: queue_timeout must be"),
+        ("--shutdown-timeout", "argument --shutdown-timeout: must be >= 0"))]
     # each names its flag as typed (an alias too); 2**31 table slots passed every check,
     # then failed after loading
     checks += [(args, 2, [f"argument {args[0]}", says])
@@ -153,8 +154,8 @@ def test_serve_rejects_bad_options(capsys, monkeypatch, refused_at_load):
                  "--max-model-len"])]
     # CORS: lists as JSON or comma-separated; the other options alone would do nothing
     checks += [(args, 2, [says]) for args, says in (
-        (["--allowed-methods", "GET"], "needs --allowed-origins"),
-        (["--allow-credentials"], "needs --allowed-origins"),
+        (["--allowed-methods", "GET"], "argument --allowed-methods: needs --allowed-origins"),
+        (["--allow-credentials"], "argument --allow-credentials: needs --allowed-origins"),
         (["--allowed-origins", "[1]"], "must be a list of strings"),
         (["--allowed-origins", "a,,b"], "without empty names"),
         (["--allowed-origins", "http://localhost:3000/"], "not an origin"))]

@@ -48,7 +48,7 @@ def checked_config(parser: argparse.ArgumentParser,
         if (why := misfit(args.model)) is not None:
             parser.error(f"argument {flag}: {why}")
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
-        parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+        parser.error(f"argument --shutdown-timeout: must be >= 0, got {args.shutdown_timeout}")
     if args.tokenizer is not None:  # else found only once the weights have loaded
         from aiollm.model.tokenizer_files import check_tokenizer_path
 
@@ -187,8 +187,8 @@ def cors_options(parser: argparse.ArgumentParser,
     if args.allowed_origins is None:
         for flag in ("allowed_methods", "allowed_headers", "allow_credentials"):
             if getattr(args, flag):  # alone it would do nothing, silently
-                parser.error(f"--{flag.replace('_', '-')} needs --allowed-origins (without "
-                             "it CORS is off)")
+                parser.error(f"argument --{flag.replace('_', '-')}: needs --allowed-origins "
+                             "(without it CORS is off)")
         return None
     given = {"allowed_methods": args.allowed_methods, "allowed_headers": args.allowed_headers}
     try:  # the parser has checked the lists; what is left is an origin's form
