@@ -17,18 +17,23 @@ import numpy as np
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import KV_MEMORY_FRACTION, MEMORY_SHARES
+from aiollm.config import KV_MEMORY_FRACTION, MAX_KV_TOKENS, MEMORY_SHARES
 
 log = logging.getLogger(__name__)
 
 
 def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
     """KV pool size in tokens for this process: what `_sized_tokens` gives, at most
+    MAX_KV_TOKENS (slot ids are int32: req_to_token, the kernels' indices) and
     cfg.max_total_tokens (SGLang's --max-total-tokens, an upper bound: its pool is the
     smaller of it and what its memory fraction leaves, as ModelRunner.init_memory_pool
     takes them; a warning where the bound is the larger). The Engine and each
     tensor-parallel follower size theirs so. Arguments and errors as `_sized_tokens`'s."""
     tokens = _sized_tokens(cfg, device, bytes_per_token, max_position)
+    if tokens > MAX_KV_TOKENS:  # a share of a large GPU, for a model of few bytes a token
+        log.info("the KV pool holds %d tokens, the most its int32 slot ids address (the "
+                 "memory gives %d)", MAX_KV_TOKENS, tokens)
+        tokens = MAX_KV_TOKENS
     cap = cfg.max_total_tokens
     if cap is None or cap <= tokens:
         return tokens if cap is None else cap
