@@ -378,6 +378,18 @@ def test_a_cpu_pool_short_of_max_model_len_fails_before_the_weights_load(tiny, m
         "(or leave it out: the longest that fits), or raise cpu_kv_tokens")
 
 
+@pytest.mark.parametrize("tokens", [0, 2**31 - 1, 10**12])
+def test_cpu_kv_tokens_is_held_to_the_slot_ids_int32_addresses(tokens):
+    """cpu_kv_tokens had no upper bound where kv_tokens has MAX_KV_TOKENS: a CPU pool past
+    2**31 slots passed every check, its slot ids past the int32 request-to-token map."""
+    from aiollm.config import MAX_KV_TOKENS, EngineConfig
+
+    with pytest.raises(ValueError) as e:
+        EngineConfig(cpu_kv_tokens=tokens)
+    assert str(e.value) == f"cpu_kv_tokens must be in [1, {MAX_KV_TOKENS}], got {tokens}"
+    assert EngineConfig(cpu_kv_tokens=MAX_KV_TOKENS).cpu_kv_tokens == MAX_KV_TOKENS
+
+
 @pytest.mark.gpu
 def test_a_kv_tokens_past_the_gpus_memory_fails_before_the_weights_load(tiny, monkeypatch):
     """On a GPU (80 or 141 GB), the most kv_tokens of float32 `tiny` (256 GiB) is refused
