@@ -12,7 +12,8 @@ aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
 - NO_EFFECT_VALUES: flags taking a value that vLLM itself uses only with a feature aiollm
   lacks and refuses under its own flag (expert parallelism's --all2all-backend): accepted
   and logged as NO_EFFECT, but for a value that asks for what aiollm cannot do, refused as
-  REFUSED are;
+  REFUSED are, and for one vLLM's parser refuses (a number's "abc": Ignored.kind), a usage
+  error as there;
 - REFUSED: flags asking for what aiollm cannot do; each is a usage error (exit 2) whose one
   line names the flag and what aiollm offers instead. A value asking for aiollm's own
   behaviour (-pp 1, --max-logprobs 20) is accepted. Hidden from --help, which names them
