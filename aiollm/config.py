@@ -239,8 +239,9 @@ class EngineConfig:
         if self.table_capacity > MAX_TABLE_CAPACITY:
             raise ValueError(f"table_capacity must be at most {MAX_TABLE_CAPACITY}, got "
                              f"{self.table_capacity}")
-        if self.cpu_kv_tokens is not None and self.cpu_kv_tokens < 1:
-            raise ValueError(f"cpu_kv_tokens must be >= 1, got {self.cpu_kv_tokens}")
+        if self.cpu_kv_tokens is not None and not 1 <= self.cpu_kv_tokens <= MAX_KV_TOKENS:
+            raise ValueError(f"cpu_kv_tokens must be in [1, {MAX_KV_TOKENS}], got "
+                             f"{self.cpu_kv_tokens}")
         if self.mixed_prefill_tokens == 0:  # --mixed-prefill-tokens 0: no cap, here too
             self.mixed_prefill_tokens = None
         if self.mixed_prefill_tokens is not None and self.mixed_prefill_tokens < 0:

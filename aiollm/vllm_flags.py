@@ -12,7 +12,8 @@ aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
 - NO_EFFECT_VALUES: flags taking a value that vLLM itself uses only with a feature aiollm
   lacks and refuses under its own flag (expert parallelism's --all2all-backend): accepted
   and logged as NO_EFFECT, but for a value that asks for what aiollm cannot do, refused as
-  REFUSED are;
+  REFUSED are, and for one vLLM's parser refuses (a number's "abc": Ignored.kind), a usage
+  error as there;
 - REFUSED: flags asking for what aiollm cannot do; each is a usage error (exit 2) whose one
   line names the flag and what aiollm offers instead. A value asking for aiollm's own
   behaviour (-pp 1, --max-logprobs 20) is accepted. Hidden from --help, which names them
@@ -224,12 +225,40 @@ class Ignored:
     feature aiollm lacks). names: the flag; why: what aiollm does instead; metavar: its
     value's name in --help; refuse: given
     the value (as typed, or as LLM(...)'s keyword takes it), why it is refused (it asks
-    for what aiollm cannot do), or None: taken."""
+    for what aiollm cannot do), or None: taken. kind and choices: the value's type and
+    choices as the flag's own engine declares them, so that a value it refuses as a usage
+    error (--watchdog-timeout abc) is one here too (the value is still kept as typed);
+    choices only where the engine's list is short and stable across its releases: a
+    backend's name of a newer release (a list that grows with each) is taken."""
 
     names: tuple[str, ...]
     why: str
     metavar: str
     refuse: Callable[[Any], str | None] | None = None
+    kind: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+
+
+def optional_int(value: str) -> int | None:
+    """A whole number as vLLM reads an optional one (its optional_type(int)): "" and "None"
+    are None; argparse.ArgumentTypeError as argparse words its own for any other non-number."""
+    if value in ("", "None"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+
+
+def _kept_as_typed(kind: Callable[[str], Any]) -> Callable[[str], str]:
+    """argparse's type= that checks a value as `kind` reads it (its ValueError is argparse's
+    "invalid KIND value" usage error) and keeps the text as typed, for the log's line."""
+    def check(value: str) -> str:
+        kind(value)
+        return value
+
+    check.__name__ = getattr(kind, "__name__", "value")
+    return check
 
 
 def _eplb_refusal(value: Any) -> str | None:
@@ -285,9 +314,10 @@ NO_EFFECT_VALUES = (
             "expert ranks", "BACKEND"),
     Ignored(("--expert-placement-strategy",),
             f"{_NO_EXPERT_PARALLELISM}, so there are no experts to place on ranks",
-            "STRATEGY"),
+            "STRATEGY", choices=("linear", "round_robin")),
     Ignored(("--max-log-len",),
-            "request contents are never logged, so there is nothing to cut short", "N"),
+            "request contents are never logged, so there is nothing to cut short", "N",
+            kind=optional_int),
     Ignored(("--eplb-config",),
             "there is no expert parallelism load balancing (vLLM uses the config only with "
             "--enable-eplb), which these are the settings of", "JSON",
@@ -393,6 +423,7 @@ def add_tables(group: argparse._ArgumentGroup, no_effect: dict[str, str],
         group.add_argument(flag, action=NoEffect, why=why, help=f"no effect: {why}")
     for ignored in no_effect_values:
         group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
+                           type=_kept_as_typed(ignored.kind), choices=ignored.choices,
                            metavar=ignored.metavar, help=f"no effect: {ignored.why}")
     for refusal in refused:
         group.add_argument(*refusal.names, action=Refuse, refusal=refusal)

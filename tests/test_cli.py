@@ -95,7 +95,7 @@ def test_python_m_aiollm_is_the_command():
     assert out.returncode == 0 and "--max-model-len" in out.stdout, out.stderr
     out = subprocess.run([sys.executable, "-m", "aiollm", "serve", "--port", "-1"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "--port must be in [0, 65535]" in out.stderr
+    assert out.returncode == 2 and "argument --port: must be in [0, 65535]" in out.stderr
 
 
 def usage_errors(arg_lists: list[list[str]], capsys, monkeypatch
@@ -127,11 +127,14 @@ def test_serve_rejects_bad_options(capsys, monkeypatch, refused_at_load):
     checks = [  # (args, exit status, what stderr says)
         (["--scheduler", "fifo"], 2, ["--scheduler"]),
         (["--max-running-requests", "0"], 2, ["max_running_requests"])]
-    # 70000 served on port 4464; -1 failed only after loading
-    checks += [(["--port", port], 2, ["--port must be in [0, 65535]"]) for port in ("70000", "-1")]
+    # 70000 served on port 4464; -1 failed only after loading; the error's form is every
+    # other bad value's, "argument --port: ..." (it lacked the prefix)
+    checks += [(["--port", port], 2, [f"argument --port: must be in [0, 65535], got {port}"])
+               for port in ("70000", "-1", "99999")]
     # NaN passed every check: no queue timeout at all, and a shutdown that aborted at once
-    checks += [([opt, "nan"], 2, [f"{name} must be"]) for opt, name in (
-        ("--queue-timeout", "queue_timeout"), ("--shutdown-timeout", "--shutdown-timeout"))]
+    checks += [([opt, "nan"], 2, [says]) for opt, says in (
+        ("--queue-timeout", "argument --queue-timeout: queue_timeout must be"),
+        ("--shutdown-timeout", "argument --shutdown-timeout: must be >= 0"))]
     # each names its flag as typed (an alias too); 2**31 table slots passed every check,
     # then failed after loading
     checks += [(args, 2, [f"argument {args[0]}", says])
@@ -151,8 +154,8 @@ def test_serve_rejects_bad_options(capsys, monkeypatch, refused_at_load):
                  "--max-model-len"])]
     # CORS: lists as JSON or comma-separated; the other options alone would do nothing
     checks += [(args, 2, [says]) for args, says in (
-        (["--allowed-methods", "GET"], "needs --allowed-origins"),
-        (["--allow-credentials"], "needs --allowed-origins"),
+        (["--allowed-methods", "GET"], "argument --allowed-methods: needs --allowed-origins"),
+        (["--allow-credentials"], "argument --allow-credentials: needs --allowed-origins"),
         (["--allowed-origins", "[1]"], "must be a list of strings"),
         (["--allowed-origins", "a,,b"], "without empty names"),
         (["--allowed-origins", "http://localhost:3000/"], "not an origin"))]
@@ -190,7 +193,7 @@ def test_each_bad_option_names_its_own_flag(capsys, monkeypatch):
                "be in [1, 2147483646]"),
               (["--served-model-name", " "], "argument --served-model-name: "
                "served_model_name must not be empty"),
-              (["--host", ""], "--host must not be empty"),
+              (["--host", ""], "argument --host: must not be empty"),
               (["--api-key", " "], "argument --api-key: must not be empty"),
               (["--dist-init-addr", "127.0.0.1:99999"],
                "argument --dist-init-addr: dist_init_addr must be HOST:PORT with a "
@@ -258,7 +261,7 @@ SERVE_USAGE = "usage: aiollm serve [-h] [MODEL] [options]"
 
 @pytest.mark.parametrize("args, error", [
     (["--port", "x"], "argument --port: invalid int value: 'x'"),  # argparse's own
-    (["--port", "70000"], "--port must be in [0, 65535], got 70000"),  # a check after it
+    (["--port", "70000"], "argument --port: must be in [0, 65535], got 70000"),  # a check after it
     (["--quantization", "awq"], "argument -q/--quantization: quantized"),  # a vLLM flag's
     # a flag aiollm lacks: said by serve, not by the top-level parser ("aiollm: error")
     (["M", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),

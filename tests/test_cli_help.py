@@ -123,3 +123,21 @@ def test_help_word_of_a_hidden_alias_shows_the_option_it_sets(word, title, optio
     flag is taken; it shows the option the alias sets."""
     code, out, _ = _serve([f"--help={word}"], capsys)
     assert code == 0 and out.startswith(title) and option in out, out
+
+
+@pytest.mark.parametrize("args", [["--help=foo"], ["-h=server"], ["-v", "--help=all"]])
+def test_top_level_help_with_a_value_points_at_the_commands(args, capsys):
+    """`aiollm --help=foo` answered argparse's "ignored explicit argument 'foo'" (exit 2);
+    it asked for help, and is answered as serve's --help=VALUE that matches nothing is:
+    where to ask (serve's --help=VALUE, with the groups it takes), exit 0."""
+    from aiollm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out = capsys.readouterr()
+    assert (e.value.code, out.err) == (0, ""), out
+    value = args[-1].partition("=")[2]
+    assert f"`aiollm serve --help={value}`" in out.out and "ignored" not in out.out, out.out
+    named = out.out.split("groups: ", 1)[1].split(")", 1)[0].split(", ")
+    code, serve_tip, _ = _serve(["--help=no-such-thing"], capsys)
+    assert named == serve_tip.split("groups: ", 1)[1].split(")", 1)[0].split(", ")

@@ -167,3 +167,20 @@ def test_garbage_holding_gpu_memory_is_collected_before_the_pool_is_sized(gpu_me
         assert tokens() == 68 * 1024  # 0.85 x 80 GiB
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("options", [{}, {"gpu_memory_utilization": 0.9},
+                                     {"mem_fraction_static": 0.9}, {"mem_fraction": 0.9}])
+def test_a_pool_sized_from_memory_holds_at_most_what_int32_slot_ids_address(gpu_memory,
+                                                                           caplog, options):
+    """A model of few KV bytes a token (16 here: one layer, one KV head of 4 in bfloat16)
+    on a large GPU was given a pool past 2**31 slots: its slot ids overflowed the int32
+    request-to-token map, and its free list took tens of GB of host memory. kv_tokens
+    itself is refused past MAX_KV_TOKENS; a pool sized from memory holds at most that."""
+    from aiollm.config import MAX_KV_TOKENS
+
+    gpu_memory(free=80, total=100, reserved=1)
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        assert pool_tokens(EngineConfig(**options), torch.device("cuda"), 16,
+                           8192) == MAX_KV_TOKENS
+    assert f"the KV pool holds {MAX_KV_TOKENS} tokens, the most" in caplog.text

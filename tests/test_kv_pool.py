@@ -41,6 +41,38 @@ def test_a_pool_past_the_memory_names_the_share_that_sized_it(share, said):
     assert str(e.value).endswith(f"lower kv_tokens (--kv-tokens){said}"), e.value
 
 
+def test_a_pool_bounded_by_max_total_tokens_names_that_bound():
+    """A GPU pool of SGLang's --max-total-tokens (its bound, where it is the smaller of it
+    and the memory share's tokens) that failed to allocate said "lower kv_tokens
+    (--kv-tokens) or mem_fraction_static (--mem-fraction-static)", neither of which sized
+    it: what to lower is the bound the user gave."""
+    with pytest.raises(ValueError) as e:
+        KVPool(1, 1, 1, 2**48, torch.float32, "cpu", sized_by="max_total_tokens")
+    assert str(e.value) == (f"a KV pool of {2**48} tokens (2.00 PiB) does not fit in the "
+                            "memory of cpu: lower max_total_tokens (--max-total-tokens)")
+
+
+@pytest.mark.parametrize("device, options, tokens, sizer", [
+    ("cuda", {"max_total_tokens": 1000, "mem_fraction_static": 0.8}, 1000, "max_total_tokens"),
+    ("cuda", {"max_total_tokens": 1000, "mem_fraction_static": 0.8}, 900, "mem_fraction_static"),
+    ("cuda", {"max_total_tokens": 1000}, 1000, "max_total_tokens"),
+    ("cuda", {"max_total_tokens": 1000}, 900, "kv_memory_fraction"),
+    ("cuda", {}, 900, "kv_memory_fraction"),
+    ("cuda", {"kv_tokens": 900}, 900, None),
+    ("cpu", {"max_total_tokens": 1000}, 1000, "max_total_tokens"),
+    ("cpu", {"max_total_tokens": 1000}, 900, None),
+    ("cpu", {}, 900, None),
+])
+def test_the_option_that_sized_the_pool(device, options, tokens, sizer):
+    """pool_sizer: what KVPool's error names (besides kv_tokens) for a pool of `tokens`,
+    as pool_tokens sized it: max_total_tokens where the pool holds its bound (tensor
+    parallelism's least rank below it: the memory's), else a GPU's memory share."""
+    from aiollm.config import EngineConfig
+    from aiollm.engine.kv_plan import pool_sizer
+
+    assert pool_sizer(EngineConfig(**options), torch.device(device), tokens) == sizer
+
+
 def test_a_pool_past_the_memory_names_the_share_as_typed():
     """serve's log names the share's flag as the user typed it (LightLLM's underscores)."""
     from aiollm.cli import build_parser
@@ -107,7 +139,59 @@ def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny
     assert str(e.value).startswith(f"a KV pool of {TOO_MANY} tokens (256.00 GiB) does not fit "
                                    "in the memory of cpu: lower kv_tokens (--kv-tokens); the "
                                    "machine has "), str(e.value)
-    assert str(e.value).endswith(" of memory and swap"), str(e.value)
+    assert str(e.value).endswith(" of memory and swap, and the pool's free list takes "
+                                 "18.00 GiB of it"), str(e.value)
+
+
+HOST = 9  # the free stack's int64 slot id and the in-use flag's byte, per token
+
+
+@pytest.fixture
+def cpu_plan(tiny, monkeypatch):
+    """check_kv_plan of `tiny` (K and V 128 bytes a token in float32) on the CPU under
+    EngineConfig(**options), with the machine's memory and swap set to `limit` bytes."""
+    from aiollm.config import EngineConfig
+    from aiollm.engine import kv_plan
+    from aiollm.model.hf_config import load_hf_config
+
+    config = load_hf_config(tiny)
+
+    def check(limit: int, **options) -> None:
+        monkeypatch.setattr(kv_plan, "memory_limit", lambda: limit)
+        kv_plan.check_kv_plan(EngineConfig(model=tiny, **options), config,
+                              torch.device("cpu"), torch.float32)
+    return check
+
+
+def test_the_cpus_plan_counts_the_pools_free_list(cpu_plan):
+    """On the CPU K, V and the free list (free stack and in-use flags, 9 bytes a token)
+    share the machine's memory: a plan of K and V alone passed pools whose free list then
+    failed KVPool's allocation."""
+    cpu_plan((128 + HOST) * 1000, kv_tokens=1000)  # exactly fits
+    with pytest.raises(ValueError) as e:
+        cpu_plan((128 + HOST) * 1000 - 1, kv_tokens=1000)
+    assert str(e.value) == ("a KV pool of 1000 tokens (125.00 KiB) does not fit in the memory "
+                            "of cpu: lower kv_tokens (--kv-tokens); the machine has 133.79 KiB "
+                            "of memory and swap, and the pool's free list takes 8.79 KiB of "
+                            "it"), str(e.value)
+
+
+def test_on_a_gpu_the_pools_free_list_must_fit_the_hosts_memory(plan, gpu_memory,
+                                                                 monkeypatch):
+    """On a GPU the free list is still in host memory: kv_tokens whose K and V fit the GPU
+    but whose free list is past the machine's memory and swap failed only at KVPool's
+    allocation, after the weights loaded; now the plan refuses it, with that text."""
+    from aiollm.engine import kv_plan
+
+    gpu_memory(80, 80)
+    monkeypatch.setattr(kv_plan, "memory_limit", lambda: HOST * 1000)
+    plan(kv_tokens=1000)  # exactly fits
+    monkeypatch.setattr(kv_plan, "memory_limit", lambda: HOST * 1000 - 1)
+    with pytest.raises(ValueError) as e:
+        plan(kv_tokens=1000)
+    assert str(e.value) == ("a KV pool of 1000 tokens (its free list: 8.79 KiB) does not fit "
+                            "in the memory of cpu: lower kv_tokens (--kv-tokens); the machine "
+                            "has 8.79 KiB of memory and swap"), str(e.value)
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +376,18 @@ def test_a_cpu_pool_short_of_max_model_len_fails_before_the_weights_load(tiny, m
         "the KV cache holds 100 tokens (12.50 KiB), less than one request of max_model_len "
         "200 tokens needs (25.00 KiB): lower max_model_len (--max-model-len) to at most 100 "
         "(or leave it out: the longest that fits), or raise cpu_kv_tokens")
+
+
+@pytest.mark.parametrize("tokens", [0, 2**31 - 1, 10**12])
+def test_cpu_kv_tokens_is_held_to_the_slot_ids_int32_addresses(tokens):
+    """cpu_kv_tokens had no upper bound where kv_tokens has MAX_KV_TOKENS: a CPU pool past
+    2**31 slots passed every check, its slot ids past the int32 request-to-token map."""
+    from aiollm.config import MAX_KV_TOKENS, EngineConfig
+
+    with pytest.raises(ValueError) as e:
+        EngineConfig(cpu_kv_tokens=tokens)
+    assert str(e.value) == f"cpu_kv_tokens must be in [1, {MAX_KV_TOKENS}], got {tokens}"
+    assert EngineConfig(cpu_kv_tokens=MAX_KV_TOKENS).cpu_kv_tokens == MAX_KV_TOKENS
 
 
 @pytest.mark.gpu

@@ -133,6 +133,10 @@ def test_moe_options_of_expert_parallelism_are_taken_with_no_effect(caplog):
     lead = "eplb_config={'num_redundant_experts': 2}: "
     assert message.startswith(lead) and "--" not in message, message
     assert "num_redundant_experts 2" in message[len(lead):] and "enable_eplb" in message
+    # a value not of vLLM's choices is refused as vLLM's ParallelConfig refuses it, and as
+    # `aiollm serve --expert-placement-strategy abc` is
+    assert refused(expert_placement_strategy="abc") == (
+        "expert_placement_strategy='abc': must be one of linear, round_robin")
 
 
 def test_vllm_llm_parameters_at_their_defaults_are_taken():

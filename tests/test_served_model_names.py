@@ -88,14 +88,18 @@ def test_lightllms_model_name_reports_the_name_and_refuses_no_model(tiny, capsys
         return answers_any_model(build_parser().parse_args(["serve", "M", *line.split()]))
     assert typed("--model_name llama") and typed("--model-name llama")
     assert not typed("--served-model-name llama") and not typed("")
+    # both spellings, one name: vLLM's check whatever their order (it followed the last)
+    assert not typed("--model_name llama --served-model-name llama")
+    assert not typed("--served-model-name llama --model_name llama")
+    assert not typed("--model_name llama --served-model-name llama --model_name llama")
     # --help=lightllm says so: it said "--model_name is --served-model-name" alone, whose
     # 404 for another name --model_name does not answer
     with pytest.raises(SystemExit):
         main(["serve", "--help=lightllm"])
     group = " ".join(capsys.readouterr().out.split())
     assert ("--model_name is --served-model-name (one name, which no request's model is "
-            "checked against, as in LightLLM; --served-model-name answers another name 404)"
-            ) in group, group[:400]
+            "checked against, as in LightLLM; --served-model-name answers another name 404, "
+            "beside it too)") in group, group[:400]
 
     async def check(client, engine):
         listed = await (await client.get("/v1/models")).json()

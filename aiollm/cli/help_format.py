@@ -54,20 +54,29 @@ class ShortUsage(argparse.ArgumentParser):
         command's own); where VALUE matches nothing, a tip of where to look instead (the
         groups --help=GROUP takes by name), and
         exits 0 too, as `vllm serve --help=VALUE` answers it (it asked for help, and got
-        an answer: no error)."""
+        an answer: no error). On the parser of subcommands (`aiollm --help=foo`, before
+        the command's name), whose own options are only -h and -v, a tip of each command's
+        --help=VALUE and its groups (_commands_tip), exit 0 (argparse said "ignored
+        explicit argument", exit 2)."""
         args = sys.argv[1:] if args is None else list(args)
-        if not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
-            for arg in args[:args.index("--") if "--" in args else len(args)]:
-                flag, eq, value = arg.partition("=")
-                if eq and flag in ("--help", "-h"):
+        commands = next((a.choices for a in self._actions
+                         if isinstance(a, argparse._SubParsersAction)), None)
+        for arg in args:
+            if arg == "--" or (commands is not None and arg in commands):
+                break  # a command's words are its parser's to read
+            flag, eq, value = arg.partition("=")
+            if eq and flag in ("--help", "-h"):
+                if commands is None:
                     text = help_for(self, value)
                     if text is None:
                         text = (f"No option or group matching {value!r}: --help (or "
                                 "--help=all) shows every option, by group; --help=GROUP "
                                 f"one group's (groups: {', '.join(_group_list(self))}), "
                                 "--help=WORD the options with WORD in their name.\n")
-                    self._print_message(text, sys.stdout)  # as --help prints
-                    self.exit(0)
+                else:
+                    text = _commands_tip(self.prog, commands, value)
+                self._print_message(text, sys.stdout)  # as --help prints
+                self.exit(0)
         return super().parse_known_args(args, namespace)
 
     def parse_args(self, args=None, namespace=None):
@@ -81,6 +90,18 @@ class ShortUsage(argparse.ArgumentParser):
         if getattr(parsed, "deferred_error", None) is not None:
             reporter.error(parsed.deferred_error)
         return parsed
+
+
+def _commands_tip(prog: str, commands: dict[str, argparse.ArgumentParser],
+                  value: str) -> str:
+    """The answer to `PROG --help=VALUE` on a parser of subcommands: VALUE is looked up in a
+    command's options, so the line names each command's --help=VALUE and the groups its
+    --help=GROUP takes (_group_list)."""
+    each = "; ".join(f"`{prog} {name} --help={value}` (groups: "
+                     f"{', '.join(_group_list(parser))})" for name, parser in commands.items())
+    return (f"--help={value} looks in a command's options: {each}. There --help=GROUP "
+            "shows one group's options, --help=WORD those with WORD in their name, "
+            f"--help=all every option; `{prog} --help` lists the commands.\n")
 
 
 def help_for(parser: argparse.ArgumentParser, value: str) -> str | None:

@@ -53,11 +53,15 @@ def _one_name(value: str) -> list[str]:
 
 
 def answers_any_model(args: argparse.Namespace) -> bool:
-    """Whether the served name is LightLLM's --model_name (the last spelling of it given):
-    the name /v1/models and every answer report, but no request's `model` is checked
-    against it, as LightLLM checks none (its chat route takes any); --served-model-name,
-    vLLM's, answers a 404 for another name."""
-    return getattr(args, "flags_typed", {}).get("served_model_name") == "--model-name"
+    """Whether the served name is LightLLM's --model_name alone: the name /v1/models and
+    every answer report, but no request's `model` is checked against it, as LightLLM
+    checks none (its chat route takes any); --served-model-name, vLLM's, answers a 404 for
+    another name, and given beside --model_name (the same name: Alias refuses two), in
+    either order, its check holds: that flag asks for it, where --model_name only names
+    the model (LightLLM has no --served-model-name, vLLM no --model_name, so neither
+    engine decides the pair; the answer followed the last spelling typed)."""
+    spellings = getattr(args, "values_typed", {}).get("served_model_name", {})
+    return "--model-name" in spellings and "--served-model-name" not in spellings
 
 
 # the flag (dashed) -> (EngineConfig's option it sets, aiollm's flag of it, for --help), with
@@ -118,7 +122,8 @@ NO_EFFECT = {
 
 # the router's admission knobs: its "busy" threshold of the pool's use, its guess of a
 # request's output length, and the decode steps between admissions (LightLLM's api_cli.py
-# and its req queues); aiollm's scheduler has none of the same meaning
+# and its req queues); aiollm's scheduler has none of the same meaning. Each value's type is
+# the one LightLLM's api_cli.py declares
 _POLICIES = {"aggressive": "while their prompts fit in the KV cache",
              "past_future": "by output lengths predicted from finished requests",
              "conservative": "by each request's max_tokens"}
@@ -130,18 +135,21 @@ _ADMISSION = ("waiting requests are admitted at every step by --scheduler's poli
               + ")")
 NO_EFFECT_VALUES = (
     Ignored(("--graph-max-len-in-batch",),
-            "decode CUDA graphs cover every context up to --max-model-len", "N"),
+            "decode CUDA graphs cover every context up to --max-model-len", "N", kind=int),
     Ignored(("--router-token-ratio",), f"{_ADMISSION}, with no switch at a share of the "
-            "KV cache in use", "RATIO"),
-    Ignored(("--router-max-new-token-len",), f"{_ADMISSION}, not from a fixed guess", "N"),
+            "KV cache in use", "RATIO", kind=float),
+    Ignored(("--router-max-new-token-len",), f"{_ADMISSION}, not from a fixed guess", "N",
+            kind=int),
     Ignored(("--router-max-wait-tokens",), f"{_ADMISSION}, not every N decode steps; "
-            "--mixed-prefill-tokens bounds the prompt tokens a decode step carries", "N"),
+            "--mixed-prefill-tokens bounds the prompt tokens a decode step carries", "N",
+            kind=int),
 )
 
 
 # what an alias does beside its aiollm flag's meaning, for --help (answers_any_model)
 NOTES = {"--model-name": " (one name, which no request's model is checked against, as in "
-                         "LightLLM; --served-model-name answers another name 404)"}
+                         "LightLLM; --served-model-name answers another name 404, beside it "
+                         "too)"}
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:

@@ -48,7 +48,7 @@ def checked_config(parser: argparse.ArgumentParser,
         if (why := misfit(args.model)) is not None:
             parser.error(f"argument {flag}: {why}")
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
-        parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+        parser.error(f"argument --shutdown-timeout: must be >= 0, got {args.shutdown_timeout}")
     if args.tokenizer is not None:  # else found only once the weights have loaded
         from aiollm.model.tokenizer_files import check_tokenizer_path
 
@@ -67,9 +67,10 @@ def checked_config(parser: argparse.ArgumentParser,
         parser.error("argument --max-stored-response-bytes: must be >= 0 (0 keeps no "
                      f"response), got {args.max_stored_response_bytes}")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
-        parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
+        parser.error("argument --host: must not be empty (0.0.0.0 or :: listens on every "
+                     "interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
-        parser.error(f"--port must be in [0, 65535], got {args.port}")
+        parser.error(f"argument --port: must be in [0, 65535], got {args.port}")
     spelt = getattr(parser, "typed_spellings", {})  # flag_spelling.ArgumentParser's
     for flag, why in getattr(args, "no_effect", ()):
         name, _, value = flag.partition(" ")  # the flag as typed (--nccl_port), its value
@@ -186,8 +187,8 @@ def cors_options(parser: argparse.ArgumentParser,
     if args.allowed_origins is None:
         for flag in ("allowed_methods", "allowed_headers", "allow_credentials"):
             if getattr(args, flag):  # alone it would do nothing, silently
-                parser.error(f"--{flag.replace('_', '-')} needs --allowed-origins (without "
-                             "it CORS is off)")
+                parser.error(f"argument --{flag.replace('_', '-')}: needs --allowed-origins "
+                             "(without it CORS is off)")
         return None
     given = {"allowed_methods": args.allowed_methods, "allowed_headers": args.allowed_headers}
     try:  # the parser has checked the lists; what is left is an origin's form

@@ -190,19 +190,22 @@ NO_EFFECT = {
                           "which checks peer access between GPUs itself",
 }
 
+# each value's type as SGLang's ServerArgs declares it; its attention and sampling backends'
+# choices, which grow with each release, are not checked (a newer release's name is taken)
 NO_EFFECT_VALUES = (
     Ignored(("--watchdog-timeout",),
             "no watchdog ends the server when a step outlasts this many seconds (SGLang's "
-            "guard against a hung step); outputs are the same", "SECONDS"),
+            "guard against a hung step); outputs are the same", "SECONDS", kind=float),
     Ignored(("--attention-backend",),
             "attention runs on aiollm's Triton kernels (their PyTorch references on the "
             "CPU); outputs are the same", "BACKEND"),
     Ignored(("--sampling-backend",), "tokens are sampled by aiollm's own sampler",
             "BACKEND"),
-    Ignored(("--torch-compile-max-bs",), "nothing is compiled with torch.compile", "N"),
+    Ignored(("--torch-compile-max-bs",), "nothing is compiled with torch.compile", "N",
+            kind=int),
     Ignored(("--nccl-port",),
             "on one node the ranks meet at a free port of 127.0.0.1 that aiollm picks; over "
-            "nodes, --dist-init-addr HOST:PORT names node 0's", "PORT"),
+            "nodes, --dist-init-addr HOST:PORT names node 0's", "PORT", kind=int),
 )
 
 # tool-call and reasoning parsers under SGLang's and LightLLM's names -> aiollm's

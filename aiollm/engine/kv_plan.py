@@ -5,7 +5,8 @@ What is known then: the model's config (layers, this rank's KV heads, head dim, 
 the run dtype, the device's memory (a GPU's free and total memory now; on the CPU the
 machine's physical memory and swap) and a lower bound of the weights' bytes (their parameter count
 at the run dtype). From these: weights that leave a GPU no room for the KV cache; a
-kv_tokens (--kv-tokens) the device cannot hold; on a GPU,
+kv_tokens (--kv-tokens) the device cannot hold (or whose free list, in host memory, the
+machine cannot); on a GPU,
 a gpu_memory_utilization share smaller than the weights (mem_fraction_static's or
 mem_fraction's leaving no room), and the most tokens a pool sized
 from memory can hold (what loading leaves free is at most the free memory now less the
@@ -37,10 +38,12 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     - on a GPU, weights whose bytes leave no room in the free memory for one token's K and
       V (naming the weights, not an option of the pool's, which cannot help);
     - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
-      (the text KVPool raises, naming kv_tokens), or on the CPU more than the machine's
+      (the text KVPool raises, naming kv_tokens), or on the CPU, with the pool's free list
+      (KVPool.HOST_BYTES_PER_TOKEN), more than the machine's
       physical memory and swap (`memory_limit`; weights not counted: a cached GGUF's are
       mapped from a file, and the pool's pages come lazily from calloc, so only a pool past
-      all of memory and swap surely fails);
+      all of memory and swap surely fails); on a GPU, a free list past the host's memory
+      and swap (as KVPool's allocation of it words it);
     - gpu_memory_utilization x the GPU's total memory below the weights' bytes (naming
       gpu_memory_utilization, as utilization_pool_tokens does); SGLang's mem_fraction_static
       or LightLLM's mem_fraction leaving no room once the weights load (static_pool_tokens);
@@ -69,12 +72,21 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         free, total, weights = memory_limit(), None, 0  # total: a GPU's share's
     if cfg.kv_tokens is not None:
         need = cfg.kv_tokens * per_token
-        if need + weights > free:
-            where = (f"{byte_size(free)} of {device} is free before loading, and the weights "
-                     f"take at least {byte_size(weights)} of it" if device.type == "cuda"
-                     else f"the machine has {byte_size(free)} of memory and swap")
-            raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device)}; "
-                             f"{where}")
+        host = cfg.kv_tokens * KVPool.HOST_BYTES_PER_TOKEN  # the free list's, on the host
+        if device.type == "cuda":
+            if need + weights > free:
+                raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device)}; "
+                                 f"{byte_size(free)} of {device} is free before loading, "
+                                 f"and the weights take at least {byte_size(weights)} of it")
+            if host > (limit := memory_limit()):  # the text KVPool's allocation raises
+                misfit = pool_misfit(cfg.kv_tokens, host, torch.device("cpu"),
+                                     part="its free list")
+                raise ValueError(f"{misfit}; the machine has {byte_size(limit)} of memory "
+                                 "and swap")
+        elif need + host > free:
+            raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device)}; the machine has "
+                             f"{byte_size(free)} of memory and swap, and the pool's free "
+                             f"list takes {byte_size(host)} of it")
         return  # EngineConfig holds it to max_model_len
     if device.type == "cpu":  # its size is known exactly: no memory is measured
         context = min([x for x in (config.max_position, cfg.max_model_len) if x])
@@ -129,6 +141,17 @@ def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_toke
             f"({byte_size(cfg.max_model_len * per_token)}): lower max_model_len "
             f"(--max-model-len) to at most {kv_tokens} (or leave it out: the longest that "
             f"fits), or {more}")
+
+
+def pool_sizer(cfg: EngineConfig, device: torch.device, kv_tokens: int) -> str | None:
+    """The option that sized a pool of kv_tokens (kv_pool.pool_tokens' size, or under
+    tensor parallelism the least any rank holds), for KVPool's errors to name: SGLang's
+    max_total_tokens where the pool holds that bound (it was the smaller of it and what the
+    memory gives); else on a GPU with no kv_tokens given, the memory share (memory_share);
+    None where kv_tokens itself did (given, or on the CPU its default sizing)."""
+    if cfg.max_total_tokens is not None and kv_tokens == cfg.max_total_tokens:
+        return "max_total_tokens"
+    return memory_share(cfg) if device.type == "cuda" and cfg.kv_tokens is None else None
 
 
 def memory_share(cfg: EngineConfig) -> str:

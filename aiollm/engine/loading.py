@@ -20,7 +20,7 @@ import torch
 
 from aiollm.byte_size import byte_size
 from aiollm.config import KV_MEMORY_FRACTION, EngineConfig, check_kv_cache_dtype
-from aiollm.engine.kv_plan import check_kv_plan, memory_share, pool_short
+from aiollm.engine.kv_plan import check_kv_plan, memory_share, pool_short, pool_sizer
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.token_floor import floor_of
 from aiollm.engine.warm_up import warm_up
@@ -96,10 +96,8 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
         free_bound = device.type == "cuda" and most // per_token < cfg.max_model_len
         raise ValueError(pool_short(cfg, device, kv_tokens, per_token, free_bound=free_bound))
     max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
-    # a GPU's pool not given in tokens is sized by a share of its memory (pool_tokens)
-    sized_by = memory_share(cfg) if device.type == "cuda" and cfg.kv_tokens is None else None
     kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device,
-                     sized_by=sized_by)
+                     sized_by=pool_sizer(cfg, device, kv_tokens))
     # the planner never runs more requests than there are req_to_token rows
     rows = min(cfg.max_running_requests, cfg.table_capacity)
     r2t = ReqToTokenTable(rows, max_len, device)

@@ -17,18 +17,23 @@ import numpy as np
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import KV_MEMORY_FRACTION, MEMORY_SHARES
+from aiollm.config import KV_MEMORY_FRACTION, MAX_KV_TOKENS, MEMORY_SHARES
 
 log = logging.getLogger(__name__)
 
 
 def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
     """KV pool size in tokens for this process: what `_sized_tokens` gives, at most
+    MAX_KV_TOKENS (slot ids are int32: req_to_token, the kernels' indices) and
     cfg.max_total_tokens (SGLang's --max-total-tokens, an upper bound: its pool is the
     smaller of it and what its memory fraction leaves, as ModelRunner.init_memory_pool
     takes them; a warning where the bound is the larger). The Engine and each
     tensor-parallel follower size theirs so. Arguments and errors as `_sized_tokens`'s."""
     tokens = _sized_tokens(cfg, device, bytes_per_token, max_position)
+    if tokens > MAX_KV_TOKENS:  # a share of a large GPU, for a model of few bytes a token
+        log.info("the KV pool holds %d tokens, the most its int32 slot ids address (the "
+                 "memory gives %d)", MAX_KV_TOKENS, tokens)
+        tokens = MAX_KV_TOKENS
     cap = cfg.max_total_tokens
     if cap is None or cap <= tokens:
         return tokens if cap is None else cap
@@ -146,11 +151,14 @@ def pool_misfit(num_tokens: int, need: int, device: torch.device, share: str | N
     """The error of a pool of num_tokens slots (`need` bytes; of its `part` where named, such
     as the free list in host memory) that `device` cannot hold, and what to lower:
     kv_tokens, and the memory share that sized it where one did (`share`: an option of
-    MEMORY_SHARES, named "name (--flag)", the form serve rewrites as the user typed it)."""
-    also = "" if share is None else f" or {named(share)}"
+    MEMORY_SHARES, named "name (--flag)", the form serve rewrites as the user typed it); or
+    where `share` is max_total_tokens, the bound that sized it, alone (the pool is the
+    smaller of it and a share's tokens, so no share lowered above it helps)."""
     size = f"{part}: {byte_size(need)}" if part else byte_size(need)
+    lower = (named(share) if share == "max_total_tokens"
+             else "kv_tokens (--kv-tokens)" + ("" if share is None else f" or {named(share)}"))
     return (f"a KV pool of {num_tokens} tokens ({size}) does not fit in the memory of "
-            f"{device}: lower kv_tokens (--kv-tokens){also}")
+            f"{device}: lower {lower}")
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -166,8 +174,15 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 class KVPool:
     """K and V of every layer for num_tokens token slots (plus one scratch slot), and the
     free list of those slots. Raises ValueError naming kv_tokens, and `sized_by` (the
-    memory share, an option of MEMORY_SHARES, that sized num_tokens; None: none did), when
-    the pool does not fit in the device's memory."""
+    memory share, an option of MEMORY_SHARES, that sized num_tokens; None: none did), or
+    only max_total_tokens where `sized_by` is that bound (pool_misfit), when the pool does
+    not fit in the device's memory."""
+
+    # host memory a slot takes whatever the device: its id in the free stack (int64) and its
+    # in-use flag (one byte); int64 as alloc hands slots out. int32 would fit every id
+    # (MAX_KV_TOKENS) but save only 4 bytes a token, beside K and V of 22.5 KiB a token
+    # (SmolLM2-135M in bfloat16) to 128 KiB (Llama-3-8B)
+    HOST_BYTES_PER_TOKEN = np.dtype(np.int64).itemsize + np.dtype(np.bool_).itemsize
 
     def __init__(
         self,
@@ -198,7 +213,7 @@ class KVPool:
             self._stack = np.arange(num_tokens - 1, -1, -1, dtype=np.int64)
             self._in_use = np.zeros(num_tokens, dtype=bool)
         except (MemoryError, ValueError) as e:  # ValueError: past numpy's largest array
-            host = num_tokens * (np.dtype(np.int64).itemsize + np.dtype(bool).itemsize)
+            host = num_tokens * self.HOST_BYTES_PER_TOKEN
             raise ValueError(pool_misfit(num_tokens, host, torch.device("cpu"),
                                          part="its free list")) from e
         self._n_free = num_tokens

@@ -1,0 +1,42 @@
+"""The no-effect flags that take a value (vLLM's, SGLang's and LightLLM's NO_EFFECT_VALUES):
+a value of the wrong type, or not one of the engine's choices, is a usage error naming the
+flag as typed, as in the flag's own engine; a good value is taken. Parse-only."""
+
+from __future__ import annotations
+
+import pytest
+from cli_lines import refusal
+
+from aiollm import vllm_flags
+from aiollm.cli import build_parser, lightllm_flags, sglang_flags
+
+IGNORED = [*vllm_flags.NO_EFFECT_VALUES, *sglang_flags.NO_EFFECT_VALUES,
+           *lightllm_flags.NO_EFFECT_VALUES]
+# names whose engine takes any text (backends' lists grow with each release; --eplb-config
+# is its own JSON check): every other flag must say its type
+ANY_TEXT = {"--attention-backend", "--sampling-backend", "--all2all-backend", "--eplb-config"}
+GOOD = {int: "6", float: "0.5", vllm_flags.optional_int: "None"}
+
+
+def test_every_flag_of_a_value_says_its_type_unless_its_engine_takes_any_text():
+    untyped = {i.names[0] for i in IGNORED if i.kind is str and i.choices is None}
+    assert untyped == ANY_TEXT
+
+
+@pytest.mark.parametrize("ignored", [i for i in IGNORED if i.names[0] not in ANY_TEXT],
+                         ids=lambda i: i.names[0])
+def test_a_bad_value_is_a_usage_error_naming_the_flag_as_typed(ignored, capsys):
+    flag = ignored.names[0]
+    said = refusal(f"{flag} abc", capsys)
+    kind = "choice" if ignored.choices else f"{ignored.kind.__name__.split('_')[-1]} value"
+    assert f"argument {flag}: invalid {kind}: 'abc'" in said, said
+    typed = "--" + flag[2:].replace("-", "_")  # LightLLM's spelling, as vLLM's parser reads
+    assert f"argument {typed}: invalid" in refusal(f"{typed} abc", capsys)
+
+
+@pytest.mark.parametrize("ignored", IGNORED, ids=lambda i: i.names[0])
+def test_a_good_value_is_taken_and_noted_as_typed(ignored):
+    value = (ignored.choices[0] if ignored.choices
+             else "{}" if ignored.names[0] == "--eplb-config" else GOOD.get(ignored.kind, "x"))
+    args = build_parser().parse_args(["serve", "M", ignored.names[0], value])
+    assert args.no_effect == [(f"{ignored.names[0]} {value}", ignored.why)]
