@@ -7,11 +7,11 @@ request OpenAI answers with a 400 naming the field gets that 400 here too, rathe
 answer to a request that no server of this API takes ("verbosity": "loud").
 
 prompt_cache_options is a Struct of OpenAI's keys (chat's two; /v1/responses' four, with
-comparison_response_id and prewarm), so that another key in it is named in
-the unknown-field line of the log (unknown_fields.py), as an unknown top-level field is, and
-left out of the Response that echoes the options. OpenAI answers an unknown key at any depth
-with a 400 (unknown_parameter); this server refuses none at the top level (vLLM's way), and
-a key inside this object is held to the same rule.
+comparison_response_id and prewarm, whose true asks for no output and is refused), so that
+another key in it is named in the unknown-field line of the log (unknown_fields.py), as an
+unknown top-level field is, and left out of the Response that echoes the options. OpenAI
+answers an unknown key at any depth with a 400 (unknown_parameter); this server refuses none
+at the top level (vLLM's way), and a key inside this object is held to the same rule.
 
 Every chat answer and Response reports the tier that served it (SERVED_TIER), as OpenAI
 does, not the service_tier the request asked for.
