@@ -5,8 +5,11 @@ and saying that no chat completion is kept here, not a bare "no such route"."""
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
+from live_server import http
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,8 @@ def test_the_list_of_stored_chat_completions_is_empty(client):
     ({"metadata": "k"}, "metadata"),
     ({f"metadata[k{i}]": "v" for i in range(17)}, "metadata"),
     ({"metadata[k]": "v" * 513}, "metadata.k"),
-], ids=["limit-word", "limit-decimal", "limit-not-ascii", "order", "metadata-flat", "metadata-17-pairs",
-        "metadata-long-value"])
+], ids=["limit-word", "limit-decimal", "limit-not-ascii", "order", "metadata-flat",
+        "metadata-17-pairs", "metadata-long-value"])
 def test_a_bad_list_query_is_refused_naming_it(client, query, param):
     """What OpenAI's API refuses in the list's query (listChatCompletions' types: limit an
     integer, order asc or desc, metadata key-value pairs within Metadata's bounds) is a 400
@@ -68,3 +71,29 @@ def test_a_bad_list_query_is_refused_naming_it(client, query, param):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.list(extra_query=query)
     assert caught.value.body["param"] == param, caught.value.body
+
+
+@pytest.mark.parametrize("query, param", [
+    ("limit=5&limit=ten", "limit"),
+    ("limit=ten&limit=5", "limit"),
+    ("order=asc&order=newest", "order"),
+], ids=["limit-second", "limit-first", "order-second"])
+def test_each_value_of_a_repeated_list_parameter_is_checked(server, query, param):
+    """A parameter sent twice was checked by its first value alone: limit=5&limit=ten
+    answered an empty page, where a server that reads the last value (Python's web
+    frameworks do, as the last of a JSON body's repeated keys wins here) refuses it. Every
+    value is checked, as a repeated metadata key is refused."""
+    status, _, raw = http(server, "GET", f"/v1/chat/completions?{query}")
+    assert status == 400 and json.loads(raw)["error"]["param"] == param, raw
+
+
+def test_a_parameter_that_only_begins_with_metadata_is_ignored(server):
+    """metadatax=1 or metadata_filter=k was refused as a malformed `metadata`, where the
+    list's rule is that a query parameter OpenAI does not name is ignored: only `metadata`
+    itself and its metadata[key] pairs are the filter."""
+    for query in ("metadatax=1", "metadata_filter=k", "metadata.k=v"):
+        status, _, raw = http(server, "GET", f"/v1/chat/completions?{query}")
+        assert status == 200 and json.loads(raw)["data"] == [], (query, raw)
+    for query in ("metadata=k", "metadata[a][b]=v", "metadata[a]x=v"):  # still refused
+        status, _, raw = http(server, "GET", f"/v1/chat/completions?{query}")
+        assert status == 400 and json.loads(raw)["error"]["param"] == "metadata", (query, raw)

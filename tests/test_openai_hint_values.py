@@ -6,6 +6,7 @@ on /v1/responses; each value OpenAI takes is taken."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from live_server import http, sse_events
@@ -111,3 +112,35 @@ def test_the_tier_reported_is_the_one_that_served(server, tier):
               if line.startswith("data: ")]
     told = [e["response"] for e in events if "response" in e]
     assert told and {r["service_tier"] for r in told} == {"default"}, raw[:300]
+
+
+def test_responses_prompt_cache_options_has_openais_four_keys(server, caplog):
+    """/v1/responses' prompt_cache_options has four keys in openai 3.x
+    (response_create_params.PromptCacheOptions: comparison_response_id, mode, prewarm,
+    ttl), chat's two: the Struct of chat's two named comparison_response_id and prewarm
+    unknown in the log and dropped them from the Response, whose own PromptCacheOptions
+    carries comparison_response_id back. They are taken, typed, and echoed as sent."""
+    options = {"mode": "implicit", "ttl": "12h", "comparison_response_id": "resp_0",
+               "prewarm": False}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aiollm.api"):
+        status, _, raw = http(server, "POST", "/v1/responses", json={
+            **RESPONSES, "prompt_cache_options": options})
+    assert status == 200 and json.loads(raw)["prompt_cache_options"] == options, raw[:300]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiollm.api")
+            and r.levelno == logging.WARNING] == []
+    for value, param in ((5, "comparison_response_id"), ("yes", "prewarm")):
+        error = _error(server, "/v1/responses", {
+            **RESPONSES, "prompt_cache_options": {param: value}})
+        assert error["param"] == f"prompt_cache_options.{param}", error
+
+
+def test_prewarm_true_is_refused(server):
+    """prewarm true asks OpenAI to fill its prompt cache and generate nothing ("Prepares
+    the prompt cache without generating output"): answered with generated output it was
+    another request than the one sent. It is a 400 naming it, as a field that would change
+    the output and is not served; prewarm false (OpenAI's default) is taken."""
+    error = _error(server, "/v1/responses", {**RESPONSES, "prompt_cache_options": {
+        "prewarm": True}})
+    assert error["param"] == "prompt_cache_options.prewarm", error
+    assert "prewarm" in error["message"], error

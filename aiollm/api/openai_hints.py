@@ -6,11 +6,12 @@ ChatCompletionPredictionContentParam, safety_identifier's length), so that a
 request OpenAI answers with a 400 naming the field gets that 400 here too, rather than an
 answer to a request that no server of this API takes ("verbosity": "loud").
 
-prompt_cache_options is a Struct of OpenAI's two keys, so that another key in it is named in
-the unknown-field line of the log (unknown_fields.py), as an unknown top-level field is, and
-left out of the Response that echoes the options. OpenAI answers an unknown key at any depth
-with a 400 (unknown_parameter); this server refuses none at the top level (vLLM's way), and
-a key inside this object is held to the same rule.
+prompt_cache_options is a Struct of OpenAI's keys (chat's two; /v1/responses' four, with
+comparison_response_id and prewarm, whose true asks for no output and is refused), so that
+another key in it is named in the unknown-field line of the log (unknown_fields.py), as an
+unknown top-level field is, and left out of the Response that echoes the options. OpenAI
+answers an unknown key at any depth with a 400 (unknown_parameter); this server refuses none
+at the top level (vLLM's way), and a key inside this object is held to the same rule.
 
 Every chat answer and Response reports the tier that served it (SERVED_TIER), as OpenAI
 does, not the service_tier the request asked for.
@@ -45,13 +46,25 @@ SERVED_TIER = "default"
 
 
 class PromptCacheOptions(Struct, kw_only=True, omit_defaults=True):
-    """OpenAI's prompt_cache_options (the SDK's PromptCacheOptions): `mode` (one of
+    """Chat's prompt_cache_options (openai 3.x's PromptCacheOptions): `mode` (one of
     PROMPT_CACHE_MODES) and `ttl` (a string: "30m" is its only value today), each checked
     by check_prompt_cache. Encoded with the keys the request sent (omit_defaults), as the
     Response echoes it; a key sent as null is left out too."""
 
     mode: str | None = None
     ttl: str | None = None
+
+
+class ResponsePromptCacheOptions(PromptCacheOptions, kw_only=True, omit_defaults=True):
+    """/v1/responses' prompt_cache_options (openai 3.x's response_create_params
+    .PromptCacheOptions): chat's mode and ttl, and `comparison_response_id` (a response
+    whose cache reuse OpenAI's diagnostics compare: echoed, as OpenAI's Response carries
+    it back, and otherwise unused) and `prewarm` (fill the prompt cache and generate no
+    output: true is refused by check_prompt_cache, as the output would not be the one
+    asked for)."""
+
+    comparison_response_id: str | None = None
+    prewarm: bool | None = None
 
 
 def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
@@ -65,10 +78,18 @@ def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
 def check_prompt_cache(retention: str | None, options: PromptCacheOptions | None) -> None:
     """prompt_cache_retention and prompt_cache_options.mode, each one of OpenAI's values
     (ttl, a string, was typed as the body was decoded: its list grows); InvalidRequest
-    naming the first that is not."""
+    naming the first that is not, or naming prompt_cache_options.prewarm where it is true
+    (/v1/responses': OpenAI then generates nothing, and this server serves no such
+    request)."""
     check_choice(retention, PROMPT_CACHE_RETENTIONS, "prompt_cache_retention")
     if options is not None:
         check_choice(options.mode, PROMPT_CACHE_MODES, "prompt_cache_options.mode")
+    if isinstance(options, ResponsePromptCacheOptions) and options.prewarm:
+        raise InvalidRequest("prompt_cache_options.prewarm true (fill the prompt cache and "
+                             "generate no output) is not served: every request here is "
+                             "answered with output (the prefix cache keeps each prompt it "
+                             "serves); send false or leave it out",
+                             param="prompt_cache_options.prewarm")
 
 
 def check_safety_identifier(value: str | None) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence, Union
 from msgspec import Struct
 
 from aiollm.api.chat_request import MODERATION_REFUSED, ChatCompletionRequest, ChatMessage
-from aiollm.api.openai_hints import (VERBOSITIES, PromptCacheOptions, check_choice,
+from aiollm.api.openai_hints import (VERBOSITIES, ResponsePromptCacheOptions, check_choice,
                                      check_prompt_cache, check_safety_identifier)
 from aiollm.api.protocol import Stop, TopK, refuse_unserved
 from aiollm.api.response_input import input_messages
@@ -68,7 +68,7 @@ class ResponsesRequest(Struct, kw_only=True):
     max_tool_calls: int | None = None
     # echoed in the Response as given (OpenAI's Response carries them), else unused
     prompt_cache_key: str | None = None
-    prompt_cache_options: PromptCacheOptions | None = None
+    prompt_cache_options: ResponsePromptCacheOptions | None = None
     prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     previous_response_id: str | None = None  # a kept response's id (response_store.py)

@@ -32,17 +32,19 @@ async def list_chat_completions(request: web.Request) -> web.Response:
     has_more: false}, whatever its filters and cursor. InvalidRequest (400) naming the
     query parameter whose value OpenAI's API would refuse: limit not an integer (in ASCII
     digits; OpenAI's document gives it no range, and no count changes an empty page), order
-    neither asc nor desc, metadata not key-value pairs within OpenAI's bounds (metadata.py).
-    Query parameters OpenAI does not name are ignored, as its list routes ignore them."""
+    neither asc nor desc (each value of one sent twice), metadata not key-value pairs within
+    OpenAI's bounds (metadata.py). Query parameters OpenAI does not name are ignored, as its
+    list routes ignore them (metadatax, metadata.k: only metadata and metadata[key] are its)."""
     query = request.query
-    limit = query.get("limit")
-    if limit is not None and not re.fullmatch(r"-?[0-9]+", limit):
-        raise InvalidRequest(f"limit: expected an integer, got {shown_json(limit)}",
-                             param="limit")
-    order = query.get("order")
-    if order is not None and order not in ORDERS:
-        raise InvalidRequest(f'order must be "asc" or "desc", got {shown_json(order)}',
-                             param="order")
+    # each value of a parameter sent twice: a server may read the first or the last
+    for limit in query.getall("limit", ()):
+        if not re.fullmatch(r"-?[0-9]+", limit):
+            raise InvalidRequest(f"limit: expected an integer, got {shown_json(limit)}",
+                                 param="limit")
+    for order in query.getall("order", ()):
+        if order not in ORDERS:
+            raise InvalidRequest(f'order must be "asc" or "desc", got {shown_json(order)}',
+                                 param="order")
     check_metadata(_metadata(query))
     return json_response({"object": "list", "data": [], "first_id": None, "last_id": None,
                           "has_more": False})
@@ -56,7 +58,8 @@ def _metadata(query: MultiMapping[str]) -> dict[str, object] | None:
     metadata[a][b]=x)."""
     pairs: dict[str, object] = {}
     for name in dict.fromkeys(query):  # each name once, in the query's order
-        if not name.startswith("metadata"):
+        # metadata itself or metadata[...]; another name (metadatax) is not OpenAI's
+        if name != "metadata" and not name.startswith("metadata["):
             continue
         found = _METADATA_KEY.fullmatch(name)
         if found is None:
