@@ -153,10 +153,15 @@ def pool_misfit(num_tokens: int, need: int, device: torch.device, share: str | N
     kv_tokens, and the memory share that sized it where one did (`share`: an option of
     MEMORY_SHARES, named "name (--flag)", the form serve rewrites as the user typed it); or
     where `share` is max_total_tokens, the bound that sized it, alone (the pool is the
-    smaller of it and a share's tokens, so no share lowered above it helps)."""
+    smaller of it and a share's tokens, so no share lowered above it helps); or where it is
+    cpu_kv_tokens, the CPU pool's size given, alone, by that name (no flag sets it)."""
     size = f"{part}: {byte_size(need)}" if part else byte_size(need)
-    lower = (named(share) if share == "max_total_tokens"
-             else "kv_tokens (--kv-tokens)" + ("" if share is None else f" or {named(share)}"))
+    if share == "max_total_tokens":
+        lower = named(share)
+    elif share == "cpu_kv_tokens":  # EngineConfig's (LLM's keyword): serve has no flag of it
+        lower = share
+    else:
+        lower = "kv_tokens (--kv-tokens)" + ("" if share is None else f" or {named(share)}")
     return (f"a KV pool of {num_tokens} tokens ({size}) does not fit in the memory of "
             f"{device}: lower {lower}")
 
@@ -175,8 +180,8 @@ class KVPool:
     """K and V of every layer for num_tokens token slots (plus one scratch slot), and the
     free list of those slots. Raises ValueError naming kv_tokens, and `sized_by` (the
     memory share, an option of MEMORY_SHARES, that sized num_tokens; None: none did), or
-    only max_total_tokens where `sized_by` is that bound (pool_misfit), when the pool does
-    not fit in the device's memory."""
+    only max_total_tokens or cpu_kv_tokens where `sized_by` is that option (pool_misfit),
+    when the pool does not fit in the device's memory."""
 
     # host memory a slot takes whatever the device: its id in the free stack (int64) and its
     # in-use flag (one byte); int64 as alloc hands slots out. int32 would fit every id

@@ -1,0 +1,75 @@
+"""A CPU pool sized by cpu_kv_tokens (EngineConfig's, LLM(...)'s keyword; no serve flag): the
+KV plan holds it to the machine's memory before the weights load, as it holds kv_tokens, and
+the errors name cpu_kv_tokens, the option that sized it, not kv_tokens, which was not
+given."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aiollm.config import MAX_KV_TOKENS, EngineConfig
+from aiollm.model.kv_pool import KVPool
+
+PER_TOKEN = 128  # `tiny`'s K and V in float32: one layer, 2 KV heads of 8
+HOST = KVPool.HOST_BYTES_PER_TOKEN  # its free list's
+
+
+@pytest.fixture
+def cpu_plan(tiny, monkeypatch):
+    """check_kv_plan of `tiny` on the CPU in float32 under EngineConfig(**options), with
+    the machine's memory and swap set to `limit` bytes."""
+    from aiollm.engine import kv_plan
+    from aiollm.model.hf_config import load_hf_config
+
+    config = load_hf_config(tiny)
+
+    def check(limit: int, **options) -> None:
+        monkeypatch.setattr(kv_plan, "memory_limit", lambda: limit)
+        kv_plan.check_kv_plan(EngineConfig(model=tiny, **options), config,
+                              torch.device("cpu"), torch.float32)
+    return check
+
+
+def test_a_cpu_kv_tokens_past_the_memory_is_refused_naming_it(cpu_plan):
+    """cpu_kv_tokens passed the plan whatever its size (kv_tokens' memory check skipped
+    it): KVPool's allocation failed after the weights loaded, or calloc's lazy pages
+    passed it and the free list's arange filled the machine's memory."""
+    cpu_plan((PER_TOKEN + HOST) * 1000, cpu_kv_tokens=1000)  # exactly fits
+    with pytest.raises(ValueError) as e:
+        cpu_plan((PER_TOKEN + HOST) * 1000 - 1, cpu_kv_tokens=1000)
+    assert str(e.value) == ("a KV pool of 1000 tokens (125.00 KiB) does not fit in the memory "
+                            "of cpu: lower cpu_kv_tokens; the machine has 133.79 KiB of memory "
+                            "and swap, and the pool's free list takes 8.79 KiB of it"), e.value
+
+
+def test_max_total_tokens_below_cpu_kv_tokens_is_the_pool_the_plan_holds(cpu_plan):
+    """SGLang's max_total_tokens bounds the pool (kv_pool.pool_tokens): a cpu_kv_tokens
+    past the memory under a bound that fits still starts; a bound past it is what to lower."""
+    cpu_plan((PER_TOKEN + HOST) * 1000, cpu_kv_tokens=MAX_KV_TOKENS, max_total_tokens=1000)
+    with pytest.raises(ValueError) as e:
+        cpu_plan((PER_TOKEN + HOST) * 1000, cpu_kv_tokens=MAX_KV_TOKENS, max_total_tokens=1001)
+    assert "lower max_total_tokens (--max-total-tokens); the machine" in str(e.value), e.value
+    # kv_tokens, given, sizes the pool whatever cpu_kv_tokens says (as before)
+    cpu_plan((PER_TOKEN + HOST) * 1000, cpu_kv_tokens=MAX_KV_TOKENS, kv_tokens=1000)
+
+
+@pytest.mark.parametrize("options, tokens, sizer", [
+    ({"cpu_kv_tokens": 1000}, 1000, "cpu_kv_tokens"),
+    ({"cpu_kv_tokens": 1000, "max_total_tokens": 900}, 900, "max_total_tokens"),
+    ({"cpu_kv_tokens": 1000, "kv_tokens": 800}, 800, None),
+])
+def test_the_cpu_pool_names_cpu_kv_tokens_where_it_sized_it(options, tokens, sizer):
+    """pool_sizer, what KVPool's error names: a CPU pool of cpu_kv_tokens that failed to
+    allocate said "lower kv_tokens (--kv-tokens)", an option not given; the keyword has no
+    flag, so none is named in brackets."""
+    from aiollm.engine.kv_plan import pool_sizer
+
+    assert pool_sizer(EngineConfig(**options), torch.device("cpu"), tokens) == sizer
+
+
+def test_a_cpu_kv_tokens_pool_that_fails_to_allocate_names_it():
+    """2**48 slots, past any address space: KVPool's own error, sized by cpu_kv_tokens."""
+    with pytest.raises(ValueError) as e:
+        KVPool(1, 1, 1, 2**48, torch.float32, "cpu", sized_by="cpu_kv_tokens")
+    assert str(e.value).endswith("memory of cpu: lower cpu_kv_tokens"), e.value
