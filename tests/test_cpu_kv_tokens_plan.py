@@ -73,3 +73,27 @@ def test_a_cpu_kv_tokens_pool_that_fails_to_allocate_names_it():
     with pytest.raises(ValueError) as e:
         KVPool(1, 1, 1, 2**48, torch.float32, "cpu", sized_by="cpu_kv_tokens")
     assert str(e.value).endswith("memory of cpu: lower cpu_kv_tokens"), e.value
+
+
+def test_an_engine_start_refuses_it_before_the_weights_load(tiny, monkeypatch):
+    """The Engine's start (LLM's too) on the CPU: the most cpu_kv_tokens EngineConfig
+    takes (256 GiB of `tiny`'s K and V) stops before any weight is read."""
+    import asyncio
+
+    import aiollm.model
+    from aiollm import Engine
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were read before the KV plan was checked")
+
+    monkeypatch.setattr(aiollm.model, "load_model", no_load)
+
+    async def start():
+        async with Engine(tiny, load_format="dummy", device="cpu", cpu_kv_tokens=MAX_KV_TOKENS):
+            pass
+
+    with pytest.raises(ValueError) as e:
+        asyncio.run(start())
+    assert str(e.value).startswith(f"a KV pool of {MAX_KV_TOKENS} tokens (256.00 GiB) does "
+                                   "not fit in the memory of cpu: lower cpu_kv_tokens; the "
+                                   "machine has "), e.value
