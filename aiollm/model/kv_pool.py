@@ -30,13 +30,15 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     takes them; a warning where the bound is the larger). The Engine and each
     tensor-parallel follower size theirs so. Arguments and errors as `_sized_tokens`'s."""
     tokens = _sized_tokens(cfg, device, bytes_per_token, max_position)
+    cap = cfg.max_total_tokens  # at most MAX_KV_TOKENS (EngineConfig)
+    if cap is not None and cap <= tokens:  # before the cap's line: it would say a size
+        return cap  # the pool never has
     if tokens > MAX_KV_TOKENS:  # a share of a large GPU, for a model of few bytes a token
         log.info("the KV pool holds %d tokens, the most its int32 slot ids address (the "
                  "memory gives %d)", MAX_KV_TOKENS, tokens)
-        tokens = MAX_KV_TOKENS
-    cap = cfg.max_total_tokens
-    if cap is None or cap <= tokens:
-        return tokens if cap is None else cap
+        return MAX_KV_TOKENS
+    if cap is None:
+        return tokens
     share = share_given(cfg)
     sizer = ("the CPU's default" if device.type != "cuda"  # where no share has an effect
              else "the GPU's free memory" if share is None

@@ -1,7 +1,8 @@
-"""A CPU pool sized by cpu_kv_tokens (EngineConfig's, LLM(...)'s keyword; no serve flag): the
-KV plan holds it to the machine's memory before the weights load, as it holds kv_tokens, and
-the errors name cpu_kv_tokens, the option that sized it, not kv_tokens, which was not
-given."""
+"""What sized the KV pool, and what its plan, errors and log lines say of it. A CPU pool sized
+by cpu_kv_tokens (EngineConfig's, LLM(...)'s keyword; no serve flag): the KV plan holds it to
+the machine's memory before the weights load, as it holds kv_tokens, and the errors name
+cpu_kv_tokens, the option that sized it, not kv_tokens, which was not given. A pool sized
+from a GPU's memory past MAX_KV_TOKENS under SGLang's max_total_tokens: the bound sizes it."""
 
 from __future__ import annotations
 
@@ -97,3 +98,20 @@ def test_an_engine_start_refuses_it_before_the_weights_load(tiny, monkeypatch):
     assert str(e.value).startswith(f"a KV pool of {MAX_KV_TOKENS} tokens (256.00 GiB) does "
                                    "not fit in the memory of cpu: lower cpu_kv_tokens; the "
                                    "machine has "), e.value
+
+
+def test_the_int32_cap_is_not_logged_where_max_total_tokens_sizes_the_pool(gpu_memory,
+                                                                           caplog):
+    """pool_tokens capped the memory's tokens at MAX_KV_TOKENS, logging "the KV pool holds
+    2147483646 tokens", before max_total_tokens bounded the pool to 1000: the line said a
+    size the pool never had. A bound under the memory's tokens is the pool, said by no line
+    (the cap's line, where no bound is given: test_gpu_memory_utilization.py)."""
+    import logging
+
+    from aiollm.model.kv_pool import pool_tokens
+
+    gpu_memory(free=80, total=100, reserved=1)  # 16 bytes a token: billions of them
+    cuda = torch.device("cuda")
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        assert pool_tokens(EngineConfig(max_total_tokens=1000), cuda, 16, 8192) == 1000
+    assert "the KV pool holds" not in caplog.text, caplog.text
