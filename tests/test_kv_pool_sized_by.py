@@ -51,6 +51,9 @@ def test_max_total_tokens_below_cpu_kv_tokens_is_the_pool_the_plan_holds(cpu_pla
     with pytest.raises(ValueError) as e:
         cpu_plan((PER_TOKEN + HOST) * 1000, cpu_kv_tokens=MAX_KV_TOKENS, max_total_tokens=1001)
     assert "lower max_total_tokens (--max-total-tokens); the machine" in str(e.value), e.value
+    # the default's size (pages filled as it is used) is not held: a start that ran, runs
+    cpu_plan(1)
+    cpu_plan(1, max_total_tokens=1000)
     # kv_tokens, given, sizes the pool whatever cpu_kv_tokens says (as before)
     cpu_plan((PER_TOKEN + HOST) * 1000, cpu_kv_tokens=MAX_KV_TOKENS, kv_tokens=1000)
 

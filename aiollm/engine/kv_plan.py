@@ -40,8 +40,8 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
       (the text KVPool raises, naming kv_tokens), or on the CPU, with the pool's free list
       (KVPool.HOST_BYTES_PER_TOKEN), more than the machine's
-      physical memory and swap, and so a CPU pool sized otherwise (cpu_kv_tokens, the
-      default; at most max_total_tokens), naming what sized it (_check_cpu_pool;
+      physical memory and swap, and so a CPU pool of cpu_kv_tokens (or of max_total_tokens
+      below it), naming what sized it (_check_cpu_pool;
       `memory_limit`; weights not counted: a cached GGUF's are
       mapped from a file, and the pool's pages come lazily from calloc, so only a pool past
       all of memory and swap surely fails); on a GPU, a free list past the host's memory
@@ -91,8 +91,10 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     if device.type == "cpu":  # its size is known exactly: no memory is measured
         context = min([x for x in (config.max_position, cfg.max_model_len) if x])
         most, exact = cfg.cpu_pool_tokens(context), True
-        # the pool pool_tokens makes: max_total_tokens bounds it (at least max_model_len)
-        _check_cpu_pool(cfg, min(most, cfg.max_total_tokens or most), per_token, free)
+        if cfg.cpu_kv_tokens is not None:  # the default's size, whose pages come as it
+            # fills, is no more than CPU_KV_MAX_TOKENS: a model that ran with it runs on.
+            # The pool pool_tokens makes: max_total_tokens bounds it
+            _check_cpu_pool(cfg, min(most, cfg.max_total_tokens or most), per_token, free)
     else:
         room, exact = free - weights, False
         u = cfg.gpu_memory_utilization
