@@ -57,3 +57,14 @@ def test_an_empty_value_is_shown_in_the_log_as_empty(args, caplog):
         checked_config(parsed.command_parser, parsed)
     said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
     assert said and said[0].startswith(f"{args[0].rstrip('=')} '' has no effect: "), said
+
+
+def test_help_lists_the_choices_of_a_flag_that_has_them(capsys):
+    """--help showed `--expert-placement-strategy STRATEGY`, hiding the two values the flag
+    takes (any other is a usage error): argparse's {linear,round_robin}, as vLLM's --help
+    shows them."""
+    from aiollm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help=expert-placement"])
+    assert "--expert-placement-strategy {linear,round_robin}" in capsys.readouterr().out
