@@ -118,3 +118,19 @@ def test_the_int32_cap_is_not_logged_where_max_total_tokens_sizes_the_pool(gpu_m
     with caplog.at_level(logging.INFO, logger="aiollm"):
         assert pool_tokens(EngineConfig(max_total_tokens=1000), cuda, 16, 8192) == 1000
     assert "the KV pool holds" not in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("sized_by, said", [
+    ("max_total_tokens", "lower max_total_tokens (--max-total-tokens)"),
+    ("cpu_kv_tokens", "lower cpu_kv_tokens"),
+    ("mem_fraction_static",
+     "lower kv_tokens (--kv-tokens) or mem_fraction_static (--mem-fraction-static)"),
+])
+def test_a_free_list_past_the_host_memory_names_what_sized_the_pool(sized_by, said):
+    """The free list's error said "lower kv_tokens (--kv-tokens)" whatever sized the pool:
+    for a pool of --max-total-tokens, advice that is itself a usage error (EngineConfig
+    takes one of the two). K and V on the meta device take no memory: only the free list
+    (2.25 PiB of host memory) fails."""
+    with pytest.raises(ValueError) as e:
+        KVPool(1, 1, 1, 2**48, torch.float32, "meta", sized_by=sized_by)
+    assert str(e.value).endswith(f"does not fit in the memory of cpu: {said}"), e.value

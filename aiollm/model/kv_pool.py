@@ -221,7 +221,7 @@ class KVPool:
             self._in_use = np.zeros(num_tokens, dtype=bool)
         except (MemoryError, ValueError) as e:  # ValueError: past numpy's largest array
             host = num_tokens * self.HOST_BYTES_PER_TOKEN
-            raise ValueError(pool_misfit(num_tokens, host, torch.device("cpu"),
+            raise ValueError(pool_misfit(num_tokens, host, torch.device("cpu"), sized_by,
                                          part="its free list")) from e
         self._n_free = num_tokens
 
