@@ -39,10 +39,9 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
       V (naming the weights, not an option of the pool's, which cannot help);
     - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
       (the text KVPool raises, naming kv_tokens), or on the CPU, with the pool's free list
-      (KVPool.HOST_BYTES_PER_TOKEN), more than the machine's
-      physical memory and swap, and so a CPU pool of cpu_kv_tokens (or of max_total_tokens
-      below it), naming what sized it (_check_cpu_pool;
-      `memory_limit`; weights not counted: a cached GGUF's are
+      (KVPool.HOST_BYTES_PER_TOKEN), more than the machine's physical memory and swap, as
+      a CPU pool of cpu_kv_tokens too (or of max_total_tokens below it), each naming what
+      sized it (_check_cpu_pool; `memory_limit`; weights not counted: a cached GGUF's are
       mapped from a file, and the pool's pages come lazily from calloc, so only a pool past
       all of memory and swap surely fails); on a GPU, a free list past the host's memory
       and swap (as KVPool's allocation of it words it);
@@ -91,9 +90,9 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     if device.type == "cpu":  # its size is known exactly: no memory is measured
         context = min([x for x in (config.max_position, cfg.max_model_len) if x])
         most, exact = cfg.cpu_pool_tokens(context), True
-        if cfg.cpu_kv_tokens is not None:  # the default's size, whose pages come as it
-            # fills, is no more than CPU_KV_MAX_TOKENS: a model that ran with it runs on.
-            # The pool pool_tokens makes: max_total_tokens bounds it
+        if cfg.cpu_kv_tokens is not None:  # a size given, held as kv_tokens is (not the
+            # default, at most CPU_KV_MAX_TOKENS: its pages come as it fills, and a model
+            # that started with it starts); max_total_tokens bounds the pool (pool_tokens)
             _check_cpu_pool(cfg, min(most, cfg.max_total_tokens or most), per_token, free)
     else:
         room, exact = free - weights, False
