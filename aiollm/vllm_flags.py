@@ -223,7 +223,7 @@ NO_EFFECT = {
 class Ignored:
     """A vLLM flag taking a value that changes nothing in aiollm (vLLM uses it only with a
     feature aiollm lacks). names: the flag; why: what aiollm does instead; metavar: its
-    value's name in --help; refuse: given
+    value's name in --help (where there are choices, --help lists them instead); refuse: given
     the value (as typed, or as LLM(...)'s keyword takes it), why it is refused (it asks
     for what aiollm cannot do), or None: taken. kind and choices: the value's type and
     choices as the flag's own engine declares them, so that a value it refuses as a usage
@@ -424,7 +424,9 @@ def add_tables(group: argparse._ArgumentGroup, no_effect: dict[str, str],
     for ignored in no_effect_values:
         group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
                            type=_kept_as_typed(ignored.kind), choices=ignored.choices,
-                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
+                           # argparse lists the choices where there are some, as vLLM's
+                           metavar=None if ignored.choices else ignored.metavar,
+                           help=f"no effect: {ignored.why}")
     for refusal in refused:
         group.add_argument(*refusal.names, action=Refuse, refusal=refusal)
 

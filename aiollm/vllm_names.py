@@ -226,11 +226,14 @@ def _asks_for_ours(value: Any, same: tuple[str, ...]) -> bool:
 def _take_no_effect(keyword: str, value: Any, ignored: vllm_flags.Ignored) -> None:
     """A keyword of no effect given `value`: logged as such (None, vLLM's 'not set',
     silently); raises ValueError naming it and its value where the CLI refuses the value
-    (ignored.refuse), or where it is none of ignored.choices (vLLM's config refuses it)."""
+    (ignored.refuse), or where it is none of ignored.choices, or no string where the flag
+    takes any text (a backend's name: all2all_backend=3), as vLLM's config refuses those."""
     if value is None:
         return
     if ignored.choices is not None and value not in ignored.choices:
         raise ValueError(f"{keyword}={value!r}: must be one of {', '.join(ignored.choices)}")
+    if ignored.kind is str and ignored.refuse is None and not isinstance(value, str):
+        raise ValueError(f"{keyword}={value!r}: must be a string")  # a name, any name
     if ignored.refuse is not None and (why := ignored.refuse(value)):
         raise ValueError(f"{keyword}={value!r}: {_as_keywords(why)}")
     log.info("%s=%r has no effect: %s", keyword, value, _as_keywords(ignored.why))

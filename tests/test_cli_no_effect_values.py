@@ -4,6 +4,8 @@ flag as typed, as in the flag's own engine; a good value is taken. Parse-only.""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from cli_lines import refusal
 
@@ -40,3 +42,29 @@ def test_a_good_value_is_taken_and_noted_as_typed(ignored):
              else "{}" if ignored.names[0] == "--eplb-config" else GOOD.get(ignored.kind, "x"))
     args = build_parser().parse_args(["serve", "M", ignored.names[0], value])
     assert args.no_effect == [(f"{ignored.names[0]} {value}", ignored.why)]
+
+
+
+@pytest.mark.parametrize("args", [["--max-log-len", ""], ["--max_log_len="],
+                                  ["--attention-backend", ""]])
+def test_an_empty_value_is_shown_in_the_log_as_empty(args, caplog):
+    """vLLM's --max-log-len takes "" (None, its 'not set'), SGLang's backends any text: the
+    log line read "--max-log-len has no effect", a flag with no value, as a switch's."""
+    from aiollm.cli.serve_checks import checked_config
+
+    parsed = build_parser().parse_args(["serve", "M", "--device", "cpu", *args])
+    with caplog.at_level(logging.INFO):
+        checked_config(parsed.command_parser, parsed)
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert said and said[0].startswith(f"{args[0].rstrip('=')} '' has no effect: "), said
+
+
+def test_help_lists_the_choices_of_a_flag_that_has_them(capsys):
+    """--help showed `--expert-placement-strategy STRATEGY`, hiding the two values the flag
+    takes (any other is a usage error): argparse's {linear,round_robin}, as vLLM's --help
+    shows them."""
+    from aiollm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help=expert-placement"])
+    assert "--expert-placement-strategy {linear,round_robin}" in capsys.readouterr().out

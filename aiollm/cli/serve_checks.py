@@ -73,9 +73,9 @@ def checked_config(parser: argparse.ArgumentParser,
         parser.error(f"argument --port: must be in [0, 65535], got {args.port}")
     spelt = getattr(parser, "typed_spellings", {})  # flag_spelling.ArgumentParser's
     for flag, why in getattr(args, "no_effect", ()):
-        name, _, value = flag.partition(" ")  # the flag as typed (--nccl_port), its value
-        log.info("%s has no effect: %s", " ".join(filter(None, (spelt.get(name, name), value))),
-                 why)
+        name, takes, value = flag.partition(" ")  # the flag as typed (--nccl_port), its value
+        shown = spelt.get(name, name) + (f" {value or repr(value)}" if takes else "")
+        log.info("%s has no effect: %s", shown, why)  # an empty value as '', not a switch's
     for line in graphs.said if graphs is not None else ():
         log.info("%s", line)
     if mode_said is not None:

@@ -39,8 +39,9 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
       V (naming the weights, not an option of the pool's, which cannot help);
     - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
       (the text KVPool raises, naming kv_tokens), or on the CPU, with the pool's free list
-      (KVPool.HOST_BYTES_PER_TOKEN), more than the machine's
-      physical memory and swap (`memory_limit`; weights not counted: a cached GGUF's are
+      (KVPool.HOST_BYTES_PER_TOKEN), more than the machine's physical memory and swap, as
+      a CPU pool of cpu_kv_tokens too (or of max_total_tokens below it), each naming what
+      sized it (_check_cpu_pool; `memory_limit`; weights not counted: a cached GGUF's are
       mapped from a file, and the pool's pages come lazily from calloc, so only a pool past
       all of memory and swap surely fails); on a GPU, a free list past the host's memory
       and swap (as KVPool's allocation of it words it);
@@ -83,14 +84,16 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
                                      part="its free list")
                 raise ValueError(f"{misfit}; the machine has {byte_size(limit)} of memory "
                                  "and swap")
-        elif need + host > free:
-            raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device)}; the machine has "
-                             f"{byte_size(free)} of memory and swap, and the pool's free "
-                             f"list takes {byte_size(host)} of it")
+        else:
+            _check_cpu_pool(cfg, cfg.kv_tokens, per_token, free)
         return  # EngineConfig holds it to max_model_len
     if device.type == "cpu":  # its size is known exactly: no memory is measured
         context = min([x for x in (config.max_position, cfg.max_model_len) if x])
         most, exact = cfg.cpu_pool_tokens(context), True
+        if cfg.cpu_kv_tokens is not None:  # a size given, held as kv_tokens is (not the
+            # default, at most CPU_KV_MAX_TOKENS: its pages come as it fills, and a model
+            # that started with it starts); max_total_tokens bounds the pool (pool_tokens)
+            _check_cpu_pool(cfg, min(most, cfg.max_total_tokens or most), per_token, free)
     else:
         room, exact = free - weights, False
         u = cfg.gpu_memory_utilization
@@ -120,6 +123,19 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         raise ValueError(pool_short(cfg, device, most, per_token, at_most=not exact))
 
 
+def _check_cpu_pool(cfg: EngineConfig, tokens: int, per_token: int, limit: int) -> None:
+    """Raise ValueError where a CPU pool of `tokens` slots (K and V of per_token bytes
+    each, and the free list's KVPool.HOST_BYTES_PER_TOKEN) is past `limit`, the machine's
+    memory and swap, naming what sized it (pool_sizer: kv_tokens, cpu_kv_tokens, or
+    max_total_tokens; cpu_kv_tokens passed unchecked, and its pool failed after loading)."""
+    need, host = tokens * per_token, tokens * KVPool.HOST_BYTES_PER_TOKEN
+    if need + host > limit:
+        cpu = torch.device("cpu")
+        raise ValueError(f"{pool_misfit(tokens, need, cpu, pool_sizer(cfg, cpu, tokens))}; "
+                         f"the machine has {byte_size(limit)} of memory and swap, and the "
+                         f"pool's free list takes {byte_size(host)} of it")
+
+
 def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_token: int,
                at_most: bool = False, free_bound: bool = False) -> str:
     """The start-up error when a pool of kv_tokens (of per_token bytes each; sized from
@@ -147,11 +163,16 @@ def pool_sizer(cfg: EngineConfig, device: torch.device, kv_tokens: int) -> str |
     """The option that sized a pool of kv_tokens (kv_pool.pool_tokens' size, or under
     tensor parallelism the least any rank holds), for KVPool's errors to name: SGLang's
     max_total_tokens where the pool holds that bound (it was the smaller of it and what the
-    memory gives); else on a GPU with no kv_tokens given, the memory share (memory_share);
-    None where kv_tokens itself did (given, or on the CPU its default sizing)."""
+    memory gives); None where kv_tokens was given; else on a GPU the memory share
+    (memory_share), on the CPU cpu_kv_tokens where given (EngineConfig's keyword, no flag);
+    None for the CPU's default sizing, which kv_tokens replaces."""
     if cfg.max_total_tokens is not None and kv_tokens == cfg.max_total_tokens:
         return "max_total_tokens"
-    return memory_share(cfg) if device.type == "cuda" and cfg.kv_tokens is None else None
+    if cfg.kv_tokens is not None:
+        return None
+    if device.type == "cuda":
+        return memory_share(cfg)
+    return "cpu_kv_tokens" if cfg.cpu_kv_tokens is not None else None
 
 
 def memory_share(cfg: EngineConfig) -> str:

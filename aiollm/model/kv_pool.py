@@ -30,13 +30,15 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     takes them; a warning where the bound is the larger). The Engine and each
     tensor-parallel follower size theirs so. Arguments and errors as `_sized_tokens`'s."""
     tokens = _sized_tokens(cfg, device, bytes_per_token, max_position)
+    cap = cfg.max_total_tokens  # at most MAX_KV_TOKENS (EngineConfig)
+    if cap is not None and cap <= tokens:  # before the cap's line: it would say a size
+        return cap  # the pool never has
     if tokens > MAX_KV_TOKENS:  # a share of a large GPU, for a model of few bytes a token
         log.info("the KV pool holds %d tokens, the most its int32 slot ids address (the "
                  "memory gives %d)", MAX_KV_TOKENS, tokens)
-        tokens = MAX_KV_TOKENS
-    cap = cfg.max_total_tokens
-    if cap is None or cap <= tokens:
-        return tokens if cap is None else cap
+        return MAX_KV_TOKENS
+    if cap is None:
+        return tokens
     share = share_given(cfg)
     sizer = ("the CPU's default" if device.type != "cuda"  # where no share has an effect
              else "the GPU's free memory" if share is None
@@ -153,10 +155,15 @@ def pool_misfit(num_tokens: int, need: int, device: torch.device, share: str | N
     kv_tokens, and the memory share that sized it where one did (`share`: an option of
     MEMORY_SHARES, named "name (--flag)", the form serve rewrites as the user typed it); or
     where `share` is max_total_tokens, the bound that sized it, alone (the pool is the
-    smaller of it and a share's tokens, so no share lowered above it helps)."""
+    smaller of it and a share's tokens, so no share lowered above it helps); or where it is
+    cpu_kv_tokens, the CPU pool's size given, alone, by that name (no flag sets it)."""
     size = f"{part}: {byte_size(need)}" if part else byte_size(need)
-    lower = (named(share) if share == "max_total_tokens"
-             else "kv_tokens (--kv-tokens)" + ("" if share is None else f" or {named(share)}"))
+    if share == "max_total_tokens":
+        lower = named(share)
+    elif share == "cpu_kv_tokens":  # EngineConfig's (LLM's keyword): serve has no flag of it
+        lower = share
+    else:
+        lower = "kv_tokens (--kv-tokens)" + ("" if share is None else f" or {named(share)}")
     return (f"a KV pool of {num_tokens} tokens ({size}) does not fit in the memory of "
             f"{device}: lower {lower}")
 
@@ -175,8 +182,8 @@ class KVPool:
     """K and V of every layer for num_tokens token slots (plus one scratch slot), and the
     free list of those slots. Raises ValueError naming kv_tokens, and `sized_by` (the
     memory share, an option of MEMORY_SHARES, that sized num_tokens; None: none did), or
-    only max_total_tokens where `sized_by` is that bound (pool_misfit), when the pool does
-    not fit in the device's memory."""
+    only max_total_tokens or cpu_kv_tokens where `sized_by` is that option (pool_misfit),
+    when the pool does not fit in the device's memory."""
 
     # host memory a slot takes whatever the device: its id in the free stack (int64) and its
     # in-use flag (one byte); int64 as alloc hands slots out. int32 would fit every id
@@ -214,7 +221,7 @@ class KVPool:
             self._in_use = np.zeros(num_tokens, dtype=bool)
         except (MemoryError, ValueError) as e:  # ValueError: past numpy's largest array
             host = num_tokens * self.HOST_BYTES_PER_TOKEN
-            raise ValueError(pool_misfit(num_tokens, host, torch.device("cpu"),
+            raise ValueError(pool_misfit(num_tokens, host, torch.device("cpu"), sized_by,
                                          part="its free list")) from e
         self._n_free = num_tokens
 
