@@ -190,7 +190,17 @@ def thinker(request, tmp_path_factory):
 def gpu_memory(monkeypatch):
     """Patch torch.cuda's memory queries (no GPU here), for the KV pool's sizing
     arithmetic (aiollm/model/kv_pool.py, aiollm/engine/kv_plan.py): set(free=, total=,
-    reserved=) in GiB, or in bytes with unit=1."""
+    reserved=) in GiB, or in bytes with unit=1.
+
+    The objects that exist as the test starts are frozen (gc.freeze) until it ends: the
+    gc.collect() before each measurement of the memory then walks the test's own objects
+    only (the garbage it makes, such as a cycle whose collection frees memory, is collected
+    as before), not the whole heap of a test process with torch and transformers loaded:
+    ~0.3 s a call, dozens of calls in a file. Where a live server of this process had
+    frozen the heap first (api/server.py), nothing more is frozen: gc.unfreeze() would thaw
+    its objects too, and what the test left frozen would stay uncollected until it stops."""
+    import gc
+
     import torch
 
     state = {}
@@ -202,7 +212,14 @@ def gpu_memory(monkeypatch):
     def set_(free: float, total: float, reserved: float = 0, unit: int = 2**30) -> None:
         state.update({name: int(size * unit) for name, size in
                       (("free", free), ("total", total), ("reserved", reserved))})
-    return set_
+    if gc.get_freeze_count():  # a live server of this process froze its heap at its start
+        yield set_
+        return
+    gc.freeze()
+    try:
+        yield set_
+    finally:
+        gc.unfreeze()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from aiollm.engine import Engine
 
 MAX_MODEL_LEN = 512  # small, so that "prompt too long" is cheap to provoke
 KV_TOKENS = 8192
+_SERVING: set = set()  # the LiveServers of this process started and not yet closed
 
 
 class LiveServer:
@@ -47,6 +48,7 @@ class LiveServer:
         assert self.started.wait(timeout), "the server did not start"
         if self.error is not None:
             raise self.error
+        _SERVING.add(self)
         return self
 
     def _run(self) -> None:
@@ -106,6 +108,14 @@ class LiveServer:
             self.begin_shutdown()
         self.thread.join(60)
         assert not self.thread.is_alive(), "the server did not shut down"
+        _SERVING.discard(self)
+        if _SERVING and not gc.get_freeze_count():
+            # Its stop thawed every frozen object (api/server.py), those another server of
+            # this process still serving froze at its start: freeze them again, as that
+            # server keeps them. Else each garbage collection of the tests' process walks
+            # its whole heap again (~0.1-0.5 s each, many in a module) until a server starts.
+            gc.collect()
+            gc.freeze()
         assert self.error is None, self.error
 
 

@@ -72,19 +72,52 @@ async def _generate(model: str | None, tp: int, prompts: list = PROMPTS, **optio
     """Greedy and seeded-sampled token ids of `prompts`, and the pids of the spawned ranks."""
     async with Engine(model, device="cpu", tensor_parallel_size=tp, kv_tokens=1024,
                       max_model_len=256, **options) as engine:
-        greedy = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
-        sampled = SamplingParams(max_tokens=6, temperature=1.0, seed=7, ignore_eos=True)
-        outs = await asyncio.gather(*(engine.generate(p, greedy) for p in prompts),
-                                    engine.generate(prompts[0], sampled))
+        ids = await _generated(engine, prompts)
         procs = list(engine.ranks.procs.values()) if engine.ranks else []
-    return [o.token_ids for o in outs], procs
+    return ids, procs
 
 
-def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model, tmp_path, monkeypatch):
+async def _generated(engine: Engine, prompts: list) -> list:
+    """_generate's token ids of `prompts` from the started `engine`."""
+    greedy = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    sampled = SamplingParams(max_tokens=6, temperature=1.0, seed=7, ignore_eos=True)
+    outs = await asyncio.gather(*(engine.generate(p, greedy) for p in prompts),
+                                engine.generate(prompts[0], sampled))
+    return [o.token_ids for o in outs]
+
+
+@pytest.fixture(scope="module")
+def tiny_tp2(tiny_model, tmp_path_factory) -> dict:
+    """What one -tp 2 engine on tiny_model (kv_tokens 1024, max_model_len 256, the prefix
+    cache on: _generate's engine and _prefix_outputs' with the cache) answered, for the two
+    tests that compare it with one rank: _generate's batch ("two"), then _prefix_outputs'
+    requests ("prefix": ids, cached-token counts), each made as its own engine made them;
+    the spawned ranks ("procs") and the folder that was the engine's temporary directory
+    ("tmp_path"). One rank process started, not two (an interpreter and torch's import:
+    ~2 s of CPU). The batch shares no prefix with _prefix_outputs' prompts (their first
+    tokens differ), so the second finds nothing of the first's in the cache."""
+    tmp_path = tmp_path_factory.mktemp("tiny-tp2")
+
+    async def go() -> dict:
+        async with Engine(tiny_model, device="cpu", tensor_parallel_size=2, kv_tokens=1024,
+                          max_model_len=256, prefix_cache=True) as engine:
+            two = await _generated(engine, PROMPTS)
+            prefix = await _prefix_outputs_of(engine)
+            procs = list(engine.ranks.procs.values())
+        return {"two": two, "prefix": prefix, "procs": procs, "tmp_path": tmp_path}
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        return asyncio.run(go())
+
+
+def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model, tiny_tp2, tmp_path,
+                                                       monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     one, _ = asyncio.run(_generate(tiny_model, 1))
-    two, procs = asyncio.run(_generate(tiny_model, 2))
-    assert list(tmp_path.iterdir()) == []  # the ranks' error files went with them
+    two, procs = tiny_tp2["two"], tiny_tp2["procs"]  # (_generate(tiny_model, 2)'s)
+    for tmp_path in (tmp_path, tiny_tp2["tmp_path"]):  # each engine's temporary directory
+        assert list(tmp_path.iterdir()) == []  # the ranks' error files went with them
     assert len({tuple(t) for t in one[:3]}) > 1 and len(set(one[0])) > 2  # not degenerate
     assert two == one
     # the engine's stop ended its rank: it exited by itself, cleanly
@@ -94,22 +127,27 @@ def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model, tmp_path, mon
 async def _prefix_outputs(model: str, tp: int, cache: bool) -> tuple[list, list]:
     """Greedy ids and cached-token counts of prompts that share a 40-token prefix, and of a
     second turn that extends the first prompt and its answer."""
-    base = [(7 * i) % 150 + 1 for i in range(40)]
-    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
     async with Engine(model, device="cpu", tensor_parallel_size=tp, kv_tokens=1024,
                       max_model_len=256, prefix_cache=cache) as engine:
-        first = await engine.generate(base + [100], greedy)
-        rest = await asyncio.gather(*(engine.generate(base + [t, t + 1], greedy)
-                                      for t in (101, 120, 140)))
-        turn = await engine.generate(base + [100] + first.token_ids + [7], greedy)
+        return await _prefix_outputs_of(engine)
+
+
+async def _prefix_outputs_of(engine: Engine) -> tuple[list, list]:
+    """_prefix_outputs' ids and cached-token counts from the started `engine`."""
+    base = [(7 * i) % 150 + 1 for i in range(40)]
+    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    first = await engine.generate(base + [100], greedy)
+    rest = await asyncio.gather(*(engine.generate(base + [t, t + 1], greedy)
+                                  for t in (101, 120, 140)))
+    turn = await engine.generate(base + [100] + first.token_ids + [7], greedy)
     outs = [first, *rest, turn]
     return [o.token_ids for o in outs], [o.cached_tokens for o in outs]
 
 
-def test_tp2_prefix_cache_hits_give_the_same_tokens(tiny_model):
+def test_tp2_prefix_cache_hits_give_the_same_tokens(tiny_model, tiny_tp2):
     # a hit's slots reach the other rank's req_to_token in the next step message
     want, _ = asyncio.run(_prefix_outputs(tiny_model, 1, cache=False))
-    got, cached = asyncio.run(_prefix_outputs(tiny_model, 2, cache=True))
+    got, cached = tiny_tp2["prefix"]  # (_prefix_outputs(tiny_model, 2, cache=True)'s)
     assert got == want
     assert cached[0] == 0 and min(cached[1:4]) >= 40 and cached[4] >= 41 + 8 - 1, cached
 
@@ -272,32 +310,49 @@ def test_two_nodes_on_loopback_serve_and_stop(tiny_gguf, tmp_path):
                 p.wait()
 
 
+@pytest.fixture(scope="module")
+def tp_moe(tmp_path_factory) -> tuple:
+    """test_tp2_moe_matches_transformers' model, the same in each layout: the folder it was
+    saved in (one tensor per expert, as transformers saves them; a layout test copies it
+    before it writes another layout there), the transformers model and its greedy ids of
+    PROMPTS. Built once for the three layouts (a model built and 30 steps of transformers:
+    ~1.2 s of CPU each)."""
+    from test_moe_model import hf_greedy, save_moe_model, variant
+
+    model_dir = tmp_path_factory.mktemp("tp-moe") / "hf"
+    hf = save_moe_model("qwen2_moe", model_dir, variant(
+        "qwen2_moe", vocab_size=161, moe_intermediate_size=33,
+        shared_expert_intermediate_size=50, mlp_only_layers=[1]), tokenizer=False)
+    _save_tokenizer(str(model_dir))
+    hf.config._experts_implementation = "eager"  # its grouped_mm takes no odd width
+    want = [hf_greedy(hf, p, 10) for p in PROMPTS]
+    return model_dir, hf, want
+
+
 @pytest.mark.parametrize("layout", ["per-expert", "fused", "gguf"])
-def test_tp2_moe_matches_transformers(tmp_path, monkeypatch, layout):
+def test_tp2_moe_matches_transformers(tp_moe, tmp_path, monkeypatch, layout):
     """A mixture-of-experts model over two ranks (each expert's features split as an MLP's;
     the router replicated): Qwen2-MoE with its shared expert, a dense layer between sparse
     ones (mlp_only_layers) and widths the ranks split unevenly, from one tensor per expert
     (as transformers saves them), from all experts' gate/up in one tensor (transformers 5's
     state dict saved as it is) and from stacked experts (GGUF's ffn_*_exps). It was refused
     ("does not split mixture-of-experts layers yet")."""
+    import shutil
+
     from safetensors.torch import save_file
-    from test_moe_model import hf_greedy, save_moe_model, variant, write_moe_gguf
+    from test_moe_model import write_moe_gguf
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    model_dir = tmp_path / "hf"
-    hf = save_moe_model("qwen2_moe", model_dir, variant(
-        "qwen2_moe", vocab_size=161, moe_intermediate_size=33,
-        shared_expert_intermediate_size=50, mlp_only_layers=[1]), tokenizer=False)
-    _save_tokenizer(str(model_dir))
-    model, tokenizer = str(model_dir), None
+    saved, hf, want = tp_moe
+    model, tokenizer = str(saved), None
     if layout == "fused":
+        model_dir = shutil.copytree(saved, tmp_path / "hf")
         save_file({n: t.contiguous() for n, t in hf.state_dict().items()},
                   model_dir / "model.safetensors", metadata={"format": "pt"})
+        model = str(model_dir)
     if layout == "gguf":
-        model, tokenizer = str(tmp_path / "model.gguf"), str(model_dir)
+        model, tokenizer = str(tmp_path / "model.gguf"), str(saved)
         write_moe_gguf(hf, model)
-    hf.config._experts_implementation = "eager"  # its grouped_mm takes no odd width
-    want = [hf_greedy(hf, p, 10) for p in PROMPTS]
     got, procs = asyncio.run(_generate(model, 2, tokenizer=tokenizer))
     assert got[:3] == want
     assert [p.poll() for p in procs] == [0]
