@@ -15,7 +15,8 @@ as aiollm/vllm_flags.py and sglang_flags.py are:
   answer --trust_remote_code and --tokenizer_mode;
 - --mem_fraction: LightLLM's sizing of the KV pool (EngineConfig.mem_fraction);
 - NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
-  implementations of what aiollm does one way, changing no output; accepted and logged;
+  implementations of what aiollm does one way, changing no output; accepted and logged
+  (--mode: its modes of attention kernels alone; a mode of an int8 or fp8 KV cache refused);
 - REFUSED: flags asking for what aiollm cannot do: a usage error (exit 2) naming the flag
   and what aiollm offers instead; a value asking for aiollm's own behaviour is taken.
 """
