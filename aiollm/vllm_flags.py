@@ -229,7 +229,9 @@ class Ignored:
     choices as the flag's own engine declares them, so that a value it refuses as a usage
     error (--watchdog-timeout abc) is one here too (the value is still kept as typed);
     choices only where the engine's list is short and stable across its releases: a
-    backend's name of a newer release (a list that grows with each) is taken."""
+    backend's name of a newer release (a list that grows with each) is taken. nargs: as
+    the engine's argparse declares it ("+": `refuse` is given the list of values, the log
+    line shows them as typed, one space apart)."""
 
     names: tuple[str, ...]
     why: str
@@ -237,6 +239,7 @@ class Ignored:
     refuse: Callable[[Any], str | None] | None = None
     kind: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
+    nargs: str | None = None
 
 
 def optional_int(value: str) -> int | None:
@@ -389,7 +392,8 @@ class NoEffectValue(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if self.ignored.refuse is not None and (why := self.ignored.refuse(values)):
             raise argparse.ArgumentError(self, why)
-        _note(namespace, option_string, self.ignored.why, values)
+        shown = " ".join(values) if isinstance(values, list) else values
+        _note(namespace, option_string, self.ignored.why, shown)
 
 
 class Refuse(argparse.Action):
@@ -424,6 +428,7 @@ def add_tables(group: argparse._ArgumentGroup, no_effect: dict[str, str],
     for ignored in no_effect_values:
         group.add_argument(*ignored.names, action=NoEffectValue, ignored=ignored,
                            type=_kept_as_typed(ignored.kind), choices=ignored.choices,
+                           nargs=ignored.nargs,
                            # argparse lists the choices where there are some, as vLLM's
                            metavar=None if ignored.choices else ignored.metavar,
                            help=f"no effect: {ignored.why}")

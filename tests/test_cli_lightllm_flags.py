@@ -225,3 +225,39 @@ async def _post(url: str, body: dict) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as s:
         async with s.post(url, json=body) as r:
             return r.status, await r.json()
+
+
+def test_a_mode_of_kernels_alone_is_logged_as_having_no_effect(caplog):
+    """LightLLM's --mode (nargs "+") picks its attention kernels (triton_gqa_flashdecoding,
+    in launch lines for GQA models; triton_flashdecoding; ppl_fp16) or a KV cache of int8 or
+    fp8: every value was refused saying "no int8 or fp8 KV cache", a kernel pick too, where
+    README says a pick of kernels is logged as having no effect (as --enable_fa3 is)."""
+    args = parse("--mode triton_gqa_flashdecoding ppl_fp16 --tp 1")
+    assert {k: v for k, v in vars(args).items() if k == "tensor_parallel_size"} == {
+        "tensor_parallel_size": 1}
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        checked_config(args.command_parser, args)
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(
+        "--mode triton_gqa_flashdecoding ppl_fp16 has no effect: attention runs on aiollm's "
+        "Triton kernels"), said
+
+
+@pytest.mark.parametrize("line, value", [
+    ("--mode triton_int8kv", "triton_int8kv"),
+    ("--mode triton_gqa_flashdecoding triton_fp8kv", "triton_fp8kv"),
+    ("--mode export_fp8kv_calibration", "export_fp8kv_calibration"),
+])
+def test_a_mode_of_another_kv_cache_is_refused_naming_the_value(line, value, capsys):
+    err = refusal(line, capsys)
+    assert f"argument --mode: {value} " in err and "no int8 or fp8 KV cache" in err, err
+
+
+def test_a_model_after_kernel_modes_is_named_as_such(capsys):
+    """--mode takes every word up to the next flag: MODEL written after its modes was
+    refused as a mode, with no word on where MODEL goes."""
+    with pytest.raises(SystemExit):
+        main(["serve", "--mode", "triton_gqa_flashdecoding", "model.gguf"])
+    err = capsys.readouterr().err
+    assert "argument --mode: model.gguf is not served" in err, err
+    assert "give the model first, `aiollm serve MODEL ...`, or as --model_dir MODEL" in err, err

@@ -15,8 +15,12 @@ from aiollm.cli import build_parser, lightllm_flags, sglang_flags
 IGNORED = [*vllm_flags.NO_EFFECT_VALUES, *sglang_flags.NO_EFFECT_VALUES,
            *lightllm_flags.NO_EFFECT_VALUES]
 # names whose engine takes any text (backends' lists grow with each release; --eplb-config
-# is its own JSON check): every other flag must say its type
-ANY_TEXT = {"--attention-backend", "--sampling-backend", "--all2all-backend", "--eplb-config"}
+# is its own JSON check, LightLLM's --mode its own check of modes): every other flag must say
+# its type
+ANY_TEXT = {"--attention-backend", "--sampling-backend", "--all2all-backend", "--eplb-config",
+            "--mode"}
+# a good value of a flag with a check of its own
+OWN_CHECK = {"--eplb-config": "{}", "--mode": "triton_gqa_flashdecoding"}
 GOOD = {int: "6", float: "0.5", vllm_flags.optional_int: "None"}
 
 
@@ -39,7 +43,7 @@ def test_a_bad_value_is_a_usage_error_naming_the_flag_as_typed(ignored, capsys):
 @pytest.mark.parametrize("ignored", IGNORED, ids=lambda i: i.names[0])
 def test_a_good_value_is_taken_and_noted_as_typed(ignored):
     value = (ignored.choices[0] if ignored.choices
-             else "{}" if ignored.names[0] == "--eplb-config" else GOOD.get(ignored.kind, "x"))
+             else OWN_CHECK.get(ignored.names[0]) or GOOD.get(ignored.kind, "x"))
     args = build_parser().parse_args(["serve", "M", ignored.names[0], value])
     assert args.no_effect == [(f"{ignored.names[0]} {value}", ignored.why)]
 

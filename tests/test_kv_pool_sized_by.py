@@ -134,3 +134,38 @@ def test_a_free_list_past_the_host_memory_names_what_sized_the_pool(sized_by, sa
     with pytest.raises(ValueError) as e:
         KVPool(1, 1, 1, 2**48, torch.float32, "meta", sized_by=sized_by)
     assert str(e.value).endswith(f"does not fit in the memory of cpu: {said}"), e.value
+
+
+def test_a_cpu_kv_tokens_pool_below_the_context_says_to_raise_cpu_kv_tokens(tiny, caplog):
+    """The start-up warning of a pool shorter than the model's context (`tiny`'s 256) told
+    LLM(cpu_kv_tokens=64)'s user to "raise kv_tokens (--kv-tokens) or, on a GPU,
+    kv_memory_fraction": neither was given; cpu_kv_tokens, which sized the pool, is what to
+    raise (as pool_short and KVPool's errors name it)."""
+    import asyncio
+    import logging
+
+    from aiollm import Engine
+
+    async def start() -> None:
+        async with Engine(tiny, device="cpu", load_format="dummy", warm_up=False,
+                          cpu_kv_tokens=64):
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="aiollm"):
+        asyncio.run(start())
+    said = [r.getMessage() for r in caplog.records
+            if "less than the model's context" in r.getMessage()]
+    assert len(said) == 1 and "; raise cpu_kv_tokens, or give max_model_len" in said[0], said
+
+
+def test_a_bound_past_cpu_kv_tokens_names_cpu_kv_tokens(caplog):
+    """max_total_tokens past a CPU pool of cpu_kv_tokens: the warning said the tokens "the
+    CPU's default leaves", a default the keyword had replaced."""
+    import logging
+
+    from aiollm.model.kv_pool import pool_tokens
+
+    with caplog.at_level(logging.WARNING, logger="aiollm"):
+        cfg = EngineConfig(cpu_kv_tokens=1000, max_total_tokens=5000)
+        assert pool_tokens(cfg, torch.device("cpu"), PER_TOKEN, 256) == 1000
+    assert "is more than the 1000 tokens cpu_kv_tokens 1000 leaves" in caplog.text, caplog.text

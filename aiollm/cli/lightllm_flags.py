@@ -15,7 +15,8 @@ as aiollm/vllm_flags.py and sglang_flags.py are:
   answer --trust_remote_code and --tokenizer_mode;
 - --mem_fraction: LightLLM's sizing of the KV pool (EngineConfig.mem_fraction);
 - NO_EFFECT, NO_EFFECT_VALUES: flags asking for what aiollm always does, or choosing among
-  implementations of what aiollm does one way, changing no output; accepted and logged;
+  implementations of what aiollm does one way, changing no output; accepted and logged
+  (--mode: its modes of attention kernels alone; a mode of an int8 or fp8 KV cache refused);
 - REFUSED: flags asking for what aiollm cannot do: a usage error (exit 2) naming the flag
   and what aiollm offers instead; a value asking for aiollm's own behaviour is taken.
 """
@@ -94,9 +95,6 @@ REFUSED = (
     Refusal(("--eos-id",),
             "requests end at the tokenizer's and the model config's eos ids; a request may "
             "add its own (stop_token_ids, LightLLM's stop_sequences)"),
-    Refusal(("--mode",),
-            "attention runs on aiollm's Triton kernels, with the KV cache in the model's "
-            "dtype (no int8 or fp8 KV cache); leave the flag out"),
     Refusal(("--quant-type",), vllm_flags.NOT_QUANTIZED, same=("none",)),
     Refusal(("--output-constraint-mode",), sglang_flags.XGRAMMAR_ONLY, same=("xgrammar",)),
     Refusal(("--use-reward-model",),
@@ -133,6 +131,29 @@ _ADMISSION = ("waiting requests are admitted at every step by --scheduler's poli
                           for name, how in sorted(_POLICIES.items(),
                                                   key=lambda p: p[0] != _DEFAULT_POLICY))
               + ")")
+# LightLLM's --mode values that pick its attention kernels alone (api_cli.py's help: "fast
+# kernel for model which use GQA", flash decoding "for long context"; ppl's fp16 kernels),
+# the KV cache kept in the model's dtype; its others keep the KV cache in int8 or fp8
+KERNEL_MODES = ("triton_flashdecoding", "triton_gqa_attention", "triton_gqa_flashdecoding",
+                "ppl_fp16")
+
+
+def _mode_refusal(modes: list[str]) -> str | None:
+    """Why LightLLM's --mode `modes` (nargs "+") is refused: the first that is not one of
+    KERNEL_MODES (int8 or fp8 KV cache, its calibration), named; None where all are. A
+    last word after kernel modes may be MODEL, written after them (nargs "+" takes every
+    word up to the next flag): the reason then says where MODEL goes."""
+    other = next((mode for mode in modes if mode not in KERNEL_MODES), None)
+    if other is None:
+        return None
+    model = ("" if len(modes) < 2 or other is not modes[-1] else
+             " (--mode takes every word up to the next flag: give the model first, `aiollm "
+             "serve MODEL ...`, or as --model_dir MODEL)")
+    return (f"{other} is not served: the KV cache is kept in the model's dtype (no int8 or "
+            "fp8 KV cache); leave the flag out, or give only kernel modes "
+            f"({', '.join(KERNEL_MODES)}), which change nothing{model}")
+
+
 NO_EFFECT_VALUES = (
     Ignored(("--graph-max-len-in-batch",),
             "decode CUDA graphs cover every context up to --max-model-len", "N", kind=int),
@@ -143,6 +164,8 @@ NO_EFFECT_VALUES = (
     Ignored(("--router-max-wait-tokens",), f"{_ADMISSION}, not every N decode steps; "
             "--mixed-prefill-tokens bounds the prompt tokens a decode step carries", "N",
             kind=int),
+    Ignored(("--mode",), "attention runs on aiollm's Triton kernels (outputs are the same)",
+            "MODE", refuse=_mode_refusal, nargs="+"),
 )
 
 

@@ -227,9 +227,11 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     if rank.max_model_len < mc.max_position and cfg.max_model_len is None:
         # the pool, not the model's context, is the limit: max_model_len left out is the
         # longest that fits, as vLLM's --max-model-len auto (one given is held or refused)
-        bound = cfg.max_total_tokens  # SGLang's bound of the pool, where it is what binds
+        # what sized the pool: SGLang's bound where it binds, LLM's cpu_kv_tokens (no flag)
+        sizer = pool_sizer(cfg, device, rank.kv_tokens)
         share = memory_share(cfg)
-        raise_ = ("max_total_tokens (--max-total-tokens)" if bound == rank.kv_tokens
+        raise_ = ("max_total_tokens (--max-total-tokens)" if sizer == "max_total_tokens"
+                  else "cpu_kv_tokens" if sizer == "cpu_kv_tokens"
                   else f"kv_tokens (--kv-tokens) or, on a GPU, {share} "
                        f"(--{share.replace('_', '-')})")
         log.warning("the KV cache holds %d tokens, less than the model's context of %d: a "

@@ -40,7 +40,9 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     if cap is None:
         return tokens
     share = share_given(cfg)
-    sizer = ("the CPU's default" if device.type != "cuda"  # where no share has an effect
+    sizer = (f"cpu_kv_tokens {cfg.cpu_kv_tokens}"  # LLM's keyword: it has no flag
+             if device.type != "cuda" and cfg.cpu_kv_tokens is not None
+             else "the CPU's default" if device.type != "cuda"  # no share has an effect
              else "the GPU's free memory" if share is None
              else f"{named(share)} {getattr(cfg, share)}")
     log.warning("max_total_tokens (--max-total-tokens) %d is more than the %d tokens %s leaves: "
