@@ -161,6 +161,26 @@ def tiny(tmp_path_factory) -> str:
     return tiny_llama(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture
+def cpu_plan(tiny, monkeypatch):
+    """check_kv_plan of `tiny` (K and V 128 bytes a token in float32) on the CPU under
+    EngineConfig(**options), with the machine's memory and swap set to `limit` bytes:
+    call it as cpu_plan(limit, **options)."""
+    import torch
+
+    from aiollm.config import EngineConfig
+    from aiollm.engine import kv_plan
+    from aiollm.model.hf_config import load_hf_config
+
+    config = load_hf_config(tiny)
+
+    def check(limit: int, **options) -> None:
+        monkeypatch.setattr(kv_plan, "memory_limit", lambda: limit)
+        kv_plan.check_kv_plan(EngineConfig(model=tiny, **options), config,
+                              torch.device("cpu"), torch.float32)
+    return check
+
+
 @pytest.fixture(scope="module")
 def server(request):
     """The live server shared by the HTTP tests (tests/live_server.py); a module that needs

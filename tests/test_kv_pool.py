@@ -146,23 +146,6 @@ def test_a_kv_tokens_past_the_machines_memory_fails_before_the_weights_load(tiny
 HOST = 9  # the free stack's int64 slot id and the in-use flag's byte, per token
 
 
-@pytest.fixture
-def cpu_plan(tiny, monkeypatch):
-    """check_kv_plan of `tiny` (K and V 128 bytes a token in float32) on the CPU under
-    EngineConfig(**options), with the machine's memory and swap set to `limit` bytes."""
-    from aiollm.config import EngineConfig
-    from aiollm.engine import kv_plan
-    from aiollm.model.hf_config import load_hf_config
-
-    config = load_hf_config(tiny)
-
-    def check(limit: int, **options) -> None:
-        monkeypatch.setattr(kv_plan, "memory_limit", lambda: limit)
-        kv_plan.check_kv_plan(EngineConfig(model=tiny, **options), config,
-                              torch.device("cpu"), torch.float32)
-    return check
-
-
 def test_the_cpus_plan_counts_the_pools_free_list(cpu_plan):
     """On the CPU K, V and the free list (free stack and in-use flags, 9 bytes a token)
     share the machine's memory: a plan of K and V alone passed pools whose free list then

@@ -16,22 +16,6 @@ PER_TOKEN = 128  # `tiny`'s K and V in float32: one layer, 2 KV heads of 8
 HOST = KVPool.HOST_BYTES_PER_TOKEN  # its free list's
 
 
-@pytest.fixture
-def cpu_plan(tiny, monkeypatch):
-    """check_kv_plan of `tiny` on the CPU in float32 under EngineConfig(**options), with
-    the machine's memory and swap set to `limit` bytes."""
-    from aiollm.engine import kv_plan
-    from aiollm.model.hf_config import load_hf_config
-
-    config = load_hf_config(tiny)
-
-    def check(limit: int, **options) -> None:
-        monkeypatch.setattr(kv_plan, "memory_limit", lambda: limit)
-        kv_plan.check_kv_plan(EngineConfig(model=tiny, **options), config,
-                              torch.device("cpu"), torch.float32)
-    return check
-
-
 def test_a_cpu_kv_tokens_past_the_memory_is_refused_naming_it(cpu_plan):
     """cpu_kv_tokens passed the plan whatever its size (kv_tokens' memory check skipped
     it): KVPool's allocation failed after the weights loaded, or calloc's lazy pages
