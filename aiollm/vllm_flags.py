@@ -10,7 +10,9 @@ aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
 - NO_EFFECT: flags asking for what aiollm always does; accepted, each listed in --help
   saying so, and logged at start-up as having no effect;
 - NO_EFFECT_VALUES: flags taking a value that vLLM itself uses only with a feature aiollm
-  lacks and refuses under its own flag (expert parallelism's --all2all-backend): accepted
+  lacks and refuses under its own flag (expert parallelism's --all2all-backend; multimodal
+  --limit-mm-per-prompt, taken where every count is 0), or that bound what aiollm always
+  covers (--max-seq-len-to-capture: the graphs cover --max-model-len): accepted
   and logged as NO_EFFECT, but for a value that asks for what aiollm cannot do, refused as
   REFUSED are, and for one vLLM's parser refuses (a number's "abc": Ignored.kind), a usage
   error as there;
@@ -182,6 +184,24 @@ REFUSED = (
     Refusal(("--uvicorn-log-level",),
             "the HTTP server is aiohttp, not uvicorn: --log-level sets its logging "
             "(debug logs every HTTP request)"),
+    Refusal(("--no-async-scheduling",),
+            "the engine loop always plans step N+1 while step N runs on the device, and "
+            "nothing turns that off (outputs are the same either way); leave the flag out",
+            takes_value=False),
+    Refusal(("--kv-cache-memory-bytes",),
+            "the KV cache is sized in tokens, not bytes: give --kv-tokens N (the bytes over "
+            "2 x layers x KV heads x head_dim x the KV dtype's bytes, counting a GPU's share "
+            "of the KV heads under --tensor-parallel-size), or a share of the GPU's memory "
+            "with --gpu-memory-utilization"),
+    Refusal(("--enable-sleep-mode",),
+            "there is no sleep mode (no /sleep, /wake_up; LLM.sleep and LLM.wake_up): the "
+            "weights and the KV cache stay on the GPU while the server runs; stop the server "
+            "to free its memory", takes_value=False),
+    # "hf" (and "auto", which picks it for a config.json) ask for what aiollm reads
+    Refusal(("--config-format",),
+            "the model's configuration is read from its Hugging Face config.json (or a GGUF "
+            "file's metadata): Mistral's params.json is not read; leave the flag out",
+            same=("auto", "hf")),
 )
 
 # vLLM flags that ask for what aiollm always does -> why they change nothing (--help)
@@ -307,6 +327,31 @@ def _whole_number(value: Any) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+def _multimodal_refusal(value: Any) -> str | None:
+    """--limit-mm-per-prompt's value (vLLM's: a JSON object of a count per modality,
+    '{"image": 0, "video": 0}', a modality's count also as {"count": N} with its options,
+    or its older form image=0,video=0; as LLM(...)'s keyword a dict) refused where it lets a
+    prompt carry any item (a count above 0), or is none of those forms; None (taken) where
+    every count is 0, a text-only model's limits, which ask for what aiollm does."""
+    limits = value
+    if isinstance(value, str):
+        try:
+            limits = json.loads(value)
+        except json.JSONDecodeError:  # the older form: modality=N,modality=N
+            pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+            limits = ({name.strip(): count.strip() for name, sep, count in pairs}
+                      if all(sep for _, sep, _ in pairs) else None)
+    if not isinstance(limits, dict):
+        return ("takes a JSON object of a count per modality, such as "
+                "'{\"image\": 0, \"video\": 0}'")
+    for modality, limit in limits.items():
+        count = limit.get("count") if isinstance(limit, dict) else limit
+        if _whole_number(count) != 0:
+            return (f"{modality} {count}: {_TEXT_ONLY.split(';')[0]}; give it 0 (a text-only "
+                    "model's limits) or leave the flag out")
+    return None
+
+
 _NO_EXPERT_PARALLELISM = ("there is no expert parallelism (vLLM uses the flag only with "
                           "--enable-expert-parallel): every rank holds its share of every "
                           "expert (--tensor-parallel-size)")
@@ -321,6 +366,11 @@ NO_EFFECT_VALUES = (
     Ignored(("--max-log-len",),
             "request contents are never logged, so there is nothing to cut short", "N",
             kind=optional_int),
+    Ignored(("--max-seq-len-to-capture",),
+            "decode CUDA graphs cover every context up to --max-model-len", "N", kind=int),
+    Ignored(("--limit-mm-per-prompt",),
+            "aiollm's models take text alone, so no prompt carries images, audio or video",
+            "JSON", refuse=_multimodal_refusal),
     Ignored(("--eplb-config",),
             "there is no expert parallelism load balancing (vLLM uses the config only with "
             "--enable-eplb), which these are the settings of", "JSON",
