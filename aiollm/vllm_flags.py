@@ -194,9 +194,10 @@ REFUSED = (
             "of the KV heads under --tensor-parallel-size), or a share of the GPU's memory "
             "with --gpu-memory-utilization"),
     Refusal(("--enable-sleep-mode",),
-            "there is no sleep mode (no /sleep, /wake_up; LLM.sleep and LLM.wake_up): the "
-            "weights and the KV cache stay on the GPU while the server runs; stop the server "
-            "to free its memory", takes_value=False),
+            "there is no sleep mode (vLLM's /sleep and /wake_up, LLM.sleep and "
+            "LLM.wake_up): the weights and the KV cache stay on the GPU while the server "
+            "runs; stop the server to free its memory (offline, LLM.close() gives them back "
+            "and a new LLM loads them again)", takes_value=False),
     # "hf" (and "auto", which picks it for a config.json) ask for what aiollm reads
     Refusal(("--config-format",),
             "the model's configuration is read from its Hugging Face config.json (or a GGUF "
