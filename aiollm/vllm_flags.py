@@ -10,7 +10,9 @@ aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
 - NO_EFFECT: flags asking for what aiollm always does; accepted, each listed in --help
   saying so, and logged at start-up as having no effect;
 - NO_EFFECT_VALUES: flags taking a value that vLLM itself uses only with a feature aiollm
-  lacks and refuses under its own flag (expert parallelism's --all2all-backend): accepted
+  lacks and refuses under its own flag (expert parallelism's --all2all-backend; multimodal
+  --limit-mm-per-prompt, taken where every count is 0), or that bound what aiollm always
+  covers (--max-seq-len-to-capture: the graphs cover --max-model-len): accepted
   and logged as NO_EFFECT, but for a value that asks for what aiollm cannot do, refused as
   REFUSED are, and for one vLLM's parser refuses (a number's "abc": Ignored.kind), a usage
   error as there;
@@ -31,11 +33,10 @@ answer vLLM's keywords of LLM(...) (aiollm/vllm_names.py), but for SERVER_ONLY.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from aiollm import vllm_compilation, vllm_graph_flags
+from aiollm import vllm_compilation, vllm_graph_flags, vllm_value_checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +76,7 @@ GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings
                    "classification, scores, rewards)")
 _GENERATIVE_FLAG = f"{GENERATIVE_ONLY}; leave the flag out to generate text"
 
-_TEXT_ONLY = ("aiollm's models take text alone: no images, audio or video to process; "
-              "leave the flag out")
+_TEXT_ONLY = f"{vllm_value_checks.TEXT_ONLY}; leave the flag out"
 
 # refusals SGLang's and LightLLM's flags share (aiollm/cli/sglang_flags.py, lightllm_flags.py)
 NO_LORA = ("LoRA adapters are not supported: serve a checkpoint with the adapter merged "
@@ -182,6 +182,25 @@ REFUSED = (
     Refusal(("--uvicorn-log-level",),
             "the HTTP server is aiohttp, not uvicorn: --log-level sets its logging "
             "(debug logs every HTTP request)"),
+    Refusal(("--no-async-scheduling",),
+            "the engine loop always plans step N+1 while step N runs on the device, and "
+            "nothing turns that off (outputs are the same either way); leave the flag out",
+            takes_value=False),
+    Refusal(("--kv-cache-memory-bytes",),
+            "the KV cache is sized in tokens, not bytes: give --kv-tokens N (the bytes over "
+            "2 x layers x KV heads x head_dim x the KV dtype's bytes, counting a GPU's share "
+            "of the KV heads under --tensor-parallel-size), or a share of the GPU's memory "
+            "with --gpu-memory-utilization"),
+    Refusal(("--enable-sleep-mode",),
+            "there is no sleep mode (vLLM's /sleep and /wake_up, LLM.sleep and "
+            "LLM.wake_up): the weights and the KV cache stay on the GPU while the server "
+            "runs; stop the server to free its memory (offline, LLM.close() gives them back "
+            "and a new LLM loads them again)", takes_value=False),
+    # "hf" (and "auto", which picks it for a config.json) ask for what aiollm reads
+    Refusal(("--config-format",),
+            "the model's configuration is read from its Hugging Face config.json (or a GGUF "
+            "file's metadata): Mistral's params.json is not read; leave the flag out",
+            same=("auto", "hf")),
 )
 
 # vLLM flags that ask for what aiollm always does -> why they change nothing (--help)
@@ -264,49 +283,6 @@ def _kept_as_typed(kind: Callable[[str], Any]) -> Callable[[str], str]:
     return check
 
 
-def _eplb_refusal(value: Any) -> str | None:
-    """--eplb-config's value (vLLM's EPLBConfig: a JSON object, or as LLM(...)'s keyword a
-    dict or an object with its fields) refused where it is no JSON object, its
-    num_redundant_experts no whole number of 0 or more (as vLLM's check refuses it), or
-    asks for redundant experts, which vLLM too refuses without --enable-eplb. A number, a
-    bool, a list (no object of fields, which vLLM's EPLBConfig refuses too) is refused alike
-    on the command line and as LLM(...)'s keyword."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            value = None
-    if isinstance(value, (str, int, float, bool, list, tuple)) or value is None:
-        return ("takes a JSON object of vLLM's EPLBConfig fields, such as "
-                "'{\"window_size\": 1000}'")
-    given = (value.get("num_redundant_experts") if isinstance(value, dict)
-             else getattr(value, "num_redundant_experts", None))
-    if given is None:
-        return None
-    redundant = _whole_number(given)
-    if redundant is None or redundant < 0:
-        return f"num_redundant_experts must be a whole number, 0 or more; got {given!r}"
-    if redundant == 0:
-        return None
-    return (f"num_redundant_experts {redundant} asks for redundant experts, which need "
-            "expert parallelism load balancing (--enable-eplb); there is no expert "
-            "parallelism: every rank holds its share of every expert "
-            "(--tensor-parallel-size), leave num_redundant_experts out")
-
-
-def _whole_number(value: Any) -> int | None:
-    """`value` as the whole number vLLM's EPLBConfig (pydantic, lax) reads it as: an int (or
-    bool), a float with no fraction, or a string of one; None for anything else."""
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    return int(value) if isinstance(value, int) else None
-
-
 _NO_EXPERT_PARALLELISM = ("there is no expert parallelism (vLLM uses the flag only with "
                           "--enable-expert-parallel): every rank holds its share of every "
                           "expert (--tensor-parallel-size)")
@@ -321,10 +297,15 @@ NO_EFFECT_VALUES = (
     Ignored(("--max-log-len",),
             "request contents are never logged, so there is nothing to cut short", "N",
             kind=optional_int),
+    Ignored(("--max-seq-len-to-capture",),
+            "decode CUDA graphs cover every context up to --max-model-len", "N", kind=int),
+    Ignored(("--limit-mm-per-prompt",),
+            "aiollm's models take text alone, so no prompt carries images, audio or video",
+            "JSON", refuse=vllm_value_checks.multimodal_refusal),
     Ignored(("--eplb-config",),
             "there is no expert parallelism load balancing (vLLM uses the config only with "
             "--enable-eplb), which these are the settings of", "JSON",
-            refuse=_eplb_refusal),
+            refuse=vllm_value_checks.eplb_refusal),
 )
 
 # flags of vLLM's server alone (its frontend's, AsyncEngineArgs'), not keywords of its LLM(...):

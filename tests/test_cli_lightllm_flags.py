@@ -119,6 +119,10 @@ def test_conflicts_and_bad_values_are_usage_errors_naming_the_flags(line, says, 
     "--trust_remote_code",
     # the router's admission knobs: aiollm's scheduler has none of the same meaning
     "--router_token_ratio 0.5", "--router_max_new_token_len 1024", "--router_max_wait_tokens 6",
+    # LightLLM's api_cli.py flags that stopped at "unrecognized arguments"
+    "--log_stats_interval 10", "--enable_prefill_decode_mixed", "--disable_aggressive_schedule",
+    "--cache_capacity 200", "--httpserver_workers 2", "--health_monitor",
+    "--llm_prefill_att_backend fa3", "--llm_decode_att_backend flashinfer triton",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")

@@ -18,9 +18,11 @@ IGNORED = [*vllm_flags.NO_EFFECT_VALUES, *sglang_flags.NO_EFFECT_VALUES,
 # is its own JSON check, LightLLM's --mode its own check of modes): every other flag must say
 # its type
 ANY_TEXT = {"--attention-backend", "--sampling-backend", "--all2all-backend", "--eplb-config",
-            "--mode"}
+            "--mode", "--limit-mm-per-prompt", "--llm-prefill-att-backend",
+            "--llm-decode-att-backend"}
 # a good value of a flag with a check of its own
-OWN_CHECK = {"--eplb-config": "{}", "--mode": "triton_gqa_flashdecoding"}
+OWN_CHECK = {"--eplb-config": "{}", "--mode": "triton_gqa_flashdecoding",
+             "--limit-mm-per-prompt": '{"image": 0}'}
 GOOD = {int: "6", float: "0.5", vllm_flags.optional_int: "None"}
 
 

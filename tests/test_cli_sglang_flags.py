@@ -108,8 +108,9 @@ def test_model_path_and_another_model_is_a_usage_error(capsys):
     # SGLang's flags aiollm does not take, after (or before) the model's flag: argparse
     # read their values as MODEL, and the error was "MODEL and --model-path name two models
     # ('/m', '600')", naming neither the flag nor what was wrong with it
-    ("--model-path /m --dist-timeout 600", "--dist-timeout"),
-    ("--decode-log-interval 10 --model-path /m", "--decode-log-interval"),
+    # (--dist-timeout and --decode-log-interval were the examples, taken now)
+    ("--model-path /m --tokenizer-worker-num 2", "--tokenizer-worker-num"),
+    ("--hicache-ratio 2.0 --model-path /m", "--hicache-ratio"),
     ("--model-path /m --bucket-time-to-first-token 0.1 0.5 1", "--bucket-time-to-first-token"),
     ("--model_dir /m --dp_prefill_wait_step 4", "--dp_prefill_wait_step"),  # as typed
 ])
@@ -200,6 +201,9 @@ def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
     "--dp-size 1", "--dp 1", "--pp-size 1", "--ep-size 1", "--schedule-policy fcfs",
     "--schedule-conservativeness 1.0", "--grammar-backend xgrammar", "--stream-interval 1",
     "--json-model-override-args {}", "--trust-remote-code", "--watchdog-timeout 600",
+    # SGLang's docs' launch flags that stopped at "unrecognized arguments"
+    "--dist-timeout 600", "--decode-log-interval 40", "--show-time-cost",
+    "--enable-metrics-for-all-schedulers", "--disable-cuda-graph-padding",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")

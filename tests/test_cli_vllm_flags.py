@@ -121,6 +121,12 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     '--eplb-config {"window_size":1000,"step_interval":3000,"num_redundant_experts":0}',
     # vLLM's EPLBConfig (pydantic) reads a whole number's string, or 0.0, as the number
     '--eplb-config {"num_redundant_experts":"0"}', '--eplb-config {"num_redundant_experts":0.0}',
+    # launch lines of vLLM's docs that stopped at "unrecognized arguments": the graphs'
+    # context bound (aiollm's cover --max-model-len), a text-only model's multimodal limits
+    # (JSON, a modality's {"count": N}, the older image=0 form), Hugging Face's config
+    "--max-seq-len-to-capture 8192", '--limit-mm-per-prompt {"image":0,"video":0}',
+    '--limit-mm-per-prompt {"video":{"count":0,"num_frames":32}}',
+    "--limit-mm-per-prompt image=0,audio=0", "--config-format hf", "--config-format auto",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -158,6 +164,15 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--ssl-ca-certs /ca.pem", ("TLS",)),
     ("--ssl-cert-reqs 2", ("TLS",)),
     ("--root-path /api", ("strip", "/v1/")),
+    # vLLM's docs' flags that stopped at "unrecognized arguments": each now says what to do
+    ("--no-async-scheduling", ("step N+1", "leave the flag out")),
+    ("--kv-cache-memory-bytes 4000000000", ("--kv-tokens", "--gpu-memory-utilization")),
+    ("--enable-sleep-mode", ("no sleep mode", "stop the server")),
+    ("--config-format mistral", ("config.json", "params.json")),
+    ('--limit-mm-per-prompt {"image":1}', ("image 1", "text alone", "give it 0")),
+    ('--limit-mm-per-prompt {"video":{"count":2}}', ("video 2", "give it 0")),
+    ("--limit-mm-per-prompt image=4", ("image 4",)),
+    ("--limit-mm-per-prompt [0]", ("JSON object",)),
     ("--config serve.yaml", ("command line",)),
     ("--override-generation-config {}", ("--generation-config",)),
     ("--distributed-executor-backend ray", ("Ray",)),

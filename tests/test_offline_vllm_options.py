@@ -110,7 +110,8 @@ def test_what_aiollm_always_does_is_taken():
                     max_logprobs=20, tokenizer_mode="auto", quantization=None,
                     revision=None, download_dir=None, speculative_config=None,
                     enable_lora=False, enable_expert_parallel=False, enable_eplb=False,
-                    async_scheduling=True, scheduling_policy="fcfs")
+                    async_scheduling=True, scheduling_policy="fcfs",
+                    enable_sleep_mode=False, config_format="hf", kv_cache_memory_bytes=None)
     # vLLM too serves an architecture it implements with its own code, flag or not
     past_the_checks(trust_remote_code=True)
 
@@ -142,6 +143,25 @@ def test_moe_options_of_expert_parallelism_are_taken_with_no_effect(caplog):
     assert refused(all2all_backend=3) == "all2all_backend=3: must be a string"
 
 
+def test_a_text_only_models_limits_and_the_graphs_context_bound_are_taken(caplog):
+    """limit_mm_per_prompt with every count 0 (a text-only model's limits: as a dict, its
+    JSON, a modality's {"count": 0}) and max_seq_len_to_capture are taken with a line saying
+    they change nothing, as `aiollm serve` takes the flags; a count above 0 is refused
+    naming the keyword, the modality and its count, as the CLI refuses it."""
+    with caplog.at_level("INFO", logger="aiollm.vllm_names"):
+        past_the_checks(limit_mm_per_prompt={"image": 0, "video": {"count": 0}},
+                        max_seq_len_to_capture=8192)
+    said = [r.getMessage().split(" has")[0] for r in caplog.records
+            if "has no effect" in r.getMessage()]
+    assert said == ["limit_mm_per_prompt={'image': 0, 'video': {'count': 0}}",
+                    "max_seq_len_to_capture=8192"], said
+    past_the_checks(limit_mm_per_prompt='{"audio": 0}')
+    message = refused(limit_mm_per_prompt={"image": 0, "audio": 2})
+    assert message.startswith("limit_mm_per_prompt={'image': 0, 'audio': 2}: audio 2: ")
+    assert "text alone" in message and "leave the keyword out" in message, message
+    assert refused(limit_mm_per_prompt=[0]).startswith("limit_mm_per_prompt=[0]: takes a JSON")
+
+
 def test_vllm_llm_parameters_at_their_defaults_are_taken():
     """Parameters of vLLM's LLM(...) given at its defaults, as scripts spell them out: each
     was a TypeError, "unexpected keyword argument", for a keyword vLLM's LLM names."""
@@ -155,7 +175,7 @@ def _cli_error(flag: str, capsys) -> str:
     """`aiollm serve M FLAG [VALUE]`'s error, after "argument FLAG: "."""
     args = [flag] if flag.startswith("--no-") or flag in (
         "--enable-lora", "--enable-expert-parallel", "--enable-eplb",
-        "--skip-tokenizer-init") else [flag, "2"]
+        "--skip-tokenizer-init", "--enable-sleep-mode") else [flag, "2"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "M", *args])
     line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -186,6 +206,10 @@ def _cli_error(flag: str, capsys) -> str:
     ("allowed_local_media_path", "/m", "--allowed-local-media-path"),
     ("override_generation_config", {"temperature": 0.5}, "--override-generation-config"),
     ("distributed_executor_backend", "ray", "--distributed-executor-backend"),
+    ("async_scheduling", False, "--no-async-scheduling"),
+    ("kv_cache_memory_bytes", 4 << 30, "--kv-cache-memory-bytes"),
+    ("enable_sleep_mode", True, "--enable-sleep-mode"),
+    ("config_format", "mistral", "--config-format"),
 ])
 def test_what_aiollm_cannot_honour_is_refused_as_the_cli_refuses_it(keyword, value, flag,
                                                                     capsys):
@@ -236,8 +260,10 @@ def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
                 LLM(MISSING, **{keyword: "x"})
 
 
+# max_seq_len_to_capture is taken now, of no effect, as `aiollm serve` takes the flag; vLLM's
+# worker_cls (a class of its own executor) has no meaning here
 @pytest.mark.parametrize("keyword", ["not_an_option", "enable_auto_tool_choice",
-                                     "max_seq_len_to_capture", "response_role",
+                                     "worker_cls", "response_role",
                                      "root_path"])
 def test_an_unknown_keyword_is_a_type_error_naming_it(keyword):
     """Named as LLM()'s (it said EngineConfig.__init__(), a class the caller never named)."""

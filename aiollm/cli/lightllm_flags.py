@@ -116,6 +116,14 @@ NO_EFFECT = {
     "--disable-custom-allreduce": "tensor parallelism all-reduces with torch.distributed "
                                   "(NCCL) only",
     "--enable-fa3": "attention runs on aiollm's Triton kernels (outputs are the same)",
+    "--enable-prefill-decode-mixed": "prompt chunks always share a step with the decodes, "
+                                     "within --mixed-prefill-tokens",
+    # LightLLM's aggressive schedule admits new prompts at any step, stalling the decodes
+    # for that step's prefill; without it, every --router_max_wait_tokens steps
+    "--disable-aggressive-schedule": "no prefill stalls the decodes: a step's prompt chunks "
+                                     "share it with them, within --mixed-prefill-tokens",
+    "--health-monitor": "/health answers whether the engine runs, and nothing restarts the "
+                        "server: run it under a supervisor (systemd, Kubernetes) for that",
 }
 
 # the router's admission knobs: its "busy" threshold of the pool's use, its guess of a
@@ -166,6 +174,18 @@ NO_EFFECT_VALUES = (
             kind=int),
     Ignored(("--mode",), "attention runs on aiollm's Triton kernels (outputs are the same)",
             "MODE", refuse=_mode_refusal, nargs="+"),
+    # nargs "+" as LightLLM declares them: a backend per kind of attention layer; their
+    # choices grow with its releases (flashqla), so any name is taken
+    *(Ignored((flag,), "attention runs on aiollm's Triton kernels (outputs are the same)",
+              "BACKEND", nargs="+")
+      for flag in ("--llm-prefill-att-backend", "--llm-decode-att-backend")),
+    Ignored(("--log-stats-interval",), sglang_flags.STATS_EVERY_MINUTE.replace(
+        "--disable-log-stats", "--disable_log_stats"), "SECONDS", kind=int),
+    Ignored(("--cache-capacity",),
+            "aiollm's models take text alone, so there is no cache of images' or audio's "
+            "embeddings to size", "N", kind=int),
+    Ignored(("--httpserver-workers",),
+            "one process serves HTTP (asynchronously) and runs the engine", "N", kind=int),
 )
 
 

@@ -188,7 +188,19 @@ NO_EFFECT = {
                               "CUDA graphs (outputs are the same)",
     "--enable-p2p-check": "tensor parallelism all-reduces with torch.distributed (NCCL), "
                           "which checks peer access between GPUs itself",
+    "--show-time-cost": "no timings of the server's stages are logged (SGLang's profiling "
+                        "marks); outputs are the same",
+    # SGLang's metrics of each data-parallel scheduler, not only the first's
+    "--enable-metrics-for-all-schedulers": "/metrics is always served by the one engine "
+                                           "loop, which schedules every request",
+    # SGLang then runs a batch between its captured sizes without a graph
+    "--disable-cuda-graph-padding": "a decode batch between captured sizes replays the next "
+                                    "size's CUDA graph, padded (outputs are the same)",
 }
+
+# SGLang's --decode-log-interval (decode steps), LightLLM's --log_stats_interval (seconds)
+STATS_EVERY_MINUTE = ("the periodic statistics (the prefix cache's hit rate) are logged once "
+                      "a minute; --disable-log-stats turns them off")
 
 # each value's type as SGLang's ServerArgs declares it; its attention and sampling backends'
 # choices, which grow with each release, are not checked (a newer release's name is taken)
@@ -206,6 +218,10 @@ NO_EFFECT_VALUES = (
     Ignored(("--nccl-port",),
             "on one node the ranks meet at a free port of 127.0.0.1 that aiollm picks; over "
             "nodes, --dist-init-addr HOST:PORT names node 0's", "PORT", kind=int),
+    Ignored(("--dist-timeout",),
+            "the ranks' torch.distributed groups keep aiollm's timeouts (a rank lost at "
+            "start-up is noticed by its watchdog, not at a timeout)", "SECONDS", kind=int),
+    Ignored(("--decode-log-interval",), STATS_EVERY_MINUTE, "N", kind=int),
 )
 
 # tool-call and reasoning parsers under SGLang's and LightLLM's names -> aiollm's
