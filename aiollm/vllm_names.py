@@ -248,7 +248,10 @@ def _as_aiollm_values(options: dict[str, Any]) -> None:
     """vLLM's values of aiollm's options, in `options`, as aiollm's: dtype "half"/"float"
     or a torch.dtype as its name, tool_call_parser llama3_json as llama3, seed=None
     (vLLM's default) left out, max_model_len=-1 (vLLM's "the longest that fits", as
-    `aiollm serve --max-model-len -1`) as None."""
+    `aiollm serve --max-model-len -1`) as None, served_model_name a list or tuple of
+    names (vLLM's EngineArgs takes one; its first names the model, an empty one none) as
+    that first name (each entry checked as a name: ValueError naming
+    served_model_name)."""
     if isinstance(options.get("dtype"), str):
         options["dtype"] = vllm_flags.dtype_name(options["dtype"])
     elif "dtype" in options:
@@ -259,6 +262,14 @@ def _as_aiollm_values(options: dict[str, Any]) -> None:
     for keyword in _NONE_IS_DEFAULT:
         if keyword in options and options[keyword] is None:
             del options[keyword]
+    names = options.get("served_model_name")
+    if isinstance(names, (list, tuple)):
+        for name in names:  # each a name, as EngineConfig holds one
+            if not isinstance(name, str):
+                raise ValueError(f"served_model_name: each name must be a string, got "
+                                 f"{names!r}")
+            EngineConfig(served_model_name=name)
+        options["served_model_name"] = names[0] if names else None
     mml = options.get("max_model_len")
     if isinstance(mml, numbers.Integral) and not isinstance(mml, bool) and mml == -1:
         options["max_model_len"] = None

@@ -320,6 +320,18 @@ def test_kv_cache_dtype_of_the_models_own_dtype_is_taken():
         assert text in str(e.value), (text, str(e.value))
 
 
+def test_served_model_name_takes_vllms_list_of_names():
+    """vLLM's EngineArgs takes served_model_name as one name or a list, whose first names
+    the model (an empty list: the model's own name): LLM(served_model_name=["a", "b"])
+    raised "served_model_name must be a string or None". Each name is still checked."""
+    with LLM(None, kv_tokens=256, max_model_len=256, served_model_name=["a", "b"]) as llm:
+        assert llm.engine.model_name == "a"
+    past_the_checks(served_model_name=("a",))
+    past_the_checks(served_model_name=[])
+    for names in (["a", " "], [3], ["a", None]):
+        assert "served_model_name" in refused(served_model_name=names), names
+
+
 def test_max_model_len_minus_one_is_vllms_auto_fit():
     """vLLM's engine takes max_model_len=-1 as "the longest that fits" (its --max-model-len
     auto), which is aiollm's default, as `aiollm serve --max-model-len -1` takes it:
