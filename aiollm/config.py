@@ -289,8 +289,8 @@ class EngineConfig:
                 raise ValueError(f"dist_init_addr must be HOST:PORT with a port in [1, 65535], "
                                  f"got {self.dist_init_addr!r}")
         if self.served_model_name is not None and not self.served_model_name.strip():
-            raise ValueError("served_model_name must not be empty (None: the model's name), "
-                             f"got {self.served_model_name!r}")
+            raise ValueError("served_model_name must not be empty (left out, the model's own "
+                             f"name is served), got {self.served_model_name!r}")
         if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"tool_call_parser must be one of {', '.join(TOOL_CALL_PARSERS)} "
                              f"(or None), got {self.tool_call_parser!r}")

@@ -193,6 +193,8 @@ def test_each_bad_option_names_its_own_flag(capsys, monkeypatch):
                "be in [1, 2147483646]"),
               (["--served-model-name", " "], "argument --served-model-name: "
                "served_model_name must not be empty"),
+              (["--model_name", ""], "argument --model_name: served_model_name must not "
+               "be empty (left out, the model's own name is served)"),
               (["--host", ""], "argument --host: must not be empty"),
               (["--api-key", " "], "argument --api-key: must not be empty"),
               (["--dist-init-addr", "127.0.0.1:99999"],
