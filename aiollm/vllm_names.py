@@ -36,7 +36,7 @@ import re
 from dataclasses import fields
 from typing import Any
 
-from aiollm import vllm_flags, vllm_graph_keywords
+from aiollm import vllm_flags, vllm_graph_keywords, vllm_value_checks
 from aiollm.config import EngineConfig
 from aiollm.engine.content_format import check_content_format
 from aiollm.engine.template_options import TemplateOptions
@@ -227,13 +227,17 @@ def _take_no_effect(keyword: str, value: Any, ignored: vllm_flags.Ignored) -> No
     """A keyword of no effect given `value`: logged as such (None, vLLM's 'not set',
     silently); raises ValueError naming it and its value where the CLI refuses the value
     (ignored.refuse), or where it is none of ignored.choices, or no string where the flag
-    takes any text (a backend's name: all2all_backend=3), as vLLM's config refuses those."""
+    takes any text (a backend's name: all2all_backend=3), or no whole number where it takes
+    an int (max_seq_len_to_capture="x"; "8192" and 8192.0 taken, as vLLM's pydantic config
+    reads them: vllm_value_checks.whole_number), as vLLM's config refuses those."""
     if value is None:
         return
     if ignored.choices is not None and value not in ignored.choices:
         raise ValueError(f"{keyword}={value!r}: must be one of {', '.join(ignored.choices)}")
     if ignored.kind is str and ignored.refuse is None and not isinstance(value, str):
         raise ValueError(f"{keyword}={value!r}: must be a string")  # a name, any name
+    if ignored.kind is int and vllm_value_checks.whole_number(value) is None:
+        raise ValueError(f"{keyword}={value!r}: must be a whole number")  # as the CLI's int
     if ignored.refuse is not None and (why := ignored.refuse(value)):
         raise ValueError(f"{keyword}={value!r}: {_as_keywords(why)}")
     log.info("%s=%r has no effect: %s", keyword, value, _as_keywords(ignored.why))

@@ -74,7 +74,8 @@ def multimodal_refusal(value: Any) -> str | None:
                 "'{\"image\": 0, \"video\": 0}'")
     for modality, limit in limits.items():
         count = limit.get("count") if isinstance(limit, dict) else limit
-        if whole_number(count) != 0:
-            return (f"{modality} {count}: {TEXT_ONLY}; give it 0 (a text-only "
+        if whole_number(count) != 0:  # named as typed where no count was given
+            shown = count if count is not None else json.dumps(limit)
+            return (f"{modality} {shown}: {TEXT_ONLY}; give it 0 (a text-only "
                     "model's limits) or leave the flag out")
     return None

@@ -177,6 +177,23 @@ def test_flags_aiollm_cannot_honour_stop_the_start_saying_what_to_do(line, names
         assert name in err, (name, err)
 
 
+@pytest.mark.parametrize("flag", ["--llm_prefill_att_backend", "--llm_decode_att_backend"])
+def test_a_model_after_an_attention_backend_is_not_taken_as_a_backend(flag, capsys):
+    """nargs "+" takes every word up to the next flag: `aiollm serve --llm_prefill_att_backend
+    fa3 /m` took /m as a backend, and with no MODEL left the server started the default
+    model (r256 saw it load SmolLM2). A word that is none of LightLLM's backends is refused,
+    naming it and saying where MODEL goes; the backends themselves stay taken."""
+    with pytest.raises(SystemExit) as e:  # the parser's (main would start a server)
+        parse(f"{flag} fa3 /m", model=())
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}: /m is not" in err and "give the model first" in err, err
+    assert "--model_dir MODEL" in err, err
+    assert refusal(f"{flag} fast_attn", capsys).startswith(
+        f"aiollm serve: error: argument {flag}: fast_attn is not")
+    assert options(f"{flag} auto triton fa3 flashinfer flashqla") == options("")
+
+
 def test_a_lightllm_launch_line_serves_the_generate_route(tmp_path):
     """A LightLLM benchmark-style launch line, underscores and all, starts the server with
     its sizes (KV tokens, request length, running requests) and /generate answers; its

@@ -15,14 +15,15 @@ from aiollm.cli import build_parser, lightllm_flags, sglang_flags
 IGNORED = [*vllm_flags.NO_EFFECT_VALUES, *sglang_flags.NO_EFFECT_VALUES,
            *lightllm_flags.NO_EFFECT_VALUES]
 # names whose engine takes any text (backends' lists grow with each release; --eplb-config
-# is its own JSON check, LightLLM's --mode its own check of modes): every other flag must say
-# its type
+# is its own JSON check, LightLLM's --mode and attention backends their own checks of names):
+# every other flag must say its type
 ANY_TEXT = {"--attention-backend", "--sampling-backend", "--all2all-backend", "--eplb-config",
             "--mode", "--limit-mm-per-prompt", "--llm-prefill-att-backend",
             "--llm-decode-att-backend"}
 # a good value of a flag with a check of its own
 OWN_CHECK = {"--eplb-config": "{}", "--mode": "triton_gqa_flashdecoding",
-             "--limit-mm-per-prompt": '{"image": 0}'}
+             "--limit-mm-per-prompt": '{"image": 0}', "--llm-prefill-att-backend": "fa3",
+             "--llm-decode-att-backend": "triton"}
 GOOD = {int: "6", float: "0.5", vllm_flags.optional_int: "None"}
 
 

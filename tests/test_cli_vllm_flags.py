@@ -172,6 +172,8 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ('--limit-mm-per-prompt {"image":1}', ("image 1", "text alone", "give it 0")),
     ('--limit-mm-per-prompt {"video":{"count":2}}', ("video 2", "give it 0")),
     ("--limit-mm-per-prompt image=4", ("image 4",)),
+    # a modality's options with no count (it said "image None", a value never typed)
+    ('--limit-mm-per-prompt {"image":{}}', ("image {}", "give it 0")),
     ("--limit-mm-per-prompt [0]", ("JSON object",)),
     ("--config serve.yaml", ("command line",)),
     ("--override-generation-config {}", ("--generation-config",)),

@@ -160,6 +160,11 @@ def test_a_text_only_models_limits_and_the_graphs_context_bound_are_taken(caplog
     assert message.startswith("limit_mm_per_prompt={'image': 0, 'audio': 2}: audio 2: ")
     assert "text alone" in message and "leave the keyword out" in message, message
     assert refused(limit_mm_per_prompt=[0]).startswith("limit_mm_per_prompt=[0]: takes a JSON")
+    # typed as vLLM's config types it, as the CLI's --max-seq-len-to-capture abc is a usage
+    # error (it was logged as of no effect)
+    assert refused(max_seq_len_to_capture="x") == ("max_seq_len_to_capture='x': must be a "
+                                                   "whole number")
+    assert refused(max_seq_len_to_capture=1.5).startswith("max_seq_len_to_capture=1.5: must")
 
 
 def test_vllm_llm_parameters_at_their_defaults_are_taken():

@@ -162,6 +162,28 @@ def _mode_refusal(modes: list[str]) -> str | None:
             f"({', '.join(KERNEL_MODES)}), which change nothing{model}")
 
 
+# LightLLM's attention backends: its api_cli.py's choices, and flashqla (its linear
+# attention's, a later release's)
+ATTENTION_BACKENDS = ("auto", "triton", "fa3", "flashinfer", "flashqla")
+
+
+def _backend_refusal(flag: str):
+    """The check of --llm_prefill_att_backend's or --llm_decode_att_backend's words (nargs
+    "+"): the first that is none of ATTENTION_BACKENDS is refused, named, saying where MODEL
+    goes, for nargs "+" takes every word up to the next flag: a MODEL typed after the
+    backends was taken as one, and the server started its default model instead."""
+    typed = flag.replace("-", "_").replace("__", "--", 1)
+
+    def refusal(backends: list[str]) -> str | None:
+        other = next((name for name in backends if name not in ATTENTION_BACKENDS), None)
+        if other is None:
+            return None
+        return (f"{other} is not one of LightLLM's attention backends "
+                f"({', '.join(ATTENTION_BACKENDS)}); {typed} takes every word up to the next "
+                "flag: give the model first, `aiollm serve MODEL ...`, or as --model_dir MODEL")
+    return refusal
+
+
 NO_EFFECT_VALUES = (
     Ignored(("--graph-max-len-in-batch",),
             "decode CUDA graphs cover every context up to --max-model-len", "N", kind=int),
@@ -174,10 +196,9 @@ NO_EFFECT_VALUES = (
             kind=int),
     Ignored(("--mode",), "attention runs on aiollm's Triton kernels (outputs are the same)",
             "MODE", refuse=_mode_refusal, nargs="+"),
-    # nargs "+" as LightLLM declares them: a backend per kind of attention layer; their
-    # choices grow with its releases (flashqla), so any name is taken
+    # nargs "+" as LightLLM declares them: a backend per kind of attention layer
     *(Ignored((flag,), "attention runs on aiollm's Triton kernels (outputs are the same)",
-              "BACKEND", nargs="+")
+              "BACKEND", nargs="+", refuse=_backend_refusal(flag))
       for flag in ("--llm-prefill-att-backend", "--llm-decode-att-backend")),
     Ignored(("--log-stats-interval",), sglang_flags.STATS_EVERY_MINUTE.replace(
         "--disable-log-stats", "--disable_log_stats"), "SECONDS", kind=int),
