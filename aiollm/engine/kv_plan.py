@@ -26,7 +26,7 @@ import torch
 from aiollm.byte_size import byte_size
 from aiollm.config import KV_MEMORY_FRACTION, EngineConfig
 from aiollm.model.config import ModelConfig
-from aiollm.model.kv_pool import KVPool, pool_misfit, share_given, static_pool_tokens
+from aiollm.model.kv_pool import KVPool, named, pool_misfit, share_given, static_pool_tokens
 from aiollm.model.parallel import local_config
 
 
@@ -149,8 +149,7 @@ def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_toke
     elif free_bound:
         more = f"free memory on {device} (what the weights leave is too little for any share)"
     else:
-        share = memory_share(cfg)
-        more = f"raise {share} (--{share.replace('_', '-')})"
+        more = f"raise {named(memory_share(cfg))}"
     holds = "can hold at most" if at_most else "holds"
     return (f"the KV cache {holds} {kv_tokens} tokens ({byte_size(kv_tokens * per_token)}), "
             f"less than one request of max_model_len {cfg.max_model_len} tokens needs "

@@ -40,7 +40,7 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     if cap is None:
         return tokens
     share = share_given(cfg)
-    sizer = (f"cpu_kv_tokens {cfg.cpu_kv_tokens}"  # LLM's keyword: it has no flag
+    sizer = (f"{named('cpu_kv_tokens')} {cfg.cpu_kv_tokens}"
              if device.type != "cuda" and cfg.cpu_kv_tokens is not None
              else "the CPU's default" if device.type != "cuda"  # no share has an effect
              else "the GPU's free memory" if share is None
@@ -51,11 +51,16 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     return tokens
 
 
+# EngineConfig's options that size a pool with no flag of serve's (LLM(...)'s keywords alone)
+UNFLAGGED = frozenset({"cpu_kv_tokens"})
+
+
 def named(option: str) -> str:
     """An EngineConfig option as its log lines and errors name it, "mem_fraction
     (--mem-fraction)": the form serve rewrites to the flag as the user typed it
-    (log_config.rewrite_flags: LightLLM's "(--mem_fraction)")."""
-    return f"{option} (--{option.replace('_', '-')})"
+    (log_config.rewrite_flags: LightLLM's "(--mem_fraction)"); one of UNFLAGGED by its
+    name alone."""
+    return option if option in UNFLAGGED else f"{option} (--{option.replace('_', '-')})"
 
 
 def share_given(cfg) -> str | None:
@@ -160,10 +165,8 @@ def pool_misfit(num_tokens: int, need: int, device: torch.device, share: str | N
     smaller of it and a share's tokens, so no share lowered above it helps); or where it is
     cpu_kv_tokens, the CPU pool's size given, alone, by that name (no flag sets it)."""
     size = f"{part}: {byte_size(need)}" if part else byte_size(need)
-    if share == "max_total_tokens":
+    if share in ("max_total_tokens", "cpu_kv_tokens"):  # the size given: no share helps
         lower = named(share)
-    elif share == "cpu_kv_tokens":  # EngineConfig's (LLM's keyword): serve has no flag of it
-        lower = share
     else:
         lower = "kv_tokens (--kv-tokens)" + ("" if share is None else f" or {named(share)}")
     return (f"a KV pool of {num_tokens} tokens ({size}) does not fit in the memory of "
