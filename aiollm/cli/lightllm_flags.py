@@ -144,6 +144,8 @@ _ADMISSION = ("waiting requests are admitted at every step by --scheduler's poli
 # the KV cache kept in the model's dtype; its others keep the KV cache in int8 or fp8
 KERNEL_MODES = ("triton_flashdecoding", "triton_gqa_attention", "triton_gqa_flashdecoding",
                 "ppl_fp16")
+# where MODEL goes, for a word of a nargs "+" flag's that may be MODEL typed after its values
+_MODEL_FIRST = "give the model first, `aiollm serve MODEL ...`, or as --model_dir MODEL"
 
 
 def _mode_refusal(modes: list[str]) -> str | None:
@@ -155,8 +157,7 @@ def _mode_refusal(modes: list[str]) -> str | None:
     if other is None:
         return None
     model = ("" if len(modes) < 2 or other is not modes[-1] else
-             " (--mode takes every word up to the next flag: give the model first, `aiollm "
-             "serve MODEL ...`, or as --model_dir MODEL)")
+             f" (--mode takes every word up to the next flag: {_MODEL_FIRST})")
     return (f"{other} is not served: the KV cache is kept in the model's dtype (no int8 or "
             "fp8 KV cache); leave the flag out, or give only kernel modes "
             f"({', '.join(KERNEL_MODES)}), which change nothing{model}")
@@ -172,15 +173,13 @@ def _backend_refusal(flag: str):
     "+"): the first that is none of ATTENTION_BACKENDS is refused, named, saying where MODEL
     goes, for nargs "+" takes every word up to the next flag: a MODEL typed after the
     backends was taken as one, and the server started its default model instead."""
-    typed = flag.replace("-", "_").replace("__", "--", 1)
-
     def refusal(backends: list[str]) -> str | None:
         other = next((name for name in backends if name not in ATTENTION_BACKENDS), None)
         if other is None:
             return None
         return (f"{other} is not one of LightLLM's attention backends "
-                f"({', '.join(ATTENTION_BACKENDS)}); {typed} takes every word up to the next "
-                "flag: give the model first, `aiollm serve MODEL ...`, or as --model_dir MODEL")
+                f"({', '.join(ATTENTION_BACKENDS)}); {_underscored(flag)} takes every word up "
+                f"to the next flag: {_MODEL_FIRST}")
     return refusal
 
 
