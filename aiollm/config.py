@@ -90,6 +90,10 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's own limit
     # KV pool size in tokens; overrides kv_memory_fraction and gpu_memory_utilization
     kv_tokens: int | None = None
+    # vLLM's --kv-cache-memory-bytes: KV pool size in bytes per GPU (a rank's K and V),
+    # overriding the memory shares as kv_tokens does, not with it; on the CPU too
+    # (aiollm/model/kv_bytes.py)
+    kv_cache_memory_bytes: int | None = None
     # SGLang's --max-total-tokens: an upper bound of the KV pool's tokens, the pool being the
     # smaller of it and what the memory gives (on the CPU, cpu_pool_tokens); not with kv_tokens
     max_total_tokens: int | None = None
@@ -251,6 +255,7 @@ class EngineConfig:
             raise ValueError(f"kv_tokens must be in [1, {MAX_KV_TOKENS}], got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        self._check_kv_cache_memory_bytes()
         self._check_max_total_tokens()
         if (self.kv_tokens is not None and self.max_model_len is not None
                 and self.kv_tokens < self.max_model_len):
@@ -330,6 +335,22 @@ class EngineConfig:
                                  f"got {v!r}")
             if f.type.startswith("int"):
                 setattr(self, f.name, int(v))  # a numpy int too: the request table takes an int
+
+    def _check_kv_cache_memory_bytes(self) -> None:
+        """kv_cache_memory_bytes (vLLM's KV pool size in bytes) >= 1, and not with kv_tokens
+        (a size in tokens: which would size the pool?): ValueError naming it otherwise.
+        Whether the bytes hold one request of max_model_len depends on the model's bytes a
+        token, checked before the weights load (aiollm/engine/kv_plan.py)."""
+        kv_bytes = self.kv_cache_memory_bytes
+        if kv_bytes is None:
+            return
+        if kv_bytes < 1:
+            raise ValueError(f"kv_cache_memory_bytes must be an integer >= 1 (bytes of KV "
+                             f"cache per GPU), got {kv_bytes}")
+        if self.kv_tokens is not None:
+            raise ValueError(f"give one of kv_tokens (the KV pool's size in tokens) and "
+                             f"kv_cache_memory_bytes (vLLM's: its size in bytes), got "
+                             f"{self.kv_tokens} and {kv_bytes}")
 
     def _check_max_total_tokens(self) -> None:
         """max_total_tokens (SGLang's bound of the pool) in [1, MAX_KV_TOKENS], not with

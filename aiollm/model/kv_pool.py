@@ -18,6 +18,7 @@ import torch
 
 from aiollm.byte_size import byte_size
 from aiollm.config import KV_MEMORY_FRACTION, MAX_KV_TOKENS, MEMORY_SHARES
+from aiollm.model.kv_bytes import bytes_misfit, bytes_pool_tokens
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     if cap is None:
         return tokens
     share = share_given(cfg)
-    sizer = (f"{named('cpu_kv_tokens')} {cfg.cpu_kv_tokens}"
+    sizer = (f"{named('kv_cache_memory_bytes')} {cfg.kv_cache_memory_bytes}"
+             if cfg.kv_cache_memory_bytes is not None
+             else f"{named('cpu_kv_tokens')} {cfg.cpu_kv_tokens}"
              if device.type != "cuda" and cfg.cpu_kv_tokens is not None
              else "the CPU's default" if device.type != "cuda"  # no share has an effect
              else "the GPU's free memory" if share is None
@@ -53,6 +56,9 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
 
 # EngineConfig's options that size a pool with no flag of serve's (LLM(...)'s keywords alone)
 UNFLAGGED = frozenset({"cpu_kv_tokens"})
+# the options that size a pool whatever the memory, the ones to lower or raise where it does
+# not fit (no share of the memory can help), but kv_tokens, the size in tokens
+SIZES = ("max_total_tokens", "cpu_kv_tokens", "kv_cache_memory_bytes")
 
 
 def named(option: str) -> str:
@@ -72,6 +78,8 @@ def share_given(cfg) -> str | None:
 
 def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
     """KV pool size in tokens, before max_total_tokens: cfg.kv_tokens when given;
+    cfg.kv_cache_memory_bytes over bytes_per_token when given (kv_bytes.bytes_pool_tokens;
+    on a GPU, ValueError naming it unless it is within the free memory after loading); else
     on a GPU, with cfg.gpu_memory_utilization, what `utilization_pool_tokens` leaves, with
     SGLang's mem_fraction_static or LightLLM's mem_fraction what `static_pool_tokens`
     leaves, else kv_memory_fraction (default KV_MEMORY_FRACTION) of the free memory after
@@ -87,13 +95,10 @@ def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position:
             log.info("the KV pool holds the %d tokens of kv_tokens (--kv-tokens): %s %s is "
                      "not used", cfg.kv_tokens, named(share), getattr(cfg, share))
         return cfg.kv_tokens
+    if cfg.kv_cache_memory_bytes is not None:
+        return _bytes_tokens(cfg, device, bytes_per_token, share)
     if device.type == "cuda":
-        # blocks PyTorch keeps cached (the load's temporary tensors, ~0.9 GB for a 135M
-        # GGUF; an earlier engine's) are free for the pool too: give them back first, with
-        # those that garbage in reference cycles still holds (collected first, as vLLM does)
-        gc.collect()
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info(device)
+        free, total = _free_memory(device)
         if utilization is not None:
             return utilization_pool_tokens(utilization, free, total,
                                            torch.cuda.memory_reserved(device), bytes_per_token)
@@ -104,6 +109,30 @@ def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position:
     if share is not None:
         log.info("%s %s has no effect on the CPU", named(share), getattr(cfg, share))
     return cfg.cpu_pool_tokens(min([x for x in (max_position, cfg.max_model_len) if x] or [8192]))
+
+
+def _free_memory(device: torch.device) -> tuple[int, int]:
+    """torch.cuda.mem_get_info(device), bytes free and in all, once the blocks PyTorch keeps
+    cached (the load's temporary tensors, ~0.9 GB for a 135M GGUF; an earlier engine's) are
+    given back, with those that garbage in reference cycles still holds (collected first, as
+    vLLM does): they are free for the pool too."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    return torch.cuda.mem_get_info(device)
+
+
+def _bytes_tokens(cfg, device: torch.device, bytes_per_token: int, share: str | None) -> int:
+    """The tokens of cfg.kv_cache_memory_bytes (kv_bytes.bytes_pool_tokens), the share
+    given logged as not used; on a GPU, ValueError (kv_bytes.bytes_misfit) where the bytes
+    are more than its free memory."""
+    kv_bytes = cfg.kv_cache_memory_bytes
+    tokens = bytes_pool_tokens(kv_bytes, bytes_per_token, cfg.max_model_len)
+    if device.type == "cuda" and kv_bytes > (free := _free_memory(device)[0]):
+        raise ValueError(bytes_misfit(kv_bytes, free, device))
+    if share is not None:  # as vLLM's kv_cache_memory_bytes overrides its share
+        log.info("the KV pool holds the %d tokens of %s %d: %s %s is not used", tokens,
+                 named("kv_cache_memory_bytes"), kv_bytes, named(share), getattr(cfg, share))
+    return tokens
 
 
 def utilization_pool_tokens(utilization: float, free: int, total: int, in_use: int,
@@ -163,9 +192,10 @@ def pool_misfit(num_tokens: int, need: int, device: torch.device, share: str | N
     MEMORY_SHARES, named "name (--flag)", the form serve rewrites as the user typed it); or
     where `share` is max_total_tokens, the bound that sized it, alone (the pool is the
     smaller of it and a share's tokens, so no share lowered above it helps); or where it is
-    cpu_kv_tokens, the CPU pool's size given, alone, by that name (no flag sets it)."""
+    cpu_kv_tokens, the CPU pool's size given, alone, by that name (no flag sets it), or
+    kv_cache_memory_bytes, vLLM's size in bytes, alone (SIZES)."""
     size = f"{part}: {byte_size(need)}" if part else byte_size(need)
-    if share in ("max_total_tokens", "cpu_kv_tokens"):  # the size given: no share helps
+    if share in SIZES:  # the size given: no share helps
         lower = named(share)
     else:
         lower = "kv_tokens (--kv-tokens)" + ("" if share is None else f" or {named(share)}")
@@ -187,7 +217,7 @@ class KVPool:
     """K and V of every layer for num_tokens token slots (plus one scratch slot), and the
     free list of those slots. Raises ValueError naming kv_tokens, and `sized_by` (the
     memory share, an option of MEMORY_SHARES, that sized num_tokens; None: none did), or
-    only max_total_tokens or cpu_kv_tokens where `sized_by` is that option (pool_misfit),
+    only the option of SIZES that `sized_by` is (pool_misfit),
     when the pool does not fit in the device's memory."""
 
     # host memory a slot takes whatever the device: its id in the free stack (int64) and its

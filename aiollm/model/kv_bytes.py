@@ -1,0 +1,53 @@
+"""vLLM's kv_cache_memory_bytes (`--kv-cache-memory-bytes`, LLM(kv_cache_memory_bytes=...)):
+the KV pool sized in bytes per GPU rather than from a share of its memory.
+
+The pool holds the bytes over one token's K and V on this rank (KVPool.bytes_per_token: a
+rank's share of the KV heads under tensor parallelism), whole tokens, as vLLM's worker takes
+the bytes as its KV cache's and skips its memory profile. Like kv_tokens it is a size, not a
+share: it overrides the memory shares (gpu_memory_utilization...), which kv_pool logs as not
+used, and on the CPU it sizes the pool too (vLLM's CPU backend sizes its KV cache in bytes,
+VLLM_CPU_KVCACHE_SPACE). Nothing here keeps headroom for activations: bytes that leave a
+GPU too little for them fail as they allocate, as in vLLM.
+"""
+
+from __future__ import annotations
+
+from aiollm.byte_size import byte_size
+
+NAMED = "kv_cache_memory_bytes (--kv-cache-memory-bytes)"  # kv_pool.named's form
+
+
+def _sized(kv_bytes: int) -> str:
+    return f"{kv_bytes}" if kv_bytes < 1024 else f"{kv_bytes} ({byte_size(kv_bytes)})"
+
+
+def bytes_pool_tokens(kv_bytes: int, bytes_per_token: int,
+                      max_model_len: int | None = None) -> int:
+    """Tokens a KV pool of `kv_bytes` holds, K and V of `bytes_per_token` each (whole
+    tokens, the rest of the bytes unused). Raises ValueError naming kv_cache_memory_bytes,
+    the value and the bytes needed when they hold less than one request of max_model_len
+    tokens (as EngineConfig refuses a kv_tokens below it), or, with max_model_len left
+    out, no token at all."""
+    tokens = kv_bytes // bytes_per_token
+    if max_model_len is None and tokens < 1:
+        raise ValueError(f"kv_cache_memory_bytes {kv_bytes} holds no token: one token's K "
+                         f"and V take {bytes_per_token} bytes; give {NAMED} at least "
+                         f"{bytes_per_token}")
+    if max_model_len is not None and tokens < max_model_len:
+        need = max_model_len * bytes_per_token
+        raise ValueError(f"kv_cache_memory_bytes {_sized(kv_bytes)} holds {tokens} tokens of "
+                         f"{bytes_per_token} bytes (K and V), less than max_model_len "
+                         f"{max_model_len}: the KV cache must hold one request of "
+                         f"max_model_len tokens; give {NAMED} at least {_sized(need)}, or "
+                         f"max_model_len (--max-model-len) at most {tokens} (left out: the "
+                         "longest that fits)")
+    return tokens
+
+
+def bytes_misfit(kv_bytes: int, free: int, device, when: str = "free after loading") -> str:
+    """The error of a kv_cache_memory_bytes past the bytes of `device` that are `free`
+    (`when`: which free memory, for the message): the flag, the bytes asked and free, and
+    what to change. Checked before the pool is allocated, which would fail out of memory
+    or leave nothing for the step's activations."""
+    return (f"kv_cache_memory_bytes {_sized(kv_bytes)} is more than the {_sized(free)} of "
+            f"{device} {when}: lower {NAMED}, or free memory on {device}")
