@@ -245,3 +245,17 @@ def test_on_a_gpu_bytes_past_its_memory_fail_before_the_weights_load(tiny):
                        r"is more than the \d+ \(.*\) of cuda(:0)? free once the weights load"):
         LLM(tiny, device="cuda", dtype="bfloat16", load_format="dummy",
             kv_cache_memory_bytes=2**40)
+
+
+def test_llms_keyword_takes_a_whole_float_as_vllms_config_does():
+    """vLLM's CacheConfig (pydantic, lax) reads kv_cache_memory_bytes=4e9 as 4000000000;
+    a fraction of a byte stays refused, naming the keyword."""
+    from aiollm.vllm_names import engine_options
+
+    assert engine_options({"kv_cache_memory_bytes": 4e9})[0] == {
+        "kv_cache_memory_bytes": 4_000_000_000}
+    assert isinstance(engine_options({"kv_cache_memory_bytes": 4e9})[0][
+        "kv_cache_memory_bytes"], int)
+    with pytest.raises(ValueError, match=r"^kv_cache_memory_bytes must be an integer or None, "
+                       r"got 1\.5$"):
+        LLM("/nonexistent/aiollm-test-model", kv_cache_memory_bytes=1.5)
