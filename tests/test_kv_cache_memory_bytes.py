@@ -116,6 +116,11 @@ def test_too_few_bytes_for_max_model_len_name_the_bytes_needed():
         bytes_pool_tokens(PER_TOKEN - 1, PER_TOKEN)
     assert str(e.value) == ("kv_cache_memory_bytes 127 holds no token: one token's K and V "
                             f"take 128 bytes; give {FLAG} at least 128")
+    # not "max_model_len at most 0", which no request fits
+    with pytest.raises(ValueError) as e:
+        bytes_pool_tokens(100, PER_TOKEN, max_model_len=100)
+    assert str(e.value) == ("kv_cache_memory_bytes 100 holds no token: one token's K and V "
+                            f"take 128 bytes; give {FLAG} at least 12800 (12.50 KiB)")
 
 
 def test_bytes_past_the_free_memory_name_the_flag_and_both_sizes():
@@ -168,9 +173,9 @@ def gpu_plan(tiny):
 
     config = load_hf_config(tiny)
 
-    def check(**options) -> None:
+    def check(tp=None, **options) -> None:
         check_kv_plan(EngineConfig(model=tiny, **options), config, torch.device("cuda"),
-                      torch.bfloat16)
+                      torch.bfloat16, tp)
     check.weights = config.num_params() * 2
     return check
 
@@ -197,6 +202,18 @@ def test_the_plan_refuses_bytes_short_of_max_model_len_before_the_weights_load(
     with pytest.raises(ValueError, match=r"holds 99 tokens of 128 bytes \(K and V\), less than "
                        "max_model_len 100"):
         cpu_plan(GiB, kv_cache_memory_bytes=128 * 100 - 1, max_model_len=100)
+
+
+def test_under_tensor_parallelism_the_bytes_hold_a_ranks_share_of_the_kv_heads(gpu_plan,
+                                                                               gpu_memory):
+    """vLLM's bytes are per GPU: over two ranks each holds one of `tiny`'s two KV heads, 32
+    bytes a token, so 3,200 bytes hold the 100 tokens of max_model_len there, 50 on one."""
+    from types import SimpleNamespace
+
+    gpu_memory(80, 80)
+    gpu_plan(SimpleNamespace(rank=1, size=2), kv_cache_memory_bytes=3200, max_model_len=100)
+    with pytest.raises(ValueError, match=r"holds 50 tokens of 64 bytes \(K and V\)"):
+        gpu_plan(kv_cache_memory_bytes=3200, max_model_len=100)
 
 
 def test_a_cpu_pool_of_the_bytes_past_the_machines_memory_names_them(cpu_plan):

@@ -25,23 +25,21 @@ def bytes_pool_tokens(kv_bytes: int, bytes_per_token: int,
                       max_model_len: int | None = None) -> int:
     """Tokens a KV pool of `kv_bytes` holds, K and V of `bytes_per_token` each (whole
     tokens, the rest of the bytes unused). Raises ValueError naming kv_cache_memory_bytes,
-    the value and the bytes needed when they hold less than one request of max_model_len
-    tokens (as EngineConfig refuses a kv_tokens below it), or, with max_model_len left
-    out, no token at all."""
+    the value and the bytes needed when they hold no token, or less than one request of
+    max_model_len tokens (as EngineConfig refuses a kv_tokens below it)."""
     tokens = kv_bytes // bytes_per_token
-    if max_model_len is None and tokens < 1:
+    least = max_model_len or 1
+    if tokens >= least:
+        return tokens
+    need = _sized(least * bytes_per_token)
+    if tokens < 1:
         raise ValueError(f"kv_cache_memory_bytes {kv_bytes} holds no token: one token's K "
-                         f"and V take {bytes_per_token} bytes; give {NAMED} at least "
-                         f"{bytes_per_token}")
-    if max_model_len is not None and tokens < max_model_len:
-        need = max_model_len * bytes_per_token
-        raise ValueError(f"kv_cache_memory_bytes {_sized(kv_bytes)} holds {tokens} tokens of "
-                         f"{bytes_per_token} bytes (K and V), less than max_model_len "
-                         f"{max_model_len}: the KV cache must hold one request of "
-                         f"max_model_len tokens; give {NAMED} at least {_sized(need)}, or "
-                         f"max_model_len (--max-model-len) at most {tokens} (left out: the "
-                         "longest that fits)")
-    return tokens
+                         f"and V take {bytes_per_token} bytes; give {NAMED} at least {need}")
+    raise ValueError(f"kv_cache_memory_bytes {_sized(kv_bytes)} holds {tokens} tokens of "
+                     f"{bytes_per_token} bytes (K and V), less than max_model_len "
+                     f"{max_model_len}: the KV cache must hold one request of max_model_len "
+                     f"tokens; give {NAMED} at least {need}, or max_model_len "
+                     f"(--max-model-len) at most {tokens} (left out: the longest that fits)")
 
 
 def bytes_misfit(kv_bytes: int, free: int, device, when: str = "free after loading") -> str:
