@@ -88,7 +88,8 @@ class EngineConfig:
     load_format: str = "auto"
     tokenizer: str | None = None  # default: the model's own (the default model's if it has none)
     max_model_len: int | None = None  # default: the model's own limit
-    # KV pool size in tokens; overrides kv_memory_fraction and gpu_memory_utilization
+    # KV pool size in tokens; overrides kv_memory_fraction and gpu_memory_utilization (and
+    # the other shares), not with kv_cache_memory_bytes
     kv_tokens: int | None = None
     # vLLM's --kv-cache-memory-bytes: KV pool size in bytes per GPU (a rank's K and V),
     # overriding the memory shares as kv_tokens does, not with it; on the CPU too

@@ -190,7 +190,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     e.add_argument("--kv-tokens", type=int, default=d.kv_tokens, action=Alias,
                    help="KV cache size in tokens, at least --max-model-len when that is "
                         "given (overrides --kv-memory-fraction and "
-                        "--gpu-memory-utilization; default on the CPU: 4 full contexts of "
+                        "--gpu-memory-utilization, not with --kv-cache-memory-bytes; default "
+                        "on the CPU: 4 full contexts of "
                         "--max-model-len, at most 65536 but at least one)")
     e.add_argument("--kv-cache-memory-bytes", type=token_counts.byte_count,
                    default=d.kv_cache_memory_bytes, metavar="BYTES",
