@@ -17,8 +17,9 @@ from aiollm.byte_size import byte_size
 NAMED = "kv_cache_memory_bytes (--kv-cache-memory-bytes)"  # kv_pool.named's form
 
 
-def _sized(kv_bytes: int) -> str:
-    return f"{kv_bytes}" if kv_bytes < 1024 else f"{kv_bytes} ({byte_size(kv_bytes)})"
+def _sized(n: int) -> str:
+    """n bytes as given, and read as people read them past 1 KiB: 65536 (64.00 KiB)."""
+    return f"{n}" if n < 1024 else f"{n} ({byte_size(n)})"
 
 
 def bytes_pool_tokens(kv_bytes: int, bytes_per_token: int,
@@ -33,7 +34,7 @@ def bytes_pool_tokens(kv_bytes: int, bytes_per_token: int,
         return tokens
     need = _sized(least * bytes_per_token)
     if tokens < 1:
-        raise ValueError(f"kv_cache_memory_bytes {kv_bytes} holds no token: one token's K "
+        raise ValueError(f"kv_cache_memory_bytes {_sized(kv_bytes)} holds no token: one token's K "
                          f"and V take {bytes_per_token} bytes; give {NAMED} at least {need}")
     raise ValueError(f"kv_cache_memory_bytes {_sized(kv_bytes)} holds {tokens} tokens of "
                      f"{bytes_per_token} bytes (K and V), less than max_model_len "
