@@ -48,9 +48,12 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
              else "the CPU's default" if device.type != "cuda"  # no share has an effect
              else "the GPU's free memory" if share is None
              else f"{named(share)} {getattr(cfg, share)}")
+    # kv_tokens sizes a pool over any other size but the bytes, which refuse it beside them
+    instead = (f"raise {named('kv_cache_memory_bytes')} for more"
+               if cfg.kv_cache_memory_bytes is not None
+               else "kv_tokens (--kv-tokens) sizes it instead")
     log.warning("max_total_tokens (--max-total-tokens) %d is more than the %d tokens %s leaves: "
-                "the KV pool holds %d (kv_tokens (--kv-tokens) sizes it instead)",
-                cap, tokens, sizer, tokens)
+                "the KV pool holds %d (%s)", cap, tokens, sizer, tokens, instead)
     return tokens
 
 
