@@ -38,7 +38,7 @@ MAX_STORED_RESPONSES = 1000
 # responses of a 16 MiB body each)
 MAX_STORED_RESPONSE_BYTES = 2**30
 # the options that size the GPU's KV pool as a share of its memory, one at most: what each is
-# a share of (aiollm/model/kv_pool.py)
+# a share of (aiollm/model/kv_pool_size.py)
 MEMORY_SHARES = {
     "gpu_memory_utilization": "vLLM's: the whole process's share of the GPU's memory",
     "kv_memory_fraction": "the KV pool's share of the memory free after loading",
@@ -93,13 +93,13 @@ class EngineConfig:
     kv_tokens: int | None = None
     # vLLM's --kv-cache-memory-bytes: KV pool size in bytes per GPU (a rank's K and V),
     # overriding the memory shares as kv_tokens does, not with it; on the CPU too
-    # (aiollm/model/kv_bytes.py)
+    # (aiollm/model/kv_pool_size.py)
     kv_cache_memory_bytes: int | None = None
     # SGLang's --max-total-tokens: an upper bound of the KV pool's tokens, the pool being the
     # smaller of it and what the memory gives (on the CPU, cpu_pool_tokens); not with kv_tokens
     max_total_tokens: int | None = None
     # of free GPU memory after loading, for the KV pool; None: KV_MEMORY_FRACTION, unless
-    # gpu_memory_utilization is given (one or the other: aiollm/model/kv_pool.py)
+    # gpu_memory_utilization is given (one or the other: aiollm/model/kv_pool_size.py)
     kv_memory_fraction: float | None = None
     # vLLM's --gpu-memory-utilization: this process's GPU memory (weights, KV pool, the
     # headroom for activations) stays within this share of the GPU's total; no effect on the CPU

@@ -21,9 +21,9 @@ aiollm's (0), and so is max_model_len=-1 (vLLM's "the longest that fits", as
 `aiollm serve --max-model-len -1`).
 Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are
 (tensor_parallel_size, gpu_memory_utilization, which lm-eval-harness passes on every call and
-which on a GPU sizes the KV pool as vLLM's does: aiollm/model/kv_pool.py; kv_cache_memory_bytes,
-the pool's size in bytes: aiollm/model/kv_bytes.py). swap_space, which
-vLLM's LLM takes and ignores (lm-eval-harness passes 4), is taken with a warning.
+which on a GPU sizes the KV pool as vLLM's does, and kv_cache_memory_bytes, the pool's size in
+bytes: aiollm/model/kv_pool_size.py). swap_space, which vLLM's LLM takes and ignores
+(lm-eval-harness passes 4), is taken with a warning.
 A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM: a TypeError
 naming it, as is any keyword neither vLLM's nor aiollm's.
 """

@@ -18,8 +18,7 @@ from aiollm import LLM, SamplingParams
 from aiollm.cli import build_parser
 from aiollm.cli.serve_checks import checked_config
 from aiollm.config import EngineConfig
-from aiollm.model.kv_bytes import bytes_misfit, bytes_pool_tokens
-from aiollm.model.kv_pool import pool_tokens
+from aiollm.model.kv_pool_size import bytes_misfit, bytes_pool_tokens, pool_tokens
 
 GiB = 2**30
 MiB = 2**20  # bytes per token slot in the patched-GPU tests: tokens are MiB of pool

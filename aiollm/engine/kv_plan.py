@@ -13,7 +13,7 @@ mem_fraction's leaving no room), and the most tokens a pool sized
 from memory can hold (what loading leaves free is at most the free memory now less the
 weights) against max_model_len; on the CPU, the pool's exact size against max_model_len.
 The pool itself is sized from the free memory measured after loading, and checked again
-there (aiollm/engine/loading.py, kv_pool.pool_tokens): another process may take memory
+there (aiollm/engine/loading.py, kv_pool_size.pool_tokens): another process may take memory
 meanwhile.
 """
 
@@ -27,8 +27,9 @@ import torch
 from aiollm.byte_size import byte_size
 from aiollm.config import KV_MEMORY_FRACTION, MAX_KV_TOKENS, EngineConfig
 from aiollm.model.config import ModelConfig
-from aiollm.model.kv_bytes import bytes_misfit, bytes_pool_tokens
-from aiollm.model.kv_pool import KVPool, named, pool_misfit, share_given, static_pool_tokens
+from aiollm.model.kv_pool import KVPool, pool_misfit
+from aiollm.model.kv_pool_size import (bytes_misfit, bytes_pool_tokens, named, share_given,
+                                     static_pool_tokens)
 from aiollm.model.parallel import local_config
 
 
@@ -40,7 +41,7 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     - on a GPU, weights whose bytes leave no room in the free memory for one token's K and
       V (naming the weights, not an option of the pool's, which cannot help);
     - kv_cache_memory_bytes holding less than one request of max_model_len (or no token),
-      or past a GPU's free memory now less the weights' (naming it: aiollm/model/kv_bytes.py,
+      or past a GPU's free memory now less the weights' (naming it: aiollm/model/kv_pool_size.py,
       the texts pool_tokens raises after loading); its tokens then checked as kv_tokens':
     - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
       (the text KVPool raises, naming kv_tokens), or on the CPU, with the pool's free list
@@ -175,7 +176,7 @@ def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_toke
 
 
 def pool_sizer(cfg: EngineConfig, device: torch.device, kv_tokens: int) -> str | None:
-    """The option that sized a pool of kv_tokens (kv_pool.pool_tokens' size, or under
+    """The option that sized a pool of kv_tokens (kv_pool_size.pool_tokens' size, or under
     tensor parallelism the least any rank holds), for KVPool's errors to name: SGLang's
     max_total_tokens where the pool holds that bound (it was the smaller of it and what the
     memory gives); None where kv_tokens was given; kv_cache_memory_bytes where given;

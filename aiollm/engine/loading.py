@@ -26,7 +26,8 @@ from aiollm.engine.token_floor import floor_of
 from aiollm.engine.warm_up import warm_up
 from aiollm.model.config import ModelConfig
 from aiollm.model.generation_defaults import folder_eos_ids, log_defaults, sampling_defaults
-from aiollm.model.kv_pool import SIZES, KVPool, ReqToTokenTable, named, pool_tokens
+from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+from aiollm.model.kv_pool_size import SIZES, named, pool_tokens
 from aiollm.model.paths import check_load_format
 from aiollm.model.tokenizer_files import check_tokenizer_path
 from aiollm.native import RequestTable
