@@ -345,9 +345,10 @@ class EngineConfig:
         kv_bytes = self.kv_cache_memory_bytes
         if kv_bytes is None:
             return
-        if kv_bytes < 1:
+        if kv_bytes < 1:  # vLLM reads 0 as not given: say so rather than guess
             raise ValueError(f"kv_cache_memory_bytes must be an integer >= 1 (bytes of KV "
-                             f"cache per GPU), got {kv_bytes}")
+                             f"cache per GPU), got {kv_bytes}; leave it out to size the cache "
+                             "from the memory (what vLLM does with 0)")
         if self.kv_tokens is not None:
             raise ValueError(f"give one of kv_tokens (the KV pool's size in tokens) and "
                              f"kv_cache_memory_bytes (vLLM's: its size in bytes), got "

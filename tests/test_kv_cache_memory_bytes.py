@@ -49,7 +49,8 @@ def test_the_flag_takes_vllms_human_sizes(value, bytes_):
      "of bytes: give an integer"),
     ("--kv-cache-memory-bytes 0.5", "'0.5' is not a number of bytes"),
     ("--kv-cache-memory-bytes 0", "argument --kv-cache-memory-bytes: kv_cache_memory_bytes "
-     "must be an integer >= 1 (bytes of KV cache per GPU), got 0"),
+     "must be an integer >= 1 (bytes of KV cache per GPU), got 0; leave it out to size the "
+     "cache from the memory (what vLLM does with 0)"),
     ("--kv-cache-memory-bytes 4G --kv-tokens 100",
      "error: give one of --kv-tokens (the KV pool's size in tokens) and "
      "--kv-cache-memory-bytes (vLLM's: its size in bytes), got 100 and 4294967296"),
