@@ -142,6 +142,15 @@ def test_on_a_gpu_the_bytes_size_the_pool_and_the_share_is_not_used(gpu_memory, 
         assert gpu_tokens(kv_cache_memory_bytes=GiB, gpu_memory_utilization=0.2) == 1024
     assert (f"the KV pool holds the 1024 tokens of {FLAG} 1073741824: gpu_memory_utilization "
             "(--gpu-memory-utilization) 0.2 is not used") in caplog.text, caplog.text
+    # aiollm's own share, of the memory free after loading, is a share left unused too
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        assert gpu_tokens(kv_cache_memory_bytes=GiB, kv_memory_fraction=0.5) == 1024
+        assert gpu_tokens(kv_tokens=1000, kv_memory_fraction=0.5) == 1000
+    assert (f"the KV pool holds the 1024 tokens of {FLAG} 1073741824: kv_memory_fraction "
+            "(--kv-memory-fraction) 0.5 is not used") in caplog.text, caplog.text
+    assert ("the KV pool holds the 1000 tokens of kv_tokens (--kv-tokens): kv_memory_fraction "
+            "(--kv-memory-fraction) 0.5 is not used") in caplog.text, caplog.text
     # more than the share would give, and than the default's 0.85 of the free memory
     assert gpu_tokens(kv_cache_memory_bytes=79 * GiB, mem_fraction=0.5) == 79 * 1024
 

@@ -99,14 +99,16 @@ def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position:
     it leaves no room for a pool."""
     utilization = cfg.gpu_memory_utilization
     share = share_given(cfg)
+    # a size given leaves any share given unused, kv_memory_fraction (of the free memory) too
+    unused = share or ("kv_memory_fraction" if cfg.kv_memory_fraction is not None else None)
     if cfg.kv_tokens is not None:
-        if share is not None:  # as vLLM's kv_cache_memory_bytes overrides it (and
+        if unused is not None:  # as vLLM's kv_cache_memory_bytes overrides it (and
             # LightLLM's max_total_token_num its mem_fraction)
             log.info("the KV pool holds the %d tokens of kv_tokens (--kv-tokens): %s %s is "
-                     "not used", cfg.kv_tokens, named(share), getattr(cfg, share))
+                     "not used", cfg.kv_tokens, named(unused), getattr(cfg, unused))
         return cfg.kv_tokens
     if cfg.kv_cache_memory_bytes is not None:
-        return _bytes_tokens(cfg, device, bytes_per_token, share)
+        return _bytes_tokens(cfg, device, bytes_per_token, unused)
     if device.type == "cuda":
         free, total = _free_memory(device)
         if utilization is not None:
@@ -133,8 +135,8 @@ def _free_memory(device: torch.device) -> tuple[int, int]:
 
 def _bytes_tokens(cfg, device: torch.device, bytes_per_token: int, share: str | None) -> int:
     """The tokens of cfg.kv_cache_memory_bytes (bytes_pool_tokens), the share given
-    logged as not used; on a GPU, ValueError (bytes_misfit) where the bytes are more than
-    its free memory."""
+    (`share`, an option of MEMORY_SHARES) logged as not used; on a GPU, ValueError
+    (bytes_misfit) where the bytes are more than its free memory."""
     kv_bytes = cfg.kv_cache_memory_bytes
     tokens = bytes_pool_tokens(kv_bytes, bytes_per_token, cfg.max_model_len)
     if device.type == "cuda" and kv_bytes > (free := _free_memory(device)[0]):
