@@ -116,6 +116,13 @@ def test_too_few_bytes_for_max_model_len_name_the_bytes_needed():
         bytes_pool_tokens(PER_TOKEN - 1, PER_TOKEN)
     assert str(e.value) == ("kv_cache_memory_bytes 127 holds no token: one token's K and V "
                             f"take 128 bytes; give {FLAG} at least 128")
+    # with no max_model_len, one token is the least, but a pool of one serves nothing: the
+    # bytes of one request of the model's context too
+    with pytest.raises(ValueError) as e:
+        bytes_pool_tokens(PER_TOKEN - 1, PER_TOKEN, context=256)
+    assert str(e.value) == ("kv_cache_memory_bytes 127 holds no token: one token's K and V "
+                            f"take 128 bytes; give {FLAG} at least 128, 32768 (32.00 KiB) for "
+                            "one request of the model's context of 256 tokens")
     # not "max_model_len at most 0", which no request fits
     with pytest.raises(ValueError) as e:
         bytes_pool_tokens(100, PER_TOKEN, max_model_len=100)
@@ -157,6 +164,9 @@ def test_on_a_gpu_the_bytes_size_the_pool_and_the_share_is_not_used(gpu_memory, 
 
 def test_on_a_gpu_bytes_past_the_free_memory_are_refused_before_allocating(gpu_memory):
     gpu_memory(free=80, total=100, reserved=16)
+    with pytest.raises(ValueError, match=r"at least 1048576 \(1\.00 MiB\), 8589934592 "
+                       r"\(8\.00 GiB\) for one request of the model's context of 8192 tokens$"):
+        gpu_tokens(kv_cache_memory_bytes=MiB - 1)  # too few first
     assert gpu_tokens(kv_cache_memory_bytes=80 * GiB) == 80 * 1024
     with pytest.raises(ValueError) as e:
         gpu_tokens(kv_cache_memory_bytes=80 * GiB + 1)
@@ -213,6 +223,11 @@ def test_the_plan_refuses_bytes_short_of_max_model_len_before_the_weights_load(
     with pytest.raises(ValueError, match=r"holds 99 tokens of 128 bytes \(K and V\), less than "
                        "max_model_len 100"):
         cpu_plan(GiB, kv_cache_memory_bytes=128 * 100 - 1, max_model_len=100)
+    # `tiny`'s context is 256 tokens
+    with pytest.raises(ValueError, match=r"^kv_cache_memory_bytes 100 holds no token: .* at "
+                       r"least 128, 32768 \(32\.00 KiB\) for one request of the model's "
+                       r"context of 256 tokens$"):
+        cpu_plan(GiB, kv_cache_memory_bytes=100)
 
 
 def test_under_tensor_parallelism_the_bytes_hold_a_ranks_share_of_the_kv_heads(gpu_plan,

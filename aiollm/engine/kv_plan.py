@@ -80,7 +80,7 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     size = cfg.kv_tokens  # a size given, in tokens or (vLLM's) in bytes
     if (kv_bytes := cfg.kv_cache_memory_bytes) is not None:
         # the text pool_tokens raises: too few bytes for max_model_len, too many for the GPU
-        size = bytes_pool_tokens(kv_bytes, per_token, cfg.max_model_len)
+        size = bytes_pool_tokens(kv_bytes, per_token, cfg.max_model_len, config.max_position)
         size = min(size, cfg.max_total_tokens or size, MAX_KV_TOKENS)  # as pool_tokens
         if device.type == "cuda" and kv_bytes + weights > free:
             raise ValueError(bytes_misfit(

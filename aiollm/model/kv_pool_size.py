@@ -108,7 +108,7 @@ def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position:
                      "not used", cfg.kv_tokens, named(unused), getattr(cfg, unused))
         return cfg.kv_tokens
     if cfg.kv_cache_memory_bytes is not None:
-        return _bytes_tokens(cfg, device, bytes_per_token, unused)
+        return _bytes_tokens(cfg, device, bytes_per_token, max_position, unused)
     if device.type == "cuda":
         free, total = _free_memory(device)
         if utilization is not None:
@@ -133,12 +133,13 @@ def _free_memory(device: torch.device) -> tuple[int, int]:
     return torch.cuda.mem_get_info(device)
 
 
-def _bytes_tokens(cfg, device: torch.device, bytes_per_token: int, share: str | None) -> int:
-    """The tokens of cfg.kv_cache_memory_bytes (bytes_pool_tokens), the share given
-    (`share`, an option of MEMORY_SHARES) logged as not used; on a GPU, ValueError
-    (bytes_misfit) where the bytes are more than its free memory."""
+def _bytes_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int,
+                  share: str | None) -> int:
+    """The tokens of cfg.kv_cache_memory_bytes (bytes_pool_tokens; max_position: the
+    model's context), the share given (`share`, an option of MEMORY_SHARES) logged as not
+    used; on a GPU, ValueError (bytes_misfit) where the bytes are more than its free memory."""
     kv_bytes = cfg.kv_cache_memory_bytes
-    tokens = bytes_pool_tokens(kv_bytes, bytes_per_token, cfg.max_model_len)
+    tokens = bytes_pool_tokens(kv_bytes, bytes_per_token, cfg.max_model_len, max_position)
     if device.type == "cuda" and kv_bytes > (free := _free_memory(device)[0]):
         raise ValueError(bytes_misfit(kv_bytes, free, device))
     if share is not None:  # as vLLM's kv_cache_memory_bytes overrides its share
@@ -152,20 +153,24 @@ def _sized(n: int) -> str:
     return f"{n}" if n < 1024 else f"{n} ({byte_size(n)})"
 
 
-def bytes_pool_tokens(kv_bytes: int, bytes_per_token: int,
-                      max_model_len: int | None = None) -> int:
+def bytes_pool_tokens(kv_bytes: int, bytes_per_token: int, max_model_len: int | None = None,
+                      context: int | None = None) -> int:
     """Tokens a KV pool of `kv_bytes` holds, K and V of `bytes_per_token` each (whole
     tokens, the rest of the bytes unused). Raises ValueError naming kv_cache_memory_bytes,
-    the value and the bytes needed when they hold no token, or less than one request of
-    max_model_len tokens (as EngineConfig refuses a kv_tokens below it)."""
+    the value and the bytes needed when they hold no token (and, with no max_model_len,
+    those of one request of the model's `context` in tokens, where given: a pool of one
+    token serves nothing), or less than one request of max_model_len tokens (as
+    EngineConfig refuses a kv_tokens below it)."""
     tokens = kv_bytes // bytes_per_token
     least = max_model_len or 1
     if tokens >= least:
         return tokens
     need, flag = _sized(least * bytes_per_token), named("kv_cache_memory_bytes")
     if tokens < 1:
+        full = ("" if max_model_len or not context else f", {_sized(context * bytes_per_token)}"
+                f" for one request of the model's context of {context} tokens")
         raise ValueError(f"kv_cache_memory_bytes {_sized(kv_bytes)} holds no token: one token's K "
-                         f"and V take {bytes_per_token} bytes; give {flag} at least {need}")
+                         f"and V take {bytes_per_token} bytes; give {flag} at least {need}{full}")
     raise ValueError(f"kv_cache_memory_bytes {_sized(kv_bytes)} holds {tokens} tokens of "
                      f"{bytes_per_token} bytes (K and V), less than max_model_len "
                      f"{max_model_len}: the KV cache must hold one request of max_model_len "
