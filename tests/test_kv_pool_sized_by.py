@@ -29,7 +29,7 @@ def test_a_cpu_kv_tokens_past_the_memory_is_refused_naming_it(cpu_plan):
 
 
 def test_max_total_tokens_below_cpu_kv_tokens_is_the_pool_the_plan_holds(cpu_plan):
-    """SGLang's max_total_tokens bounds the pool (kv_pool.pool_tokens): a cpu_kv_tokens
+    """SGLang's max_total_tokens bounds the pool (kv_pool_size.pool_tokens): a cpu_kv_tokens
     past the memory under a bound that fits still starts; a bound past it is what to lower."""
     cpu_plan((PER_TOKEN + HOST) * 1000, cpu_kv_tokens=MAX_KV_TOKENS, max_total_tokens=1000)
     with pytest.raises(ValueError) as e:
