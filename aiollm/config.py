@@ -38,7 +38,7 @@ MAX_STORED_RESPONSES = 1000
 # responses of a 16 MiB body each)
 MAX_STORED_RESPONSE_BYTES = 2**30
 # the options that size the GPU's KV pool as a share of its memory, one at most: what each is
-# a share of (aiollm/model/kv_pool.py)
+# a share of (aiollm/model/kv_pool_size.py)
 MEMORY_SHARES = {
     "gpu_memory_utilization": "vLLM's: the whole process's share of the GPU's memory",
     "kv_memory_fraction": "the KV pool's share of the memory free after loading",
@@ -88,13 +88,18 @@ class EngineConfig:
     load_format: str = "auto"
     tokenizer: str | None = None  # default: the model's own (the default model's if it has none)
     max_model_len: int | None = None  # default: the model's own limit
-    # KV pool size in tokens; overrides kv_memory_fraction and gpu_memory_utilization
+    # KV pool size in tokens; overrides kv_memory_fraction and gpu_memory_utilization (and
+    # the other shares), not with kv_cache_memory_bytes
     kv_tokens: int | None = None
+    # vLLM's --kv-cache-memory-bytes: KV pool size in bytes per GPU (a rank's K and V),
+    # overriding the memory shares as kv_tokens does, not with it; on the CPU too
+    # (aiollm/model/kv_pool_size.py)
+    kv_cache_memory_bytes: int | None = None
     # SGLang's --max-total-tokens: an upper bound of the KV pool's tokens, the pool being the
     # smaller of it and what the memory gives (on the CPU, cpu_pool_tokens); not with kv_tokens
     max_total_tokens: int | None = None
     # of free GPU memory after loading, for the KV pool; None: KV_MEMORY_FRACTION, unless
-    # gpu_memory_utilization is given (one or the other: aiollm/model/kv_pool.py)
+    # gpu_memory_utilization is given (one or the other: aiollm/model/kv_pool_size.py)
     kv_memory_fraction: float | None = None
     # vLLM's --gpu-memory-utilization: this process's GPU memory (weights, KV pool, the
     # headroom for activations) stays within this share of the GPU's total; no effect on the CPU
@@ -251,6 +256,7 @@ class EngineConfig:
             raise ValueError(f"kv_tokens must be in [1, {MAX_KV_TOKENS}], got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        self._check_kv_cache_memory_bytes()
         self._check_max_total_tokens()
         if (self.kv_tokens is not None and self.max_model_len is not None
                 and self.kv_tokens < self.max_model_len):
@@ -330,6 +336,23 @@ class EngineConfig:
                                  f"got {v!r}")
             if f.type.startswith("int"):
                 setattr(self, f.name, int(v))  # a numpy int too: the request table takes an int
+
+    def _check_kv_cache_memory_bytes(self) -> None:
+        """kv_cache_memory_bytes (vLLM's KV pool size in bytes) >= 1, and not with kv_tokens
+        (a size in tokens: which would size the pool?): ValueError naming it otherwise.
+        Whether the bytes hold one request of max_model_len depends on the model's bytes a
+        token, checked before the weights load (aiollm/engine/kv_plan.py)."""
+        kv_bytes = self.kv_cache_memory_bytes
+        if kv_bytes is None:
+            return
+        if kv_bytes < 1:  # vLLM reads 0 as not given: say so rather than guess
+            raise ValueError(f"kv_cache_memory_bytes must be an integer >= 1 (bytes of KV "
+                             f"cache per GPU), got {kv_bytes}; leave it out to size the cache "
+                             "from the memory (what vLLM does with 0)")
+        if self.kv_tokens is not None:
+            raise ValueError(f"give one of kv_tokens (the KV pool's size in tokens) and "
+                             f"kv_cache_memory_bytes (vLLM's: its size in bytes), got "
+                             f"{self.kv_tokens} and {kv_bytes}")
 
     def _check_max_total_tokens(self) -> None:
         """max_total_tokens (SGLang's bound of the pool) in [1, MAX_KV_TOKENS], not with

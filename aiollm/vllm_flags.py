@@ -186,11 +186,6 @@ REFUSED = (
             "the engine loop always plans step N+1 while step N runs on the device, and "
             "nothing turns that off (outputs are the same either way); leave the flag out",
             takes_value=False),
-    Refusal(("--kv-cache-memory-bytes",),
-            "the KV cache is sized in tokens, not bytes: give --kv-tokens N (the bytes over "
-            "2 x layers x KV heads x head_dim x the KV dtype's bytes, counting a GPU's share "
-            "of the KV heads under --tensor-parallel-size), or a share of the GPU's memory "
-            "with --gpu-memory-utilization"),
     Refusal(("--enable-sleep-mode",),
             "there is no sleep mode (vLLM's /sleep and /wake_up, LLM.sleep and "
             "LLM.wake_up): the weights and the KV cache stay on the GPU while the server "

@@ -21,8 +21,9 @@ aiollm's (0), and so is max_model_len=-1 (vLLM's "the longest that fits", as
 `aiollm serve --max-model-len -1`).
 Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are
 (tensor_parallel_size, gpu_memory_utilization, which lm-eval-harness passes on every call and
-which on a GPU sizes the KV pool as vLLM's does: aiollm/model/kv_pool.py). swap_space, which
-vLLM's LLM takes and ignores (lm-eval-harness passes 4), is taken with a warning.
+which on a GPU sizes the KV pool as vLLM's does, and kv_cache_memory_bytes, the pool's size in
+bytes: aiollm/model/kv_pool_size.py). swap_space, which vLLM's LLM takes and ignores
+(lm-eval-harness passes 4), is taken with a warning.
 A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM: a TypeError
 naming it, as is any keyword neither vLLM's nor aiollm's.
 """
@@ -252,7 +253,8 @@ def _as_aiollm_values(options: dict[str, Any]) -> None:
     """vLLM's values of aiollm's options, in `options`, as aiollm's: dtype "half"/"float"
     or a torch.dtype as its name, tool_call_parser llama3_json as llama3, seed=None
     (vLLM's default) left out, max_model_len=-1 (vLLM's "the longest that fits", as
-    `aiollm serve --max-model-len -1`) as None, served_model_name a list or tuple of
+    `aiollm serve --max-model-len -1`) as None, kv_cache_memory_bytes a float with no
+    fraction (4e9) as that int, served_model_name a list or tuple of
     names (vLLM's EngineArgs takes one; its first names the model, an empty one none) as
     that first name (each entry checked as a name: ValueError naming
     served_model_name)."""
@@ -277,6 +279,9 @@ def _as_aiollm_values(options: dict[str, Any]) -> None:
     mml = options.get("max_model_len")
     if isinstance(mml, numbers.Integral) and not isinstance(mml, bool) and mml == -1:
         options["max_model_len"] = None
+    kv_bytes = options.get("kv_cache_memory_bytes")
+    if isinstance(kv_bytes, float) and kv_bytes.is_integer():  # 4e9, as vLLM's (pydantic,
+        options["kv_cache_memory_bytes"] = int(kv_bytes)  # lax) CacheConfig reads it
 
 
 # EngineConfig's fields: the options LLM(...) takes under aiollm's own names

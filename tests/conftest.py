@@ -209,7 +209,7 @@ def thinker(request, tmp_path_factory):
 @pytest.fixture
 def gpu_memory(monkeypatch):
     """Patch torch.cuda's memory queries (no GPU here), for the KV pool's sizing
-    arithmetic (aiollm/model/kv_pool.py, aiollm/engine/kv_plan.py): set(free=, total=,
+    arithmetic (aiollm/model/kv_pool_size.py, aiollm/engine/kv_plan.py): set(free=, total=,
     reserved=) in GiB, or in bytes with unit=1.
 
     The objects that exist as the test starts are frozen (gc.freeze) until it ends: the

@@ -166,7 +166,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--root-path /api", ("strip", "/v1/")),
     # vLLM's docs' flags that stopped at "unrecognized arguments": each now says what to do
     ("--no-async-scheduling", ("step N+1", "leave the flag out")),
-    ("--kv-cache-memory-bytes 4000000000", ("--kv-tokens", "--gpu-memory-utilization")),
     ("--enable-sleep-mode", ("no sleep mode", "stop the server")),
     ("--config-format mistral", ("config.json", "params.json")),
     ('--limit-mm-per-prompt {"image":1}', ("image 1", "text alone", "give it 0")),

@@ -19,7 +19,7 @@ from aiollm import LLM
 from aiollm.cli import build_parser
 from aiollm.cli.serve_checks import checked_config
 from aiollm.config import EngineConfig
-from aiollm.model.kv_pool import pool_tokens
+from aiollm.model.kv_pool_size import pool_tokens
 
 GiB = 2**30
 MiB = 2**20  # bytes per token slot in these tests: tokens are MiB of pool

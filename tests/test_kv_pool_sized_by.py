@@ -29,7 +29,7 @@ def test_a_cpu_kv_tokens_past_the_memory_is_refused_naming_it(cpu_plan):
 
 
 def test_max_total_tokens_below_cpu_kv_tokens_is_the_pool_the_plan_holds(cpu_plan):
-    """SGLang's max_total_tokens bounds the pool (kv_pool.pool_tokens): a cpu_kv_tokens
+    """SGLang's max_total_tokens bounds the pool (kv_pool_size.pool_tokens): a cpu_kv_tokens
     past the memory under a bound that fits still starts; a bound past it is what to lower."""
     cpu_plan((PER_TOKEN + HOST) * 1000, cpu_kv_tokens=MAX_KV_TOKENS, max_total_tokens=1000)
     with pytest.raises(ValueError) as e:
@@ -95,7 +95,7 @@ def test_the_int32_cap_is_not_logged_where_max_total_tokens_sizes_the_pool(gpu_m
     (the cap's line, where no bound is given: test_gpu_memory_utilization.py)."""
     import logging
 
-    from aiollm.model.kv_pool import pool_tokens
+    from aiollm.model.kv_pool_size import pool_tokens
 
     gpu_memory(free=80, total=100, reserved=1)  # 16 bytes a token: billions of them
     cuda = torch.device("cuda")
@@ -147,7 +147,7 @@ def test_a_bound_past_cpu_kv_tokens_names_cpu_kv_tokens(caplog):
     CPU's default leaves", a default the keyword had replaced."""
     import logging
 
-    from aiollm.model.kv_pool import pool_tokens
+    from aiollm.model.kv_pool_size import pool_tokens
 
     with caplog.at_level(logging.WARNING, logger="aiollm"):
         cfg = EngineConfig(cpu_kv_tokens=1000, max_total_tokens=5000)

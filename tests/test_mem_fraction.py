@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from aiollm.config import KV_MEMORY_FRACTION, EngineConfig
-from aiollm.model.kv_pool import pool_tokens
+from aiollm.model.kv_pool_size import pool_tokens
 
 GiB = 2**30
 MiB = 2**20  # bytes per token slot in these tests: tokens are MiB of pool

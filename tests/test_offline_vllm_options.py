@@ -212,7 +212,6 @@ def _cli_error(flag: str, capsys) -> str:
     ("override_generation_config", {"temperature": 0.5}, "--override-generation-config"),
     ("distributed_executor_backend", "ray", "--distributed-executor-backend"),
     ("async_scheduling", False, "--no-async-scheduling"),
-    ("kv_cache_memory_bytes", 4 << 30, "--kv-cache-memory-bytes"),
     ("enable_sleep_mode", True, "--enable-sleep-mode"),
     ("config_format", "mistral", "--config-format"),
 ])

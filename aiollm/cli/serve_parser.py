@@ -190,8 +190,16 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     e.add_argument("--kv-tokens", type=int, default=d.kv_tokens, action=Alias,
                    help="KV cache size in tokens, at least --max-model-len when that is "
                         "given (overrides --kv-memory-fraction and "
-                        "--gpu-memory-utilization; default on the CPU: 4 full contexts of "
+                        "--gpu-memory-utilization, not with --kv-cache-memory-bytes; default "
+                        "on the CPU: 4 full contexts of "
                         "--max-model-len, at most 65536 but at least one)")
+    e.add_argument("--kv-cache-memory-bytes", type=token_counts.byte_count,
+                   default=d.kv_cache_memory_bytes, metavar="BYTES",
+                   help="vLLM's: KV cache size in bytes per GPU (4G is 4 x 2^30, 4g 4 x "
+                        "10^9), holding BYTES over one token's K and V (a GPU's share of "
+                        "the KV heads under --tensor-parallel-size); overrides "
+                        "--gpu-memory-utilization and the other shares, not with "
+                        "--kv-tokens; sizes the CPU's cache too")
     e.add_argument("--kv-memory-fraction", type=float, default=d.kv_memory_fraction,
                    metavar="F",
                    help="fraction of free GPU memory after loading to give the KV cache "
@@ -284,7 +292,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 # the flags' destinations that are EngineConfig's fields of the same names
 ENGINE_OPTIONS = ("dtype", "kv_cache_dtype", "device", "load_format", "tokenizer",
                   "max_model_len", "seed",
-                  "kv_tokens", "max_total_tokens", "kv_memory_fraction", "gpu_memory_utilization",
+                  "kv_tokens", "kv_cache_memory_bytes", "max_total_tokens",
+                  "kv_memory_fraction", "gpu_memory_utilization",
                   "mem_fraction_static", "mem_fraction",
                   "max_running_requests",
                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",

@@ -1,9 +1,11 @@
-"""Token counts on the command line as vLLM's flags take them: a plain integer, or a number
-with a suffix, lower case counting in powers of 1000 (k, m, g, t: `25.6k` is 25600) and
-upper case in powers of 1024 (K, M, G, T: `4K` is 4096, a whole number before it). For
---max-model-len and --max-prefill-tokens (vLLM's --max-num-batched-tokens), the flags vLLM
-reads this way; --max-model-len also takes vLLM's `auto` (or -1): the model's own limit,
-within what the KV cache holds, which is what leaving it out gives.
+"""Token counts (and byte counts) on the command line as vLLM's flags take them: a plain
+integer, or a number with a suffix, lower case counting in powers of 1000 (k, m, g, t:
+`25.6k` is 25600) and upper case in powers of 1024 (K, M, G, T: `4K` is 4096, a whole
+number before it), as vLLM's human_readable_int. For --max-model-len and
+--max-prefill-tokens (vLLM's --max-num-batched-tokens), and in bytes for
+--kv-cache-memory-bytes (`4G`, `500m`), the flags vLLM reads this way; --max-model-len
+also takes vLLM's `auto` (or -1): the model's own limit, within what the KV cache holds,
+which is what leaving it out gives.
 """
 
 from __future__ import annotations
@@ -22,13 +24,24 @@ _FORMS = ("an integer, or one with a suffix: k, m, g or t for thousands, million
 def token_count(value: str) -> int:
     """`value` as a number of tokens (the forms above); argparse.ArgumentTypeError naming
     the value and the forms taken, for anything else. Range checks are EngineConfig's."""
+    return _count(value, "tokens")
+
+
+def byte_count(value: str) -> int:
+    """`value` as a number of bytes (the forms above: 4G is 4 x 2**30, 4g 4 x 10**9);
+    argparse.ArgumentTypeError naming the value and the forms taken, for anything else.
+    Range checks are EngineConfig's."""
+    return _count(value, "bytes")
+
+
+def _count(value: str, unit: str) -> int:
     text = value.strip()
     match = _WITH_SUFFIX.fullmatch(text)
     if match is None:
         try:
             return int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a number of tokens: give "
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number of {unit}: give "
                                              f"{_FORMS}") from None
     number, suffix = match.groups()
     if suffix.isupper() and "." in number:
@@ -37,7 +50,7 @@ def token_count(value: str) -> int:
             f"{number}{suffix.lower()} for powers of 1000)")
     count = Decimal(number) * _SCALES[suffix]
     if count != count.to_integral_value():
-        raise argparse.ArgumentTypeError(f"{value!r} is {count.normalize():f} tokens, not a "
+        raise argparse.ArgumentTypeError(f"{value!r} is {count.normalize():f} {unit}, not a "
                                          "whole number")
     return int(count)
 

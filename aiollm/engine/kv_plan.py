@@ -5,14 +5,15 @@ What is known then: the model's config (layers, this rank's KV heads, head dim, 
 the run dtype, the device's memory (a GPU's free and total memory now; on the CPU the
 machine's physical memory and swap) and a lower bound of the weights' bytes (their parameter count
 at the run dtype). From these: weights that leave a GPU no room for the KV cache; a
-kv_tokens (--kv-tokens) the device cannot hold (or whose free list, in host memory, the
-machine cannot); on a GPU,
+kv_tokens (--kv-tokens) or kv_cache_memory_bytes the device cannot hold (or whose free
+list, in host memory, the machine cannot), or too few of the latter for max_model_len;
+on a GPU,
 a gpu_memory_utilization share smaller than the weights (mem_fraction_static's or
 mem_fraction's leaving no room), and the most tokens a pool sized
 from memory can hold (what loading leaves free is at most the free memory now less the
 weights) against max_model_len; on the CPU, the pool's exact size against max_model_len.
 The pool itself is sized from the free memory measured after loading, and checked again
-there (aiollm/engine/loading.py, kv_pool.pool_tokens): another process may take memory
+there (aiollm/engine/loading.py, kv_pool_size.pool_tokens): another process may take memory
 meanwhile.
 """
 
@@ -24,9 +25,11 @@ import os
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import KV_MEMORY_FRACTION, EngineConfig
+from aiollm.config import KV_MEMORY_FRACTION, MAX_KV_TOKENS, EngineConfig
 from aiollm.model.config import ModelConfig
-from aiollm.model.kv_pool import KVPool, named, pool_misfit, share_given, static_pool_tokens
+from aiollm.model.kv_pool import KVPool, pool_misfit
+from aiollm.model.kv_pool_size import (bytes_misfit, bytes_pool_tokens, named, share_given,
+                                     static_pool_tokens)
 from aiollm.model.parallel import local_config
 
 
@@ -37,6 +40,9 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     cannot work on `device`:
     - on a GPU, weights whose bytes leave no room in the free memory for one token's K and
       V (naming the weights, not an option of the pool's, which cannot help);
+    - kv_cache_memory_bytes holding less than one request of max_model_len (or no token),
+      or past a GPU's free memory now less the weights' (naming it: aiollm/model/kv_pool_size.py,
+      the texts pool_tokens raises after loading); its tokens then checked as kv_tokens':
     - kv_tokens slots whose bytes are more than a GPU's free memory now less the weights'
       (the text KVPool raises, naming kv_tokens), or on the CPU, with the pool's free list
       (KVPool.HOST_BYTES_PER_TOKEN), more than the machine's physical memory and swap, as
@@ -71,22 +77,32 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
                 "or split the model over more GPUs (--tensor-parallel-size)")
     else:
         free, total, weights = memory_limit(), None, 0  # total: a GPU's share's
-    if cfg.kv_tokens is not None:
-        need = cfg.kv_tokens * per_token
-        host = cfg.kv_tokens * KVPool.HOST_BYTES_PER_TOKEN  # the free list's, on the host
+    size = cfg.kv_tokens  # a size given, in tokens or (vLLM's) in bytes
+    if (kv_bytes := cfg.kv_cache_memory_bytes) is not None:
+        # the text pool_tokens raises: too few bytes for max_model_len, too many for the GPU
+        size = bytes_pool_tokens(kv_bytes, per_token, cfg.max_model_len, config.max_position)
+        size = min(size, cfg.max_total_tokens or size, MAX_KV_TOKENS)  # as pool_tokens
+        if device.type == "cuda" and kv_bytes + weights > free:
+            raise ValueError(bytes_misfit(
+                kv_bytes, free - weights, device, f"free once the weights load "
+                f"({byte_size(free)} free before loading, less at least "
+                f"{byte_size(weights)} of weights)"))
+    if size is not None:
+        need = size * per_token
+        host = size * KVPool.HOST_BYTES_PER_TOKEN  # the free list's, on the host
         if device.type == "cuda":
             if need + weights > free:
-                raise ValueError(f"{pool_misfit(cfg.kv_tokens, need, device)}; "
+                raise ValueError(f"{pool_misfit(size, need, device)}; "
                                  f"{byte_size(free)} of {device} is free before loading, "
                                  f"and the weights take at least {byte_size(weights)} of it")
             if host > (limit := memory_limit()):  # the text KVPool's allocation raises
-                misfit = pool_misfit(cfg.kv_tokens, host, torch.device("cpu"),
-                                     part="its free list")
+                misfit = pool_misfit(size, host, torch.device("cpu"),
+                                     pool_sizer(cfg, device, size), part="its free list")
                 raise ValueError(f"{misfit}; the machine has {byte_size(limit)} of memory "
                                  "and swap")
         else:
-            _check_cpu_pool(cfg, cfg.kv_tokens, per_token, free)
-        return  # EngineConfig holds it to max_model_len
+            _check_cpu_pool(cfg, size, per_token, free)
+        return  # EngineConfig holds kv_tokens to max_model_len, bytes_pool_tokens the bytes
     if device.type == "cpu":  # its size is known exactly: no memory is measured
         context = min([x for x in (config.max_position, cfg.max_model_len) if x])
         most, exact = cfg.cpu_pool_tokens(context), True
@@ -126,8 +142,9 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
 def _check_cpu_pool(cfg: EngineConfig, tokens: int, per_token: int, limit: int) -> None:
     """Raise ValueError where a CPU pool of `tokens` slots (K and V of per_token bytes
     each, and the free list's KVPool.HOST_BYTES_PER_TOKEN) is past `limit`, the machine's
-    memory and swap, naming what sized it (pool_sizer: kv_tokens, cpu_kv_tokens, or
-    max_total_tokens; cpu_kv_tokens passed unchecked, and its pool failed after loading)."""
+    memory and swap, naming what sized it (pool_sizer: kv_tokens, kv_cache_memory_bytes,
+    cpu_kv_tokens, or max_total_tokens; cpu_kv_tokens passed unchecked, and its pool
+    failed after loading)."""
     need, host = tokens * per_token, tokens * KVPool.HOST_BYTES_PER_TOKEN
     if need + host > limit:
         cpu = torch.device("cpu")
@@ -159,16 +176,19 @@ def pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int, per_toke
 
 
 def pool_sizer(cfg: EngineConfig, device: torch.device, kv_tokens: int) -> str | None:
-    """The option that sized a pool of kv_tokens (kv_pool.pool_tokens' size, or under
+    """The option that sized a pool of kv_tokens (kv_pool_size.pool_tokens' size, or under
     tensor parallelism the least any rank holds), for KVPool's errors to name: SGLang's
     max_total_tokens where the pool holds that bound (it was the smaller of it and what the
-    memory gives); None where kv_tokens was given; else on a GPU the memory share
+    memory gives); None where kv_tokens was given; kv_cache_memory_bytes where given;
+    else on a GPU the memory share
     (memory_share), on the CPU cpu_kv_tokens where given (EngineConfig's keyword, no flag);
     None for the CPU's default sizing, which kv_tokens replaces."""
     if cfg.max_total_tokens is not None and kv_tokens == cfg.max_total_tokens:
         return "max_total_tokens"
     if cfg.kv_tokens is not None:
         return None
+    if cfg.kv_cache_memory_bytes is not None:
+        return "kv_cache_memory_bytes"
     if device.type == "cuda":
         return memory_share(cfg)
     return "cpu_kv_tokens" if cfg.cpu_kv_tokens is not None else None

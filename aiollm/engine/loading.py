@@ -26,7 +26,8 @@ from aiollm.engine.token_floor import floor_of
 from aiollm.engine.warm_up import warm_up
 from aiollm.model.config import ModelConfig
 from aiollm.model.generation_defaults import folder_eos_ids, log_defaults, sampling_defaults
-from aiollm.model.kv_pool import KVPool, ReqToTokenTable, named, pool_tokens
+from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+from aiollm.model.kv_pool_size import SIZES, named, pool_tokens
 from aiollm.model.paths import check_load_format
 from aiollm.model.tokenizer_files import check_tokenizer_path
 from aiollm.native import RequestTable
@@ -227,9 +228,10 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     if rank.max_model_len < mc.max_position and cfg.max_model_len is None:
         # the pool, not the model's context, is the limit: max_model_len left out is the
         # longest that fits, as vLLM's --max-model-len auto (one given is held or refused)
-        # what sized the pool: SGLang's bound where it binds, LLM's cpu_kv_tokens (no flag)
+        # what sized the pool: SGLang's bound where it binds, LLM's cpu_kv_tokens (no flag),
+        # vLLM's kv_cache_memory_bytes
         sizer = pool_sizer(cfg, device, rank.kv_tokens)
-        raise_ = (named(sizer) if sizer in ("max_total_tokens", "cpu_kv_tokens")
+        raise_ = (named(sizer) if sizer in SIZES
                   else f"kv_tokens (--kv-tokens) or, on a GPU, {named(memory_share(cfg))}")
         log.warning("the KV cache holds %d tokens, less than the model's context of %d: a "
                     "request's prompt and output are limited to %d tokens; raise %s, or give "

@@ -5,154 +5,16 @@ and takes them back with a free stack kept on the CPU in numpy (vectorised: one 
 call, never a Python loop over tokens; a numpy call costs about a microsecond where a torch
 CPU op costs several, and the planner makes a few per step). ReqToTokenTable maps each
 request's positions to slots: row r, column p holds the slot of token p of the request that
-owns row r.
+owns row r. How many slots the pool holds: aiollm/model/kv_pool_size.py.
 """
 
 from __future__ import annotations
-
-import gc
-import logging
 
 import numpy as np
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import KV_MEMORY_FRACTION, MAX_KV_TOKENS, MEMORY_SHARES
-
-log = logging.getLogger(__name__)
-
-
-def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
-    """KV pool size in tokens for this process: what `_sized_tokens` gives, at most
-    MAX_KV_TOKENS (slot ids are int32: req_to_token, the kernels' indices) and
-    cfg.max_total_tokens (SGLang's --max-total-tokens, an upper bound: its pool is the
-    smaller of it and what its memory fraction leaves, as ModelRunner.init_memory_pool
-    takes them; a warning where the bound is the larger). The Engine and each
-    tensor-parallel follower size theirs so. Arguments and errors as `_sized_tokens`'s."""
-    tokens = _sized_tokens(cfg, device, bytes_per_token, max_position)
-    cap = cfg.max_total_tokens  # at most MAX_KV_TOKENS (EngineConfig)
-    if cap is not None and cap <= tokens:  # before the cap's line: it would say a size
-        return cap  # the pool never has
-    if tokens > MAX_KV_TOKENS:  # a share of a large GPU, for a model of few bytes a token
-        log.info("the KV pool holds %d tokens, the most its int32 slot ids address (the "
-                 "memory gives %d)", MAX_KV_TOKENS, tokens)
-        return MAX_KV_TOKENS
-    if cap is None:
-        return tokens
-    share = share_given(cfg)
-    sizer = (f"{named('cpu_kv_tokens')} {cfg.cpu_kv_tokens}"
-             if device.type != "cuda" and cfg.cpu_kv_tokens is not None
-             else "the CPU's default" if device.type != "cuda"  # no share has an effect
-             else "the GPU's free memory" if share is None
-             else f"{named(share)} {getattr(cfg, share)}")
-    log.warning("max_total_tokens (--max-total-tokens) %d is more than the %d tokens %s leaves: "
-                "the KV pool holds %d (kv_tokens (--kv-tokens) sizes it instead)",
-                cap, tokens, sizer, tokens)
-    return tokens
-
-
-# EngineConfig's options that size a pool with no flag of serve's (LLM(...)'s keywords alone)
-UNFLAGGED = frozenset({"cpu_kv_tokens"})
-
-
-def named(option: str) -> str:
-    """An EngineConfig option as its log lines and errors name it, "mem_fraction
-    (--mem-fraction)": the form serve rewrites to the flag as the user typed it
-    (log_config.rewrite_flags: LightLLM's "(--mem_fraction)"); one of UNFLAGGED by its
-    name alone."""
-    return option if option in UNFLAGGED else f"{option} (--{option.replace('_', '-')})"
-
-
-def share_given(cfg) -> str | None:
-    """The share of a whole GPU's memory `cfg` gives (EngineConfig allows one), if any: one
-    of MEMORY_SHARES but kv_memory_fraction, a share of the memory free after loading."""
-    return next((name for name in MEMORY_SHARES
-                 if name != "kv_memory_fraction" and getattr(cfg, name) is not None), None)
-
-
-def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
-    """KV pool size in tokens, before max_total_tokens: cfg.kv_tokens when given;
-    on a GPU, with cfg.gpu_memory_utilization, what `utilization_pool_tokens` leaves, with
-    SGLang's mem_fraction_static or LightLLM's mem_fraction what `static_pool_tokens`
-    leaves, else kv_memory_fraction (default KV_MEMORY_FRACTION) of the free memory after
-    loading (PyTorch's cached blocks and cyclic garbage's counted free) over
-    bytes_per_token; on the CPU, cfg.cpu_pool_tokens of the context (the smaller of
-    max_position and max_model_len, tokens). Raises ValueError naming the share given when
-    it leaves no room for a pool."""
-    utilization = cfg.gpu_memory_utilization
-    share = share_given(cfg)
-    if cfg.kv_tokens is not None:
-        if share is not None:  # as vLLM's kv_cache_memory_bytes overrides it (and
-            # LightLLM's max_total_token_num its mem_fraction)
-            log.info("the KV pool holds the %d tokens of kv_tokens (--kv-tokens): %s %s is "
-                     "not used", cfg.kv_tokens, named(share), getattr(cfg, share))
-        return cfg.kv_tokens
-    if device.type == "cuda":
-        # blocks PyTorch keeps cached (the load's temporary tensors, ~0.9 GB for a 135M
-        # GGUF; an earlier engine's) are free for the pool too: give them back first, with
-        # those that garbage in reference cycles still holds (collected first, as vLLM does)
-        gc.collect()
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info(device)
-        if utilization is not None:
-            return utilization_pool_tokens(utilization, free, total,
-                                           torch.cuda.memory_reserved(device), bytes_per_token)
-        if share is not None:
-            return static_pool_tokens(share, getattr(cfg, share), free, total,
-                                      torch.cuda.memory_reserved(device), bytes_per_token)
-        return int(free * (cfg.kv_memory_fraction or KV_MEMORY_FRACTION)) // bytes_per_token
-    if share is not None:
-        log.info("%s %s has no effect on the CPU", named(share), getattr(cfg, share))
-    return cfg.cpu_pool_tokens(min([x for x in (max_position, cfg.max_model_len) if x] or [8192]))
-
-
-def utilization_pool_tokens(utilization: float, free: int, total: int, in_use: int,
-                            bytes_per_token: int) -> int:
-    """KV pool tokens under vLLM's gpu_memory_utilization: this process's memory stays within
-    utilization x total, so the pool gets that less what the process holds after loading
-    (in_use: PyTorch's reserved memory once the cache is emptied: weights, request tables)
-    less the headroom the default sizing keeps for activations, CUDA graphs and sampling,
-    (1 - KV_MEMORY_FRACTION) x free; and never more than free less that headroom (another
-    process's memory is not this one's to take). Bytes in, tokens out.
-
-    Only this process's memory counts against the share, so two servers at 0.45 each share
-    one GPU, as in vLLM; the CUDA context and libraries' workspaces (NCCL's, cuBLAS's: out of
-    PyTorch's sight) come out of the headroom. Raises ValueError naming
-    gpu_memory_utilization and the sizes (`byte_size`) when no token fits."""
-    headroom = int(free * (1 - KV_MEMORY_FRACTION))
-    budget = min(int(utilization * total) - in_use - headroom, free - headroom)
-    if budget < bytes_per_token:
-        raise ValueError(
-            f"gpu_memory_utilization {utilization} leaves no room for the KV cache: "
-            f"{utilization} x {byte_size(total)} = {byte_size(utilization * total)}, of "
-            f"which this process holds {byte_size(in_use)} after loading and "
-            f"{byte_size(headroom)} is kept for activations ({byte_size(free)} free); "
-            "raise gpu_memory_utilization, or size the pool with kv_tokens (--kv-tokens)")
-    return budget // bytes_per_token
-
-
-def static_pool_tokens(name: str, fraction: float, free: int, total: int, in_use: int,
-                       bytes_per_token: int, free_is: str = "free after loading") -> int:
-    """KV pool tokens under SGLang's mem_fraction_static or LightLLM's mem_fraction (`name`;
-    `fraction` in (0, 1]): the pool gets the memory free after loading (`free`) less
-    (1 - fraction) of a whole, kept for activations, CUDA graphs and sampling. The whole is,
-    as SGLang's ModelRunner.profile_max_num_token takes it, the memory free when this
-    process started (free now plus what loading took, `in_use`: PyTorch's reserved memory,
-    the weights), so that weights and pool stay within fraction x it; as LightLLM's
-    MemoryManager.profile_size takes it, the GPU's `total`, so that every process's memory
-    stays within fraction x total. Bytes in, tokens out. Raises ValueError naming `name`
-    and the sizes (`byte_size`; `free` described as `free_is`) when no token fits."""
-    whole, of = ((free + in_use, "the memory free at start") if name == "mem_fraction_static"
-                 else (total, "the GPU's memory"))
-    kept = int((1 - fraction) * whole)
-    budget = free - kept
-    if budget < bytes_per_token:
-        raise ValueError(
-            f"{name} {fraction} leaves no room for the KV cache: (1 - {fraction}) x "
-            f"{byte_size(whole)} ({of}) = {byte_size(kept)} is kept for activations, more "
-            f"than the {byte_size(free)} {free_is}; raise {name}, or size the pool "
-            "with kv_tokens (--kv-tokens)")
-    return budget // bytes_per_token
+from aiollm.model.kv_pool_size import SIZES, named
 
 
 def pool_misfit(num_tokens: int, need: int, device: torch.device, share: str | None = None,
@@ -163,9 +25,10 @@ def pool_misfit(num_tokens: int, need: int, device: torch.device, share: str | N
     MEMORY_SHARES, named "name (--flag)", the form serve rewrites as the user typed it); or
     where `share` is max_total_tokens, the bound that sized it, alone (the pool is the
     smaller of it and a share's tokens, so no share lowered above it helps); or where it is
-    cpu_kv_tokens, the CPU pool's size given, alone, by that name (no flag sets it)."""
+    cpu_kv_tokens, the CPU pool's size given, alone, by that name (no flag sets it), or
+    kv_cache_memory_bytes, vLLM's size in bytes, alone (SIZES)."""
     size = f"{part}: {byte_size(need)}" if part else byte_size(need)
-    if share in ("max_total_tokens", "cpu_kv_tokens"):  # the size given: no share helps
+    if share in SIZES:  # the size given: no share helps
         lower = named(share)
     else:
         lower = "kv_tokens (--kv-tokens)" + ("" if share is None else f" or {named(share)}")
@@ -187,7 +50,7 @@ class KVPool:
     """K and V of every layer for num_tokens token slots (plus one scratch slot), and the
     free list of those slots. Raises ValueError naming kv_tokens, and `sized_by` (the
     memory share, an option of MEMORY_SHARES, that sized num_tokens; None: none did), or
-    only max_total_tokens or cpu_kv_tokens where `sized_by` is that option (pool_misfit),
+    only the option of SIZES that `sized_by` is (pool_misfit),
     when the pool does not fit in the device's memory."""
 
     # host memory a slot takes whatever the device: its id in the free stack (int64) and its
