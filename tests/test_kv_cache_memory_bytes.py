@@ -9,6 +9,7 @@ patched (conftest's gpu_memory); the gpu-marked ones start a real engine."""
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -274,11 +275,19 @@ def test_a_bytes_pool_below_the_context_says_to_raise_the_bytes(tiny, caplog):
 
 
 @pytest.mark.gpu
-def test_on_a_gpu_the_engines_pool_holds_the_bytes_tokens(tiny):
-    with LLM(tiny, device="cuda", dtype="bfloat16", load_format="dummy", warm_up=False,
-             kv_cache_memory_bytes=64 * 1000 + 63, gpu_memory_utilization=0.5) as llm:
+def test_on_a_gpu_the_engines_pool_holds_the_bytes_tokens(tmp_path):
+    """Heads of 64 features (tiny's 8 are below the GPU attention kernels' dot sizes): one
+    layer's K and V of 2 KV heads, 512 bytes a token in bfloat16."""
+    from conftest import tiny_llama
+
+    model = tiny_llama(tmp_path / "wide", hidden_size=256)
+    # the GPU machine has no default model: the tokenizer saved from it, where one is named
+    tok = os.environ.get("AIOLLM_TEST_TOKENIZER")
+    with LLM(model, device="cuda", dtype="bfloat16", load_format="dummy", warm_up=False,
+             kv_cache_memory_bytes=512 * 1000 + 511, gpu_memory_utilization=0.5,
+             **({"tokenizer": tok} if tok else {})) as llm:
         assert llm.engine.kv_pool.capacity == 1000
-        params = SamplingParams(max_new_tokens=4)
+        params = SamplingParams(max_tokens=4)
         assert len(llm.generate(["hi"], params, progress=False)[0].outputs[0].token_ids) == 4
 
 
