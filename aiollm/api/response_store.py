@@ -101,6 +101,7 @@ class ResponseStore:
         # id() of each item some kept response holds: [its held_bytes, how many hold it]
         # (the id stays the item's while a kept response holds it)
         self._items: dict[int, list[int]] = {}
+        self._by_id: dict[str, dict] = {}  # each held item by its "id" (item_reference)
 
     @property
     def keeps(self) -> bool:
@@ -133,6 +134,7 @@ class ResponseStore:
             held = self._items.setdefault(id(item), [size, 0])
             self.bytes += size if held[1] == 0 else 0
             held[1] += 1
+            self._by_id[item["id"]] = item  # the newest where a client reused an id
         while len(self._kept) > self.capacity or self.bytes > self.max_bytes:
             self._release(self._kept.popitem(last=False)[1])
         return True
@@ -140,6 +142,11 @@ class ResponseStore:
     def get(self, rid: str) -> StoredResponse | None:
         """The response kept under `rid`, None if none is (never kept, deleted, dropped)."""
         return self._kept.get(rid)
+
+    def item(self, iid: str) -> dict | None:
+        """The item of id `iid` (an input or output item) some kept response holds, None if
+        none does: what an input's item_reference stands for."""
+        return self._by_id.get(iid)
 
     def delete(self, rid: str) -> bool:
         """Forgets the response `rid`; False if none was kept under it."""
@@ -157,3 +164,5 @@ class ResponseStore:
             if held[1] == 0:
                 self.bytes -= held[0]
                 del self._items[id(item)]
+                if self._by_id.get(item["id"]) is item:
+                    del self._by_id[item["id"]]

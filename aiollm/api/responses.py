@@ -31,7 +31,7 @@ from aiollm.api.responses_output import (ResponseHead, answer_items, reasoning_s
 from aiollm.api.responses_request import ResponsesRequest, responses_names
 from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.state import state
-from aiollm.api.stored_responses import kept
+from aiollm.api.stored_responses import kept, referenced
 from aiollm.engine.request_group import choice_group
 from aiollm.engine.submission import off_loop
 
@@ -62,6 +62,7 @@ def _naming(req: ResponsesRequest) -> tuple[str, str, str]:
 async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResponse:
     st = state(request)
     req.check_unserved()
+    req.input = referenced(req.input, st)  # item_reference items: the kept items they name
     earlier = [] if req.previous_response_id is None else kept(
         st, req.previous_response_id, "previous_response_id").conversation()
     # the input's items turned into messages, and kept, off the event loop when they (or
