@@ -2,7 +2,7 @@
 stands for the item of that id a kept response holds, as OpenAI reads it: the Vercel AI
 SDK, with store on, sends a conversation's earlier assistant items and calls so, and each
 such request was a 400 naming input[i].type (the tiny app, in-process). An id no kept
-response holds is a 400 naming input[i].id."""
+response holds, or of an item the conversation holds already, is a 400 naming input[i].id."""
 
 from __future__ import annotations
 
@@ -78,6 +78,27 @@ def test_an_unknown_or_missing_id_is_a_400_naming_it(tiny):
         assert "not found" in error["message"]
     assert (bare[0], bare[1]["param"]) == (400, "input[1].id")
     assert bare[1]["message"].startswith("input[1].id is required")
+
+
+def test_a_reference_to_an_item_the_conversation_holds_is_a_400(tiny):
+    """A reference to an item previous_response_id's conversation holds already, or a
+    second reference to one item, would render that turn twice: a 400 naming it, as OpenAI
+    refuses a duplicate item; the first reference of an item the conversation lacks is
+    read."""
+    async def calls(client):
+        first = await (await client.post("/v1/responses", json=_body(
+            tiny, [{"role": "user", "content": "Hi"}]))).json()
+        said = {"type": "item_reference", "id": first["output"][0]["id"]}
+        out = []
+        for items, previous in (([said], first["id"]), ([said, said], None),
+                                ([{"role": "user", "content": "Hi"}, said], None)):
+            got = await client.post("/v1/responses", json=_body(
+                tiny, items, previous_response_id=previous))
+            out.append((got.status, ((await got.json())["error"] or {}).get("param")))
+        return out
+
+    assert _with_store(tiny, 10, calls) == [(400, "input[0].id"), (400, "input[1].id"),
+                                            (200, None)]
 
 
 def test_the_store_finds_items_while_a_response_holds_them():

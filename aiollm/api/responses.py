@@ -62,9 +62,9 @@ def _naming(req: ResponsesRequest) -> tuple[str, str, str]:
 async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResponse:
     st = state(request)
     req.check_unserved()
-    req.input = referenced(req.input, st)  # item_reference items: the kept items they name
     earlier = [] if req.previous_response_id is None else kept(
         st, req.previous_response_id, "previous_response_id").conversation()
+    req.input = referenced(req.input, st, earlier)  # item_reference: the kept items named
     # the input's items turned into messages, and kept, off the event loop when they (or
     # their parts) are many (as chat's messages are checked: chat_request.message_dicts)
     size = input_weight(req.input, earlier)

@@ -1,8 +1,9 @@
 """The routes of a kept response (response_store.py), as OpenAI's Responses API serves
 them: GET /v1/responses/{id} (the Response as it was answered), DELETE /v1/responses/{id},
 GET /v1/responses/{id}/input_items (a page of the conversation it answered:
-response_items.py) and POST /v1/responses/{id}/cancel. An id the server does not keep is
-told as OpenAI tells it: a 404 of type invalid_request_error naming response_id (vLLM's
+response_items.py) and POST /v1/responses/{id}/cancel; and the kept items that an input's
+item_reference items name (`referenced`). An id the server does not keep is told as OpenAI
+tells it: a 404 of type invalid_request_error naming response_id (vLLM's
 type too), and as a request's previous_response_id a 400 naming it, of code
 previous_response_not_found (vLLM answers a 404 there; clients that recover a lost
 conversation, by sending it whole, look for OpenAI's code).
@@ -14,6 +15,7 @@ the cancel of a response that was not made in the background.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -55,16 +57,20 @@ def _why_not_kept(st: ApiState) -> str:
             "the server's last restart (responses are kept in memory only)")
 
 
-def referenced(value: str | list[Any], st: ApiState) -> str | list[Any]:
+def referenced(value: str | list[Any], st: ApiState,
+               earlier: Sequence[dict] = ()) -> str | list[Any]:
     """A request's `input` with each item_reference item (`{"type": "item_reference", "id":
     ...}`) replaced by the item of that id a kept response holds (one of its input or
     output items), as OpenAI reads one: the Vercel AI SDK sends a conversation's earlier
     assistant items so while store is on, and was refused here. An id no kept response
-    holds is a 400 naming input[i].id, in OpenAI's words ("Item with id ... not found")."""
+    holds is a 400 naming input[i].id, in OpenAI's words ("Item with id ... not found"); so
+    is one of an item the conversation already holds (`earlier`, previous_response_id's
+    items, or a reference before it), as OpenAI refuses a duplicate item: read twice, the
+    turn would be rendered twice."""
     if isinstance(value, str) or not any(
             isinstance(item, dict) and item.get("type") == "item_reference" for item in value):
         return value
-    out = []
+    out, held = [], {item["id"] for item in earlier}
     for i, item in enumerate(value):
         if not isinstance(item, dict) or item.get("type") != "item_reference":
             out.append(item)
@@ -73,6 +79,12 @@ def referenced(value: str | list[Any], st: ApiState) -> str | list[Any]:
         if item.get("id") is None:
             raise missing(at, ": the id of an item of a kept response")
         iid = check_type(item["id"], (str,), at)
+        if iid in held:
+            raise ApiError(400, f"Duplicate item found with id {shown_id(iid)}: the "
+                           "conversation holds it already (previous_response_id's items, or "
+                           "an item_reference before it); leave this reference out",
+                           param=at)
+        held.add(iid)
         found = st.responses.item(iid)
         if found is None:
             raise ApiError(400, f"Item with id {shown_id(iid)} not found: {_why_not_kept(st)}; "
