@@ -56,8 +56,8 @@ def test_a_reference_reads_as_the_item_it_names(tiny):
 
 def test_an_unknown_or_missing_id_is_a_400_naming_it(tiny):
     """An id no kept response holds (one never kept, or of a response since deleted) is
-    OpenAI's "Item with id ... not found"; an item_reference without an id says it is
-    required; both name input[i].id."""
+    OpenAI's "Item with id ... not found" (a long id shown cut short); an item_reference
+    without an id says it is required; each names input[i].id."""
     async def calls(client):
         kept = await (await client.post("/v1/responses", json=_body(
             tiny, [{"role": "user", "content": "Hi"}]))).json()
@@ -65,19 +65,21 @@ def test_an_unknown_or_missing_id_is_a_400_naming_it(tiny):
         await client.delete(f"/v1/responses/{kept['id']}")
         out = []
         for ref in ({"type": "item_reference", "id": "msg_nope"},
-                    {"type": "item_reference", "id": said}, {"type": "item_reference"}):
+                    {"type": "item_reference", "id": said}, {"type": "item_reference"},
+                    {"type": "item_reference", "id": "x" * 100_000}):
             got = await client.post("/v1/responses", json=_body(
                 tiny, [{"role": "user", "content": "Hi"}, ref]))
             out.append((got.status, (await got.json())["error"]))
         return out
 
-    (nope, gone, bare) = _with_store(tiny, 10, calls)
-    for status, error in (nope, gone):
+    (nope, gone, bare, long) = _with_store(tiny, 10, calls)
+    for status, error in (nope, gone, long):
         assert (status, error["param"]) == (400, "input[1].id")
         assert error["message"].startswith("Item with id '")
         assert "not found" in error["message"]
     assert (bare[0], bare[1]["param"]) == (400, "input[1].id")
     assert bare[1]["message"].startswith("input[1].id is required")
+    assert len(long[1]["message"]) < 2000  # the id shown cut short, not sent back whole
 
 
 def test_a_reference_to_an_item_the_conversation_holds_is_a_400(tiny):
