@@ -8,7 +8,8 @@ config.MAX_STORED_RESPONSE_BYTES), the oldest dropped first.
 What is kept of a response is the Response object as it was answered (completed, or
 incomplete at the length limit) and the conversation it answered: its input items (those
 of the responses it continued first, then its own input; never the `instructions`, which
-OpenAI does not carry over either). Its output items are in the Response. A response that
+OpenAI does not carry over either). Its output items are in the Response. Each item a kept
+response holds is also found by its id (`item`), for an input's item_reference. A response that
 failed or whose client left before it ended is not kept: no Response was answered.
 
 The byte bound is what stops clients from driving the server out of memory: a count alone
