@@ -78,7 +78,7 @@ RESPONSES = [
     ({"input": [{"role": "user", "content": [{"type": "function_call", "text": "Hi"}]}]},
      "input[0].content[0].type", '"function_call"'),
     ({"input": [{"type": LONG}]}, "input[0].type", '"ttt'),
-    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type", '"item_reference"'),
+    ({"input": [{"type": "computer_call", "id": "x"}]}, "input[0].type", '"computer_call"'),
     ({"truncation": LONG}, "truncation", '"ttt'),
     ({"tools": [{"type": LONG}]}, "tools[0].type", '"ttt'),
     ({"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": LONG}},

@@ -195,7 +195,8 @@ def test_function_call_output_reaches_the_prompt(client, model):
 @pytest.mark.parametrize("body, param", [
     ({"background": True}, "background"),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].id"),  # none kept
+    ({"input": [{"type": "computer_call", "id": "x"}]}, "input[0].type"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
     ({"input": [{"role": "user"}]}, "input[0].content"),
     ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),

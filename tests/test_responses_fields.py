@@ -364,6 +364,9 @@ TOOL = {"type": "function", "name": "f", "parameters": {"type": "object"}}
     ({"tools": [{"type": "web_search"}]}, "tools[0].type",
      'tools[0].type "web_search" is not served: the server runs no built-in tools; send '
      'tools of type "function"'),
+    ({"tools": [{"type": "custom", "name": "apply_patch"}]}, "tools[0].type",
+     'tools[0].type "custom" is not served: the server reads no calls of free-form text '
+     "input, as a custom tool's; send tools of type \"function\""),
     ({"tools": [{"name": "f"}]}, "tools[0].type", "tools[0].type is required"),
     ({"tools": [5]}, "tools[0]", "tools[0]: expected an object, got an integer"),
     ({"truncation": "auto"}, "truncation",

@@ -8,7 +8,8 @@ config.MAX_STORED_RESPONSE_BYTES), the oldest dropped first.
 What is kept of a response is the Response object as it was answered (completed, or
 incomplete at the length limit) and the conversation it answered: its input items (those
 of the responses it continued first, then its own input; never the `instructions`, which
-OpenAI does not carry over either). Its output items are in the Response. A response that
+OpenAI does not carry over either). Its output items are in the Response. Each item a kept
+response holds is also found by its id (`item`), for an input's item_reference. A response that
 failed or whose client left before it ended is not kept: no Response was answered.
 
 The byte bound is what stops clients from driving the server out of memory: a count alone
@@ -101,6 +102,7 @@ class ResponseStore:
         # id() of each item some kept response holds: [its held_bytes, how many hold it]
         # (the id stays the item's while a kept response holds it)
         self._items: dict[int, list[int]] = {}
+        self._by_id: dict[str, dict] = {}  # each held item by its "id" (item_reference)
 
     @property
     def keeps(self) -> bool:
@@ -133,6 +135,7 @@ class ResponseStore:
             held = self._items.setdefault(id(item), [size, 0])
             self.bytes += size if held[1] == 0 else 0
             held[1] += 1
+            self._by_id[item["id"]] = item  # the newest where a client reused an id
         while len(self._kept) > self.capacity or self.bytes > self.max_bytes:
             self._release(self._kept.popitem(last=False)[1])
         return True
@@ -140,6 +143,11 @@ class ResponseStore:
     def get(self, rid: str) -> StoredResponse | None:
         """The response kept under `rid`, None if none is (never kept, deleted, dropped)."""
         return self._kept.get(rid)
+
+    def item(self, iid: str) -> dict | None:
+        """The item of id `iid` (an input or output item) some kept response holds, None if
+        none does: what an input's item_reference stands for."""
+        return self._by_id.get(iid)
 
     def delete(self, rid: str) -> bool:
         """Forgets the response `rid`; False if none was kept under it."""
@@ -157,3 +165,5 @@ class ResponseStore:
             if held[1] == 0:
                 self.bytes -= held[0]
                 del self._items[id(item)]
+                if self._by_id.get(item["id"]) is item:
+                    del self._by_id[item["id"]]

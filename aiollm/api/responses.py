@@ -31,7 +31,7 @@ from aiollm.api.responses_output import (ResponseHead, answer_items, reasoning_s
 from aiollm.api.responses_request import ResponsesRequest, responses_names
 from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.state import state
-from aiollm.api.stored_responses import kept
+from aiollm.api.stored_responses import kept, referenced
 from aiollm.engine.request_group import choice_group
 from aiollm.engine.submission import off_loop
 
@@ -64,6 +64,7 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     req.check_unserved()
     earlier = [] if req.previous_response_id is None else kept(
         st, req.previous_response_id, "previous_response_id").conversation()
+    req.input = referenced(req.input, st, earlier)  # item_reference: the kept items named
     # the input's items turned into messages, and kept, off the event loop when they (or
     # their parts) are many (as chat's messages are checked: chat_request.message_dicts)
     size = input_weight(req.input, earlier)

@@ -195,7 +195,8 @@ def response_format(text: dict | None) -> dict | None:
 
 def chat_tools(tools: list | None) -> list | None:
     """The flat function tools ({type, name, description, parameters, strict}) in chat's
-    form; a built-in tool (web_search, file_search, ...) is refused, naming it."""
+    form; a built-in tool (web_search, file_search, ...) or a custom one (free-form input,
+    as Codex's apply_patch) is refused, naming it."""
     if tools is None:
         return None
     out = []
@@ -204,10 +205,11 @@ def chat_tools(tools: list | None) -> list | None:
         if "type" not in tool:
             raise missing(f"tools[{i}].type")
         kind = tool["type"]
-        if kind != "function":
-            raise InvalidRequest(f"tools[{i}].type {shown_json(kind)} is not served: the server "
-                                 'runs no built-in tools; send tools of type "function"',
-                                 param=f"tools[{i}].type")
+        if kind != "function":  # a custom tool is the client's, but takes free-form text
+            why = ("the server reads no calls of free-form text input, as a custom tool's"
+                   if kind == "custom" else "the server runs no built-in tools")
+            raise InvalidRequest(f"tools[{i}].type {shown_json(kind)} is not served: {why}; "
+                                 'send tools of type "function"', param=f"tools[{i}].type")
         out.append({"type": "function", "function": {
             k: v for k, v in tool.items() if k != "type" and v is not None}})
     return out

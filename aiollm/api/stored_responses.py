@@ -1,8 +1,9 @@
 """The routes of a kept response (response_store.py), as OpenAI's Responses API serves
 them: GET /v1/responses/{id} (the Response as it was answered), DELETE /v1/responses/{id},
 GET /v1/responses/{id}/input_items (a page of the conversation it answered:
-response_items.py) and POST /v1/responses/{id}/cancel. An id the server does not keep is
-told as OpenAI tells it: a 404 of type invalid_request_error naming response_id (vLLM's
+response_items.py) and POST /v1/responses/{id}/cancel; and the kept items that an input's
+item_reference items name (`referenced`). An id the server does not keep is told as OpenAI
+tells it: a 404 of type invalid_request_error naming response_id (vLLM's
 type too), and as a request's previous_response_id a 400 naming it, of code
 previous_response_not_found (vLLM answers a 404 there; clients that recover a lost
 conversation, by sending it whole, look for OpenAI's code).
@@ -14,6 +15,9 @@ the cancel of a response that was not made in the background.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from aiohttp import web
 
 from aiollm.api.http_errors import ApiError
@@ -21,7 +25,8 @@ from aiollm.api.protocol import json_response
 from aiollm.api.response_items import items_page
 from aiollm.api.response_store import StoredResponse
 from aiollm.api.state import ApiState, state
-from aiollm.errors import shown_id
+from aiollm.errors import check_type, missing, shown_id
+
 
 def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
     """The response kept under `rid`; where none is, ApiError naming `param`: 404 for the
@@ -30,22 +35,62 @@ def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
     found = st.responses.get(rid)
     if found is not None:
         return found
-    store = st.responses
-    if not store.keeps:
-        why = ("this server keeps no responses (--max-stored-responses 0 or "
-               "--max-stored-response-bytes 0)")
-    else:
-        why = (f"it was never kept (store false), was deleted, was dropped as one of the "
-               f"oldest or was larger than the byte bound alone (this server keeps the "
-               f"{store.capacity} most recent within {store.max_bytes} bytes: "
-               "--max-stored-responses, --max-stored-response-bytes), or was made before "
-               "the server's last restart (responses are kept in memory only)")
+    why = _why_not_kept(st)
     shown = shown_id(rid)  # a client's 16 MiB one is not sent back whole
     if param == "previous_response_id":  # OpenAI's code, which clients recovering look for
         raise ApiError(400, f"Previous response with id {shown} not found: {why}",
                        param=param, code="previous_response_not_found")
     raise ApiError(404, f"Response with id {shown} not found: {why}", param=param,
                    type="invalid_request_error")
+
+
+def _why_not_kept(st: ApiState) -> str:
+    """Why the server holds no response (or item) of an id a client sent."""
+    store = st.responses
+    if not store.keeps:
+        return ("this server keeps no responses (--max-stored-responses 0 or "
+                "--max-stored-response-bytes 0)")
+    return (f"it was never kept (store false), was deleted, was dropped as one of the "
+            f"oldest or was larger than the byte bound alone (this server keeps the "
+            f"{store.capacity} most recent within {store.max_bytes} bytes: "
+            "--max-stored-responses, --max-stored-response-bytes), or was made before "
+            "the server's last restart (responses are kept in memory only)")
+
+
+def referenced(value: str | list[Any], st: ApiState,
+               earlier: Sequence[dict] = ()) -> str | list[Any]:
+    """A request's `input` with each item_reference item (`{"type": "item_reference", "id":
+    ...}`) replaced by the item of that id a kept response holds (one of its input or
+    output items), as OpenAI reads one: the Vercel AI SDK sends a conversation's earlier
+    assistant items so while store is on, and was refused here. An id no kept response
+    holds is a 400 naming input[i].id, in OpenAI's words ("Item with id ... not found"); so
+    is one of an item the conversation already holds (`earlier`, previous_response_id's
+    items, or a reference before it), as OpenAI refuses a duplicate item: read twice, the
+    turn would be rendered twice."""
+    if isinstance(value, str) or not any(
+            isinstance(item, dict) and item.get("type") == "item_reference" for item in value):
+        return value
+    out, held = [], {item["id"] for item in earlier}
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or item.get("type") != "item_reference":
+            out.append(item)
+            continue
+        at = f"input[{i}].id"
+        if item.get("id") is None:
+            raise missing(at, ": the id of an item of a kept response")
+        iid = check_type(item["id"], (str,), at)
+        if iid in held:
+            raise ApiError(400, f"Duplicate item found with id {shown_id(iid)}: the "
+                           "conversation holds it already (previous_response_id's items, or "
+                           "an item_reference before it); leave this reference out",
+                           param=at)
+        held.add(iid)
+        found = st.responses.item(iid)
+        if found is None:
+            raise ApiError(400, f"Item with id {shown_id(iid)} not found: {_why_not_kept(st)}; "
+                           "send the item itself instead of a reference to it", param=at)
+        out.append(found)
+    return out
 
 
 def _kept(request: web.Request) -> StoredResponse:
