@@ -83,12 +83,18 @@ def test_lightllm_names_set_the_aiollm_option_of_the_same_meaning(line, dest, va
 
 
 @pytest.mark.parametrize("line", ["--output_constraint_mode none", "--grammar-backend none"])
-def test_structured_output_off_reaches_the_engine_config(line):
+def test_structured_output_off_reaches_the_engine_config(line, caplog):
     """LightLLM's default (and SGLang's --grammar-backend none) was refused: a launch line
     copied with it could not start."""
     args = parse(line)
-    config, _ = checked_config(args.command_parser, args)
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        config, _ = checked_config(args.command_parser, args)
     assert config.grammar_backend == "none"
+    said = [r.getMessage() for r in caplog.records if "structured output is off" in
+            r.getMessage()]
+    assert said == [f"{line}: structured output is off; a request that asks for a "
+                    "grammar (a response format, tool_choice \"required\"...) gets 400 "
+                    "naming its field"], said  # the flag as typed
 
 
 def test_the_step_budget_is_the_smallest_of_lightllms_bounds():
