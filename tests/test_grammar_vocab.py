@@ -4,7 +4,8 @@ transformers tokenizer of the same files: the same vocabulary type, prefix space
 vocabulary, stop and special ids, and a grammar compiled over either allows the same tokens
 at every step. For byte-level BPE (the default model, SmolLM2) and two sentencepiece-style
 byte-fallback layouts (Llama 2's normalizer, and the Metaspace pre-tokenizer of later
-conversions)."""
+conversions), and one whose tokenizer.json's decoder does not describe its byte pieces,
+which xgrammar's from_huggingface reads by the vocabulary itself."""
 
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def _byte_fallback(layout: str) -> Tokenizer:
         tok.decoder = decoders.Sequence([decoders.ByteFallback(),
                                          decoders.Metaspace(prepend_scheme="first",
                                                             split=False)])
+    if layout == "undescribed":  # a decoder that leaves the byte pieces out: xgrammar
+        # reads the JSON as a raw vocabulary, and the vocabulary as byte fallback
+        tok.decoder = decoders.Metaspace(prepend_scheme="first", split=False)
     tok.add_special_tokens(SPECIALS)
     return tok
 
@@ -93,7 +97,7 @@ def _masks(info, words: int, steps: int = 40) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("layout, vocab_type", [
     ("byte_level", xgr.VocabType.BYTE_LEVEL), ("llama2", xgr.VocabType.BYTE_FALLBACK),
-    ("metaspace", xgr.VocabType.BYTE_FALLBACK)])
+    ("metaspace", xgr.VocabType.BYTE_FALLBACK), ("undescribed", xgr.VocabType.BYTE_FALLBACK)])
 def test_the_backends_tokenizer_info_is_from_huggingfaces(tmp_path, layout, vocab_type):
     tok = _serving(tmp_path, layout)
     n, eos = len(tok), [tok.eos_token_id]

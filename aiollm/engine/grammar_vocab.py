@@ -10,10 +10,12 @@ A ServingTokenizer (aiollm/model/serving_tokenizer.py) is no transformers tokeni
 building one for it (ServingTokenizer.hf_tokenizer) cost 0.5-1.1 s of the first grammar
 request on a 2-core CPU, holding the GIL long enough to stall the event loop 0.1-0.3 s
 (bench/grammar_first_lag.py). Its backend is the saved tokenizer.json itself, so the
-serialized backend describes it exactly: the TokenizerInfo is built from its vocabulary with
+serialized backend describes it: the TokenizerInfo is built from its vocabulary with
 xgrammar's constructor, and the type and prefix space from xgrammar's own detection of that
 JSON (the C++ DetectMetadataFromHF that from_huggingface runs on a fast tokenizer), in
-0.1 s. tests/test_grammar_vocab.py checks both against from_huggingface of the transformers
+0.1 s; where xgrammar's reading of the vocabulary itself disagrees with the JSON's (a
+decoder that does not describe the vocabulary), from_huggingface decides, as above.
+tests/test_grammar_vocab.py checks both against from_huggingface of the transformers
 tokenizer: the decoded vocabulary, the metadata and a grammar's masks, for byte-level BPE
 and byte-fallback vocabularies.
 """
@@ -35,13 +37,20 @@ def tokenizer_info(tokenizer, vocab_size: int, stop_ids: list[int]):
         return xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
                                                   stop_token_ids=stop_ids or None)
     backend = tokenizer.backend_tokenizer
+    vocab = backend.get_vocab(with_added_tokens=True)
+    metadata = xgr.TokenizerInfo._detect_metadata_from_hf(backend.to_str())
+    # xgrammar >= 0.2.9 trusts the vocabulary's own spelling where the JSON's decoder says
+    # otherwise (and then detects the prefix space by encoding): that case is left to it whole
+    by_vocab = getattr(xgr.TokenizerInfo, "_detect_vocab_type_from_vocab", lambda _: None)
+    if by_vocab(vocab) not in (None, metadata["vocab_type"]):
+        return xgr.TokenizerInfo.from_huggingface(tokenizer.hf_tokenizer, vocab_size=vocab_size,
+                                                  stop_token_ids=stop_ids or None)
     # ids the tokenizer lacks (none in a tokenizer.json; any below vocab_size) stay "", as
     # from_huggingface leaves them
     encoded = [""] * vocab_size
-    for token, i in backend.get_vocab(with_added_tokens=True).items():
+    for token, i in vocab.items():
         if i < vocab_size:
             encoded[i] = token
-    metadata = xgr.TokenizerInfo._detect_metadata_from_hf(backend.to_str())
     eos = tokenizer.eos_token_id
     stops = stop_ids or ([eos] if eos is not None else None)
     return xgr.TokenizerInfo(encoded, metadata["vocab_type"], vocab_size=vocab_size,
