@@ -60,16 +60,18 @@ def _byte_fallback(layout: str) -> Tokenizer:
     return tok
 
 
-def _serving(tmp_path, layout: str) -> ServingTokenizer:
+def _serving(tmp_path, layout: str, eos: str = "</s>") -> ServingTokenizer:
     if layout == "byte_level":
         tok = load_serving_tokenizer(None)  # the default model's GGUF conversion
         assert isinstance(tok, ServingTokenizer), type(tok)
         return tok
     d = tmp_path / layout
     d.mkdir()
-    _byte_fallback(layout).save(str(d / "tokenizer.json"))
+    tok = _byte_fallback(layout)
+    tok.add_special_tokens([eos])
+    tok.save(str(d / "tokenizer.json"))
     (d / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "TokenizersBackend", "bos_token": "<s>", "eos_token": "</s>",
+        "tokenizer_class": "TokenizersBackend", "bos_token": "<s>", "eos_token": eos,
         "unk_token": "<unk>"}))
     return ServingTokenizer(str(d))
 
@@ -120,7 +122,8 @@ def test_the_backends_tokenizer_info_is_from_huggingfaces(tmp_path, layout, voca
 
 def test_without_stop_ids_the_tokenizers_eos_ends_the_grammar(tmp_path):
     """No stop ids given (a model config without eos): the tokenizer's eos, as
-    from_huggingface takes it."""
-    tok = _serving(tmp_path, "llama2")
+    from_huggingface takes it; an eos of a name xgrammar does not guess (it guesses
+    </s>, <|endoftext|>... where it finds none)."""
+    tok = _serving(tmp_path, "llama2", eos="<halt>")
     info = tokenizer_info(tok, len(tok), [])
-    assert info.stop_token_ids == [tok.convert_tokens_to_ids("</s>")] == [2]
+    assert info.stop_token_ids == [tok.convert_tokens_to_ids("<halt>")] == [len(tok) - 1]
