@@ -172,7 +172,9 @@ async def main():
             except InvalidRequest as e:
                 print(e.param)
         tools = [{{"type": "function", "function": {{"name": "f", "parameters": {{}}}}}}]
-        for extra in ({{}}, {{"tools": tools}}, {{"response_format": {{"type": "json_object"}}}},
+        # allowed_token_ids: a bitmask, applied without xgrammar's kernel
+        for extra in ({{}}, {{"tools": tools}}, {{"allowed_token_ids": [5, 6]}},
+                      {{"response_format": {{"type": "json_object"}}}},
                       {{"tools": tools, "tool_choice": "required"}}):
             r = await client.post("/v1/chat/completions", json={{
                 "messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 2, **extra}})
@@ -189,7 +191,7 @@ def test_xgrammar_is_never_imported(tmp_path):
     run = run_script(SCRIPT.format(model=model), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["structured_outputs.json_object"] * 2 + [
-        "200", "200", "400", "400", "False"], (run.stdout, run.stderr[-2000:])
+        "200", "200", "200", "400", "400", "False"], (run.stdout, run.stderr[-2000:])
 
 
 def test_a_grammar_backend_aiollm_lacks_is_refused_naming_the_option():
