@@ -3,11 +3,14 @@ that sleeps 5 ms in a loop (every other stream's tokens wait that long) while th
 json_object request builds xgrammar's view of the tokenizer and compiles, and while a second
 one (cached) runs. Each pass is a fresh interpreter (the build is once a process), an Engine
 of the default model's shape and tokenizer (a ServingTokenizer) with dummy weights.
-`--via-transformers` builds the view as before aiollm/engine/grammar_vocab.py: xgrammar's
-from_huggingface of the transformers tokenizer (ServingTokenizer.hf_tokenizer), for a
-before/after on one machine.
+`--route` builds the view by aiollm/engine/grammar_vocab.py (backend, the default), by its
+fallback, from_huggingface of transformers' fast tokenizer around the backend (fast), or as
+before it, from_huggingface of the directory's transformers tokenizer (directory).
+`--xgrammar-imported` imports xgrammar first, as a GPU server's start does
+(engine/warm_up.py): what is left is the view's build and the compile.
 
-    python bench/grammar_first_lag.py [--passes 5] [--via-transformers] [--out FILE]
+    python bench/grammar_first_lag.py [--passes 5] [--route backend|fast|directory]
+        [--xgrammar-imported] [--out FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 from results_file import result_path, write_report  # noqa: E402
 
 PERIOD = 0.005  # the probe's sleep
+ROUTES = ("backend", "fast", "directory")
 
 
 async def _probe(stop: asyncio.Event, worst: list[float]) -> None:
@@ -49,14 +53,16 @@ async def _timed(eng, params) -> tuple[float, float]:
     return took, worst[0]
 
 
-def _via_transformers() -> None:
-    """The build before grammar_vocab.py: from_huggingface of the transformers tokenizer."""
+def _use_route(route: str) -> None:
+    """Builds the view by `route` ("fast" or "directory") rather than grammar_vocab's."""
     from aiollm.engine import grammar
 
     def from_huggingface(tokenizer, vocab_size, stop_ids):
         import xgrammar as xgr
+        from transformers import PreTrainedTokenizerFast
 
-        hf = getattr(tokenizer, "hf_tokenizer", tokenizer)
+        hf = (tokenizer.hf_tokenizer if route == "directory" else
+              PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer))
         return xgr.TokenizerInfo.from_huggingface(hf, vocab_size=vocab_size,
                                                   stop_token_ids=stop_ids or None)
     grammar.tokenizer_info = from_huggingface
@@ -81,18 +87,22 @@ async def _one_pass() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--passes", type=int, default=5)
-    ap.add_argument("--via-transformers", action="store_true")
+    ap.add_argument("--route", choices=ROUTES, default="backend")
+    ap.add_argument("--xgrammar-imported", action="store_true")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a pass's child
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.one:
-        if a.via_transformers:
-            _via_transformers()
+        if a.xgrammar_imported:
+            import xgrammar  # noqa: F401
+        if a.route != "backend":
+            _use_route(a.route)
         print(json.dumps(asyncio.run(_one_pass())))
         return
     rows = []
     for _ in range(a.passes):
-        cmd = [sys.executable, __file__, "--one"] + (["--via-transformers"] * a.via_transformers)
+        cmd = [sys.executable, __file__, "--one", "--route", a.route] + (
+            ["--xgrammar-imported"] * a.xgrammar_imported)
         run = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
         r = rows[-1]
@@ -103,11 +113,13 @@ def main() -> None:
               for k in rows[0] if k.endswith("_ms")}
     print("median:", median)
     commit = tree_commit()
-    tags = ["via-transformers"] if a.via_transformers else []
+    tags = ([a.route] if a.route != "backend" else []) + (
+        ["xgrammar-imported"] * a.xgrammar_imported)
     out = Path(a.out or result_path("grammar-first-lag", tags=tags, commit=commit))
     write_report(out, {"bench": "grammar_first_lag", "date": str(date.today()),
                        "commit": commit, "machine": "CPU (2 cores, shared)",
-                       "via_transformers": a.via_transformers, "median": median,
+                       "route": a.route, "xgrammar_imported": a.xgrammar_imported,
+                       "median": median,
                        "passes": rows}, indent=2)
     print(f"wrote {out}")
 

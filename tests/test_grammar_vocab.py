@@ -10,10 +10,12 @@ which xgrammar's from_huggingface reads by the vocabulary itself."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from aiollm.engine.grammar_vocab import tokenizer_info
 from aiollm.model.serving_tokenizer import ServingTokenizer
@@ -120,10 +122,43 @@ def test_the_backends_tokenizer_info_is_from_huggingfaces(tmp_path, layout, voca
         assert np.array_equal(a, b), step
 
 
-def test_without_stop_ids_the_tokenizers_eos_ends_the_grammar(tmp_path):
+@pytest.mark.parametrize("layout", ["llama2", "undescribed"])  # each route
+def test_without_stop_ids_the_tokenizers_eos_ends_the_grammar(tmp_path, layout):
     """No stop ids given (a model config without eos): the tokenizer's eos, as
     from_huggingface takes it; an eos of a name xgrammar does not guess (it guesses
     </s>, <|endoftext|>... where it finds none)."""
-    tok = _serving(tmp_path, "llama2", eos="<halt>")
+    tok = _serving(tmp_path, layout, eos="<halt>")
     info = tokenizer_info(tok, len(tok), [])
     assert info.stop_token_ids == [tok.convert_tokens_to_ids("<halt>")] == [len(tok) - 1]
+
+
+def test_an_xgrammar_without_the_private_detection_is_read_by_from_huggingface(
+        tmp_path, monkeypatch, caplog):
+    """A release of xgrammar that drops the private detection grammar_vocab.py reads: its
+    from_huggingface (which reads the tokenizer by its own means) builds the same info from
+    transformers' fast tokenizer around the backend, and the start says so once."""
+    tok = _serving(tmp_path, "llama2")
+    n, eos = len(tok), [tok.eos_token_id]
+    expected = tokenizer_info(tok, n, eos)
+    detect = xgr.TokenizerInfo.__dict__["_detect_metadata_from_hf"]
+    public = xgr.TokenizerInfo.from_huggingface
+    read = []
+
+    def from_huggingface(tokenizer, **kwargs):  # the release's own, needing no such name
+        read.append(tokenizer)
+        with monkeypatch.context() as m:
+            m.setattr(xgr.TokenizerInfo, "_detect_metadata_from_hf", detect, raising=False)
+            return public(tokenizer, **kwargs)
+
+    monkeypatch.delattr(xgr.TokenizerInfo, "_detect_metadata_from_hf")
+    monkeypatch.setattr(xgr.TokenizerInfo, "from_huggingface", staticmethod(from_huggingface))
+    with caplog.at_level(logging.WARNING, logger="aiollm"):
+        info = tokenizer_info(tok, n, eos)
+    [fast] = read
+    assert isinstance(fast, PreTrainedTokenizerFast) and fast is not tok._hf
+    assert (info.vocab_type, info.add_prefix_space) == (expected.vocab_type,
+                                                        expected.add_prefix_space)
+    assert info.decoded_vocab == expected.decoded_vocab
+    assert info.stop_token_ids == expected.stop_token_ids == eos
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "xgrammar's vocabulary detection is not where aiollm reads it"]

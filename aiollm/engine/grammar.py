@@ -177,7 +177,7 @@ class Grammars:
         return compiler
 
     async def _info_built(self) -> None:
-        """The tokenizer's xgrammar info, built once (~0.2 s for a 49k vocabulary, and
+        """The tokenizer's xgrammar info, built once (~0.1 s for a 49k vocabulary, and
         xgrammar's import; grammar_vocab.py) off the loop and outside any grammar's
         deadline, shared by the requests that wait."""
         if self._key in _CACHE.infos:
