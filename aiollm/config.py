@@ -26,6 +26,9 @@ TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral", "mistral_v11")
 CONTENT_FORMATS = ("auto", "string", "openai")
 # --logprobs-mode's choices, vLLM's names (aiollm/model/sampler.py says what each reports)
 LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
+# --grammar-backend's choices: the grammar library, or "none", structured output off (SGLang's
+# --grammar-backend none, LightLLM's --output_constraint_mode none)
+GRAMMAR_BACKENDS = ("xgrammar", "none")
 # the KV pool's share of the GPU memory free after loading, by default; the rest is the
 # headroom for activations, CUDA graphs and sampling (gpu_memory_utilization keeps it too)
 KV_MEMORY_FRACTION = 0.85
@@ -136,6 +139,11 @@ class EngineConfig:
     # for a compile thread: 503); legitimate large schemas took up to ~30 s on a 2-core CPU,
     # pathological ones minutes (aiollm/engine/grammar_compile.py)
     grammar_compile_timeout: float = 60.0
+    # one of GRAMMAR_BACKENDS: "none" turns structured output off, as SGLang's and LightLLM's
+    # "none" do: a request that asks for a grammar (a response format, a regex, tool_choice
+    # "required"...) gets 400 naming its field, as SGLang answers it, and xgrammar is never
+    # imported (aiollm/engine/grammar.py)
+    grammar_backend: str = "xgrammar"
     # request table slots (running + waiting + paused): a request past them gets Overloaded
     table_capacity: int = 8192
     # aggressive | past_future | conservative; aggressive matched or beat Past-Future's goodput
@@ -217,6 +225,9 @@ class EngineConfig:
                              f"got {self.load_format!r}")
         from aiollm.model.generation_defaults import check_mode
         check_mode(self.generation_config)
+        if self.grammar_backend not in GRAMMAR_BACKENDS:
+            raise ValueError(f"grammar_backend must be one of {', '.join(GRAMMAR_BACKENDS)} "
+                             f"(none: structured output off), got {self.grammar_backend!r}")
         if self.logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got "
                              f"{self.logprobs_mode!r}")

@@ -37,7 +37,8 @@ def test_serve_help():
                 "--served-model-name", "--api-key", "--load-format", "--log-level",
                 "--scheduler", "--max-waiting-requests", "--queue-timeout", "--no-cuda-graph",
                 "--shutdown-timeout", "--table-capacity", "--cuda-graph-max-batch",
-                "--cuda-graph-max-bs", "--grammar-compile-timeout", "--allowed-origins",
+                "--cuda-graph-max-bs", "--grammar-compile-timeout", "--grammar-backend",
+                "--allowed-origins",
                 "--allowed-methods", "--allowed-headers", "--allow-credentials", "MODEL"):
         assert opt in out.stdout
     # every endpoint it serves: test_api_ops.test_serve_help_names_every_endpoint

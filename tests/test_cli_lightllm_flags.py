@@ -75,9 +75,26 @@ def test_lightllm_benchmark_line_reaches_the_engine_config():
     ("--tool_call_parser qwen25", "tool_call_parser", "hermes"),
     ("--node_rank 1 --nnodes 2", "node_rank", 1),
     ("--disable_log_stats", "log_stats", False),
+    ("--output_constraint_mode none", "grammar_backend", "none"),  # LightLLM's default
+    ("--output_constraint_mode xgrammar", "grammar_backend", "xgrammar"),
 ])
 def test_lightllm_names_set_the_aiollm_option_of_the_same_meaning(line, dest, value):
     assert getattr(parse(line), dest) == value
+
+
+@pytest.mark.parametrize("line", ["--output_constraint_mode none", "--grammar-backend none"])
+def test_structured_output_off_reaches_the_engine_config(line, caplog):
+    """LightLLM's default (and SGLang's --grammar-backend none) was refused: a launch line
+    copied with it could not start."""
+    args = parse(line)
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        config, _ = checked_config(args.command_parser, args)
+    assert config.grammar_backend == "none"
+    said = [r.getMessage() for r in caplog.records if "structured output is off" in
+            r.getMessage()]
+    assert said == [f"{line}: structured output is off; a request that asks for a "
+                    "grammar (a response format, tool_choice \"required\"...) gets 400 "
+                    "naming its field"], said  # the flag as typed
 
 
 def test_the_step_budget_is_the_smallest_of_lightllms_bounds():
@@ -97,6 +114,8 @@ def test_the_step_budget_is_the_smallest_of_lightllms_bounds():
     ("--model_name a --served-model-name b", "b and --model_name a are two values"),
     ("--data_type bf16 --dtype float16", "float16 and --data_type bfloat16"),
     ("--data_type int8", "argument --data_type: invalid choice: 'int8' (choose from fp16, "),
+    ("--output_constraint_mode none --grammar-backend xgrammar",
+     "argument --grammar-backend: xgrammar and --output_constraint_mode none are two values"),
     ("--mem_fraction 0.8 --gpu-memory-utilization 0.9",
      "give one of --gpu-memory-utilization (vLLM's: the whole process's share of the GPU's "
      "memory) and --mem_fraction (LightLLM's"),

@@ -69,6 +69,7 @@ def test_an_sglang_launch_line_reaches_the_engine_config():
     ("--max-total-tokens 128K", "max_total_tokens", 131072),
     ("--max-total-tokens 100000", "max_total_tokens", 100000),  # a bound, not kv_tokens
     ("--random-seed 7", "seed", 7),
+    ("--grammar-backend none", "grammar_backend", "none"),  # structured output off
     ("--chunked-prefill-size 8192", "max_prefill_tokens", 8192),
     ("--chunked_prefill_size 8k", "max_prefill_tokens", 8000),
     ("--disable-radix-cache", "prefix_cache", False),

@@ -25,6 +25,7 @@ from aiollm.api.tools_or_format import opens_calls, tool_parts, tools_constraint
 from aiollm.api.usage import room
 from aiollm.engine.content_format import (echoed_text, joined_text, rendering_template,
                                           resolve_content_format)
+from aiollm.engine.grammar import GRAMMARS_OFF
 from aiollm.errors import shown_json
 from aiollm.sampling_params import SamplingParams
 
@@ -128,6 +129,8 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     # the named function: a cut output is its call, as vLLM answers it (ToolParser.calls)
     forced = callable_tools[0]["function"]["name"] if named else None
     constraint = req.constraint()
+    # where grammars are off, before the tools' grammar would take the format in (xgrammar)
+    engine.grammars.refuse_off(constraint.grammar if constraint is not None else None)
     formatted = mode == "auto" and constraint is not None and constraint.grammar is not None
     # a grammar that holds the output from its first token leaves no room to reason first
     shaped = mode == "required" or constraint is not None and constraint.grammar is not None
@@ -156,16 +159,24 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
             sent = f"tool_choice {shown_json(mode)}"
         else:
             sent = "tools (with tool_choice absent, \"auto\")"
-        # a named function is one call, as vLLM and SGLang answer it; else several may come
-        # unless parallel_tool_calls is false. A response format beside: calls or the
-        # format's content under "auto", calls only else (aiollm/api/tools_or_format.py)
-        combine = partial(tools_constraint, parser, callable_tools, required=mode == "required",
-                          parallel=req.parallel_tool_calls is not False and not named,
-                          constraint=constraint, sent=sent,
-                          parts=tool_parts(tools, callable_tools))
-        # a content grammar is converted to EBNF: off the event loop
-        constraint = (await asyncio.to_thread(combine) if constraint is not None
-                      and constraint.grammar is not None else combine())
+        if not engine.grammars.enabled:
+            # "auto": calls are read from the output's text alone, as vLLM reads them
+            if mode == "required":
+                raise ApiError(400, f"{sent} holds the output to calls, which takes a "
+                               f"grammar: {GRAMMARS_OFF}; send tool_choice \"auto\" (calls "
+                               "read from the output's text) or \"none\"", param="tool_choice")
+        else:
+            # a named function is one call, as vLLM and SGLang answer it; else several may
+            # come unless parallel_tool_calls is false. A response format beside: calls or
+            # the format's content under "auto", calls only else (api/tools_or_format.py)
+            combine = partial(tools_constraint, parser, callable_tools,
+                              required=mode == "required",
+                              parallel=req.parallel_tool_calls is not False and not named,
+                              constraint=constraint, sent=sent,
+                              parts=tool_parts(tools, callable_tools))
+            # a content grammar is converted to EBNF: off the event loop
+            constraint = (await asyncio.to_thread(combine) if constraint is not None
+                          and constraint.grammar is not None else combine())
     # the template is applied here rather than by engine.chat so that a request without
     # max_tokens can be given the rest of the context
     # past calls reach a template that knows none in any mode: the follow-up turn (often

@@ -6,7 +6,8 @@ as aiollm/vllm_flags.py and sglang_flags.py are:
 
 - ALIASES: LightLLM's name of an aiollm option of the same meaning and unit
   (--max_total_token_num is --kv-tokens, the KV cache's tokens; --max_req_total_len
-  --max-model-len, a request's input + output tokens...), hidden from --help, which names
+  --max-model-len, a request's input + output tokens; --output_constraint_mode
+  --grammar-backend, whose none turns structured output off...), hidden from --help, which names
   them in the group's description; two spellings given two values is a usage error naming
   both. Flags spelt as aiollm's (--host, --port, --nnodes, --node_rank, --disable_log_stats,
   --tool_call_parser) are aiollm's own; those spelt as SGLang's once dashed (--tp,
@@ -74,6 +75,8 @@ ALIASES = {
     "--max-req-total-len": ("max_model_len", "--max-model-len", int),
     "--data-type": ("dtype", "--dtype", data_type),
     "--graph-max-batch-size": ("cuda_graph_max_batch", "--cuda-graph-max-batch", int),
+    "--output-constraint-mode": ("grammar_backend", "--grammar-backend",
+                                 sglang_flags.grammar_backend_name),
 }
 # switches: the flag -> (option, the value it sets, aiollm's flag)
 SWITCHES = {
@@ -96,7 +99,6 @@ REFUSED = (
             "requests end at the tokenizer's and the model config's eos ids; a request may "
             "add its own (stop_token_ids, LightLLM's stop_sequences)"),
     Refusal(("--quant-type",), vllm_flags.NOT_QUANTIZED, same=("none",)),
-    Refusal(("--output-constraint-mode",), sglang_flags.XGRAMMAR_ONLY, same=("xgrammar",)),
     Refusal(("--use-reward-model",),
             f"{vllm_flags.GENERATIVE_ONLY}; leave the flag out to generate text",
             takes_value=False),
@@ -212,7 +214,9 @@ NO_EFFECT_VALUES = (
 # what an alias does beside its aiollm flag's meaning, for --help (answers_any_model)
 NOTES = {"--model-name": " (one name, which no request's model is checked against, as in "
                          "LightLLM; --served-model-name answers another name 404, beside it "
-                         "too)"}
+                         "too)",
+         "--output-constraint-mode": " (xgrammar or none; LightLLM's default is none, "
+                                     "structured output off, aiollm's xgrammar)"}
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:

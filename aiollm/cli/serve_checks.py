@@ -82,6 +82,11 @@ def checked_config(parser: argparse.ArgumentParser,
         log.info("%s", mode_said)
     if (sizes_said := sglang_flags.graph_sizes_said(args, config.cuda_graph)) is not None:
         log.info("%s", sizes_said)
+    if config.grammar_backend == "none":  # LightLLM's default: said, as it refuses requests
+        typed = getattr(args, "flags_typed", {}).get("grammar_backend", "--grammar-backend")
+        log.info("%s none: structured output is off; a request that asks for a grammar "
+                 "(a response format, tool_choice \"required\"...) gets 400 naming its field",
+                 spelt.get(typed, typed))
     return config, api_keys
 
 

@@ -241,6 +241,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="seconds a request's grammar may compile before the request fails "
                         "with 400 (the compilation runs on and is cached); a request that "
                         "waits as long for a compile thread gets 503")
+    e.add_argument("--grammar-backend", default=d.grammar_backend, action=Alias,
+                   type=sglang_flags.grammar_backend_name, metavar="{xgrammar,none}",
+                   help="the grammar library of structured output (response_format, "
+                        "guided_*, structured_outputs, tool_choice \"required\" or naming a "
+                        "function): xgrammar; none turns structured output off, as in SGLang "
+                        "and LightLLM (--output_constraint_mode, none unless given): a "
+                        "request asking for a grammar gets 400 naming its field, and tool "
+                        "calls under tool_choice \"auto\" are read from the output's text "
+                        "alone (default: %(default)s)")
     e.add_argument("--scheduler", default=d.scheduler,
                    choices=["past_future", "aggressive", "conservative"],
                    help="admission policy")
@@ -297,7 +306,7 @@ ENGINE_OPTIONS = ("dtype", "kv_cache_dtype", "device", "load_format", "tokenizer
                   "mem_fraction_static", "mem_fraction",
                   "max_running_requests",
                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",
-                  "queue_timeout", "grammar_compile_timeout", "scheduler",
+                  "queue_timeout", "grammar_compile_timeout", "grammar_backend", "scheduler",
                   "past_future_estimator", "scheduler_blind_cap", "table_capacity",
                   "cuda_graph", "cuda_graph_max_batch", "warm_up",
                   "served_model_name", "tool_call_parser", "reasoning_parser",

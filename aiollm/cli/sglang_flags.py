@@ -9,9 +9,10 @@ arguments" said neither). Built as aiollm/vllm_flags.py is, in tables:
   error naming both (flag_alias.Alias). SGLang's flags spelt as aiollm's (--max-running-
   requests, --max-prefill-tokens, --cuda-graph-max-bs, --dtype, --kv-cache-dtype, --host,
   --port, --api-key, --served-model-name, --chat-template, --tool-call-parser,
-  --reasoning-parser, --dist-init-addr, --nnodes, --node-rank, --log-level) are aiollm's own,
+  --reasoning-parser, --grammar-backend, --dist-init-addr, --nnodes, --node-rank,
+  --log-level) are aiollm's own,
   and its values of a choice are aiollm's (`tool_call_parser_name`, `reasoning_parser_name`,
-  `kv_cache_dtype_name`);
+  `kv_cache_dtype_name`; `grammar_backend_name`: xgrammar, or none, structured output off);
 - --max-total-tokens and --mem-fraction-static: SGLang's bound and sizing of the KV pool
   (EngineConfig.max_total_tokens, mem_fraction_static);
 - --cuda-graph-bs N...: its largest size is --cuda-graph-max-batch, as it becomes SGLang's
@@ -35,6 +36,7 @@ import argparse
 from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.flag_alias import Alias, add_aliases
+from aiollm.config import GRAMMAR_BACKENDS
 from aiollm.vllm_flags import Ignored, Refusal
 from aiollm.vllm_graph_flags import model_after_sizes
 
@@ -120,9 +122,6 @@ def chunk_size(value: str) -> int:
 _EXPERT_PARALLEL = ("there is no expert parallelism: --tensor-parallel-size gives every "
                     "rank its share of each expert's features; leave the flag out")
 _SPECULATIVE = "speculative decoding is not supported: leave the flag out"
-# SGLang's --grammar-backend, LightLLM's --output_constraint_mode
-XGRAMMAR_ONLY = ("grammars run on xgrammar, the one library aiollm has, whenever a request "
-                 "asks for one; leave the flag out")
 
 REFUSED = (
     Refusal(("--dp-size", "--dp"), vllm_flags.NO_DATA_PARALLEL, same=("1",)),
@@ -155,7 +154,6 @@ REFUSED = (
     Refusal(("--json-model-override-args",),
             "the model's config.json is read as it is: serve a copy of the model directory "
             "with the values changed in its config.json", same=("{}",)),
-    Refusal(("--grammar-backend",), XGRAMMAR_ONLY, same=("xgrammar",)),
     Refusal(("--stream-interval",),
             "streams send each step's tokens as they are sampled, one step at a time; leave "
             "the flag out", same=("1",)),
@@ -232,6 +230,18 @@ _REASONING_PARSERS = {"deepseek-r1": "deepseek_r1", "qwen3-thinking": "deepseek_
 _KV_CACHE_DTYPES = {"bf16": "bfloat16"}
 
 
+def grammar_backend_name(value: str) -> str:
+    """--grammar-backend's value (SGLang's flag; LightLLM's --output_constraint_mode): one of
+    GRAMMAR_BACKENDS, xgrammar or none (structured output off); argparse.ArgumentTypeError
+    for the libraries aiollm does not have (SGLang's outlines and llguidance, LightLLM's
+    outlines)."""
+    if value in GRAMMAR_BACKENDS:
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not available: grammars run on xgrammar, the one grammar library "
+        "aiollm has; give xgrammar, or none to turn structured output off")
+
+
 def tool_call_parser_name(value: str) -> str:
     """--tool-call-parser's value under aiollm's name: vLLM's (vllm_flags), and SGLang's and
     LightLLM's qwen25 (SGLang's newer qwen), Qwen 2.5's <tool_call> JSON, which is hermes."""
@@ -270,7 +280,7 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "--cuda-graph-max-bs, --dtype, --kv-cache-dtype (bf16 is bfloat16), --host, "
         "--port, --api-key, --served-model-name, --chat-template, --tool-call-parser "
         "(qwen25 and qwen are hermes), --reasoning-parser (deepseek-r1 and qwen3-thinking "
-        "are deepseek_r1), "
+        "are deepseek_r1), --grammar-backend (xgrammar or none), "
         "--dist-init-addr, --nnodes, --node-rank and --log-level are aiollm's own. Those "
         "below bound and size the KV cache as SGLang does or change nothing. Refused, each "
         "with what to use instead (a value asking for aiollm's own behaviour, such as "

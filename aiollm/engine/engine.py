@@ -262,7 +262,8 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
                                fill_to=getattr(self.runner.prefill_graphs, "fill_to", None))
         self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size,
                                  self.eos_ids.tolist(), device, max_rows=self.planner.max_running,
-                                 compile_timeout=cfg.grammar_compile_timeout)
+                                 compile_timeout=cfg.grammar_compile_timeout,
+                                 enabled=cfg.grammar_backend != "none")
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-model")
         # waits for device events, so the model thread is free to launch the next step
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-wait")

@@ -45,6 +45,7 @@ import torch
 from aiollm.engine.grammar_build import (allows_none, check_writable, compile_spec,
                                          grammar_error)
 from aiollm.engine.grammar_compile import CompileThreads
+from aiollm.engine.grammar_vocab import tokenizer_info
 from aiollm.engine.logit_bias import bias_arrays, step_biases
 from aiollm.engine.token_lists import check_token_lists
 from aiollm.engine.token_mask import BitmaskBuffers, TokenMask
@@ -55,6 +56,16 @@ log = logging.getLogger(__name__)
 
 CACHE_SIZE = 128  # compiled grammars kept per process (a JSON schema's is ~0.1-2 MB)
 ENDED, REJECTED, COMPLETE = 1, -1, 2  # accept() results
+# why a grammar is refused where grammars are off (EngineConfig.grammar_backend "none")
+GRAMMARS_OFF = "structured output is off on this server (its grammar backend is \"none\")"
+
+
+def grammars_off(param: str) -> InvalidRequest:
+    """The 400 for a grammar asked of field `param` where grammars are off, as SGLang
+    answers one under --grammar-backend none (LightLLM's "none" silently leaves the output
+    free, which a client that asked for a schema cannot tell from a followed one)."""
+    return InvalidRequest(f"{param}: {GRAMMARS_OFF}, so no grammar can hold the output to "
+                          "it; send the request without it", param=param)
 
 
 def compiler_threads() -> int:
@@ -124,11 +135,14 @@ class Grammars:
 
     vocab_size is the model's (logits') width, which may exceed the tokenizer's; ids past the
     tokenizer are never allowed under a grammar. stop_ids end a grammar (the model's eos).
-    compile_timeout: seconds a grammar may compile (and wait for a compile thread)."""
+    compile_timeout: seconds a grammar may compile (and wait for a compile thread).
+    enabled False (grammar_backend "none"): every grammar is refused (grammars_off) and
+    xgrammar is never imported; allowed_token_ids, logit_bias and bad_words still apply."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int], device: torch.device,
-                 max_rows: int = 256, compile_timeout: float = 60.0):
+                 max_rows: int = 256, compile_timeout: float = 60.0, enabled: bool = True):
         self.tokenizer = tokenizer
+        self.enabled = enabled
         self.vocab_size = vocab_size
         self.words = (vocab_size + 31) // 32
         # xgrammar's vocabulary: the tokenizer's ids (a model's logits may be wider)
@@ -157,17 +171,15 @@ class Grammars:
             with _CACHE.info_lock:
                 compiler = _CACHE.infos.get(self._key)
                 if compiler is None:
-                    # xgrammar needs transformers' tokenizer (ServingTokenizer has one inside)
-                    hf = getattr(self.tokenizer, "hf_tokenizer", self.tokenizer)
-                    info = xgr.TokenizerInfo.from_huggingface(
-                        hf, vocab_size=self.grammar_vocab, stop_token_ids=self.stop_ids or None)
+                    info = tokenizer_info(self.tokenizer, self.grammar_vocab, self.stop_ids)
                     compiler = _CACHE.infos[self._key] = xgr.GrammarCompiler(
                         info, max_threads=compiler_threads(), cache_enabled=False)
         return compiler
 
     async def _info_built(self) -> None:
-        """The tokenizer's xgrammar info, built once (seconds: ~1.6 for a 49k vocabulary)
-        off the loop and outside any grammar's deadline, shared by the requests that wait."""
+        """The tokenizer's xgrammar info, built once (~0.1 s for a 49k vocabulary, and
+        xgrammar's import; grammar_vocab.py) off the loop and outside any grammar's
+        deadline, shared by the requests that wait."""
         if self._key in _CACHE.infos:
             return
         if self._info is None or self._info.done():  # a failed build is tried again
@@ -231,7 +243,8 @@ class Grammars:
         or has not compiled within compile_timeout seconds of compiling (it compiles on,
         into the cache), Overloaded when closed or the compile threads are clogged (none
         started it within compile_timeout seconds, or too many compilations run past their
-        deadline)."""
+        deadline); InvalidRequest too where grammars are off (grammars_off)."""
+        self.refuse_off(spec)
         key = self._cache_key(spec)
         with _CACHE.lock:
             if key in _CACHE.compiled:
@@ -265,11 +278,18 @@ class Grammars:
         self._threads.close()
 
     # -- per request ------------------------------------------------------------------------
+    def refuse_off(self, spec: GrammarSpec | None) -> None:
+        """Raises grammars_off(spec.param) where grammars are off and `spec` is a grammar."""
+        if spec is not None and not self.enabled:
+            raise grammars_off(spec.param)
+
     def check(self, c: Constraint, min_tokens: int = 0, stop_token_ids: Sequence[int] = ()
               ) -> None:
         """Validate allowed_token_ids and logit_bias against the vocabulary, and
         allowed_token_ids against the request's min_tokens, which bans the eos and
-        `stop_token_ids` until that many tokens are out (InvalidRequest naming the field)."""
+        `stop_token_ids` until that many tokens are out (InvalidRequest naming the field);
+        refuse a grammar where grammars are off (refuse_off)."""
+        self.refuse_off(c.grammar)
         check_token_lists(c, self.vocab_size, self._eos, min_tokens, stop_token_ids)
 
     def start(self, c: Constraint | None,

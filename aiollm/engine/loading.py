@@ -110,7 +110,8 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
                          logprobs_mode=cfg.logprobs_mode)
     if cfg.warm_up and device.type == "cuda":
         warm_up(runner, max_prefill=cfg.max_prefill_tokens,
-                max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens, max_batch=rows)
+                max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens, max_batch=rows,
+                grammars=cfg.grammar_backend != "none")
     return RankModel(runner, kv_pool, r2t, kv_tokens, max_len, per_token)
 
 

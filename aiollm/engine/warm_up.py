@@ -71,9 +71,11 @@ def plan(max_prefill: int, max_batch: int, max_context: int,
 
 
 @torch.inference_mode()
-def warm_up(runner, *, max_prefill: int, max_mixed: int, max_batch: int) -> None:
+def warm_up(runner, *, max_prefill: int, max_mixed: int, max_batch: int,
+            grammars: bool = True) -> None:
     """Launch the shapes plan() gives on `runner`'s model (a ModelRunner), then free every KV
-    slot and req_to_token row it took."""
+    slot and req_to_token row it took. grammars False (grammar_backend "none"): xgrammar is
+    not imported, and a bitmask (allowed_token_ids) is applied by the PyTorch reference."""
     kv, r2t = runner.kv_pool, runner.r2t
     max_prefill = min(max_prefill, r2t.max_len, kv.n_free // 2)
     prefills, mixed = plan(max_prefill, max_batch, min(r2t.max_len, kv.n_free - max_prefill),
@@ -98,7 +100,7 @@ def warm_up(runner, *, max_prefill: int, max_mixed: int, max_batch: int) -> None
                 loc = np.concatenate([np.full(b, ctx[n - 1]), new[:chunk]])
                 _forward(runner, [rows[0]] * b + [rows[1]], [n - 1] * b + [0], [1] * b + [chunk],
                          loc)
-            _sampling(runner)
+            _sampling(runner, grammars)
         if runner.device.type == "cuda":
             torch.cuda.synchronize(runner.device)
     finally:
@@ -131,7 +133,7 @@ def _forward(runner, rows, prefix_lens, extend_lens, out_cache_loc) -> None:
                              start=None))
 
 
-def _sampling(runner) -> None:
+def _sampling(runner, grammars: bool = True) -> None:
     """sample() on random logits with the parameter mixes that take different paths: plain
     temperature, top-k only (a draw among candidates), greedy and sampled rows with top-p,
     min-p and logprobs (a full sort), and penalties; and the bitmask of constrained steps."""
@@ -161,7 +163,7 @@ def _sampling(runner) -> None:
     # a constrained greedy step's in-place mask: on a GPU xgrammar's kernel, which
     # apply_bitmask_ takes only once xgrammar is imported (never first on the event loop):
     # imported here, at start, so that the kernel compiles now, not in a request's step
-    if logits.is_cuda:
+    if logits.is_cuda and grammars:
         import xgrammar  # noqa: F401
     apply_bitmask_(logits, torch.full((b, (vocab + 31) // 32), -1, dtype=torch.int32,
                                       device=runner.device))

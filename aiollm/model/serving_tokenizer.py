@@ -8,7 +8,7 @@ conversion that aiollm caches, aiollm/model/derived_cache.py) and answers those 
 transformers does: same ids, same text, same rendered template (tests/test_serving_tokenizer.py
 compares them). Everything else (attributes it does not define, chat-template options it does
 not handle) is answered by the transformers tokenizer of the same directory, loaded on first
-use; so is xgrammar, which needs a transformers tokenizer (`hf_tokenizer`).
+use (`hf_tokenizer`); xgrammar reads the `tokenizers` backend (aiollm/engine/grammar_vocab.py).
 
 Chat templates are rendered as transformers 4.4x-5.x renders them: a sandboxed jinja2
 environment with trim_blocks and lstrip_blocks, the loopcontrols extension, a `tojson` filter
