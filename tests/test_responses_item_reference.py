@@ -116,3 +116,46 @@ def test_the_store_finds_items_while_a_response_holds_them():
     assert (store.item("msg_a"), store.item("msg_q")) == (None, asked)
     store.delete("resp_2")
     assert store.item("msg_q") is None
+
+
+def test_an_item_is_found_while_any_response_holds_it():
+    """Where kept responses hold several items of one id (a client reused it), a reference
+    finds the one kept last, and the other once that one's response goes: the index forgot
+    an id held still when the response kept last with it was deleted."""
+    store = ResponseStore(capacity=3)
+    first = {"id": "msg_a", "type": "message", "role": "user", "content": []}
+    again = {**first, "content": [{"type": "input_text", "text": "again"}]}
+    store.put({"id": "resp_1", "output": []}, [first])
+    store.put({"id": "resp_2", "output": []}, [again])
+    assert store.item("msg_a") is again
+    store.delete("resp_2")
+    assert store.item("msg_a") is first
+    store.put({"id": "resp_3", "output": []}, [first])  # held twice: kept last now
+    store.put({"id": "resp_4", "output": []}, [again])
+    store.delete("resp_1")
+    store.delete("resp_4")
+    assert store.item("msg_a") is first
+    store.delete("resp_3")
+    assert store.item("msg_a") is None
+
+
+def test_a_reference_outlives_the_response_that_referenced_it(tiny):
+    """A referenced item is kept again by the response that references it, under its own
+    id: once that response is deleted, a reference to the item (the first response still
+    holds it) is read as before, not a 400 saying it was not found."""
+    async def calls(client):
+        first = await (await client.post("/v1/responses", json=_body(
+            tiny, [{"role": "user", "content": "Hi"}]))).json()
+        items = [{"type": "item_reference", "id": first["output"][0]["id"]},
+                 {"role": "user", "content": "More"}]
+        out = []
+        for _ in range(2):
+            got = await client.post("/v1/responses", json=_body(tiny, items))
+            answer = await got.json()
+            out.append((got.status, answer["usage"]["input_tokens"]))
+            await client.delete(f"/v1/responses/{answer['id']}")
+        return out
+
+    [before, after] = _with_store(tiny, 10, calls)
+    assert before[0] == 200
+    assert after == before

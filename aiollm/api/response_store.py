@@ -102,7 +102,11 @@ class ResponseStore:
         # id() of each item some kept response holds: [its held_bytes, how many hold it]
         # (the id stays the item's while a kept response holds it)
         self._items: dict[int, list[int]] = {}
-        self._by_id: dict[str, dict] = {}  # each held item by its "id" (item_reference)
+        # each held item by its "id" (item_reference), as {id(): item} in the order kept:
+        # an id may be held by several items (a referenced item is kept again by the
+        # response that references it; a client may reuse its ids), each found until
+        # the last response holding it goes
+        self._by_id: dict[str, dict[int, dict]] = {}
 
     @property
     def keeps(self) -> bool:
@@ -135,7 +139,9 @@ class ResponseStore:
             held = self._items.setdefault(id(item), [size, 0])
             self.bytes += size if held[1] == 0 else 0
             held[1] += 1
-            self._by_id[item["id"]] = item  # the newest where a client reused an id
+            same = self._by_id.setdefault(item["id"], {})
+            same.pop(id(item), None)  # the newest kept last: item() gives it
+            same[id(item)] = item
         while len(self._kept) > self.capacity or self.bytes > self.max_bytes:
             self._release(self._kept.popitem(last=False)[1])
         return True
@@ -146,8 +152,10 @@ class ResponseStore:
 
     def item(self, iid: str) -> dict | None:
         """The item of id `iid` (an input or output item) some kept response holds, None if
-        none does: what an input's item_reference stands for."""
-        return self._by_id.get(iid)
+        none does: what an input's item_reference stands for. Where several held items have
+        that id, the one kept last."""
+        same = self._by_id.get(iid)
+        return next(reversed(same.values())) if same else None
 
     def delete(self, rid: str) -> bool:
         """Forgets the response `rid`; False if none was kept under it."""
@@ -165,5 +173,7 @@ class ResponseStore:
             if held[1] == 0:
                 self.bytes -= held[0]
                 del self._items[id(item)]
-                if self._by_id.get(item["id"]) is item:
+                same = self._by_id[item["id"]]
+                del same[id(item)]
+                if not same:
                     del self._by_id[item["id"]]
