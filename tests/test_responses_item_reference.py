@@ -83,16 +83,18 @@ def test_an_unknown_or_missing_id_is_a_400_naming_it(tiny):
 
 
 def test_a_reference_to_an_item_the_conversation_holds_is_a_400(tiny):
-    """A reference to an item previous_response_id's conversation holds already, or a
-    second reference to one item, would render that turn twice: a 400 naming it, as OpenAI
-    refuses a duplicate item; the first reference of an item the conversation lacks is
-    read."""
+    """A reference to an item previous_response_id's conversation holds already, a second
+    reference to one item, or one beside that item sent whole (before or after it) would
+    render that turn twice: a 400 naming it, as OpenAI refuses a duplicate item; the first
+    reference of an item the conversation lacks is read."""
     async def calls(client):
         first = await (await client.post("/v1/responses", json=_body(
             tiny, [{"role": "user", "content": "Hi"}]))).json()
         said = {"type": "item_reference", "id": first["output"][0]["id"]}
         out = []
+        whole = first["output"][0]  # the item itself, sent with its id beside a reference
         for items, previous in (([said], first["id"]), ([said, said], None),
+                                ([whole, said], None), ([said, whole], None),
                                 ([{"role": "user", "content": "Hi"}, said], None)):
             got = await client.post("/v1/responses", json=_body(
                 tiny, items, previous_response_id=previous))
@@ -100,6 +102,7 @@ def test_a_reference_to_an_item_the_conversation_holds_is_a_400(tiny):
         return out
 
     assert _with_store(tiny, 10, calls) == [(400, "input[0].id"), (400, "input[1].id"),
+                                            (400, "input[1].id"), (400, "input[0].id"),
                                             (200, None)]
 
 

@@ -65,12 +65,14 @@ def referenced(value: str | list[Any], st: ApiState,
     assistant items so while store is on, and was refused here. An id no kept response
     holds is a 400 naming input[i].id, in OpenAI's words ("Item with id ... not found"); so
     is one of an item the conversation already holds (`earlier`, previous_response_id's
-    items, or a reference before it), as OpenAI refuses a duplicate item: read twice, the
-    turn would be rendered twice."""
+    items, a reference before it, or an item of the input sent whole with that id), as
+    OpenAI refuses a duplicate item: read twice, the turn would be rendered twice."""
     if isinstance(value, str) or not any(
             isinstance(item, dict) and item.get("type") == "item_reference" for item in value):
         return value
     out, held = [], {item["id"] for item in earlier}
+    held.update(item["id"] for item in value if isinstance(item, dict) and isinstance(
+        item.get("id"), str) and item.get("type") != "item_reference")
     for i, item in enumerate(value):
         if not isinstance(item, dict) or item.get("type") != "item_reference":
             out.append(item)
@@ -81,9 +83,9 @@ def referenced(value: str | list[Any], st: ApiState,
         iid = check_type(item["id"], (str,), at)
         if iid in held:
             raise ApiError(400, f"Duplicate item found with id {shown_id(iid)}: the "
-                           "conversation holds it already (previous_response_id's items, or "
-                           "an item_reference before it); leave this reference out",
-                           param=at)
+                           "conversation holds it already (previous_response_id's items, an "
+                           "item_reference before it, or an input item sent whole with that "
+                           "id); leave this reference out", param=at)
         held.add(iid)
         found = st.responses.item(iid)
         if found is None:
