@@ -11,6 +11,7 @@ import os
 from test_responses_store import _with_store
 
 from aiollm.api.response_store import ResponseStore
+from aiollm.api.state import STATE
 
 CALL = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f",
         "arguments": "{}"}
@@ -162,3 +163,19 @@ def test_a_reference_outlives_the_response_that_referenced_it(tiny):
     [before, after] = _with_store(tiny, 10, calls)
     assert before[0] == 200
     assert after == before
+
+
+def test_a_referenced_item_is_kept_as_it_is(tiny):
+    """The response that references a kept item holds that item itself (its fields, its
+    id), not a copy the store would count again."""
+    async def calls(client):
+        first = await (await client.post("/v1/responses", json=_body(
+            tiny, [{"role": "user", "content": "Hi"}]))).json()
+        items = [{"type": "item_reference", "id": first["output"][0]["id"]},
+                 {"role": "user", "content": "More"}]
+        second = await (await client.post("/v1/responses", json=_body(tiny, items))).json()
+        store = client.server.app[STATE].responses
+        return store.get(first["id"]).response["output"][0], store.get(second["id"])
+
+    said, second = _with_store(tiny, 10, calls)
+    assert second.input_items[0] is said

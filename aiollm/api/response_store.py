@@ -33,8 +33,8 @@ from aiollm.config import MAX_STORED_RESPONSE_BYTES
 
 @dataclass(slots=True, frozen=True)
 class StoredResponse:
-    """One kept response. The items are shared with the responses that continue it, never
-    changed once kept."""
+    """One kept response. The items are shared with the responses that continue it or name
+    them by item_reference, never changed once kept."""
 
     response: dict  # the Response object, as answered (its "output": the output items)
     input_items: tuple[dict, ...]  # the conversation it answered, each item with its "id"
