@@ -144,9 +144,9 @@ def test_an_item_is_found_while_any_response_holds_it():
 
 
 def test_a_reference_outlives_the_response_that_referenced_it(tiny):
-    """A referenced item is kept again by the response that references it, under its own
-    id: once that response is deleted, a reference to the item (the first response still
-    holds it) is read as before, not a 400 saying it was not found."""
+    """A referenced item is held by the response that references it too: once that
+    response is deleted, a reference to the item (the first response still holds it) is
+    read as before, not a 400 saying it was not found."""
     async def calls(client):
         first = await (await client.post("/v1/responses", json=_body(
             tiny, [{"role": "user", "content": "Hi"}]))).json()
