@@ -11,6 +11,7 @@ import os
 from test_responses_store import _with_store
 
 from aiollm.api.response_store import ResponseStore
+from aiollm.api.state import STATE
 
 CALL = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f",
         "arguments": "{}"}
@@ -83,16 +84,18 @@ def test_an_unknown_or_missing_id_is_a_400_naming_it(tiny):
 
 
 def test_a_reference_to_an_item_the_conversation_holds_is_a_400(tiny):
-    """A reference to an item previous_response_id's conversation holds already, or a
-    second reference to one item, would render that turn twice: a 400 naming it, as OpenAI
-    refuses a duplicate item; the first reference of an item the conversation lacks is
-    read."""
+    """A reference to an item previous_response_id's conversation holds already, a second
+    reference to one item, or one beside that item sent whole (before or after it) would
+    render that turn twice: a 400 naming it, as OpenAI refuses a duplicate item; the first
+    reference of an item the conversation lacks is read."""
     async def calls(client):
         first = await (await client.post("/v1/responses", json=_body(
             tiny, [{"role": "user", "content": "Hi"}]))).json()
         said = {"type": "item_reference", "id": first["output"][0]["id"]}
         out = []
+        whole = first["output"][0]  # the item itself, sent with its id beside a reference
         for items, previous in (([said], first["id"]), ([said, said], None),
+                                ([whole, said], None), ([said, whole], None),
                                 ([{"role": "user", "content": "Hi"}, said], None)):
             got = await client.post("/v1/responses", json=_body(
                 tiny, items, previous_response_id=previous))
@@ -100,6 +103,7 @@ def test_a_reference_to_an_item_the_conversation_holds_is_a_400(tiny):
         return out
 
     assert _with_store(tiny, 10, calls) == [(400, "input[0].id"), (400, "input[1].id"),
+                                            (400, "input[1].id"), (400, "input[0].id"),
                                             (200, None)]
 
 
@@ -116,3 +120,62 @@ def test_the_store_finds_items_while_a_response_holds_them():
     assert (store.item("msg_a"), store.item("msg_q")) == (None, asked)
     store.delete("resp_2")
     assert store.item("msg_q") is None
+
+
+def test_an_item_is_found_while_any_response_holds_it():
+    """Where kept responses hold several items of one id (a client reused it), a reference
+    finds the one kept last, and the other once that one's response goes: the index forgot
+    an id held still when the response kept last with it was deleted."""
+    store = ResponseStore(capacity=3)
+    first = {"id": "msg_a", "type": "message", "role": "user", "content": []}
+    again = {**first, "content": [{"type": "input_text", "text": "again"}]}
+    store.put({"id": "resp_1", "output": []}, [first])
+    store.put({"id": "resp_2", "output": []}, [again])
+    assert store.item("msg_a") is again
+    store.delete("resp_2")
+    assert store.item("msg_a") is first
+    store.put({"id": "resp_3", "output": []}, [first])  # held twice: kept last now
+    store.put({"id": "resp_4", "output": []}, [again])
+    store.delete("resp_1")
+    store.delete("resp_4")
+    assert store.item("msg_a") is first
+    store.delete("resp_3")
+    assert store.item("msg_a") is None
+
+
+def test_a_reference_outlives_the_response_that_referenced_it(tiny):
+    """A referenced item is held by the response that references it too: once that
+    response is deleted, a reference to the item (the first response still holds it) is
+    read as before, not a 400 saying it was not found."""
+    async def calls(client):
+        first = await (await client.post("/v1/responses", json=_body(
+            tiny, [{"role": "user", "content": "Hi"}]))).json()
+        items = [{"type": "item_reference", "id": first["output"][0]["id"]},
+                 {"role": "user", "content": "More"}]
+        out = []
+        for _ in range(2):
+            got = await client.post("/v1/responses", json=_body(tiny, items))
+            answer = await got.json()
+            out.append((got.status, answer["usage"]["input_tokens"]))
+            await client.delete(f"/v1/responses/{answer['id']}")
+        return out
+
+    [before, after] = _with_store(tiny, 10, calls)
+    assert before[0] == 200
+    assert after == before
+
+
+def test_a_referenced_item_is_kept_as_it_is(tiny):
+    """The response that references a kept item holds that item itself (its fields, its
+    id), not a copy the store would count again."""
+    async def calls(client):
+        first = await (await client.post("/v1/responses", json=_body(
+            tiny, [{"role": "user", "content": "Hi"}]))).json()
+        items = [{"type": "item_reference", "id": first["output"][0]["id"]},
+                 {"role": "user", "content": "More"}]
+        second = await (await client.post("/v1/responses", json=_body(tiny, items))).json()
+        store = client.server.app[STATE].responses
+        return store.get(first["id"]).response["output"][0], store.get(second["id"])
+
+    said, second = _with_store(tiny, 10, calls)
+    assert second.input_items[0] is said

@@ -66,6 +66,33 @@ def test_a_long_chain_counts_each_turn_once(text):
     assert held <= store.bytes <= 3 * held, (store.bytes, held)
 
 
+def _referencing_chain(turns: int, asked: int, said: int) -> ResponseStore:
+    """`turns` responses as the Vercel AI SDK makes them with store on: no
+    previous_response_id, each input the whole conversation, its user turns (`asked`
+    characters) sent whole and its assistant turns (`said` characters) as item_reference
+    items (the kept items named, as stored_responses.referenced finds them)."""
+    store, sent, ids = ResponseStore(10**6, 2**40), [], []
+    for k in range(turns):
+        sent.append({"role": "user", "content": f"{k}" + "u" * asked})
+        fresh = msgspec.json.decode(msgspec.json.encode(sent))  # each request's own
+        named = [store.item(iid) for iid in ids]
+        value = [x for pair in zip(fresh, [*named, None]) for x in pair if x is not None]
+        response = _response(f"resp_{k}", "a" * said, None)
+        store.put(response, input_items(value, (), named))
+        ids.append(response["output"][0]["id"])
+    return store
+
+
+def test_a_chain_of_references_counts_each_named_turn_once():
+    """An assistant turn named by reference in each later request is the kept item itself,
+    held once: kept as a copy in each later response (its text shared), it was counted
+    again in each (20 turns, short questions and answers of 5000 characters: 3.1 times
+    what was held, 9 times at 50 turns of 20,000, and the store dropped responses that
+    much early)."""
+    store, held = _held(lambda: _referencing_chain(20, 20, 5000))
+    assert held <= store.bytes <= 1.5 * held, (store.bytes, held)
+
+
 def test_many_tiny_items_count_their_objects():
     """An input of many empty messages: some 140 bytes of JSON each, 600 of Python objects;
     counting the JSON alone let the bound hold 4 times its bytes."""

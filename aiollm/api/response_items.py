@@ -20,18 +20,29 @@ _PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco
 _REASONING = ("summary", "content", "encrypted_content", "status")  # the SDK's fields
 
 
-def input_items(value: str | list[Any], earlier: Sequence[dict] = ()) -> list[dict]:
+def input_items(value: str | list[Any], earlier: Sequence[dict] = (),
+                kept: Sequence[dict] = ()) -> list[dict]:
     """A request's `input` (checked: response_input.input_messages took it) as the items
     kept with its response, each with an "id": the client's where it sent one that no item
     of the conversation (`earlier`, the items of the response it continues) or of this
-    input has yet, else a fresh one (a page's cursor is an id: each must be unique)."""
+    input has yet, else a fresh one (a page's cursor is an id: each must be unique). The
+    items of `value` that are in `kept` (kept items an item_reference named:
+    stored_responses.referenced) are kept as they are, shared with the responses holding
+    them, as a continued response's turns are: the store counts each item once
+    (response_store.py), and a copy of each turn a client named by reference, as the
+    Vercel AI SDK names every assistant turn, counted it again in each later response."""
     if isinstance(value, str):
         value = [{"type": "message", "role": "user", "content": value}]
     taken = {item["id"] for item in earlier}
+    shared = {id(item) for item in kept}
     out = []
     for item in value:
         kind = item.get("type", "message")
         given = item.get("id")
+        if id(item) in shared and given not in taken:  # a kept item: its id, its fields
+            taken.add(given)
+            out.append(item)
+            continue
         rid = given if isinstance(given, str) and given and given not in taken \
             else item_id(_PREFIX[kind])
         taken.add(rid)

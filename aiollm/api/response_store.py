@@ -33,8 +33,8 @@ from aiollm.config import MAX_STORED_RESPONSE_BYTES
 
 @dataclass(slots=True, frozen=True)
 class StoredResponse:
-    """One kept response. The items are shared with the responses that continue it, never
-    changed once kept."""
+    """One kept response. The items are shared with the responses that continue it or name
+    them by item_reference, never changed once kept."""
 
     response: dict  # the Response object, as answered (its "output": the output items)
     input_items: tuple[dict, ...]  # the conversation it answered, each item with its "id"
@@ -102,7 +102,11 @@ class ResponseStore:
         # id() of each item some kept response holds: [its held_bytes, how many hold it]
         # (the id stays the item's while a kept response holds it)
         self._items: dict[int, list[int]] = {}
-        self._by_id: dict[str, dict] = {}  # each held item by its "id" (item_reference)
+        # each held item by its "id" (item_reference): the one kept last; and where a client
+        # reused an id, the others apart, {id(): item} in the order kept, each found once
+        # those kept after it go (not a dict for every id: ~200 bytes an item, uncounted)
+        self._by_id: dict[str, dict] = {}
+        self._shadowed: dict[str, dict[int, dict]] = {}
 
     @property
     def keeps(self) -> bool:
@@ -135,7 +139,7 @@ class ResponseStore:
             held = self._items.setdefault(id(item), [size, 0])
             self.bytes += size if held[1] == 0 else 0
             held[1] += 1
-            self._by_id[item["id"]] = item  # the newest where a client reused an id
+            self._index(item)
         while len(self._kept) > self.capacity or self.bytes > self.max_bytes:
             self._release(self._kept.popitem(last=False)[1])
         return True
@@ -146,7 +150,8 @@ class ResponseStore:
 
     def item(self, iid: str) -> dict | None:
         """The item of id `iid` (an input or output item) some kept response holds, None if
-        none does: what an input's item_reference stands for."""
+        none does: what an input's item_reference stands for. Where several held items have
+        that id, the one kept last."""
         return self._by_id.get(iid)
 
     def delete(self, rid: str) -> bool:
@@ -165,5 +170,28 @@ class ResponseStore:
             if held[1] == 0:
                 self.bytes -= held[0]
                 del self._items[id(item)]
-                if self._by_id.get(item["id"]) is item:
-                    del self._by_id[item["id"]]
+                self._unindex(item)
+
+    def _index(self, item: dict) -> None:
+        """Makes `item` the one item() gives for its id, the one it gave before shadowed."""
+        iid, newest = item["id"], self._by_id.get(item["id"])
+        if newest is item:
+            return
+        if newest is not None:
+            shadowed = self._shadowed.setdefault(iid, {})
+            shadowed.pop(id(item), None)
+            shadowed[id(newest)] = newest
+        self._by_id[iid] = item
+
+    def _unindex(self, item: dict) -> None:
+        """Forgets `item` (no kept response holds it): item() gives the one of its id kept
+        last before it, where one is held still."""
+        iid, shadowed = item["id"], self._shadowed.get(item["id"])
+        if self._by_id[iid] is not item:
+            del shadowed[id(item)]
+        elif shadowed:
+            self._by_id[iid] = shadowed.pop(next(reversed(shadowed)))
+        else:
+            del self._by_id[iid]
+        if shadowed is not None and not shadowed:
+            del self._shadowed[iid]

@@ -64,7 +64,7 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     req.check_unserved()
     earlier = [] if req.previous_response_id is None else kept(
         st, req.previous_response_id, "previous_response_id").conversation()
-    req.input = referenced(req.input, st, earlier)  # item_reference: the kept items named
+    req.input, named = referenced(req.input, st, earlier)  # item_reference: the kept items
     # the input's items turned into messages, and kept, off the event loop when they (or
     # their parts) are many (as chat's messages are checked: chat_request.message_dicts)
     size = input_weight(req.input, earlier)
@@ -72,7 +72,8 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     store = req.store is not False and st.responses.keeps
     head = ResponseHead(req, st.model_name, plan.params[0], store)
     # kept with the response: the conversation it answers, each item with an id
-    items = [*earlier, *await off_loop(size, input_items, req.input, earlier)] if store else None
+    items = ([*earlier, *await off_loop(size, input_items, req.input, earlier, named)]
+             if store else None)
 
     def keep(response: dict) -> None:
         """Keeps `response` where it says store (items are then the conversation's); one

@@ -58,19 +58,22 @@ def _why_not_kept(st: ApiState) -> str:
 
 
 def referenced(value: str | list[Any], st: ApiState,
-               earlier: Sequence[dict] = ()) -> str | list[Any]:
+               earlier: Sequence[dict] = ()) -> tuple[str | list[Any], list[dict]]:
     """A request's `input` with each item_reference item (`{"type": "item_reference", "id":
     ...}`) replaced by the item of that id a kept response holds (one of its input or
-    output items), as OpenAI reads one: the Vercel AI SDK sends a conversation's earlier
+    output items), and the items so found (response_items.input_items keeps them as they
+    are), as OpenAI reads one: the Vercel AI SDK sends a conversation's earlier
     assistant items so while store is on, and was refused here. An id no kept response
     holds is a 400 naming input[i].id, in OpenAI's words ("Item with id ... not found"); so
     is one of an item the conversation already holds (`earlier`, previous_response_id's
-    items, or a reference before it), as OpenAI refuses a duplicate item: read twice, the
-    turn would be rendered twice."""
+    items, a reference before it, or an item of the input sent whole with that id), as
+    OpenAI refuses a duplicate item: read twice, the turn would be rendered twice."""
     if isinstance(value, str) or not any(
             isinstance(item, dict) and item.get("type") == "item_reference" for item in value):
-        return value
-    out, held = [], {item["id"] for item in earlier}
+        return value, []
+    out, found, held = [], [], {item["id"] for item in earlier}
+    held.update(item["id"] for item in value if isinstance(item, dict) and isinstance(
+        item.get("id"), str) and item.get("type") != "item_reference")
     for i, item in enumerate(value):
         if not isinstance(item, dict) or item.get("type") != "item_reference":
             out.append(item)
@@ -81,16 +84,17 @@ def referenced(value: str | list[Any], st: ApiState,
         iid = check_type(item["id"], (str,), at)
         if iid in held:
             raise ApiError(400, f"Duplicate item found with id {shown_id(iid)}: the "
-                           "conversation holds it already (previous_response_id's items, or "
-                           "an item_reference before it); leave this reference out",
-                           param=at)
+                           "conversation holds it already (previous_response_id's items, an "
+                           "item_reference before it, or an input item sent whole with that "
+                           "id); leave this reference out", param=at)
         held.add(iid)
-        found = st.responses.item(iid)
-        if found is None:
+        named = st.responses.item(iid)
+        if named is None:
             raise ApiError(400, f"Item with id {shown_id(iid)} not found: {_why_not_kept(st)}; "
                            "send the item itself instead of a reference to it", param=at)
-        out.append(found)
-    return out
+        out.append(named)
+        found.append(named)
+    return out, found
 
 
 def _kept(request: web.Request) -> StoredResponse:
