@@ -247,8 +247,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="the grammar library of structured output (response_format, "
                         "guided_*, structured_outputs, tool_choice \"required\" or naming a "
                         "function): xgrammar; none turns structured output off, as SGLang's "
-                        "none does (and LightLLM's --output_constraint_mode none, its "
-                        "default): a request asking for a grammar gets 400 naming its field, "
+                        "none does, and LightLLM unless given --output_constraint_mode "
+                        "xgrammar: a request asking for a grammar gets 400 naming its field, "
                         "and tool calls under tool_choice \"auto\" are read from the output's "
                         "text alone (default: %(default)s)")
     e.add_argument("--scheduler", default=d.scheduler,
