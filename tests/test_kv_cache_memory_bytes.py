@@ -253,13 +253,18 @@ def test_a_cpu_pool_of_the_bytes_past_the_machines_memory_names_them(cpu_plan):
                                    f"memory of cpu: lower {FLAG}; the machine has "), e.value
 
 
-def test_the_cpu_pool_holds_the_bytes_tokens_through_llms_keyword(tiny):
+def test_the_cpu_pool_holds_the_bytes_tokens_through_llms_keyword(tiny, caplog):
     """vLLM's CPU backend sizes its KV cache in bytes too: on the CPU the bytes size the
-    pool, over cpu_kv_tokens (a size only where neither size is given, as kv_tokens)."""
-    with LLM(tiny, device="cpu", load_format="dummy", warm_up=False,
-             kv_cache_memory_bytes=PER_TOKEN * 300 + PER_TOKEN - 1, cpu_kv_tokens=50) as llm:
-        assert llm.engine.config.kv_cache_memory_bytes == PER_TOKEN * 301 - 1
-        assert llm.engine.kv_pool.capacity == 300
+    pool, over cpu_kv_tokens (a size only where neither size is given, as kv_tokens),
+    which the log says is not used, as it says of a share beside a size."""
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        with LLM(tiny, device="cpu", load_format="dummy", warm_up=False,
+                 kv_cache_memory_bytes=PER_TOKEN * 300 + PER_TOKEN - 1,
+                 cpu_kv_tokens=50) as llm:
+            assert llm.engine.config.kv_cache_memory_bytes == PER_TOKEN * 301 - 1
+            assert llm.engine.kv_pool.capacity == 300
+    assert (f"{FLAG} sizes the KV pool on the CPU: cpu_kv_tokens 50 is not used"
+            in caplog.text), caplog.text
 
 
 def test_a_bytes_pool_below_the_context_says_to_raise_the_bytes(tiny, caplog):

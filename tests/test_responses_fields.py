@@ -356,8 +356,8 @@ TOOL = {"type": "function", "name": "f", "parameters": {"type": "object"}}
 
 @pytest.mark.parametrize("body, param, says", [
     ({"input": [{"type": "bogus"}]}, "input[0].type",
-     'input[0].type "bogus" is not served: send "message", "reasoning", "function_call" or '
-     '"function_call_output" items'),
+     'input[0].type "bogus" is not served: send "message", "reasoning", "function_call", '
+     '"function_call_output" or "item_reference" items'),
     ({"tools": [{"type": None}]}, "tools[0].type",
      "tools[0].type null is not served: the server runs no built-in tools; send tools of "
      'type "function"'),

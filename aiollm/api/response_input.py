@@ -118,8 +118,8 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
                 out.append(ChatMessage(role="assistant", reasoning_content=thought))
         else:
             raise InvalidRequest(f'{at}.type {shown_json(kind)} is not served: send "message", '
-                                 '"reasoning", "function_call" or "function_call_output" '
-                                 "items", param=f"{at}.type")
+                                 '"reasoning", "function_call", "function_call_output" or '
+                                 '"item_reference" items', param=f"{at}.type")
     for m in out:  # a turn of reasoning alone: its answer was empty
         if m.role == "assistant" and m.content is None and m.tool_calls is None:
             m.content = ""

@@ -196,8 +196,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     e.add_argument("--kv-cache-memory-bytes", type=token_counts.byte_count,
                    default=d.kv_cache_memory_bytes, metavar="BYTES",
                    help="vLLM's: KV cache size in bytes per GPU (4G is 4 x 2^30, 4g 4 x "
-                        "10^9), holding BYTES over one token's K and V (a GPU's share of "
-                        "the KV heads under --tensor-parallel-size); overrides "
+                        "10^9): it holds as many tokens as BYTES has room for, each token "
+                        "taking its K and V (a GPU's share of the KV heads under "
+                        "--tensor-parallel-size); overrides "
                         "--gpu-memory-utilization and the other shares, not with "
                         "--kv-tokens; sizes the CPU's cache too")
     e.add_argument("--kv-memory-fraction", type=float, default=d.kv_memory_fraction,
@@ -245,11 +246,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    type=sglang_flags.grammar_backend_name, metavar="{xgrammar,none}",
                    help="the grammar library of structured output (response_format, "
                         "guided_*, structured_outputs, tool_choice \"required\" or naming a "
-                        "function): xgrammar; none turns structured output off, as in SGLang "
-                        "and LightLLM (--output_constraint_mode, none unless given): a "
-                        "request asking for a grammar gets 400 naming its field, and tool "
-                        "calls under tool_choice \"auto\" are read from the output's text "
-                        "alone (default: %(default)s)")
+                        "function): xgrammar; none turns structured output off, as SGLang's "
+                        "none does, and LightLLM unless given --output_constraint_mode "
+                        "xgrammar: a request asking for a grammar gets 400 naming its field, "
+                        "and tool calls under tool_choice \"auto\" are read from the output's "
+                        "text alone (default: %(default)s)")
     e.add_argument("--scheduler", default=d.scheduler,
                    choices=["past_future", "aggressive", "conservative"],
                    help="admission policy")

@@ -56,8 +56,9 @@ log = logging.getLogger(__name__)
 
 CACHE_SIZE = 128  # compiled grammars kept per process (a JSON schema's is ~0.1-2 MB)
 ENDED, REJECTED, COMPLETE = 1, -1, 2  # accept() results
-# why a grammar is refused where grammars are off (EngineConfig.grammar_backend "none")
-GRAMMARS_OFF = "structured output is off on this server (its grammar backend is \"none\")"
+# why a grammar is refused where grammars are off (EngineConfig.grammar_backend "none"):
+# "here", as the Engine API (LLM(grammar_backend="none")) raises it too, where no server is
+GRAMMARS_OFF = "structured output is off here (grammar backend \"none\")"
 
 
 def grammars_off(param: str) -> InvalidRequest:

@@ -101,6 +101,11 @@ def _sized_tokens(cfg, device: torch.device, bytes_per_token: int, max_position:
     share = share_given(cfg)
     # a size given leaves any share given unused, kv_memory_fraction (of the free memory) too
     unused = share or ("kv_memory_fraction" if cfg.kv_memory_fraction is not None else None)
+    size = ("kv_tokens" if cfg.kv_tokens is not None else "kv_cache_memory_bytes"
+            if cfg.kv_cache_memory_bytes is not None else None)
+    if size is not None and device.type != "cuda" and cfg.cpu_kv_tokens is not None:
+        log.info("%s sizes the KV pool on the CPU: %s %d is not used", named(size),
+                 named("cpu_kv_tokens"), cfg.cpu_kv_tokens)  # as a share beside a size is
     if cfg.kv_tokens is not None:
         if unused is not None:  # as vLLM's kv_cache_memory_bytes overrides it (and
             # LightLLM's max_total_token_num its mem_fraction)
