@@ -25,11 +25,11 @@ import os
 import torch
 
 from aiollm.byte_size import byte_size
-from aiollm.config import KV_MEMORY_FRACTION, MAX_KV_TOKENS, EngineConfig
+from aiollm.config import KV_MEMORY_FRACTION, EngineConfig
 from aiollm.model.config import ModelConfig
 from aiollm.model.kv_pool import KVPool, pool_misfit
-from aiollm.model.kv_pool_size import (bytes_misfit, bytes_pool_tokens, named, share_given,
-                                     static_pool_tokens)
+from aiollm.model.kv_pool_size import (bounded_tokens, bytes_misfit, bytes_pool_tokens, named,
+                                     share_given, static_pool_tokens)
 from aiollm.model.parallel import local_config
 
 
@@ -80,8 +80,8 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
     size = cfg.kv_tokens  # a size given, in tokens or (vLLM's) in bytes
     if (kv_bytes := cfg.kv_cache_memory_bytes) is not None:
         # the text pool_tokens raises: too few bytes for max_model_len, too many for the GPU
-        size = bytes_pool_tokens(kv_bytes, per_token, cfg.max_model_len, config.max_position)
-        size = min(size, cfg.max_total_tokens or size, MAX_KV_TOKENS)  # as pool_tokens
+        size = bounded_tokens(cfg, bytes_pool_tokens(kv_bytes, per_token, cfg.max_model_len,
+                                                     config.max_position))
         if device.type == "cuda" and kv_bytes + weights > free:
             raise ValueError(bytes_misfit(
                 kv_bytes, free - weights, device, f"free once the weights load "
@@ -109,7 +109,7 @@ def check_kv_plan(cfg: EngineConfig, config: ModelConfig, device: torch.device,
         if cfg.cpu_kv_tokens is not None:  # a size given, held as kv_tokens is (not the
             # default, at most CPU_KV_MAX_TOKENS: its pages come as it fills, and a model
             # that started with it starts); max_total_tokens bounds the pool (pool_tokens)
-            _check_cpu_pool(cfg, min(most, cfg.max_total_tokens or most), per_token, free)
+            _check_cpu_pool(cfg, bounded_tokens(cfg, most), per_token, free)
     else:
         room, exact = free - weights, False
         u = cfg.gpu_memory_utilization

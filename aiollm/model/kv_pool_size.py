@@ -38,13 +38,13 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     takes them; a warning where the bound is the larger). The Engine and each
     tensor-parallel follower size theirs so. Arguments and errors as `_sized_tokens`'s."""
     tokens = _sized_tokens(cfg, device, bytes_per_token, max_position)
-    cap = cfg.max_total_tokens  # at most MAX_KV_TOKENS (EngineConfig)
-    if cap is not None and cap <= tokens:  # before the cap's line: it would say a size
-        return cap  # the pool never has
-    if tokens > MAX_KV_TOKENS:  # a share of a large GPU, for a model of few bytes a token
+    size, cap = bounded_tokens(cfg, tokens), cfg.max_total_tokens
+    if size == cap:  # before the cap's line: it would say a size the pool never has
+        return size
+    if size < tokens:  # a share of a large GPU, for a model of few bytes a token
         log.info("the KV pool holds %d tokens, the most its int32 slot ids address (the "
                  "memory gives %d)", MAX_KV_TOKENS, tokens)
-        return MAX_KV_TOKENS
+        return size
     if cap is None:
         return tokens
     share = share_given(cfg)
@@ -62,6 +62,13 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     log.warning("max_total_tokens (--max-total-tokens) %d is more than the %d tokens %s leaves: "
                 "the KV pool holds %d (%s)", cap, tokens, sizer, tokens, instead)
     return tokens
+
+
+def bounded_tokens(cfg, tokens: int) -> int:
+    """`tokens` (a pool's size before its bounds) at most cfg.max_total_tokens (SGLang's
+    bound, itself at most MAX_KV_TOKENS: EngineConfig) and MAX_KV_TOKENS: the size
+    pool_tokens gives, and kv_plan checks before loading."""
+    return min(tokens, cfg.max_total_tokens or tokens, MAX_KV_TOKENS)
 
 
 # EngineConfig's options that size a pool with no flag of serve's (LLM(...)'s keywords alone)
