@@ -104,6 +104,14 @@ def test_the_tokens_are_the_bytes_over_one_tokens_k_and_v():
     assert bytes_pool_tokens(100 * PER_TOKEN, PER_TOKEN, max_model_len=100) == 100
 
 
+def test_bytes_past_the_int32_slot_ids_name_the_bytes_in_the_caps_line(caplog):
+    cfg = EngineConfig(kv_cache_memory_bytes=2**40, device="cpu")
+    with caplog.at_level(logging.INFO, logger="aiollm.model.kv_pool_size"):
+        assert pool_tokens(cfg, torch.device("cpu"), 2, 8192) == 2**31 - 2
+    assert ("the most its int32 slot ids address (kv_cache_memory_bytes "
+            "(--kv-cache-memory-bytes) 1099511627776 gives 549755813888)") in caplog.text
+
+
 def test_too_few_bytes_for_max_model_len_name_the_bytes_needed():
     """As EngineConfig refuses a kv_tokens below max_model_len."""
     with pytest.raises(ValueError) as e:

@@ -41,12 +41,6 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     size, cap = bounded_tokens(cfg, tokens), cfg.max_total_tokens
     if size == cap:  # before the cap's line: it would say a size the pool never has
         return size
-    if size < tokens:  # a share of a large GPU, for a model of few bytes a token
-        log.info("the KV pool holds %d tokens, the most its int32 slot ids address (the "
-                 "memory gives %d)", MAX_KV_TOKENS, tokens)
-        return size
-    if cap is None:
-        return tokens
     share = share_given(cfg)
     sizer = (f"{named('kv_cache_memory_bytes')} {cfg.kv_cache_memory_bytes}"
              if cfg.kv_cache_memory_bytes is not None
@@ -55,6 +49,12 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
              else "the CPU's default" if device.type != "cuda"  # no share has an effect
              else "the GPU's free memory" if share is None
              else f"{named(share)} {getattr(cfg, share)}")
+    if size < tokens:  # a share of a large GPU, for a model of few bytes a token
+        log.info("the KV pool holds %d tokens, the most its int32 slot ids address (%s "
+                 "gives %d)", MAX_KV_TOKENS, sizer, tokens)
+        return size
+    if cap is None:
+        return tokens
     # kv_tokens sizes a pool over any other size but the bytes, which refuse it beside them
     instead = (f"raise {named('kv_cache_memory_bytes')} for more"
                if cfg.kv_cache_memory_bytes is not None
