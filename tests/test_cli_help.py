@@ -141,3 +141,47 @@ def test_top_level_help_with_a_value_points_at_the_commands(args, capsys):
     named = out.out.split("groups: ", 1)[1].split(")", 1)[0].split(", ")
     code, serve_tip, _ = _serve(["--help=no-such-thing"], capsys)
     assert named == serve_tip.split("groups: ", 1)[1].split(")", 1)[0].split(", ")
+
+
+REFUSED_TITLE = "other engines' flags refused here, with"
+
+
+@pytest.mark.parametrize("word, flag, says", [
+    ("guided", "--guided-decoding-backend VALUE",
+     ("taken: xgrammar, auto; any other value stops the start", "--grammar-backend none")),
+    ("pipeline_parallel", "-pp VALUE, --pipeline-parallel-size VALUE",
+     ("taken: 1;", "--tensor-parallel-size")),
+    ("speculative-config", "--speculative-config VALUE",
+     ("stops the start: speculative decoding",)),
+    ("enable-sleep", "--enable-sleep-mode", ("stops the start: there is no sleep mode",)),
+])
+def test_help_word_lists_the_refused_flags_it_names_with_why(word, flag, says, capsys):
+    """vLLM's refused flags are hidden from --help (the vLLM group's description names
+    them): `--help=guided` answered "No option or group matching 'guided'" though
+    --guided-decoding-backend is read and refused with a reason; --help=WORD lists each
+    such flag holding WORD, with that reason (a switch without VALUE)."""
+    code, out, err = _serve([f"--help={word}"], capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"{REFUSED_TITLE} {word!r} in their name"), out
+    assert f"  {flag}\n" in out or f"  {flag}  " in out, out
+    text = " ".join(out.split())
+    for part in says:
+        assert part in text, (part, out)
+
+
+def test_help_word_lists_refused_flags_after_the_options_it_names(capsys):
+    """--help=eplb: the options taken (--eplb-config, --no-enable-eplb), then the refused
+    --enable-eplb with why; the whole --help keeps the refused flags' reasons out."""
+    code, out, _ = _serve(["--help=eplb"], capsys)
+    options, refused = out.split(REFUSED_TITLE)
+    assert "--eplb-config" in options and "--enable-eplb " not in options
+    assert "--enable-eplb" in refused and "stops the start" in refused, out
+    code, whole, _ = _serve(["--help"], capsys)
+    assert "any other value stops the start" not in whole and REFUSED_TITLE not in whole
+    assert "speculative decoding is not supported" not in whole
+
+
+def test_help_word_of_the_structured_outputs_config_shows_what_it_sets(capsys):
+    code, out, _ = _serve(["--help=structured-outputs"], capsys)
+    assert code == 0 and "--structured-outputs-config JSON" in out, out
+    assert "--grammar-backend xgrammar" in " ".join(out.split()), out
