@@ -14,8 +14,8 @@ vLLM's StructuredOutputsConfig (vllm/config/structured_outputs.py) has seven key
   fixed whitespace), disable_additional_properties false, reasoning_parser_plugin "" and
   enable_in_reasoning true (a grammar here always shapes the output from its first token)
   ask for what aiollm does: taken, with a log line saying they change nothing, as -cc's keys;
-  so does disable_any_whitespace false and enable_in_reasoning false without a reasoning
-  parser, where vLLM's output may hold the same as aiollm's;
+  so are disable_any_whitespace false and enable_in_reasoning false without a reasoning
+  parser, under which vLLM's output may be what aiollm's is;
 - what would change outputs stops the start naming the key: enable_in_reasoning false with
   a reasoning parser (vLLM lets the model reason before the grammar starts; here a request
   with a grammar has no reasoning), a reasoning_parser_plugin (no code is loaded),
@@ -52,7 +52,7 @@ _FIRST_TOKEN = "a grammar shapes the output from its first token"
 class StructuredSettings:
     """What a structured outputs config asks of aiollm. grammar_backend: "xgrammar", or None
     where no backend was given; reasoning_parser: a name of REASONING_PARSERS, or None where
-    none was given (""); said: one line per other key given, what it does here."""
+    none was given (""); said: one line per key given, what it does here."""
 
     grammar_backend: str | None
     reasoning_parser: str | None
