@@ -192,3 +192,15 @@ def test_a_keyword_value_aiollm_cannot_serve_names_it(options, lead):
 def test_a_misspelt_keyword_is_told_the_name():
     with pytest.raises(TypeError, match="did you mean structured_outputs_config"):
         engine_options({"structured_output_config": {}})
+
+
+def test_llm_takes_the_keyword_and_refuses_before_loading():
+    """LLM(...) itself: a config it takes reaches the model's load (here: a missing path),
+    one it refuses stops before it, naming the keyword."""
+    from aiollm import LLM
+
+    missing = "/nonexistent/aiollm-test-model"
+    with pytest.raises(FileNotFoundError):
+        LLM(missing, structured_outputs_config={"backend": "auto"})
+    with pytest.raises(ValueError, match="structured_outputs_config=.*'guidance'.*xgrammar"):
+        LLM(missing, structured_outputs_config={"backend": "guidance"})
