@@ -1,7 +1,8 @@
 """vLLM's structured outputs config read as aiollm's grammar options: `vllm serve
 --structured-outputs-config JSON` (or its keys one by one, `--structured-outputs-config.backend
-xgrammar`) and `LLM(structured_outputs_config={...})`, vLLM's current names for its grammar
-library (`--guided-decoding-backend` before), were an unrecognized argument and a TypeError.
+xgrammar`) and `LLM(structured_outputs_config={...})` (or a StructuredOutputsConfig object),
+vLLM's current names for its grammar library (`--guided-decoding-backend` before), were an
+unrecognized argument and a TypeError.
 
 vLLM's StructuredOutputsConfig (vllm/config/structured_outputs.py) has seven keys:
 
@@ -9,17 +10,20 @@ vLLM's StructuredOutputsConfig (vllm/config/structured_outputs.py) has seven key
   --grammar-backend xgrammar, aiollm's one grammar library; "guidance", "outlines" and
   "lm-format-enforcer" stop the start naming what aiollm has (vLLM has no value that turns
   structured output off: --grammar-backend none does);
-- reasoning_parser: --reasoning-parser ("", vLLM's default, is not set);
+- reasoning_parser: --reasoning-parser ("", vLLM's default, is not set), whose grammar shapes
+  the output from its first token, reasoning included, as vLLM's enable_in_reasoning true
+  (vLLM's default false starts it after the reasoning: the log line says so);
 - disable_fallback (either value), disable_any_whitespace true (JSON output here always has
   fixed whitespace), disable_additional_properties false, reasoning_parser_plugin "" and
   enable_in_reasoning true (a grammar here always shapes the output from its first token)
   ask for what aiollm does: taken, with a log line saying they change nothing, as -cc's keys;
   so are disable_any_whitespace false and enable_in_reasoning false without a reasoning
   parser, under which vLLM's output may be what aiollm's is;
-- what would change outputs stops the start naming the key: enable_in_reasoning false with
-  a reasoning parser (vLLM lets the model reason before the grammar starts; here a request
-  with a grammar has no reasoning), a reasoning_parser_plugin (no code is loaded),
-  disable_additional_properties true (vLLM's guidance backend's alone);
+- what would change outputs stops the start naming the key: enable_in_reasoning false given
+  with a reasoning parser (vLLM lets the model reason before the grammar starts; here a
+  request with a grammar has no reasoning; left out, it is --reasoning-parser's way), a
+  reasoning_parser_plugin (no code is loaded), disable_additional_properties true (vLLM's
+  guidance backend's alone);
 - what vLLM refuses is refused too: a key it lacks, a value of the wrong kind, and
   disable_any_whitespace true under backend "auto" (vLLM takes it with xgrammar only).
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -158,7 +163,11 @@ def _said(key: str, item: Any, reasoning: bool) -> str:
     if key == "backend":
         return ": grammars run on xgrammar, as --grammar-backend xgrammar"
     if key == "reasoning_parser":
-        return f": as --reasoning-parser {item}" if item else " has no effect: no parser named"
+        if not item:
+            return " has no effect: no parser named"
+        return (f": as --reasoning-parser {item} ({_FIRST_TOKEN}, reasoning included, as "
+                "vLLM's enable_in_reasoning true; vLLM's default starts it after the "
+                "reasoning)")
     if key == "disable_fallback":
         return (" has no effect: xgrammar is the one grammar library, with none to fall back "
                 "to; a grammar it refuses gets 400")
@@ -233,7 +242,9 @@ def applied(namespace: argparse.Namespace, options: dict[str, Any],
 
 def keyword_taken(value: Any, ours: dict[str, Any],
                   as_keywords: Callable[[str], str]) -> tuple[str, ...]:
-    """LLM(structured_outputs_config=`value`) (None: not given) applied to aiollm's options
+    """LLM(structured_outputs_config=`value`) (a dict, its JSON text, or vLLM's
+    StructuredOutputsConfig object, whose fields set are its keys; None: not given), as vLLM's
+    LLM takes it, applied to aiollm's options
     `ours` (EngineConfig's fields, as the other keywords give them), as `applied` applies
     the flag. Returns the lines to log. Raises ValueError naming the keyword and its value
     (and the option given beside it that disagrees), its message in the keywords' terms
@@ -243,12 +254,37 @@ def keyword_taken(value: Any, ours: dict[str, Any],
     given = {k: (f"{k}={ours[k]!r}", ours[k]) for k in ("grammar_backend", "reasoning_parser")
              if ours.get(k) is not None}
     try:
-        taken = settings(parse_config(value), KEYWORD, given.get("grammar_backend"),
-                         given.get("reasoning_parser"))
+        if not isinstance(value, (str, dict)) and not _is_config_object(value):
+            raise ValueError("takes a dict of vLLM's StructuredOutputsConfig keys (or its JSON "
+                             "text), such as {\"backend\": \"xgrammar\"}, or a "
+                             f"StructuredOutputsConfig; got {type(value).__name__}")
+        taken = settings(parse_config(_set_fields(value)), KEYWORD,
+                         given.get("grammar_backend"), given.get("reasoning_parser"))
     except ValueError as e:
         raise ValueError(f"{KEYWORD}={value!r}: {as_keywords(str(e))}") from None
     _apply(taken, ours)
     return taken.said
+
+
+def _is_config_object(value: Any) -> bool:
+    """Whether `value` is a dataclass object (vLLM's StructuredOutputsConfig is one)."""
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _set_fields(value: Any) -> Any:
+    """A config object (vLLM's StructuredOutputsConfig(...)) as a dict of the fields its
+    caller set, those that differ from their defaults: a default is what leaving the key
+    out asks for (a field a newer vLLM adds, left at its default, is no key given); any
+    other value as it is."""
+    if not _is_config_object(value):
+        return value
+    keys = {}
+    for field in dataclasses.fields(value):
+        default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
+                   else field.default)
+        if (item := getattr(value, field.name)) != default:
+            keys[field.name] = item
+    return keys
 
 
 def _apply(taken: StructuredSettings, options: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ with. Parse-level and serve's checks: no model loads."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pytest
 
@@ -17,6 +18,20 @@ from aiollm.vllm_names import engine_options
 from cli_lines import refusal, started
 
 SOC = "--structured-outputs-config"
+
+
+@dataclass
+class StructuredOutputsConfig:
+    """vLLM's config object's fields and defaults (vllm/config/structured_outputs.py), as a
+    vLLM script passes it to LLM(structured_outputs_config=...)."""
+
+    backend: str = "auto"
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    reasoning_parser: str = ""
+    reasoning_parser_plugin: str = ""
+    enable_in_reasoning: bool = False
 
 
 @pytest.mark.parametrize("line, backend, parser, said", [
@@ -32,6 +47,9 @@ SOC = "--structured-outputs-config"
     (SOC + ".disable_fallback true --grammar-backend none", "none", None,
      ".disable_fallback=true has no effect: xgrammar is the one grammar library"),
     (SOC + ".reasoning_parser qwen3", "xgrammar", "qwen3", '.reasoning_parser="qwen3": as'),
+    # vLLM's enable_in_reasoning false, left out, is --reasoning-parser's way: said so
+    (SOC + ".reasoning_parser qwen3", "xgrammar", "qwen3",
+     "reasoning included, as vLLM's enable_in_reasoning true; vLLM's default starts it after"),
     (SOC + ".reasoning_parser deepseek_r1 --reasoning-parser deepseek_r1", "xgrammar",
      "deepseek_r1", "as --reasoning-parser deepseek_r1"),
     (SOC + '.reasoning_parser "" --reasoning-parser qwen3', "xgrammar", "qwen3",
@@ -51,6 +69,9 @@ SOC = "--structured-outputs-config"
     # the JSON form and a dotted key are one object, the later's keys over the earlier's
     (SOC + ' {"backend":"auto","disable_fallback":false} ' + SOC + ".backend xgrammar",
      "xgrammar", None, '.backend="xgrammar"'),
+    # dotted keys go over the JSON's wherever typed, as vLLM's parser puts them last
+    (SOC + ".reasoning_parser qwen3 " + SOC + ' {"reasoning_parser":"deepseek_r1"}', "xgrammar",
+     "qwen3", '.reasoning_parser="qwen3"'),
 ])
 def test_a_launch_line_starts_with_what_its_config_asks(line, backend, parser, said, caplog):
     config, lines = started(line, caplog)
@@ -145,6 +166,15 @@ def test_their_values_asking_for_aiollms_own_are_taken(argv):
     ({"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}},
      {"grammar_backend": "xgrammar"}, "disable_any_whitespace=true has no effect"),
     ({"structured_outputs_config": {}}, {}, None),
+    # vLLM's object: the fields set are the keys given (the rest are what leaving them out is)
+    ({"structured_outputs_config": StructuredOutputsConfig(backend="xgrammar",
+                                                           reasoning_parser="qwen3")},
+     {"grammar_backend": "xgrammar", "reasoning_parser": "qwen3"},
+     "structured_outputs_config.reasoning_parser=\"qwen3\": as reasoning_parser qwen3"),
+    ({"structured_outputs_config": StructuredOutputsConfig(disable_fallback=True),
+      "grammar_backend": "none"}, {"grammar_backend": "none"},
+     "disable_fallback=true has no effect"),
+    ({"structured_outputs_config": StructuredOutputsConfig()}, {}, None),
     ({"structured_outputs_config": None}, {}, None),  # vLLM's default: not given
 ])
 def test_the_keyword_is_read_as_the_flag(options, ours, said, caplog):
@@ -176,7 +206,10 @@ def test_the_keyword_is_read_as_the_flag(options, ours, said, caplog):
     ({"structured_outputs_config": {"disable_fallback": "true"}},
      "structured_outputs_config={'disable_fallback': 'true'}: disable_fallback takes true or "
      "false"),
-    ({"structured_outputs_config": 3}, "structured_outputs_config=3: takes a JSON object"),
+    ({"structured_outputs_config": 3}, "structured_outputs_config=3: takes a dict of vLLM's "
+     "StructuredOutputsConfig keys (or its JSON text), such as {\"backend\": \"xgrammar\"}, or "
+     "a StructuredOutputsConfig; got int"),
+    ({"structured_outputs_config": StructuredOutputsConfig}, "structured_outputs_config=<class"),
     ({"structured_outputs_config": "{"}, "structured_outputs_config='{': takes a JSON object"),
     ({"guided_decoding_backend": "outlines"},
      "guided_decoding_backend='outlines': grammars run on xgrammar"),
@@ -187,6 +220,21 @@ def test_a_keyword_value_aiollm_cannot_serve_names_it(options, lead):
     with pytest.raises(ValueError) as e:
         engine_options(options)
     assert str(e.value).startswith(lead), e.value
+
+
+@pytest.mark.parametrize("config, options, says", [
+    (StructuredOutputsConfig(backend="guidance"), {},
+     'backend "guidance" is a library aiollm does not have'),
+    (StructuredOutputsConfig(reasoning_parser="qwen3"), {"reasoning_parser": "deepseek_r1"},
+     'reasoning_parser "qwen3" and reasoning_parser=\'deepseek_r1\' disagree'),
+    (StructuredOutputsConfig(disable_additional_properties=True), {},
+     "disable_additional_properties true is an option of vLLM's guidance backend alone"),
+])
+def test_a_config_object_aiollm_cannot_serve_names_it(config, options, says):
+    with pytest.raises(ValueError) as e:
+        engine_options({"structured_outputs_config": config, **options})
+    assert str(e.value).startswith(f"structured_outputs_config={config!r}: "), e.value
+    assert says in str(e.value), e.value
 
 
 def test_a_misspelt_keyword_is_told_the_name():
