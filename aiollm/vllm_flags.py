@@ -445,9 +445,10 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "--tool-call-parser llama3_json). Those below ask for what aiollm always does and "
         "change nothing, but -O, -cc and the CUDA-graph sizes, read as aiollm's CUDA graphs, "
         "--performance-mode throughput, and --structured-outputs-config, read as "
-        "--grammar-backend and --reasoning-parser. Refused, each with "
-        "what to use instead (a value asking for aiollm's own behaviour, such as -pp 1, is "
-        f"taken): {refused}.")
+        "--grammar-backend and --reasoning-parser; a JSON flag's keys may be given one by "
+        "one, as vLLM reads them (-cc.mode 3, --structured-outputs-config.backend "
+        "xgrammar). Refused, each with what to use instead (--help=NAME says it; a value "
+        f"asking for aiollm's own behaviour, such as -pp 1, is taken): {refused}.")
     add_tables(group, NO_EFFECT, NO_EFFECT_VALUES, REFUSED)
     vllm_compilation.add_to(group)
     vllm_graph_flags.add_to(group)

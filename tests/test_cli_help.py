@@ -4,6 +4,8 @@ answered every one with "ignored explicit argument"."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 SERVE_USAGE = "usage: aiollm serve [-h] [MODEL] [options]"
@@ -185,3 +187,34 @@ def test_help_word_of_the_structured_outputs_config_shows_what_it_sets(capsys):
     code, out, _ = _serve(["--help=structured-outputs"], capsys)
     assert code == 0 and "--structured-outputs-config JSON" in out, out
     assert "--grammar-backend xgrammar" in " ".join(out.split()), out
+
+
+def _refused_as_described() -> list[str]:
+    """Each engine's refused flags as its group's description names them."""
+    from aiollm import vllm_flags
+    from aiollm.cli import lightllm_flags, sglang_flags
+
+    return [*(r.names[-1] for r in vllm_flags.REFUSED),
+            *(r.names[0] for r in sglang_flags.REFUSED),
+            *("--" + r.names[0][2:].replace("-", "_") for r in lightllm_flags.REFUSED)]
+
+
+def test_every_refused_flag_the_groups_name_has_its_why_under_help_name(capsys):
+    """The engines' groups list their refused flags and say `--help=NAME` tells what to use
+    instead: it does for each, as typed there (LightLLM's with underscores)."""
+    _, whole, _ = _serve(["--help"], capsys)
+    assert " ".join(whole.split()).count("Refused, each with what to use instead "
+                                         "(--help=NAME says it;") == 3
+    for flag in _refused_as_described():
+        code, out, _ = _serve([f"--help={flag}"], capsys)
+        assert code == 0 and REFUSED_TITLE in out, (flag, out)
+        refused = out.split(REFUSED_TITLE, 1)[1]
+        dashed = flag.replace("_", "-")
+        assert re.search(rf"\s{re.escape(dashed)}[\s,]", refused), (flag, out)
+        assert "stops the start" in " ".join(refused.split()), (flag, out)
+
+
+def test_the_vllm_group_says_a_json_flags_keys_go_one_by_one(capsys):
+    _, whole, _ = _serve(["--help"], capsys)
+    assert ("a JSON flag's keys may be given one by one, as vLLM reads them (-cc.mode 3, "
+            "--structured-outputs-config.backend xgrammar)") in " ".join(whole.split())
