@@ -34,8 +34,8 @@ with another value, the start stops naming both, as two spellings of one option 
 from __future__ import annotations
 
 import argparse
-import json
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -244,9 +244,8 @@ def keyword_taken(value: Any, ours: dict[str, Any],
                   as_keywords: Callable[[str], str]) -> tuple[str, ...]:
     """LLM(structured_outputs_config=`value`) (a dict, its JSON text, or vLLM's
     StructuredOutputsConfig object, whose fields set are its keys; None: not given), as vLLM's
-    LLM takes it, applied to aiollm's options
-    `ours` (EngineConfig's fields, as the other keywords give them), as `applied` applies
-    the flag. Returns the lines to log. Raises ValueError naming the keyword and its value
+    LLM takes it, applied to aiollm's options `ours` (EngineConfig's fields, as the other
+    keywords give them), as `applied` applies the flag. Returns the lines to log. Raises ValueError naming the keyword and its value
     (and the option given beside it that disagrees), its message in the keywords' terms
     (`as_keywords`)."""
     if value is None:
