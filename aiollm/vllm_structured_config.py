@@ -102,7 +102,8 @@ def _misfit(key: str, item: Any) -> str | None:
             return (f"backend {json.dumps(item)} is a library aiollm does not have: grammars "
                     "run on xgrammar, the one grammar library here; give \"xgrammar\" or "
                     "\"auto\" (or --grammar-backend none to turn structured output off)")
-        return f"backend takes one of {', '.join(BACKENDS)}{got}"
+        return (f"backend takes one of vLLM's {', '.join(BACKENDS)}, of which aiollm runs "
+                f"\"xgrammar\" and \"auto\" (both xgrammar){got}")
     if key in _BOOLEANS:
         if not isinstance(item, bool):
             return f"{key} takes true or false{got}"
