@@ -39,6 +39,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from aiollm import vllm_value_checks
 from aiollm.config import REASONING_PARSERS
 
 BACKENDS = ("auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer")
@@ -70,22 +71,11 @@ def parse_config(value: Any) -> dict[str, Any]:
     vLLM's config checks it. Raises ValueError naming the key and its value (a backend of
     another library: naming what aiollm has), or saying the JSON does not parse or is no
     object."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"takes a JSON object of vLLM's StructuredOutputsConfig keys, "
-                             f"such as {_EXAMPLE}; {value!r} does not parse ({e.msg})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"takes a JSON object of vLLM's StructuredOutputsConfig keys, such "
-                         f"as {_EXAMPLE}; got {value!r}")
-    for key, item in value.items():
-        if key not in KEYS:
-            raise ValueError(f"{key!r} is not a key of vLLM's StructuredOutputsConfig (they "
-                             f"are {', '.join(KEYS)})")
+    config = vllm_value_checks.config_keys(value, "StructuredOutputsConfig", KEYS, _EXAMPLE)
+    for key, item in config.items():
         if (why := _misfit(key, item)) is not None:
             raise ValueError(why)
-    return dict(value)
+    return config
 
 
 def _misfit(key: str, item: Any) -> str | None:
