@@ -33,7 +33,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from aiollm import vllm_graph_flags
+from aiollm import vllm_graph_flags, vllm_value_checks
 
 LEVELS = (0, 1, 2, 3)
 _MODES = {"NONE": 0, "STOCK_TORCH_COMPILE": 1, "DYNAMO_TRACE_ONCE": 2, "VLLM_COMPILE": 3}
@@ -108,20 +108,10 @@ def parse_config(value: Any) -> dict[str, Any]:
     keyword a dict; a level 0-3 alone, as vLLM's older releases took it, is {"level": N})
     as a dict of its keys, each checked as vLLM checks it. Raises ValueError naming the
     key and its value, or saying the JSON does not parse."""
-    if isinstance(value, str):
-        if value.strip().isdigit():
-            return {"level": parse_level(value)}
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"takes a JSON object of vLLM's CompilationConfig keys, such as "
-                             f"'{{\"cudagraph_mode\": \"NONE\"}}'; {value!r} does not parse "
-                             f"({e.msg})") from None
-    if _whole(value) is not None:
+    if (isinstance(value, str) and value.strip().isdigit()) or _whole(value) is not None:
         return {"level": parse_level(value)}
-    if not isinstance(value, dict):
-        raise ValueError("takes a JSON object of vLLM's CompilationConfig keys, such as "
-                         f"'{{\"cudagraph_mode\": \"NONE\"}}'; got {value!r}")
+    value = vllm_value_checks.config_keys(value, "CompilationConfig", KEYS,
+                                          "'{\"cudagraph_mode\": \"NONE\"}'")
     config = {k: v for k, v in value.items() if v is not None}  # None: vLLM's "not set"
     for key in ("max_cudagraph_capture_size", "max_capture_size"):
         if key in config:
@@ -130,9 +120,6 @@ def parse_config(value: Any) -> dict[str, Any]:
         config["cudagraph_capture_sizes"] = [_lax_whole(s) for s in
                                              config["cudagraph_capture_sizes"]]
     for key, item in config.items():
-        if key not in KEYS:
-            raise ValueError(f"{key!r} is not a key of vLLM's CompilationConfig (they are "
-                             f"{', '.join(KEYS)})")
         if (why := _key_misfit(key, item)) is not None:
             raise ValueError(f"{key} {why}; got {item!r}")
     return config

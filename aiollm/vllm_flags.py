@@ -23,7 +23,9 @@ aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
 - -O/--optimization-level and -cc/--compilation-config (aiollm/vllm_compilation.py): read
   as aiollm's CUDA-graph settings (--enforce-eager, --cuda-graph-max-batch), the rest
   logged as having no effect; --cudagraph-capture-sizes, --max-cudagraph-capture-size and
-  --performance-mode (aiollm/vllm_graph_flags.py) likewise.
+  --performance-mode (aiollm/vllm_graph_flags.py) likewise;
+- --structured-outputs-config (aiollm/vllm_structured_config.py): read as --grammar-backend
+  and --reasoning-parser, the keys that change nothing logged so, the others refused.
 
 Nothing else here reaches EngineConfig: a flag is either an alias, or changes nothing, or stops
 the start; none is dropped while it would change outputs or memory use. The same tables
@@ -36,7 +38,9 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from aiollm import vllm_compilation, vllm_graph_flags, vllm_value_checks
+from aiollm import (vllm_compilation, vllm_graph_flags, vllm_structured_config,
+                    vllm_value_checks)
+from aiollm.config import REASONING_PARSERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +142,14 @@ REFUSED = (
             "first, e.g. `hf download ID --revision R --local-dir DIR`)"),
     Refusal(("--max-lora-rank",), NO_LORA, same=("16",)),  # vLLM's default: no adapter
     Refusal(("--guided-decoding-backend",),
-            "grammars run on xgrammar, the one library aiollm has; leave the flag out",
+            "grammars run on xgrammar, the one library aiollm has: leave the flag out "
+            "(vLLM's newer spelling, --structured-outputs-config.backend xgrammar, is "
+            "taken); --grammar-backend none turns structured output off",
             same=("xgrammar", "auto")),
+    Refusal(("--reasoning-parser-plugin",),
+            "no code is loaded to add a reasoning parser: aiollm's own are "
+            f"{', '.join(REASONING_PARSERS)} (--reasoning-parser); leave the flag out",
+            same=("",)),
     Refusal(("--task",), _GENERATIVE_FLAG, same=("generate", "auto")),
     Refusal(("--runner",), _GENERATIVE_FLAG, same=("generate", "auto")),
     Refusal(("--convert",), _GENERATIVE_FLAG, same=("none", "auto")),
@@ -390,8 +400,20 @@ class Refuse(argparse.Action):
                                           (f"{option_string} {values}",
                                            self.refusal.model_check)]
             return
+        raise argparse.ArgumentError(self, self.reason())
+
+    def reason(self) -> str:
+        """Why the flag is refused: what aiollm offers instead."""
         message = self.refusal.message
-        raise argparse.ArgumentError(self, message() if callable(message) else message)
+        return message() if callable(message) else message
+
+    def hidden_help(self) -> str:
+        """The line `--help=WORD` shows for the flag, hidden from --help (help_format.py):
+        the values taken, if any, and why the others (or the switch) stop the start."""
+        taken = ", ".join(repr(v) if not v else v for v in self.refusal.same)
+        lead = f"taken: {taken}; any other value stops the start: " if taken else (
+            "stops the start: ")
+        return lead + self.reason()
 
 
 def add_tables(group: argparse._ArgumentGroup, no_effect: dict[str, str],
@@ -422,9 +444,12 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "--[no-]enable-prefix-caching, --disable-log-stats, -tp; --dtype half/float, "
         "--tool-call-parser llama3_json). Those below ask for what aiollm always does and "
         "change nothing, but -O, -cc and the CUDA-graph sizes, read as aiollm's CUDA graphs, "
-        "and --performance-mode throughput. Refused, each with "
-        "what to use instead (a value asking for aiollm's own behaviour, such as -pp 1, is "
-        f"taken): {refused}.")
+        "--performance-mode throughput, and --structured-outputs-config, read as "
+        "--grammar-backend and --reasoning-parser; a JSON flag's keys may be given one by "
+        "one, as vLLM reads them (-cc.mode 3, --structured-outputs-config.backend "
+        "xgrammar). Refused, each with what to use instead (--help=NAME says it; a value "
+        f"asking for aiollm's own behaviour, such as -pp 1, is taken): {refused}.")
     add_tables(group, NO_EFFECT, NO_EFFECT_VALUES, REFUSED)
     vllm_compilation.add_to(group)
     vllm_graph_flags.add_to(group)
+    vllm_structured_config.add_to(group)

@@ -16,7 +16,9 @@ compilation_config, read as the CLI's -O and -cc are (aiollm/vllm_compilation.py
 graphs where vLLM would have none, the largest graph as cuda_graph_max_batch, the rest
 logged as having no effect), and so are cudagraph_capture_sizes (cuda_graph_sizes),
 max_cudagraph_capture_size and performance_mode, as the CLI's flags of those names
-(aiollm/vllm_graph_keywords.py reads all of these); seed=None, vLLM's default, is
+(aiollm/vllm_graph_keywords.py reads all of these); structured_outputs_config, read as
+the CLI's --structured-outputs-config (aiollm/vllm_structured_config.py: its backend as
+grammar_backend, its reasoning_parser as reasoning_parser); seed=None, vLLM's default, is
 aiollm's (0), and so is max_model_len=-1 (vLLM's "the longest that fits", as
 `aiollm serve --max-model-len -1`).
 Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are
@@ -37,7 +39,8 @@ import re
 from dataclasses import fields
 from typing import Any
 
-from aiollm import vllm_flags, vllm_graph_keywords, vllm_value_checks
+from aiollm import (vllm_flags, vllm_graph_keywords, vllm_structured_config,
+                    vllm_value_checks)
 from aiollm.config import EngineConfig
 from aiollm.engine.content_format import check_content_format
 from aiollm.engine.template_options import TemplateOptions
@@ -296,7 +299,8 @@ _IGNORED_BY_VLLM = frozenset({"swap_space"})
 
 def _unknown(keyword: str) -> TypeError:
     """Python's TypeError for an unknown keyword, named as LLM()'s, with the names near it."""
-    known = [*_OPTIONS, *_ALIASES, *_SWITCHES, *_REFUSED_VALUES, *_NO_EFFECT_VALUES]
+    known = [*_OPTIONS, *_ALIASES, *_SWITCHES, *_REFUSED_VALUES, *_NO_EFFECT_VALUES,
+             vllm_structured_config.KEYWORD]
     near = difflib.get_close_matches(keyword, known, n=3, cutoff=0.8)
     hint = f" (did you mean {' or '.join(near)}?)" if near else ""
     return TypeError(f"LLM() got an unexpected keyword argument {keyword!r}{hint}")
@@ -330,6 +334,7 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     ours: dict[str, Any] = {}
     theirs: dict[str, Any] = {}
     graphs: dict[str, Any] = {}
+    structured = None
     for keyword, value in options.items():
         if keyword in _ALIASES:
             theirs[keyword] = value
@@ -347,6 +352,8 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
         elif keyword in vllm_graph_keywords.KEYWORDS:
             if value is not None:
                 graphs[keyword] = value
+        elif keyword == vllm_structured_config.KEYWORD:
+            structured = value
         elif keyword in _REFUSED_VALUES:
             refusal = _REFUSED_VALUES[keyword]
             if value is not None and not _asks_for_ours(value, refusal.same):
@@ -372,6 +379,8 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
         ours[option] = value
         named[option] = keyword
     for line in vllm_graph_keywords.taken(graphs, ours, named, _as_keywords):
+        log.info("%s", _as_keywords(line))
+    for line in vllm_structured_config.keyword_taken(structured, ours, _as_keywords):
         log.info("%s", _as_keywords(line))
     return ours, named
 

@@ -1,15 +1,40 @@
 """Checks of vLLM's JSON-valued flags that aiollm takes with no effect for some values and
 refuses for others (aiollm/vllm_flags.py's NO_EFFECT_VALUES, Ignored.refuse): each is given
 the value as typed on the command line (a str) or as LLM(...)'s keyword takes it (a dict, or
-an object with the fields), and returns why it is refused, or None where it is taken."""
+an object with the fields), and returns why it is refused, or None where it is taken.
+config_keys reads a vLLM config's JSON for the modules that read its keys
+(vllm_compilation.py, vllm_structured_config.py)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 # what a prompt of a multimodal model may carry that aiollm's models cannot
 TEXT_ONLY = "aiollm's models take text alone: no images, audio or video to process"
+
+
+def config_keys(value: Any, config: str, keys: Sequence[str], example: str) -> dict[str, Any]:
+    """A vLLM config given as JSON (a flag's text; as LLM(...)'s keyword a dict or its JSON
+    text) as a dict whose keys are all of `keys`, the fields of vLLM's `config`
+    ("CompilationConfig"), for its own module to check their values. Raises ValueError
+    saying what it takes (a JSON object of the config's keys, such as `example`) where the
+    text does not parse or is no object, or naming the first key none of `keys`, with them."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"takes a JSON object of vLLM's {config} keys, such as {example}; "
+                             f"{value!r} does not parse ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"takes a JSON object of vLLM's {config} keys, such as {example}; "
+                         f"got {value!r}")
+    for key in value:
+        if key not in keys:
+            raise ValueError(f"{key!r} is not a key of vLLM's {config} (they are "
+                             f"{', '.join(keys)})")
+    return dict(value)
 
 
 def eplb_refusal(value: Any) -> str | None:

@@ -4,6 +4,8 @@ answered every one with "ignored explicit argument"."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 SERVE_USAGE = "usage: aiollm serve [-h] [MODEL] [options]"
@@ -141,3 +143,78 @@ def test_top_level_help_with_a_value_points_at_the_commands(args, capsys):
     named = out.out.split("groups: ", 1)[1].split(")", 1)[0].split(", ")
     code, serve_tip, _ = _serve(["--help=no-such-thing"], capsys)
     assert named == serve_tip.split("groups: ", 1)[1].split(")", 1)[0].split(", ")
+
+
+REFUSED_TITLE = "other engines' flags refused here, with"
+
+
+@pytest.mark.parametrize("word, flag, says", [
+    ("guided", "--guided-decoding-backend VALUE",
+     ("taken: xgrammar, auto; any other value stops the start", "--grammar-backend none")),
+    ("pipeline_parallel", "-pp VALUE, --pipeline-parallel-size VALUE",
+     ("taken: 1;", "--tensor-parallel-size")),
+    ("speculative-config", "--speculative-config VALUE",
+     ("stops the start: speculative decoding",)),
+    ("enable-sleep", "--enable-sleep-mode", ("stops the start: there is no sleep mode",)),
+])
+def test_help_word_lists_the_refused_flags_it_names_with_why(word, flag, says, capsys):
+    """vLLM's refused flags are hidden from --help (the vLLM group's description names
+    them): `--help=guided` answered "No option or group matching 'guided'" though
+    --guided-decoding-backend is read and refused with a reason; --help=WORD lists each
+    such flag holding WORD, with that reason (a switch without VALUE)."""
+    code, out, err = _serve([f"--help={word}"], capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"{REFUSED_TITLE} {word!r} in their name"), out
+    assert f"  {flag}\n" in out or f"  {flag}  " in out, out
+    text = " ".join(out.split())
+    for part in says:
+        assert part in text, (part, out)
+
+
+def test_help_word_lists_refused_flags_after_the_options_it_names(capsys):
+    """--help=eplb: the options taken (--eplb-config, --no-enable-eplb), then the refused
+    --enable-eplb with why; the whole --help keeps the refused flags' reasons out."""
+    code, out, _ = _serve(["--help=eplb"], capsys)
+    options, refused = out.split(REFUSED_TITLE)
+    assert "--eplb-config" in options and "--enable-eplb " not in options
+    assert "--enable-eplb" in refused and "stops the start" in refused, out
+    code, whole, _ = _serve(["--help"], capsys)
+    assert "any other value stops the start" not in whole and REFUSED_TITLE not in whole
+    assert "speculative decoding is not supported" not in whole
+
+
+def test_help_word_of_the_structured_outputs_config_shows_what_it_sets(capsys):
+    code, out, _ = _serve(["--help=structured-outputs"], capsys)
+    assert code == 0 and "--structured-outputs-config JSON" in out, out
+    assert "--grammar-backend xgrammar" in " ".join(out.split()), out
+
+
+def _refused_as_described() -> list[str]:
+    """Each engine's refused flags as its group's description names them."""
+    from aiollm import vllm_flags
+    from aiollm.cli import lightllm_flags, sglang_flags
+
+    return [*(r.names[-1] for r in vllm_flags.REFUSED),
+            *(r.names[0] for r in sglang_flags.REFUSED),
+            *("--" + r.names[0][2:].replace("-", "_") for r in lightllm_flags.REFUSED)]
+
+
+def test_every_refused_flag_the_groups_name_has_its_why_under_help_name(capsys):
+    """The engines' groups list their refused flags and say `--help=NAME` tells what to use
+    instead: it does for each, as typed there (LightLLM's with underscores)."""
+    _, whole, _ = _serve(["--help"], capsys)
+    assert " ".join(whole.split()).count("Refused, each with what to use instead "
+                                         "(--help=NAME says it;") == 3
+    for flag in _refused_as_described():
+        code, out, _ = _serve([f"--help={flag}"], capsys)
+        assert code == 0 and REFUSED_TITLE in out, (flag, out)
+        refused = out.split(REFUSED_TITLE, 1)[1]
+        dashed = flag.replace("_", "-")
+        assert re.search(rf"\s{re.escape(dashed)}[\s,]", refused), (flag, out)
+        assert "stops the start" in " ".join(refused.split()), (flag, out)
+
+
+def test_the_vllm_group_says_a_json_flags_keys_go_one_by_one(capsys):
+    _, whole, _ = _serve(["--help"], capsys)
+    assert ("a JSON flag's keys may be given one by one, as vLLM reads them (-cc.mode 3, "
+            "--structured-outputs-config.backend xgrammar)") in " ".join(whole.split())

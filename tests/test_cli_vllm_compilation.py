@@ -141,6 +141,8 @@ def test_enforce_eager_wins_over_an_optimization_level(caplog):
     ("-cc 7", "got '7'"),
     ("-cc.no_such_key 1", "argument -cc/--compilation-config: 'no_such_key' is not a key"),
     ("-O.no_such_key 1", "argument -O/--optimization-level: 'no_such_key' is not a key"),
+    # null is vLLM's "not set" for a key it has; a key it lacks is refused whatever its value
+    ("-cc.no_such_key null", "argument -cc/--compilation-config: 'no_such_key' is not a key"),
     ("-cc.cudagraph_mode FOO", "cudagraph_mode takes one of NONE"),
     ("-cc.mode 5", "mode takes 0, 1, 2, 3"),
     ("-cc.cudagraph_capture_sizes [0,8]", "got [0, 8]"),

@@ -5,6 +5,7 @@ options; ShortUsage makes a usage error one short usage line and the error, and 
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import sys
 import textwrap
@@ -112,7 +113,9 @@ def help_for(parser: argparse.ArgumentParser, value: str) -> str | None:
     options of the aliases --help hides that do (`--help=context-length`, SGLang's, is
     --max-model-len's, titled "--context-length, an alias of"); an empty word (`--help=`,
     `--help=--`) too is the whole --help, as every option's name holds it (vLLM lists every
-    option for it). None where nothing matches."""
+    option for it). A WORD lists too, after them, the flags --help hides that hold it
+    and say why they are refused (_hidden_with_help: `--help=guided` is vLLM's
+    --guided-decoding-backend). None where nothing matches."""
     key = value.lstrip("-").lower().replace("_", "-")
     if value == "all" or not key.strip():
         return parser.format_help()
@@ -132,13 +135,35 @@ def help_for(parser: argparse.ArgumentParser, value: str) -> str | None:
             actions = [a for a in shown if a.dest in {alias.dest for alias in aliases}]
             title = ", ".join(o for alias in aliases for o in alias.option_strings)
             title += ", an alias of" if len(aliases) == 1 else ", aliases of"
-    if not actions and not description:
+    refused = [] if group is not None else _hidden_with_help(parser, key)
+    if not actions and not description and not refused:
         return None
-    formatter.start_section(title)
-    formatter.add_text(description)
-    formatter.add_arguments(actions)
-    formatter.end_section()
+    if actions or description:
+        formatter.start_section(title)
+        formatter.add_text(description)
+        formatter.add_arguments(actions)
+        formatter.end_section()
+    if refused:
+        formatter.start_section(f"other engines' flags refused here, with {value!r} in "
+                                "their name")
+        formatter.add_arguments(refused)
+        formatter.end_section()
     return formatter.format_help()
+
+
+def _hidden_with_help(parser: argparse.ArgumentParser, key: str) -> list[argparse.Action]:
+    """The actions --help hides that say why themselves (a `hidden_help()` method: another
+    engine's refused flags, vllm_flags.Refuse) whose flag holds `key`, each as a copy
+    whose help is that line, for --help=WORD to list (`--help=guided`:
+    --guided-decoding-backend); a flag taking a value shows it as VALUE."""
+    shown = []
+    for action in parser._actions:
+        if callable(getattr(action, "hidden_help", None)) and _named(action, key):
+            line = copy.copy(action)
+            line.help = action.hidden_help().replace("%", "%%")  # argparse's % formatting
+            line.metavar = "VALUE" if action.nargs != 0 else None
+            shown.append(line)
+    return shown
 
 
 def _named(action: argparse.Action, key: str) -> bool:

@@ -236,8 +236,8 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "--tool_call_parser (qwen25 is hermes) are aiollm's own; --tokenizer_mode takes "
         "fast and auto; --trust_remote_code changes nothing (as vLLM's). Those below size "
         "the KV cache as LightLLM does or change nothing. Refused, each with what to use "
-        "instead (a value asking for aiollm's own behaviour, such as --run_mode normal, is "
-        f"taken): {refused}.")
+        "instead (--help=NAME says it; a value asking for aiollm's own behaviour, such as "
+        f"--run_mode normal, is taken): {refused}.")
     add_aliases(group, "--model-dir", ALIASES, SWITCHES)
     # a step's tokens: the prefill batch's, and (older LightLLM) a splitfuse step's chunk
     for flag in ("--batch-max-tokens", "--splitfuse-block-size"):

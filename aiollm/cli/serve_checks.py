@@ -10,7 +10,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from aiollm import vllm_compilation, vllm_graph_flags
+from aiollm import vllm_compilation, vllm_graph_flags, vllm_structured_config
 from aiollm.cli import sglang_flags
 from aiollm.cli.log_config import rewrite_flags
 from aiollm.cli.serve_parser import ENGINE_OPTIONS
@@ -27,11 +27,17 @@ def checked_config(parser: argparse.ArgumentParser,
     """The EngineConfig the flags give (its chat template read, once) and the API keys
     (--api-key's, else $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY; None: no auth), once
     every check passed; parser.error (SystemExit 2) for the first that fails. Each vLLM
-    flag given that has no effect (vllm_flags.py) is logged as such once they pass."""
+    flag given that has no effect (vllm_flags.py) is logged as such once they pass, and so
+    is what vLLM's -O, -cc and --structured-outputs-config keys do."""
     names = args.served_model_name or []
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     graphs = _graph_options(parser, args, options)
     mode_said = vllm_graph_flags.performance_mode(args, options)
+    spelt = getattr(parser, "typed_spellings", {})  # flag_spelling.ArgumentParser's
+    try:
+        structured_said = vllm_structured_config.applied(args, options, spelt)
+    except ValueError as e:
+        parser.error(str(e))
     options["served_model_name"] = names[0] if names else None  # the name reported
     if args.chat_template is not None:  # as vLLM's flag: a template's \n is a newline
         try:
@@ -71,12 +77,11 @@ def checked_config(parser: argparse.ArgumentParser,
                      "interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"argument --port: must be in [0, 65535], got {args.port}")
-    spelt = getattr(parser, "typed_spellings", {})  # flag_spelling.ArgumentParser's
     for flag, why in getattr(args, "no_effect", ()):
         name, takes, value = flag.partition(" ")  # the flag as typed (--nccl_port), its value
         shown = spelt.get(name, name) + (f" {value or repr(value)}" if takes else "")
         log.info("%s has no effect: %s", shown, why)  # an empty value as '', not a switch's
-    for line in graphs.said if graphs is not None else ():
+    for line in (*(graphs.said if graphs is not None else ()), *structured_said):
         log.info("%s", line)
     if mode_said is not None:
         log.info("%s", mode_said)

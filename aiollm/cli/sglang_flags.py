@@ -283,8 +283,8 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "are deepseek_r1), --grammar-backend (xgrammar or none), "
         "--dist-init-addr, --nnodes, --node-rank and --log-level are aiollm's own. Those "
         "below bound and size the KV cache as SGLang does or change nothing. Refused, each "
-        "with what to use instead (a value asking for aiollm's own behaviour, such as "
-        f"--dp-size 1, is taken): {refused}.")
+        "with what to use instead (--help=NAME says it; a value asking for aiollm's own "
+        f"behaviour, such as --dp-size 1, is taken): {refused}.")
     add_aliases(group, "--model-path", ALIASES, SWITCHES)
     group.add_argument("--chunked-prefill-size", dest="max_prefill_tokens", type=chunk_size,
                        action=Alias, least=True, default=argparse.SUPPRESS,
