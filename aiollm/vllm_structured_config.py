@@ -236,9 +236,9 @@ def keyword_taken(value: Any, ours: dict[str, Any],
     """LLM(structured_outputs_config=`value`) (a dict, its JSON text, or vLLM's
     StructuredOutputsConfig object, whose fields set are its keys; None: not given), as vLLM's
     LLM takes it, applied to aiollm's options `ours` (EngineConfig's fields, as the other
-    keywords give them), as `applied` applies the flag. Returns the lines to log. Raises ValueError naming the keyword and its value
-    (and the option given beside it that disagrees), its message in the keywords' terms
-    (`as_keywords`)."""
+    keywords give them), as `applied` applies the flag. Returns the lines to log. Raises
+    ValueError naming the keyword and its value (and the option given beside it that
+    disagrees), its message in the keywords' terms (`as_keywords`)."""
     if value is None:
         return ()
     given = {k: (f"{k}={ours[k]!r}", ours[k]) for k in ("grammar_backend", "reasoning_parser")
