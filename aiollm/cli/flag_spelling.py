@@ -13,6 +13,7 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from aiollm.cli import config_file
 from aiollm.cli.help_format import ShortUsage
 from aiollm.cli.token_counts import token_count
 
@@ -105,10 +106,16 @@ class ArgumentParser(ShortUsage):
     its errors: ShortUsage). Its usage errors name a flag as the command line spelt it
     (LightLLM's --eos_id, not the --eos-id it is read as): `typed_spellings`, dashed name
     -> the spelling typed, is set by the parser given the command line, and shared with
-    its subcommands' parsers, which report the errors of their flags."""
+    its subcommands' parsers, which report the errors of their flags. A parser with a
+    --config flag reads it as config_file.py does; while it reads the file's flags,
+    `reading` is the file's path, and its usage errors begin "--config PATH: "."""
+
+    reading: str | None = None
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
+        if config_file.FLAG in self._option_string_actions and config_file.named(args):
+            return config_file.parse_known_args(self, args, namespace)
         as_read = dashed(args)
         spelt = {_flag_name(read): _flag_name(arg) for arg, read in zip(args, as_read)
                  if arg != read and arg.startswith("--")}
@@ -131,6 +138,8 @@ class ArgumentParser(ShortUsage):
         """argparse's, with each flag the message names by its dashed name named as typed."""
         for name, typed in getattr(self, "typed_spellings", {}).items():
             message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", typed, message)
+        if self.reading is not None:
+            message = f"{config_file.FLAG} {self.reading}: {message}"
         super().error(message)
 
 

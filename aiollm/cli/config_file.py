@@ -1,0 +1,189 @@
+"""`aiollm serve --config FILE`: serve's flags read from a YAML file, as `vllm serve --config`
+and SGLang's `--config` read theirs. Each key is a flag's long name without its dashes
+(`max-model-len`, or `max_model_len`; a JSON flag's key after a dot:
+`compilation-config.mode`), each value what the flag takes; every key goes through serve's
+own parser, so that a key behaves as its flag does on the command line (aliases, refusals,
+flags of no effect). The command line wins over the file, the file over the defaults, and
+MODEL on the command line (the positional, or any engine's flag for it) over the file's."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+FLAG = "--config"
+HELP = ("read flags from a YAML file, a `name: value` line for each: the flag's long name "
+        "without its dashes (port: 8000, max-model-len: 4096), true or false for a switch "
+        "(false: its --no- form, where it has one), a list for several values "
+        "(served-model-name: [a, b]), as vLLM's and SGLang's --config read it; the command "
+        "line wins over the file, MODEL too")
+
+# the namespace's records, by option, of the flag that gave it (flag_alias's): the command
+# line's parse starts without the file's, so that its flags replace the file's values
+# rather than meet them as a second value of one option
+_BY_OPTION = ("flags_typed", "values_typed", "outranked")
+
+def add_to(parser: argparse.ArgumentParser) -> None:
+    """Add --config FILE to `parser`, whose parse_known_args reads it (parse_known_args
+    below): the flag itself is never stored."""
+    parser.add_argument(FLAG, metavar="FILE", default=argparse.SUPPRESS, help=HELP)
+
+
+def named(args: Sequence[str]) -> bool:
+    """Whether the command line `args` gives --config (before a bare "--")."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == FLAG or arg.startswith(FLAG + "="):
+            return True
+    return False
+
+
+def parse_known_args(parser: argparse.ArgumentParser, args: Sequence[str],
+                     namespace: argparse.Namespace | None
+                     ) -> tuple[argparse.Namespace, list[str]]:
+    """`parser`'s parse_known_args of the command line `args`, which gives --config FILE:
+    FILE's words (file_words) are parsed first, their usage errors led by "--config
+    FILE: ", then the rest of `args`, into the namespace the file gave. parser.error for
+    a second --config, or one with no FILE."""
+    path, rest = _split(parser, list(args))
+    words = file_words(parser, path)
+    spellings = getattr(parser, "typed_spellings", {})  # the command line's (flag_spelling)
+    parser.typed_spellings, parser.reading = {}, path
+    try:
+        from_file, extra = parser.parse_known_args(words, namespace)
+    finally:
+        parser.reading = None
+    if extra:  # a list item that reads as a flag: `served-model-name: [-x]`
+        parser.error(f"{FLAG} {path}: values read as flags: {' '.join(extra)}")
+    parser.typed_spellings = {**parser.typed_spellings, **spellings}
+    kept = {name: vars(from_file).pop(name, {}) for name in _BY_OPTION}
+    model = [vars(from_file).pop(name, None) for name in ("model", "model_typed")]
+    graphs = getattr(from_file, "vllm_graphs", {})  # vllm_graph_flags' sizes: one option
+    sizes = graphs.pop("flags", {})
+    parsed, extra = parser.parse_known_args(rest, from_file)
+    for name, records in kept.items():
+        if records or hasattr(parsed, name):
+            setattr(parsed, name, {**records, **getattr(parsed, name, {})})
+    if parsed.model is None and model[0] is not None:
+        parsed.model, parsed.model_typed = model
+    if sizes:
+        parsed.vllm_graphs["flags"] = {**sizes, **parsed.vllm_graphs.get("flags", {})}
+    return parsed, extra
+
+
+def _split(parser: argparse.ArgumentParser, args: list[str]) -> tuple[str, list[str]]:
+    """--config's FILE, and `args` without --config FILE."""
+    paths, rest, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg.startswith(FLAG + "="):
+            paths.append(arg.partition("=")[2])
+        elif arg == FLAG:
+            if i + 1 == len(args) or args[i + 1].startswith("-"):
+                parser.error(f"argument {FLAG}: expected one argument")
+            paths.append(args[i + 1])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    if len(paths) > 1:
+        parser.error(f"argument {FLAG}: given {len(paths)} times ({', '.join(paths)}): "
+                     "give one file")
+    return paths[0], rest
+
+
+def file_words(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """The command-line words of the YAML file `path`'s keys, in the file's order, as vLLM
+    reads them: true gives a switch, false its --no- form where the parser has one (else
+    nothing); a list gives the values of a flag taking several, else its JSON, as does a
+    mapping; null, or an empty list, leaves the key out. parser.error naming the file for
+    a file that cannot be read, is not YAML or is not a mapping, for a key that is no
+    flag of the parser (or is --config or --help) and for a switch given no true or
+    false."""
+    try:
+        settings = _mapping(path)
+    except ValueError as e:
+        parser.error(f"{FLAG} {path}: {e}")
+    words = []
+    for key, value in settings.items():
+        name = str(key).partition(".")[0].replace("_", "-")
+        action = parser._option_string_actions.get(f"--{name}")
+        if not isinstance(key, str) or not name or action is None:
+            parser.error(f"{FLAG} {path}: unknown key {key!r}{_close_to(parser, name)}")
+        if f"--{name}" == FLAG:
+            parser.error(f"{FLAG} {path}: key {key!r}: a config file cannot name another; "
+                         "give its flags in this one")
+        if isinstance(action, argparse._HelpAction):
+            parser.error(f"{FLAG} {path}: key {key!r} is no setting: `aiollm serve --help` "
+                         "lists the flags")
+        words += _words(parser, path, key, action, value)
+    return words
+
+
+def _mapping(path: str) -> dict:
+    """The YAML file `path`'s top-level mapping ({} for an empty file); ValueError saying
+    why there is none."""
+    import yaml
+
+    try:
+        with open(path, "rb") as f:  # (bytes: YAML's own reader names a bad character)
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ValueError(f"cannot be read: {e.strerror or e}") from None
+    except yaml.MarkedYAMLError as e:
+        where = e.problem_mark or e.context_mark
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ValueError(f"is not valid YAML: {e.problem or e.context}{at}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"is not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = {"list": "a list", "str": "a string"}.get(type(data).__name__, "a value")
+        raise ValueError(f"holds {kind}, not a mapping of flag names to values "
+                         "(`port: 8000` lines)")
+    return data
+
+
+def _words(parser: argparse.ArgumentParser, path: str, key: str, action: argparse.Action,
+           value: Any) -> list[str]:
+    """The words of `key: value` (file_words' rules) for the flag of `action`."""
+    flag = f"--{key}"  # as spelt in the file: usage errors name it so (flag_spelling)
+    if value is None or value == []:
+        return []
+    if action.nargs == 0:  # a switch
+        if not isinstance(value, bool):
+            parser.error(f"{FLAG} {path}: key {key!r} is a switch: give true or false, "
+                         f"got {value!r}")
+        negated = "--no-" + key.partition(".")[0].replace("_", "-")
+        if value:
+            return [flag]
+        return [negated] if negated in parser._option_string_actions else []
+    several = action.nargs in ("+", "*") or (isinstance(action.nargs, int)
+                                             and action.nargs > 1)
+    if isinstance(value, list) and several:
+        return [flag, *map(_text, value)]
+    return [f"{flag}={_text(value)}"]
+
+
+def _text(value: Any) -> str:
+    """A YAML value as a command line gives it: true/false, JSON for a list or a mapping."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _close_to(parser: argparse.ArgumentParser, name: str) -> str:
+    """"; did you mean ...?" naming the parser's flags closest to `name`, or ""."""
+    names = [o[2:] for o in parser._option_string_actions if o.startswith("--")]
+    close = difflib.get_close_matches(name, names, n=3)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
