@@ -131,6 +131,8 @@ def test_the_files_flags_go_through_serves_checks(tmp_path, caplog):
 @pytest.mark.parametrize("text, line, error", [
     ("prot: 1\n", (), "--config FILE: unknown key 'prot'; did you mean port?"),
     ("1: 2\n", (), "--config FILE: unknown key 1"),
+    ("--port: 1\n", (), "--config FILE: unknown key '--port'; did you mean port or "
+                        "nccl-port?"),
     ("config: other.yaml\n", (),
      "--config FILE: key 'config': a config file cannot name another; give its flags in "
      "this one"),
@@ -145,6 +147,7 @@ def test_the_files_flags_go_through_serves_checks(tmp_path, caplog):
                         "values (`port: 8000` lines)"),
     ("enforce-eager: yes please\n", (),
      "--config FILE: key 'enforce-eager' is a switch: give true or false, got 'yes please'"),
+    ("served-model-name: [a, -x]\n", (), "--config FILE: values that read as flags: -x"),
     # the flag's own errors, led by the file
     ("port: abc\n", (), "--config FILE: argument --port: invalid int value: 'abc'"),
     ("max_num_seqs: abc\n", (),

@@ -15,16 +15,16 @@ from collections.abc import Sequence
 from typing import Any
 
 FLAG = "--config"
-HELP = ("read flags from a YAML file, a `name: value` line for each: the flag's long name "
-        "without its dashes (port: 8000, max-model-len: 4096), true or false for a switch "
-        "(false: its --no- form, where it has one), a list for several values "
-        "(served-model-name: [a, b]), as vLLM's and SGLang's --config read it; the command "
-        "line wins over the file, MODEL too")
+HELP = ("read flags from a YAML file, a `name: value` line for each (port: 8000; "
+        "max_num_seqs: 64; enforce-eager: true, or false for its --no- form; "
+        "served-model-name: [a, b]), as vLLM's and SGLang's --config read it; flags on "
+        "the command line win over the file's")
 
 # the namespace's records, by option, of the flag that gave it (flag_alias's): the command
 # line's parse starts without the file's, so that its flags replace the file's values
 # rather than meet them as a second value of one option
 _BY_OPTION = ("flags_typed", "values_typed", "outranked")
+
 
 def add_to(parser: argparse.ArgumentParser) -> None:
     """Add --config FILE to `parser`, whose parse_known_args reads it (parse_known_args
@@ -58,7 +58,7 @@ def parse_known_args(parser: argparse.ArgumentParser, args: Sequence[str],
     finally:
         parser.reading = None
     if extra:  # a list item that reads as a flag: `served-model-name: [-x]`
-        parser.error(f"{FLAG} {path}: values read as flags: {' '.join(extra)}")
+        parser.error(f"{FLAG} {path}: values that read as flags: {' '.join(extra)}")
     parser.typed_spellings = {**parser.typed_spellings, **spellings}
     kept = {name: vars(from_file).pop(name, {}) for name in _BY_OPTION}
     model = [vars(from_file).pop(name, None) for name in ("model", "model_typed")]
