@@ -101,6 +101,9 @@ def test_lists_give_several_values_or_a_json_list(tmp_path):
     assert args.allowed_origins == ["http://x"]  # a flag of one value: its JSON list
     assert args.api_key == ["k1", "k2"]
     assert args.cuda_graph_max_batch == 16 and args.graph_sizes_typed == "1 2 16"
+    # one value for a flag of several: a list of one, as on the command line
+    args = parse(tmp_path, "served-model-name: solo\ncuda-graph-bs: 8\n")
+    assert (args.served_model_name, args.cuda_graph_max_batch) == (["solo"], 8)
     # an empty list, and null, leave the key out
     args = parse(tmp_path, "served-model-name: []\nmax-model-len: null\nport:\n")
     assert (args.served_model_name, args.max_model_len, args.port) == (None, None, 8000)
@@ -117,6 +120,14 @@ def test_mappings_are_a_json_flags_object(tmp_path):
     # a key given with its object's key after a dot, as on the command line
     args = parse(tmp_path, "compilation-config.max_cudagraph_capture_size: 1k\n")
     assert args.vllm_graphs["config"][1] == {"max_cudagraph_capture_size": 1000}
+
+
+def test_a_json_file_is_read_as_yaml(tmp_path):
+    """JSON is YAML (SGLang's --config takes a .json file too); the name is not checked."""
+    path = tmp_path / "serve.json"
+    path.write_text('{"port": 9001, "enforce_eager": true, "served-model-name": ["a"]}')
+    args = build_parser().parse_args(["serve", "--config", str(path)])
+    assert (args.port, args.cuda_graph, args.served_model_name) == (9001, False, ["a"])
 
 
 def test_the_files_flags_go_through_serves_checks(tmp_path, caplog):
