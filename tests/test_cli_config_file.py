@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_lines import refusal as checks_refusal
 from cli_lines import started
 from serve_log import logged_base
 
@@ -49,6 +50,9 @@ def test_the_files_flags_replace_the_defaults(tmp_path):
     assert (args.dtype, args.seed, args.kv_memory_fraction) == ("float16", 7, 0.5)
     assert args.model is None  # the bundled model, as without the file
     assert build_parser().parse_args(["serve"]).port == 8000
+    # SGLang's and LightLLM's spellings, as on the command line
+    args = parse(tmp_path, "context-length: 2048\nmax_total_token_num: 6000\n")
+    assert (args.max_model_len, args.kv_tokens) == (2048, 6000)
 
 
 def test_the_command_line_wins_over_the_file(tmp_path):
@@ -130,13 +134,16 @@ def test_a_json_file_is_read_as_yaml(tmp_path):
     assert (args.port, args.cuda_graph, args.served_model_name) == (9001, False, ["a"])
 
 
-def test_the_files_flags_go_through_serves_checks(tmp_path, caplog):
+def test_the_files_flags_go_through_serves_checks(tmp_path, caplog, capsys):
     path = tmp_path / "serve.yaml"
     path.write_text("max_num_seqs: 4\ndisable-log-requests: true\nmax-log-len: 100\n")
     config, log = started(f"--config {path}", caplog)
     assert config.max_running_requests == 4
     assert any("--disable-log-requests" in line and "no effect" in line for line in log), log
     assert any("--max-log-len 100" in line for line in log), log
+    path.write_text("max_num_seqs: 0\n")  # refused after parsing, named as the file spells it
+    assert checks_refusal(f"--config {path}", capsys).startswith(
+        "aiollm serve: error: argument --max_num_seqs: max_running_requests must be ")
 
 
 @pytest.mark.parametrize("text, line, error", [
