@@ -141,9 +141,15 @@ def test_the_files_flags_go_through_serves_checks(tmp_path, caplog, capsys):
     assert config.max_running_requests == 4
     assert any("--disable-log-requests" in line and "no effect" in line for line in log), log
     assert any("--max-log-len 100" in line for line in log), log
-    path.write_text("max_num_seqs: 0\n")  # refused after parsing, named as the file spells it
+    # refused after parsing: led by the file, the flag named as the file spells it
+    path.write_text("max_num_seqs: 0\nport: 1\n")
     assert checks_refusal(f"--config {path}", capsys).startswith(
-        "aiollm serve: error: argument --max_num_seqs: max_running_requests must be ")
+        f"aiollm serve: error: --config {path}: argument --max_num_seqs: max_running_requests "
+        "must be ")
+    # ... but not where the command line replaced it (with another spelling too)
+    for line in ("--max-num-seqs 0", "--max-running-requests 0"):
+        assert checks_refusal(f"--config {path} {line}", capsys).startswith(
+            f"aiollm serve: error: argument {line.split()[0]}: max_running_requests "), line
 
 
 @pytest.mark.parametrize("text, line, error", [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,9 +47,11 @@ def parse_known_args(parser: argparse.ArgumentParser, args: Sequence[str],
                      namespace: argparse.Namespace | None
                      ) -> tuple[argparse.Namespace, list[str]]:
     """`parser`'s parse_known_args of the command line `args`, which gives --config FILE:
-    FILE's words (file_words) are parsed first, their usage errors led by "--config
-    FILE: ", then the rest of `args`, into the namespace the file gave. parser.error for
-    a second --config, or one with no FILE."""
+    FILE's words (file_words) are parsed first, then the rest of `args`, into the
+    namespace the file gave; usage errors about FILE's flags, then and in the checks after
+    parsing, are led by "--config FILE: " (lead). parser.error for a second --config, or
+    one with no FILE."""
+    parser.file_flags = {}
     path, rest = _split(parser, list(args))
     words = file_words(parser, path)
     spellings = getattr(parser, "typed_spellings", {})  # the command line's (flag_spelling)
@@ -59,7 +62,10 @@ def parse_known_args(parser: argparse.ArgumentParser, args: Sequence[str],
         parser.reading = None
     if extra:  # a list item that reads as a flag: `served-model-name: [-x]`
         parser.error(f"{FLAG} {path}: values that read as flags: {' '.join(extra)}")
-    parser.typed_spellings = {**parser.typed_spellings, **spellings}
+    left = _left_to_file(parser, words, rest)
+    parser.file_flags = dict.fromkeys(left, path)  # lead's
+    parser.typed_spellings = {**{flag: typed for flag, typed in parser.typed_spellings.items()
+                                 if flag in left}, **spellings}
     kept = {name: vars(from_file).pop(name, {}) for name in _BY_OPTION}
     model = [vars(from_file).pop(name, None) for name in ("model", "model_typed")]
     graphs = getattr(from_file, "vllm_graphs", {})  # vllm_graph_flags' sizes: one option
@@ -73,6 +79,40 @@ def parse_known_args(parser: argparse.ArgumentParser, args: Sequence[str],
     if sizes:
         parsed.vllm_graphs["flags"] = {**sizes, **parsed.vllm_graphs.get("flags", {})}
     return parsed, extra
+
+
+def lead(parser: argparse.ArgumentParser, message: str) -> str:
+    """What the usage error `message` of `parser` begins with: "--config FILE: " while
+    FILE's flags are read, or where the flag it names first (argparse's "argument
+    FLAG[/FLAG]: ", dashed) is one FILE gave and the command line did not replace (the
+    checks after parsing); else ""."""
+    path = getattr(parser, "reading", None)
+    named = re.match(r"argument (\S+?):", message)
+    if path is None and named:
+        file_flags = getattr(parser, "file_flags", {})
+        path = next((file_flags[f] for f in named[1].split("/") if f in file_flags), None)
+    return "" if path is None else f"{FLAG} {path}: "
+
+
+def _left_to_file(parser: argparse.ArgumentParser, words: list[str],
+                  rest: list[str]) -> set[str]:
+    """The option strings of the flags the file's `words` give whose options the command
+    line's `rest` leaves alone (neither that flag nor another spelling of its option)."""
+    actions = parser._option_string_actions
+
+    def given(args: list[str]) -> set[argparse.Action]:
+        found = set()
+        for arg in args:
+            name = arg.partition("=")[0].partition(".")[0]  # --flag=value, --flag.key
+            name = name.replace("_", "-") if name.startswith("--") else name
+            if name in actions:
+                found.add(actions[name])
+        return found
+
+    typed = given(rest)
+    replaced = {a.dest for a in typed} - {argparse.SUPPRESS}
+    return {flag for action in given(words) - typed if action.dest not in replaced
+            for flag in action.option_strings}
 
 
 def _split(parser: argparse.ArgumentParser, args: list[str]) -> tuple[str, list[str]]:

@@ -107,10 +107,7 @@ class ArgumentParser(ShortUsage):
     (LightLLM's --eos_id, not the --eos-id it is read as): `typed_spellings`, dashed name
     -> the spelling typed, is set by the parser given the command line, and shared with
     its subcommands' parsers, which report the errors of their flags. A parser with a
-    --config flag reads it as config_file.py does; while it reads the file's flags,
-    `reading` is the file's path, and its usage errors begin "--config PATH: "."""
-
-    reading: str | None = None
+    --config flag reads it as config_file.py does."""
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
@@ -135,12 +132,13 @@ class ArgumentParser(ShortUsage):
                     parser.typed_spellings = spelt
 
     def error(self, message: str):
-        """argparse's, with each flag the message names by its dashed name named as typed."""
+        """argparse's, with each flag the message names by its dashed name named as typed,
+        and led by "--config FILE: " where it is about a flag of that file
+        (config_file.lead)."""
+        lead = config_file.lead(self, message)
         for name, typed in getattr(self, "typed_spellings", {}).items():
             message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", typed, message)
-        if self.reading is not None:
-            message = f"{config_file.FLAG} {self.reading}: {message}"
-        super().error(message)
+        super().error(lead + message)
 
 
 def _flag_name(arg: str) -> str:
