@@ -108,9 +108,28 @@ def test_lists_give_several_values_or_a_json_list(tmp_path):
     # one value for a flag of several: a list of one, as on the command line
     args = parse(tmp_path, "served-model-name: solo\ncuda-graph-bs: 8\n")
     assert (args.served_model_name, args.cuda_graph_max_batch) == (["solo"], 8)
+    # a negative number is a value, as on the command line; an item that reads as a flag
+    # is refused (above), but is taken as the flag's one value
+    assert parse(tmp_path, "api-key: [-1, k]\n").api_key == ["-1", "k"]
+    assert parse(tmp_path, "served-model-name: -x\n").served_model_name == ["-x"]
     # an empty list, and null, leave the key out
     args = parse(tmp_path, "served-model-name: []\nmax-model-len: null\nport:\n")
     assert (args.served_model_name, args.max_model_len, args.port) == (None, None, 8000)
+
+
+def test_numbers_are_read_as_the_file_writes_them(tmp_path):
+    """A top-level number is its text, as the command line gives it: not YAML 1.1's octal
+    0123 (83) nor the float 1.10 (1.1), which would change a key or a name; inside a JSON
+    flag's object, a number."""
+    args = parse(tmp_path, "api-key: 0123\nserved-model-name: 1.10\nseed: 1_000\n"
+                           "max-model-len: 32_768\ngpu-memory-utilization: .5\n"
+                           "compilation-config: {max_cudagraph_capture_size: 016}\n")
+    assert (args.api_key, args.served_model_name) == (["0123"], ["1.10"])
+    assert (args.seed, args.max_model_len) == (1000, 32768)  # Python's int reads 1_000
+    assert args.vllm_graphs["config"][1] == {"max_cudagraph_capture_size": 14}
+    # a list's items are YAML's values (a list may be a JSON flag's): quote "1.10" there
+    args = parse(tmp_path, "served-model-name: [1.10, '1.10']\n")
+    assert args.served_model_name == ["1.1", "1.10"]
 
 
 def test_mappings_are_a_json_flags_object(tmp_path):
@@ -124,6 +143,18 @@ def test_mappings_are_a_json_flags_object(tmp_path):
     # a key given with its object's key after a dot, as on the command line
     args = parse(tmp_path, "compilation-config.max_cudagraph_capture_size: 1k\n")
     assert args.vllm_graphs["config"][1] == {"max_cudagraph_capture_size": 1000}
+
+
+def test_config_equals_file(tmp_path, capsys):
+    """--config=FILE, as argparse reads any flag's =VALUE; the file's errors name it."""
+    path = tmp_path / "serve.yaml"
+    path.write_text("port: 9001\n")
+    args = build_parser().parse_args(["serve", f"--config={path}", "--seed", "3"])
+    assert (args.port, args.seed) == (9001, 3)
+    path.write_text("prot: 1\n")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", f"--config={path}"])
+    assert f"error: --config {path}: unknown key 'prot'" in capsys.readouterr().err
 
 
 def test_a_json_file_is_read_as_yaml(tmp_path):
@@ -153,10 +184,19 @@ def test_the_files_flags_go_through_serves_checks(tmp_path, caplog, capsys):
 
 
 @pytest.mark.parametrize("text, line, error", [
-    ("prot: 1\n", (), "--config FILE: unknown key 'prot'; did you mean port?"),
-    ("1: 2\n", (), "--config FILE: unknown key 1"),
-    ("--port: 1\n", (), "--config FILE: unknown key '--port'; did you mean port or "
-                        "nccl-port?"),
+    ("prot: 1\n", (), "--config FILE: unknown key 'prot': `aiollm serve` has no such flag "
+                      "(did you mean port?)"),
+    ("1: 2\n", (), "--config FILE: unknown key 1: `aiollm serve` has no such flag "
+                   "(`aiollm serve --help` lists them)"),
+    ("--port: 1\n", (), "--config FILE: unknown key '--port': `aiollm serve` has no such flag "
+                        "(did you mean port?)"),
+    # a key given twice: refused, not the last one taken (PyYAML's); nested keys too
+    ("port: 1\nseed: 2\nport: 3\n", (),
+     "--config FILE: is not valid YAML: key 'port' is given twice, on lines 1 and 3: keep one"),
+    ("compilation-config:\n  mode: 1\n  mode: 2\n", (),
+     "--config FILE: is not valid YAML: key 'mode' is given twice, on lines 2 and 3: keep one"),
+    ("max-num-seqs: 8\nmax_num_seqs: 9\n", (),
+     "--config FILE: keys 'max-num-seqs' and 'max_num_seqs' are one flag: keep one"),
     ("config: other.yaml\n", (),
      "--config FILE: key 'config': a config file cannot name another; give its flags in "
      "this one"),
@@ -170,8 +210,14 @@ def test_the_files_flags_go_through_serves_checks(tmp_path, caplog, capsys):
     ("port 8000\n", (), "--config FILE: holds a string, not a mapping of flag names to "
                         "values (`port: 8000` lines)"),
     ("enforce-eager: yes please\n", (),
-     "--config FILE: key 'enforce-eager' is a switch: give true or false, got 'yes please'"),
-    ("served-model-name: [a, -x]\n", (), "--config FILE: values that read as flags: -x"),
+     "--config FILE: key 'enforce-eager' is a switch: give true or false (unquoted), got "
+     "'yes please'"),
+    ('enforce-eager: "true"\n', (), "--config FILE: key 'enforce-eager' is a switch: give "
+                                    "true or false (unquoted), got 'true'"),
+    ("served-model-name: [a, -x]\n", (),
+     "--config FILE: key 'served-model-name': the item '-x' reads as a flag: give it as the "
+     "flag's only value (`served-model-name: -x`)"),
+    ("port: 0x1F90\n", (), "--config FILE: argument --port: invalid int value: '0x1F90'"),
     # the flag's own errors, led by the file
     ("port: abc\n", (), "--config FILE: argument --port: invalid int value: 'abc'"),
     ("max_num_seqs: abc\n", (),
@@ -192,9 +238,11 @@ def test_each_error_names_the_file_and_why(tmp_path, capsys, text, line, error):
 
 
 def test_config_with_no_file_and_a_directory(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["serve", "--config"])
-    assert capsys.readouterr().err.strip().endswith("argument --config: expected one argument")
+    for line in (["--config"], ["--config="], ["--config", "--port", "1"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", *line])
+        assert capsys.readouterr().err.strip().endswith(
+            "argument --config: expected one argument"), line
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--config", str(tmp_path)])
     assert capsys.readouterr().err.strip().endswith(f"{tmp_path}: cannot be read: Is a "

@@ -15,11 +15,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
+
 FLAG = "--config"
-HELP = ("read flags from a YAML file, a `name: value` line for each (port: 8000; "
-        "max_num_seqs: 64; enforce-eager: true, or false for its --no- form; "
-        "served-model-name: [a, b]), as vLLM's and SGLang's --config read it; flags on "
-        "the command line win over the file's")
+HELP = ("read flags from a YAML file of `flag-name: value` lines (port: 8000, "
+        "enforce-eager: true, served-model-name: [a, b]), as vLLM's and SGLang's --config "
+        "do; flags on the command line win over the file's")
 
 # the namespace's records, by option, of the flag that gave it (flag_alias's): the command
 # line's parse starts without the file's, so that its flags replace the file's values
@@ -57,11 +58,9 @@ def parse_known_args(parser: argparse.ArgumentParser, args: Sequence[str],
     spellings = getattr(parser, "typed_spellings", {})  # the command line's (flag_spelling)
     parser.typed_spellings, parser.reading = {}, path
     try:
-        from_file, extra = parser.parse_known_args(words, namespace)
+        from_file, _ = parser.parse_known_args(words, namespace)  # (each word a flag's)
     finally:
         parser.reading = None
-    if extra:  # a list item that reads as a flag: `served-model-name: [-x]`
-        parser.error(f"{FLAG} {path}: values that read as flags: {' '.join(extra)}")
     left = _left_to_file(parser, words, rest)
     parser.file_flags = dict.fromkeys(left, path)  # lead's
     parser.typed_spellings = {**{flag: typed for flag, typed in parser.typed_spellings.items()
@@ -126,13 +125,14 @@ def _split(parser: argparse.ArgumentParser, args: list[str]) -> tuple[str, list[
         if arg.startswith(FLAG + "="):
             paths.append(arg.partition("=")[2])
         elif arg == FLAG:
-            if i + 1 == len(args) or args[i + 1].startswith("-"):
-                parser.error(f"argument {FLAG}: expected one argument")
-            paths.append(args[i + 1])
-            i += 1
+            given = i + 1 < len(args) and not args[i + 1].startswith("-")
+            paths.append(args[i + 1] if given else "")  # "": no FILE
+            i += given
         else:
             rest.append(arg)
         i += 1
+    if "" in paths:
+        parser.error(f"argument {FLAG}: expected one argument")
     if len(paths) > 1:
         parser.error(f"argument {FLAG}: given {len(paths)} times ({', '.join(paths)}): "
                      "give one file")
@@ -144,19 +144,27 @@ def file_words(parser: argparse.ArgumentParser, path: str) -> list[str]:
     reads them: true gives a switch, false its --no- form where the parser has one (else
     nothing); a list gives the values of a flag taking several, else its JSON, as does a
     mapping; null, or an empty list, leaves the key out. parser.error naming the file for
-    a file that cannot be read, is not YAML or is not a mapping, for a key that is no
-    flag of the parser (or is --config or --help) and for a switch given no true or
-    false."""
+    a file that cannot be read, is not YAML (a key given twice too) or is not a mapping,
+    for a key that is no flag of the parser (or is --config or --help) or is another's
+    spelling (max_num_seqs beside max-num-seqs), for a switch given no true or false, and
+    for a list item that argparse would read as a flag."""
     try:
         settings = _mapping(path)
     except ValueError as e:
         parser.error(f"{FLAG} {path}: {e}")
-    words = []
+    words, keys = [], {}
     for key, value in settings.items():
-        name = str(key).partition(".")[0].replace("_", "-")
+        name, dot, inner = str(key).partition(".")
+        name = name.replace("_", "-")
         action = parser._option_string_actions.get(f"--{name}")
         if not isinstance(key, str) or not name or action is None:
-            parser.error(f"{FLAG} {path}: unknown key {key!r}{_close_to(parser, name)}")
+            parser.error(f"{FLAG} {path}: unknown key {key!r}: `aiollm serve` has no such "
+                         f"flag{_close_to(parser, name)}")
+        # max-num-seqs and max_num_seqs: one key spelt twice (other names of its option meet
+        # as they do on the command line: "two values of one option")
+        same = keys.setdefault(f"--{name}{dot}{inner}", key)
+        if same != key:
+            parser.error(f"{FLAG} {path}: keys {same!r} and {key!r} are one flag: keep one")
         if f"--{name}" == FLAG:
             parser.error(f"{FLAG} {path}: key {key!r}: a config file cannot name another; "
                          "give its flags in this one")
@@ -169,12 +177,21 @@ def file_words(parser: argparse.ArgumentParser, path: str) -> list[str]:
 
 def _mapping(path: str) -> dict:
     """The YAML file `path`'s top-level mapping ({} for an empty file); ValueError saying
-    why there is none."""
-    import yaml
-
+    why there is none. A top-level number is kept as the text the file gives, so that its
+    flag reads it as the command line's (`api-key: 0123` is "0123", not YAML 1.1's octal 83;
+    `served-model-name: 1.10` is "1.10", not 1.1)."""
     try:
         with open(path, "rb") as f:  # (bytes: YAML's own reader names a bad character)
-            data = yaml.safe_load(f)
+            loader = _Loader(f)
+            try:
+                node = loader.get_single_node()
+                if isinstance(node, yaml.MappingNode):
+                    for _, value in node.value:
+                        if isinstance(value, yaml.ScalarNode) and value.tag in _NUMBERS:
+                            value.tag = "tag:yaml.org,2002:str"
+                data = None if node is None else loader.construct_document(node)
+            finally:
+                loader.dispose()
     except OSError as e:
         raise ValueError(f"cannot be read: {e.strerror or e}") from None
     except yaml.MarkedYAMLError as e:
@@ -192,6 +209,25 @@ def _mapping(path: str) -> dict:
     return data
 
 
+_NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that a mapping gives twice (which PyYAML reads
+    as the last one given: the YAML spec has a mapping's keys unique)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict[str, int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                line = lines.setdefault(key.value, key.start_mark.line + 1)
+                if line != key.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key.value!r} is given twice, on lines {line} and "
+                        f"{key.start_mark.line + 1}: keep one", None)
+        return super().construct_mapping(node, deep)
+
+
 def _words(parser: argparse.ArgumentParser, path: str, key: str, action: argparse.Action,
            value: Any) -> list[str]:
     """The words of `key: value` (file_words' rules) for the flag of `action`."""
@@ -200,8 +236,8 @@ def _words(parser: argparse.ArgumentParser, path: str, key: str, action: argpars
         return []
     if action.nargs == 0:  # a switch
         if not isinstance(value, bool):
-            parser.error(f"{FLAG} {path}: key {key!r} is a switch: give true or false, "
-                         f"got {value!r}")
+            parser.error(f"{FLAG} {path}: key {key!r} is a switch: give true or false "
+                         f"(unquoted), got {value!r}")
         negated = "--no-" + key.partition(".")[0].replace("_", "-")
         if value:
             return [flag]
@@ -209,7 +245,12 @@ def _words(parser: argparse.ArgumentParser, path: str, key: str, action: argpars
     several = action.nargs in ("+", "*") or (isinstance(action.nargs, int)
                                              and action.nargs > 1)
     if isinstance(value, list) and several:
-        return [flag, *map(_text, value)]
+        texts = [_text(item) for item in value]
+        for text in texts:  # argparse would read it as a flag, not one of the values
+            if parser._parse_optional(text) is not None:
+                parser.error(f"{FLAG} {path}: key {key!r}: the item {text!r} reads as a "
+                             f"flag: give it as the flag's only value (`{key}: {text}`)")
+        return [flag, *texts]
     return [f"{flag}={_text(value)}"]
 
 
@@ -223,7 +264,11 @@ def _text(value: Any) -> str:
 
 
 def _close_to(parser: argparse.ArgumentParser, name: str) -> str:
-    """"; did you mean ...?" naming the parser's flags closest to `name`, or ""."""
+    """" (did you mean ...?)" naming the parser's flags closest to `name`, else where
+    they are listed."""
     names = [o[2:] for o in parser._option_string_actions if o.startswith("--")]
-    close = difflib.get_close_matches(name, names, n=3)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
+    name = name.lstrip("-")  # `--port:`, the flag as typed: its name alone is the key
+    close = [name] if name in names else difflib.get_close_matches(name, names, n=3)
+    if close:
+        return f" (did you mean {' or '.join(close)}?)"
+    return " (`aiollm serve --help` lists them)"
