@@ -205,6 +205,11 @@ def test_the_files_flags_go_through_serves_checks(tmp_path, caplog, capsys):
     (None, (), "--config FILE: cannot be read: No such file or directory"),
     ("a: [1\nb: 2\n", (),
      "--config FILE: is not valid YAML: expected ',' or ']', but got ':' (line 2, column 2)"),
+    ("port: 1\n\tseed: 2\n", (), "--config FILE: is not valid YAML: found character '\\t' "
+                               "that cannot start any token (line 2, column 1); use spaces, "
+                               "not tabs"),
+    ("port: 1\x00\n", (), "--config FILE: is not YAML text: character #x00 at position 7: "
+                         "special characters are not allowed"),
     ("- port\n- 1\n", (), "--config FILE: holds a list, not a mapping of flag names to "
                           "values (`port: 8000` lines)"),
     ("port 8000\n", (), "--config FILE: holds a string, not a mapping of flag names to "
@@ -247,6 +252,12 @@ def test_config_with_no_file_and_a_directory(tmp_path, capsys):
         build_parser().parse_args(["serve", "--config", str(tmp_path)])
     assert capsys.readouterr().err.strip().endswith(f"{tmp_path}: cannot be read: Is a "
                                                     "directory")
+    path = tmp_path / "serve.yaml"  # binary, not UTF-8
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xf6\xff")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--config", str(path)])
+    assert capsys.readouterr().err.strip().endswith(
+        f"--config {path}: is not YAML text: character #x89 at position 0: invalid start byte")
 
 
 def test_an_empty_file_gives_nothing(tmp_path):

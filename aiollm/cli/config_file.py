@@ -197,9 +197,11 @@ def _mapping(path: str) -> dict:
     except yaml.MarkedYAMLError as e:
         where = e.problem_mark or e.context_mark
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
-        raise ValueError(f"is not valid YAML: {e.problem or e.context}{at}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"is not valid YAML: {' '.join(str(e).split())}") from None
+        tabs = "; use spaces, not tabs" if "'\\t'" in str(e.problem) else ""
+        raise ValueError(f"is not valid YAML: {e.problem or e.context}{at}{tabs}") from None
+    except yaml.reader.ReaderError as e:  # a binary file, or not UTF-8/16 text
+        raise ValueError(f"is not YAML text: character #x{e.character:02x} at position "
+                         f"{e.position}: {e.reason}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
