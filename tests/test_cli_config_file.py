@@ -18,6 +18,7 @@ from cli_lines import started
 from serve_log import logged_base
 
 from aiollm.cli import build_parser
+from aiollm.cli.serve_checks import checked_config
 
 AIOLLM = str(Path(sys.executable).with_name("aiollm"))
 
@@ -181,6 +182,26 @@ def test_the_files_flags_go_through_serves_checks(tmp_path, caplog, capsys):
     for line in ("--max-num-seqs 0", "--max-running-requests 0"):
         assert checks_refusal(f"--config {path} {line}", capsys).startswith(
             f"aiollm serve: error: argument {line.split()[0]}: max_running_requests "), line
+
+
+def test_the_files_several_names_with_no_model(tmp_path, capsys):
+    """A list of names (or keys) in the file cannot have taken a MODEL typed after it, as
+    the command line's flag can: the default model is served under them."""
+    path = tmp_path / "serve.yaml"
+    path.write_text("served-model-name: [llama, llama-3.1]\napi-key: [k1, org/k2]\n")
+    args = build_parser().parse_args(["serve", "--config", str(path), "--device", "cpu"])
+    config, keys = checked_config(args.command_parser, args)
+    assert (config.served_model_name, args.served_model_name) == ("llama", ["llama",
+                                                                           "llama-3.1"])
+    assert keys == ("k1", "org/k2")
+    # on the command line, the same names with no MODEL are still refused as MODEL taken
+    path.write_text("port: 9001\n")
+    with pytest.raises(SystemExit):
+        args = build_parser().parse_args(["serve", "--config", str(path),
+                                          "--served-model-name", "a", "b"])
+        checked_config(args.command_parser, args)
+    assert "argument --served-model-name: it takes every word after it, so 'b' was read " \
+        "as a name and no MODEL was given" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, line, error", [

@@ -58,9 +58,10 @@ def parse_known_args(parser: argparse.ArgumentParser, args: Sequence[str],
     spellings = getattr(parser, "typed_spellings", {})  # the command line's (flag_spelling)
     parser.typed_spellings, parser.reading = {}, path
     try:
-        from_file, _ = parser.parse_known_args(words, namespace)  # (each word a flag's)
+        from_file, extra = parser.parse_known_args(words, namespace)
     finally:
         parser.reading = None
+    assert not extra, extra  # each word is a flag or its value (_words)
     left = _left_to_file(parser, words, rest)
     parser.file_flags = dict.fromkeys(left, path)  # lead's
     parser.typed_spellings = {**{flag: typed for flag, typed in parser.typed_spellings.items()
@@ -78,6 +79,13 @@ def parse_known_args(parser: argparse.ArgumentParser, args: Sequence[str],
     if sizes:
         parsed.vllm_graphs["flags"] = {**sizes, **parsed.vllm_graphs.get("flags", {})}
     return parsed, extra
+
+
+def gave(parser: argparse.ArgumentParser, flag: str) -> bool:
+    """Whether --config's file gave `flag` (an option string) of `parser`, and the command
+    line left its option alone (so that its several values cannot have taken a MODEL typed
+    after them)."""
+    return flag in getattr(parser, "file_flags", {})
 
 
 def lead(parser: argparse.ArgumentParser, message: str) -> str:
