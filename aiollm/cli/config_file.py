@@ -94,10 +94,10 @@ def lead(parser: argparse.ArgumentParser, message: str) -> str:
     FLAG[/FLAG]: ", dashed) is one FILE gave and the command line did not replace (the
     checks after parsing); else ""."""
     path = getattr(parser, "reading", None)
-    named = re.match(r"argument (\S+?):", message)
-    if path is None and named:
+    flags = re.match(r"argument (\S+?):", message)
+    if path is None and flags:
         file_flags = getattr(parser, "file_flags", {})
-        path = next((file_flags[f] for f in named[1].split("/") if f in file_flags), None)
+        path = next((file_flags[f] for f in flags[1].split("/") if f in file_flags), None)
     return "" if path is None else f"{FLAG} {path}: "
 
 
