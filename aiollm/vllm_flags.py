@@ -185,8 +185,6 @@ REFUSED = (
     Refusal(("--root-path",),
             "routes are served at the root (/v1/..., /health): have the proxy strip its "
             "prefix before forwarding, and leave the flag out"),
-    Refusal(("--config",),
-            "there is no config file: give its options as flags on the command line"),
     Refusal(("--middleware",),
             "the HTTP server is aiohttp, not an ASGI app: it takes no ASGI middleware"),
     Refusal(("--uvicorn-log-level",),
@@ -322,7 +320,7 @@ SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
                          "--disable-fastapi-docs", "--disable-uvicorn-access-log",
                          "--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--ssl-cert-reqs",
                          "--root-path", "--middleware",
-                         "--uvicorn-log-level", "--config", "--max-log-len"})
+                         "--uvicorn-log-level", "--max-log-len"})
 
 _DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them
 _TOOL_CALL_PARSERS = {"llama3_json": "llama3"}  # the same format under vLLM's name

@@ -285,7 +285,8 @@ def test_a_usage_error_is_one_usage_line_and_the_error(args, error, capsys):
         main(["serve", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: aiollm serve [-h] [--model MODEL] [--host HOST]"), out[:200]
+    assert out.startswith("usage: aiollm serve [-h] [--model MODEL] [--config FILE] "
+                          "[--host HOST]"), out[:200]
     assert "--eplb-config JSON" in out and len(out.splitlines()) > 200
 
 

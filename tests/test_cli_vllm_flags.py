@@ -174,7 +174,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     # a modality's options with no count (it said "image None", a value never typed)
     ('--limit-mm-per-prompt {"image":{}}', ("image {}", "give it 0")),
     ("--limit-mm-per-prompt [0]", ("JSON object",)),
-    ("--config serve.yaml", ("command line",)),
     ("--override-generation-config {}", ("--generation-config",)),
     ("--distributed-executor-backend ray", ("Ray",)),
     ("--middleware m.f", ("middleware",)),

@@ -1,8 +1,8 @@
 """`aiollm`: the command line (console script `aiollm`; `python -m aiollm`). Its command,
 `aiollm serve [MODEL]`: serve_parser.py defines its flags (vllm_flags.py adds vLLM's,
-sglang_flags.py and lightllm_flags.py SGLang's and LightLLM's),
-serve_checks.py checks what they give before anything loads, serve.py starts the server;
-log_config.py sets up the process's logging."""
+sglang_flags.py and lightllm_flags.py SGLang's and LightLLM's; config_file.py reads them
+from --config's YAML file), serve_checks.py checks what they give before anything loads,
+serve.py starts the server; log_config.py sets up the process's logging."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from aiollm.cli import config_file
 from aiollm.cli.help_format import ShortUsage
 from aiollm.cli.token_counts import token_count
 
@@ -105,10 +106,13 @@ class ArgumentParser(ShortUsage):
     its errors: ShortUsage). Its usage errors name a flag as the command line spelt it
     (LightLLM's --eos_id, not the --eos-id it is read as): `typed_spellings`, dashed name
     -> the spelling typed, is set by the parser given the command line, and shared with
-    its subcommands' parsers, which report the errors of their flags."""
+    its subcommands' parsers, which report the errors of their flags. A parser with a
+    --config flag reads it as config_file.py does."""
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
+        if config_file.FLAG in self._option_string_actions and config_file.named(args):
+            return config_file.parse_known_args(self, args, namespace)
         as_read = dashed(args)
         spelt = {_flag_name(read): _flag_name(arg) for arg, read in zip(args, as_read)
                  if arg != read and arg.startswith("--")}
@@ -128,10 +132,13 @@ class ArgumentParser(ShortUsage):
                     parser.typed_spellings = spelt
 
     def error(self, message: str):
-        """argparse's, with each flag the message names by its dashed name named as typed."""
+        """argparse's, with each flag the message names by its dashed name named as typed,
+        and led by "--config FILE: " where it is about a flag of that file
+        (config_file.lead)."""
+        lead = config_file.lead(self, message)
         for name, typed in getattr(self, "typed_spellings", {}).items():
             message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", typed, message)
-        super().error(message)
+        super().error(lead + message)
 
 
 def _flag_name(arg: str) -> str:

@@ -11,7 +11,7 @@ import re
 from typing import TYPE_CHECKING
 
 from aiollm import vllm_compilation, vllm_graph_flags, vllm_structured_config
-from aiollm.cli import sglang_flags
+from aiollm.cli import config_file, sglang_flags
 from aiollm.cli.log_config import rewrite_flags
 from aiollm.cli.serve_parser import ENGINE_OPTIONS
 from aiollm.config import EngineConfig
@@ -159,7 +159,8 @@ def _api_keys(parser: argparse.ArgumentParser,
             # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
             parser.error("argument --api-key: must not be empty (leave the flag out to serve "
                          "without auth)")
-        if args.model is None and len(keys) > 1 and _model_shaped(keys[-1]):
+        if (args.model is None and len(keys) > 1 and _model_shaped(keys[-1])
+                and not config_file.gave(parser, "--api-key")):
             # the flag takes every word after it: `--api-key K DIR` (or a hub's org/name, as
             # vLLM is given one) served the default model with it as a second key. Keys are
             # not printed: they are secrets
@@ -257,12 +258,14 @@ def _check_served_names(parser: argparse.ArgumentParser, model: str | None,
                         names: list[str]) -> None:
     """--served-model-name's names: none empty (EngineConfig checks the first), and not a
     MODEL taken for a name: the flag takes every word after it, so `--served-model-name A
-    DIR` read DIR as a second name and served the default model under both."""
+    DIR` read DIR as a second name and served the default model under both (not so
+    for the names of --config's file)."""
     for name in names[1:]:
         if not name.strip():
             parser.error(f"argument --served-model-name: a name must not be empty, got "
                          f"{name!r}")
-    if model is None and len(names) > 1:
+    if model is None and len(names) > 1 and not config_file.gave(parser,
+                                                                   "--served-model-name"):
         parser.error(f"argument --served-model-name: it takes every word after it, so "
                      f"{names[-1]!r} was read as a name and no MODEL was given: put MODEL "
                      f"before the flag or give it with --model{_default_model_flag()}")

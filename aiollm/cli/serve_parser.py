@@ -9,7 +9,7 @@ import argparse
 import json
 
 from aiollm import vllm_flags
-from aiollm.cli import lightllm_flags, sglang_flags, token_counts
+from aiollm.cli import config_file, lightllm_flags, sglang_flags, token_counts
 from aiollm.cli.flag_alias import Alias, ModelFlag
 from aiollm.cli.help_format import HelpFormatter
 from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, LOGPROBS_MODES,
@@ -48,6 +48,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "(default: the bundled SmolLM2-135M-Instruct)")
     s.add_argument("--model", dest="model", default=argparse.SUPPRESS, action=ModelFlag,
                    metavar="MODEL", help="MODEL given as a flag (vLLM's --model)")
+    config_file.add_to(s)
     net = s.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (0.0.0.0: every IPv4 interface; ::, as in "
