@@ -187,9 +187,6 @@ REFUSED = (
             "prefix before forwarding, and leave the flag out"),
     Refusal(("--middleware",),
             "the HTTP server is aiohttp, not an ASGI app: it takes no ASGI middleware"),
-    Refusal(("--uvicorn-log-level",),
-            "the HTTP server is aiohttp, not uvicorn: --log-level sets its logging "
-            "(debug logs every HTTP request)"),
     Refusal(("--no-async-scheduling",),
             "the engine loop always plans step N+1 while step N runs on the device, and "
             "nothing turns that off (outputs are the same either way); leave the flag out",
@@ -297,6 +294,11 @@ NO_EFFECT_VALUES = (
     Ignored(("--expert-placement-strategy",),
             f"{_NO_EXPERT_PARALLELISM}, so there are no experts to place on ranks",
             "STRATEGY", choices=("linear", "round_robin")),
+    # in vLLM's own --config example: a log level changes no output, so it is taken
+    Ignored(("--uvicorn-log-level",),
+            "the HTTP server is aiohttp, not uvicorn: --log-level sets the server's logging "
+            "(debug logs every HTTP request)", "LEVEL",
+            choices=("critical", "error", "warning", "info", "debug", "trace")),
     Ignored(("--max-log-len",),
             "request contents are never logged, so there is nothing to cut short", "N",
             kind=optional_int),

@@ -127,6 +127,8 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     "--max-seq-len-to-capture 8192", '--limit-mm-per-prompt {"image":0,"video":0}',
     '--limit-mm-per-prompt {"video":{"count":0,"num_frames":32}}',
     "--limit-mm-per-prompt image=0,audio=0", "--config-format hf", "--config-format auto",
+    # in vLLM's own --config example (uvicorn-log-level: "info"): a log level, no output
+    "--uvicorn-log-level info", "--uvicorn-log-level warning",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -177,7 +179,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--override-generation-config {}", ("--generation-config",)),
     ("--distributed-executor-backend ray", ("Ray",)),
     ("--middleware m.f", ("middleware",)),
-    ("--uvicorn-log-level warning", ("--log-level",)),
     ("--hf-overrides {}", ("config.json",)),
     # vLLM's GGUF guide gives a config beside a .gguf with it: argparse's bare refusal
     ("--hf-config-path /cfg", ("GGUF", "metadata", "config.json")),
@@ -193,6 +194,15 @@ def test_flags_aiollm_cannot_honour_stop_with_what_to_use_instead(line, names, c
     assert f"argument {flag}" in err or f"/{flag}:" in err or f"{flag}/" in err, err
     for name in names:
         assert name in err, (name, err)
+
+
+def test_a_uvicorn_log_level_is_logged_as_no_effect_naming_log_level(caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="aiollm.cli"):
+        _config(["--uvicorn-log-level", "debug"])
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("--uvicorn-log-level debug has no effect: ")
+    assert "--log-level" in said[0], said
+    assert "invalid choice" in refusal("--uvicorn-log-level loud", capsys)
 
 
 def test_a_refused_flag_is_named_even_after_unknown_ones(capsys):
