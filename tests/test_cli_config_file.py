@@ -8,14 +8,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from cli_lines import refusal as checks_refusal
 from cli_lines import started
-from serve_log import logged_base
+from serve_log import wait_for_base
 
 from aiollm.cli import build_parser
 from aiollm.cli.serve_checks import checked_config
@@ -302,7 +301,7 @@ def test_a_server_started_with_its_flags_from_a_file_answers(tmp_path):
                                  "--served-model-name", "from-line"],
                                 stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
-        base = _serving(proc, log)
+        base = wait_for_base(proc, log)
         with urllib.request.urlopen(base + "/v1/models", timeout=30) as r:
             assert [m["id"] for m in json.load(r)["data"]] == ["from-line"]
         body = json.dumps({"model": "from-line", "prompt": "The capital of France is",
@@ -317,14 +316,3 @@ def test_a_server_started_with_its_flags_from_a_file_answers(tmp_path):
         proc.kill()
         proc.wait()
 
-
-def _serving(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
-    """The base URL `proc` logs it serves on, once it has."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"aiollm serve exited with {proc.returncode}:\n{log.read_text()}")
-        if (base := logged_base(log)) is not None:
-            return base
-        time.sleep(0.1)
-    pytest.fail(f"aiollm serve did not start:\n{log.read_text()}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from serve_log import logged_base
+from serve_log import wait_for_base
 
 from aiollm.cli import build_parser, main
 from aiollm.cli.serve_checks import checked_config
@@ -229,7 +229,7 @@ def test_a_lightllm_launch_line_serves_the_generate_route(tmp_path):
         proc = subprocess.Popen(line, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     try:
-        base = _wait_for_base(proc, log)
+        base = wait_for_base(proc, log)
         text = log.read_text()
         assert "KV pool: 640 tokens" in text and "max model len 160" in text, text
         assert "prefix cache off" in text, text
@@ -245,20 +245,6 @@ def test_a_lightllm_launch_line_serves_the_generate_route(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-
-
-def _wait_for_base(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
-    """The base URL the server logs once it listens."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"aiollm serve exited with {proc.returncode}:\n{log.read_text()}")
-        if (base := logged_base(log)) is not None:
-            return base
-        time.sleep(0.1)
-    pytest.fail(f"aiollm serve did not start:\n{log.read_text()}")
 
 
 async def _post(url: str, body: dict) -> tuple[int, dict]:
