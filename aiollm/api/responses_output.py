@@ -135,7 +135,7 @@ class ResponseHead:
             "id": self.id, "object": "response", "created_at": self.created_at,
             "status": status, "background": False, "error": error,
             "incomplete_details": incomplete, "instructions": r.instructions,
-            "max_output_tokens": r.max_output_tokens, "max_tool_calls": None,
+            "max_output_tokens": r.max_output_tokens, "max_tool_calls": r.max_tool_calls,
             "metadata": r.metadata, "model": self.model, "output": output,
             "parallel_tool_calls": r.parallel_tool_calls is not False,
             "previous_response_id": r.previous_response_id,

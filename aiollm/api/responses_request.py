@@ -65,8 +65,9 @@ class ResponsesRequest(Struct, kw_only=True):
     truncation: str | None = None
     include: list[str] | None = None
     top_logprobs: int | None = None
+    # echoed in the Response as given (OpenAI's Response carries them), else unused;
+    # max_tool_calls bounds calls to built-in tools (OpenAI's), of which none run here
     max_tool_calls: int | None = None
-    # echoed in the Response as given (OpenAI's Response carries them), else unused
     prompt_cache_key: str | None = None
     prompt_cache_options: ResponsePromptCacheOptions | None = None
     prompt_cache_retention: str | None = None
@@ -146,11 +147,9 @@ class ResponsesRequest(Struct, kw_only=True):
         if "message.output_text.logprobs" in (self.include or ()):
             raise InvalidRequest('include "message.output_text.logprobs" is not served: '
                                  "/v1/chat/completions serves logprobs", param="include")
-        if self.max_tool_calls is not None:
-            raise InvalidRequest("max_tool_calls is not served: the server runs no tools, each "
-                                 "response ends at the model's calls; leave it out "
-                                 "(parallel_tool_calls false allows one)",
-                                 param="max_tool_calls")
+        if self.max_tool_calls is not None and self.max_tool_calls < 0:
+            raise InvalidRequest(f"max_tool_calls must be a count of calls (>= 0), got "
+                                 f"{self.max_tool_calls}", param="max_tool_calls")
 
     def as_chat(self, earlier: Sequence[dict] = ()) -> ChatCompletionRequest:
         """The chat request this one stands for, its input following the items `earlier`
