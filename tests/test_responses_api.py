@@ -221,6 +221,22 @@ def test_unserved_or_bad_fields_are_400s_naming_them(client, model, body, param)
     assert param.split(".")[-1].split("[")[0] in e.value.message, e.value.body
 
 
+@pytest.mark.parametrize("call, says", [
+    (lambda c, m: c.responses.input_tokens.count(model=m, input=ASK), "POST /tokenize"),
+    (lambda c, m: c.responses.compact(model=m, input=ASK), "previous_response_id"),
+], ids=["input_tokens", "compact"])
+def test_openais_unserved_responses_routes_are_404s_that_say_so(client, model, call, says):
+    """The openai client's responses.input_tokens.count and responses.compact POST to
+    /v1/responses/input_tokens and /compact: the path matched /v1/responses/{response_id}
+    and the client raised a bare APIStatusError, 405 "allowed: DELETE,GET,HEAD", as if a
+    GET of a response named input_tokens were meant. A NotFoundError names the route and
+    what serves the need instead."""
+    with pytest.raises(openai.NotFoundError) as e:
+        call(client, model)
+    assert e.value.body["type"] == "not_found_error", e.value.body
+    assert "is not served" in e.value.message and says in e.value.message, e.value.message
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_the_request_id_is_sent_back_but_is_not_the_responses_id(server, stream):
     """X-Request-Id, as on the other OpenAI routes: sent back. The response's id is the

@@ -21,7 +21,7 @@ from aiollm.api.body import decode_body
 from aiollm.api.chat_plan import ChatPlan, plan_chat
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.cut_calls import may_cut_a_call
-from aiollm.api.http_errors import context_told, param_names
+from aiollm.api.http_errors import ApiError, context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.response_input import input_weight
@@ -150,4 +150,24 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
     return await sse.send(request, merge([start]), render, lambda: b"", on_error=events.failed)
 
 
-ROUTES = [web.post("/v1/responses", create_response), *stored_responses.ROUTES]
+# OpenAI's routes under /v1/responses/ that the server does not serve, and what to use instead
+_UNSERVED = {
+    "input_tokens": "OpenAI's count of a request's input tokens) is not served: POST /tokenize "
+                    "with the messages (and tools) counts the tokens of their prompt",
+    "compact": "OpenAI's compaction of a conversation) is not served: send the turns to keep "
+               "as input items, or continue a kept response with previous_response_id",
+}
+
+
+async def unserved(request: web.Request) -> web.Response:
+    """POST /v1/responses/input_tokens and /v1/responses/compact (the openai client's
+    responses.input_tokens.count and responses.compact): a 404 that names the route and
+    says what serves the need, where the path's match of /v1/responses/{response_id} (GET
+    and DELETE) made it a 405 whose Allow suggested a GET of a response of that id."""
+    name = request.path.rstrip("/").rsplit("/", 1)[-1]
+    raise ApiError(404, f"POST /v1/responses/{name} ({_UNSERVED[name]}")
+
+
+ROUTES = [web.post("/v1/responses", create_response),
+          *(web.post(f"/v1/responses/{name}", unserved) for name in _UNSERVED),
+          *stored_responses.ROUTES]
