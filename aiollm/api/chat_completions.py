@@ -111,7 +111,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 "index": j, "message": message, "finish_reason": finish,
                 "stop_reason": out.stop_reason,
                 "logprobs": (None if out.logprobs is None
-                             else _chat_logprobs(vocab, out.logprobs, out.token_texts, by_id)),
+                             else chat_logprobs(vocab, out.logprobs, out.token_texts, by_id)),
                 **({"token_ids": list(out.token_ids)} if req.return_token_ids else {}),
             })
         # vLLM's return_token_ids: the prompt's ids once, beside the choices
@@ -189,7 +189,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 splits[j] is not None and splits[j].entered):
             delta["content"] = ""  # the whole answer's content is "", not null
         done_tokens[j] = d.completion_tokens
-        logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
+        logprobs = None if d.logprobs is None else chat_logprobs(vocab, d.logprobs,
                                                                      d.token_texts, by_id)
         # return_token_ids: every id, also of text the parsers hold back
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
@@ -267,7 +267,7 @@ def _by_call(frags: list[dict]) -> list[list[dict]]:
     return groups
 
 
-def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str],
+def chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str],
                    by_id: bool = False) -> dict:
     """Chat logprobs: each token with its real bytes (a token that holds part of a UTF-8
     character has only those bytes), so the bytes of all tokens join to the content's UTF-8

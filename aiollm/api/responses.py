@@ -18,6 +18,7 @@ from aiohttp import web
 
 from aiollm.api import reasoning, sse, stored_responses
 from aiollm.api.body import decode_body
+from aiollm.api.chat_completions import chat_logprobs
 from aiollm.api.chat_plan import ChatPlan, plan_chat
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.cut_calls import may_cut_a_call
@@ -28,10 +29,11 @@ from aiollm.api.response_input import input_weight
 from aiollm.api.response_items import input_items
 from aiollm.api.responses_output import (ResponseHead, answer_items, reasoning_status,
                                          status_of, usage_of)
-from aiollm.api.responses_request import ResponsesRequest, responses_names
+from aiollm.api.responses_request import OUTPUT_LOGPROBS, ResponsesRequest, responses_names
 from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.state import state
 from aiollm.api.stored_responses import kept, referenced
+from aiollm.api.token_bytes import TokenBytes
 from aiollm.engine.request_group import choice_group
 from aiollm.engine.submission import off_loop
 
@@ -69,6 +71,14 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     # their parts) are many (as chat's messages are checked: chat_request.message_dicts)
     size = input_weight(req.input, earlier)
     plan = await plan_chat(st, await off_loop(size, req.as_chat, earlier))
+    vocab = None
+    if plan.logprobs is not None:
+        if plan.parser is not None or plan.thinking:
+            # the tokens would be split among reasoning, messages and calls
+            raise ApiError(400, f'include "{OUTPUT_LOGPROBS}" is served for an answer of '
+                           'text alone: not with tools (leave them out, or send tool_choice '
+                           '"none") nor under a server\'s --reasoning-parser', param="include")
+        vocab = await st.token_bytes()
     store = req.store is not False and st.responses.keeps
     head = ResponseHead(req, st.model_name, plan.params[0], store)
     # kept with the response: the conversation it answers, each item with an id
@@ -82,7 +92,7 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
             response["store"] = False
 
     if req.stream:
-        return await _stream(request, req, plan, head, keep)
+        return await _stream(request, req, plan, head, keep, vocab)
     group = choice_group(1)
     [out] = await gather_outputs([st.engine.generate(plan.ids, plan.params[0],
                                                      cache_salt=req.cache_salt, group=group)])
@@ -100,6 +110,9 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     before = plan.stream_calls().feed(text) if calls else content
     output = answer_items(thought, content, calls, before, status,
                           reasoning_status(status, cut_inside))
+    if vocab is not None and out.logprobs is not None:  # an answer of one message
+        output[0]["content"][0]["logprobs"] = chat_logprobs(
+            vocab, out.logprobs, out.token_texts, st.return_tokens_as_token_ids)["content"]
     usage = usage_of(len(plan.ids), out.completion_tokens, out.cached_tokens, thought_tokens)
     response = head.response(status, output, usage, incomplete)
     keep(response)
@@ -107,8 +120,11 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
 
 
 async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
-                  head: ResponseHead, keep: Callable[[dict], None]) -> web.StreamResponse:
+                  head: ResponseHead, keep: Callable[[dict], None],
+                  vocab: TokenBytes | None) -> web.StreamResponse:
+    """The response as typed events; vocab: the tokens' bytes where logprobs are asked."""
     events = ResponseEvents(head)
+    by_id = state(request).return_tokens_as_token_ids
     splitter, calls = plan.splitter(), plan.stream_calls()
     thought_tokens = None if splitter is None else reasoning.ReasoningTokens(splitter)
     said: list[str] = []  # the content's deltas, read again at the end (stopped_in_call)
@@ -122,6 +138,8 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
         _, d = item
         out = b"" if events.seq else events.begin()
         text, finish = d.text, d.finish_reason
+        if vocab is not None and d.logprobs:
+            events.add_logprobs(chat_logprobs(vocab, d.logprobs, d.token_texts, by_id)["content"])
         thought = ""
         if splitter is not None:
             thought, text = splitter.feed(text)

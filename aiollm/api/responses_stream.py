@@ -13,6 +13,10 @@ counting from 0, in OpenAI's order:
     [message item of the text after the calls, if any]
     response.completed
 
+Where the text's logprobs are asked, each output_text.delta carries those of its tokens
+(tokens whose text is held back wait for the next; an end token's come in a last "" delta),
+and output_text.done, the item and the last Response all of them.
+
 Each item's status is in output_item.done: a message ends in the Response's status, the
 reasoning "completed" unless the output was cut (max_output_tokens) inside it, then
 "incomplete", as OpenAI marks it (responses_output.reasoning_status).
@@ -53,6 +57,10 @@ class ResponseEvents:
         self.text = ""  # the open item's text (a call's arguments) so far
         self.call: ToolCall | None = None  # the open function call (its call_id and name)
         self.call_index = 0  # the open call's place among the output's calls
+        # the message text's logprobs (where asked): those sent, those of tokens whose
+        # text is not sent yet (the next output_text.delta carries them)
+        self.logprobs: list[dict] = []
+        self.pending: list[dict] = []
         # (seq, items, kind, id, text, call) at commit()
         self.sent: tuple = (0, 0, None, "", "", None)
 
@@ -95,6 +103,10 @@ class ResponseEvents:
             out += self.end_call(found) + self.content(rest)
         return out
 
+    def add_logprobs(self, entries: list[dict]) -> None:
+        """The logprobs of a delta's tokens (chat's entries), for the next text delta."""
+        self.pending += entries
+
     def call_fragment(self, delta: CallDelta) -> bytes:
         """A call's fragment: its first (the name) closes the open item and opens the
         function_call item, the next ones are its arguments' deltas."""
@@ -125,7 +137,10 @@ class ResponseEvents:
         self.text += text
         delta = ("response.output_text.delta" if kind == "message"
                  else "response.reasoning_text.delta")
-        extra = {"logprobs": []} if kind == "message" else {}
+        extra = {}
+        if kind == "message":
+            extra["logprobs"], self.pending = self.pending, []
+            self.logprobs += extra["logprobs"]
         return out + self.event(delta, item_id=self.id, output_index=len(self.output),
                                 content_index=0, delta=text, **extra)
 
@@ -153,9 +168,11 @@ class ResponseEvents:
             return out
         where = {"item_id": self.id, "output_index": len(self.output), "content_index": 0}
         if self.kind == "message":
-            item, part = message_item(self.id, self.text, status), output_text(self.text)
+            lps, self.logprobs = self.logprobs, []  # the next message's are its own
+            item = message_item(self.id, self.text, status, lps)
+            part = output_text(self.text, lps)
             done = self.event("response.output_text.done", **where, text=self.text,
-                              logprobs=[])
+                              logprobs=lps)
         else:
             item = reasoning_item(self.id, self.text, status)
             part = item["content"][0]
@@ -177,9 +194,10 @@ class ResponseEvents:
         ask for it at once; where it was not kept (larger than the store's byte bound
         alone, known only now), keep makes it say store false, as GET (a 404) and the
         whole answer do: response.created said true before the size was known."""
-        out = b""
+        # the logprobs of tokens of no text sent (an end token): a last delta carries them
+        out = self._delta("message", "") if self.pending else b""
         if not self.output and self.kind is None:
-            out = self._open("message")
+            out += self._open("message")
         out += self._close(reasoning if self.kind == "reasoning" else status)
         final = self.head.response(status, list(self.output), usage, incomplete)
         if keep is None:  # nothing keeps it
