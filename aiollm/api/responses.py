@@ -18,7 +18,7 @@ from aiohttp import web
 
 from aiollm.api import reasoning, sse, stored_responses
 from aiollm.api.body import decode_body
-from aiollm.api.chat_completions import chat_logprobs
+from aiollm.api.chat_logprobs import chat_logprobs
 from aiollm.api.chat_plan import ChatPlan, plan_chat
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.cut_calls import may_cut_a_call
