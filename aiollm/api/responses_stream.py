@@ -61,8 +61,9 @@ class ResponseEvents:
         # text is not sent yet (the next output_text.delta carries them)
         self.logprobs: list[dict] = []
         self.pending: list[dict] = []
-        # (seq, items, kind, id, text, call) at commit()
-        self.sent: tuple = (0, 0, None, "", "", None)
+        # (seq, items, kind, id, text, call, logprobs, how many of them) at commit(): the
+        # open message's logprobs list is only added to until it closes (then a new one)
+        self.sent: tuple = (0, 0, None, "", "", None, self.logprobs, 0)
 
     def event(self, type_: str, **fields: object) -> bytes:
         """One SSE event of type `type_` with the next sequence_number."""
@@ -209,7 +210,8 @@ class ResponseEvents:
     def commit(self) -> None:
         """Marks every event rendered so far as handed to the client: a failure undoes only
         what a render made after this (its events never went out)."""
-        self.sent = (self.seq, len(self.output), self.kind, self.id, self.text, self.call)
+        self.sent = (self.seq, len(self.output), self.kind, self.id, self.text, self.call,
+                     self.logprobs, len(self.logprobs))
 
     def failed(self, err: ApiError) -> bytes:
         """The end of a stream whose request failed after the stream began: OpenAI's error
@@ -218,8 +220,9 @@ class ResponseEvents:
         rendered after the last commit() are dropped (numbering goes on from the last event
         sent); a stream that sent none yet begins first. The failed Response says store
         false: it is not kept."""
-        self.seq, items, self.kind, self.id, self.text, self.call = self.sent
+        self.seq, items, self.kind, self.id, self.text, self.call, lps, n = self.sent
         del self.output[items:]
+        self.logprobs = lps[:n]
         out = b"" if self.seq else self.begin()
         # the Response's error code is one of OpenAI's few (the SDK's ResponseError)
         code = ("server_error" if err.status >= 500 else
@@ -229,9 +232,10 @@ class ResponseEvents:
         output = list(self.output)
         if self.kind == "function_call":
             output.append(call_item(self.id, self.call, self.text, "incomplete"))
+        elif self.kind == "message":  # with the logprobs its deltas carried
+            output.append(message_item(self.id, self.text, "incomplete", self.logprobs))
         elif self.kind is not None:
-            make = message_item if self.kind == "message" else reasoning_item
-            output.append(make(self.id, self.text, "incomplete"))
+            output.append(reasoning_item(self.id, self.text, "incomplete"))
         failed = self.head.response("failed", output,
                                     error={"code": code, "message": err.message})
         failed["store"] = False  # a failed response is not kept (a GET of it is a 404)
