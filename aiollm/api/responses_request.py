@@ -9,7 +9,7 @@ conversation first (`earlier`: its input items, then its output items; response_
 What the server does not do is refused with a 400 naming the field: background responses,
 conversations, a reusable prompt, moderation, built-in tools, image, file and audio inputs.
 The output text's logprobs (include "message.output_text.logprobs", top_logprobs
-alternatives) are chat's (responses.py).
+alternatives) are chat's (responses.py); an include value none of OpenAI's is a 400.
 Chat's min_tokens, bad_words and allowed_token_ids, which vLLM's ResponsesRequest lacks (it
 ignores them), are served as chat serves them: they ask for what the client wants.
 """
@@ -34,6 +34,14 @@ _CHAT_CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_c
                      "guided_grammar")
 _STORED = "this server keeps no background responses, conversations or prompts"
 OUTPUT_LOGPROBS = "message.output_text.logprobs"  # include's ask for the text's logprobs
+# OpenAI's include values (the openai SDK's ResponseIncludable); a value not among them is a
+# 400 at OpenAI and vLLM. The others than OUTPUT_LOGPROBS ask for the output of built-in
+# tools, input images or encrypted reasoning, none of which is made here: taken (as vLLM
+# takes them; Codex asks for encrypted reasoning in each request), they add nothing
+INCLUDABLE = ("file_search_call.results", "web_search_call.results",
+              "web_search_call.action.sources", "message.input_image.image_url",
+              "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+              "reasoning.encrypted_content", OUTPUT_LOGPROBS)
 
 
 class ResponseStreamOptions(Struct, kw_only=True):
@@ -143,6 +151,10 @@ class ResponsesRequest(Struct, kw_only=True):
                                  '"disabled" or leave it out (an input past the context is a '
                                  "400)",
                                  param="truncation")
+        for i, value in enumerate(self.include or ()):
+            if value not in INCLUDABLE:
+                raise InvalidRequest(f"include[{i}] {shown_json(value)} is none of OpenAI's "
+                                     f"values: {', '.join(INCLUDABLE)}", param=f"include[{i}]")
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_LOGPROBS:
             raise InvalidRequest(f"top_logprobs must be an integer in [0, {MAX_LOGPROBS}], "
                                  f"got {self.top_logprobs}", param="top_logprobs")
