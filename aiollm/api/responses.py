@@ -170,10 +170,10 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
 
 # OpenAI's routes under /v1/responses/ that the server does not serve, and what to use instead
 _UNSERVED = {
-    "input_tokens": "OpenAI's count of a request's input tokens) is not served: POST /tokenize "
-                    "with the messages (and tools) counts the tokens of their prompt",
-    "compact": "OpenAI's compaction of a conversation) is not served: send the turns to keep "
-               "as input items, or continue a kept response with previous_response_id",
+    "input_tokens": ("OpenAI's count of a request's input tokens", "POST /tokenize with the "
+                     "messages (and tools) counts the tokens of their prompt"),
+    "compact": ("OpenAI's compaction of a conversation", "send the turns to keep as input "
+                "items, or continue a kept response with previous_response_id"),
 }
 
 
@@ -183,7 +183,8 @@ async def unserved(request: web.Request) -> web.Response:
     says what serves the need, where the path's match of /v1/responses/{response_id} (GET
     and DELETE) made it a 405 whose Allow suggested a GET of a response of that id."""
     name = request.path.rstrip("/").rsplit("/", 1)[-1]
-    raise ApiError(404, f"POST /v1/responses/{name} ({_UNSERVED[name]}")
+    what, instead = _UNSERVED[name]
+    raise ApiError(404, f"POST /v1/responses/{name} ({what}) is not served: {instead}")
 
 
 ROUTES = [web.post("/v1/responses", create_response),
