@@ -247,6 +247,12 @@ def test_logprobs_of_the_output_text_are_chats_whole_and_streamed(client, model)
     assert sent == [t.token for t in done.logprobs] == [t.token for t in part.logprobs], sent
     last = events[-1].response.output[0].content[0]
     assert [t.token for t in last.logprobs] == sent and last.text == part.text, last
+    # kept with them; a response continuing it has its own (its tokens', none alternative)
+    assert client.responses.retrieve(whole.id).output[0].content[0].logprobs == part.logprobs
+    more = client.responses.create(**{**ask, "input": "Again.", "top_logprobs": 0},
+                                   previous_response_id=whole.id)
+    lps = more.output[0].content[0].logprobs
+    assert len(lps) == more.usage.output_tokens and all(t.top_logprobs == [] for t in lps), lps
     # OpenAI's other values are taken (Codex asks for encrypted reasoning): they add nothing
     plain = client.responses.create(**{**ask, "include": ["reasoning.encrypted_content"]})
     assert plain.output[0].content[0].logprobs == [] and plain.top_logprobs == 2, plain
