@@ -134,3 +134,23 @@ def test_top_logprobs_zero_asks_for_nothing_without_logprobs(client, model, logp
         client.chat.completions.create(model=model, messages=EMOJI, max_tokens=2,
                                        top_logprobs=1, **flag)
     assert e.value.param == "top_logprobs", e.value.body
+
+
+@pytest.mark.parametrize("call", [
+    lambda c, m: c.embeddings.create(model=m, input="hi"),
+    lambda c, m: c.audio.transcriptions.create(model=m, file=("a.wav", b"RIFF", "audio/wav")),
+    lambda c, m: c.images.generate(model=m, prompt="a cat"),
+    lambda c, m: c.moderations.create(input="hi"),
+    lambda c, m: c.files.list(),
+], ids=["embeddings", "transcriptions", "images", "moderations", "files"])
+def test_an_unserved_openai_route_says_what_is_served(client, model, call):
+    """The openai client's embeddings, audio, images, moderations and files reach routes
+    this text-generating server does not have: a 404 NotFoundError in OpenAI's shape, once a
+    bare "no such route", now saying which of OpenAI's routes the server does serve."""
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as e:
+        call(client, model)
+    assert e.value.body["type"] == "not_found_error", e.value.body
+    assert e.value.message.startswith("Error code: 404 - no such route: "), e.value.message
+    assert "serves /v1/chat/completions, /v1/completions, /v1/responses" in e.value.message

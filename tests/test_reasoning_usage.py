@@ -172,3 +172,21 @@ def test_responses_output_sent_back(thinker):
     ids = post_ok(thinker, {"messages": [ASK[0], said, {"role": "user", "content": "And?"}]},
                 "/tokenize")["tokens"]
     assert again.usage.input_tokens == len(ids)
+
+
+def test_responses_output_logprobs_are_refused_under_a_reasoning_parser(thinker):
+    """The output's tokens would be split between the reasoning item and the message (and
+    the logprobs of the tags belong to neither): include's output text logprobs is a 400
+    naming include, before anything is generated, where chat serves them whole."""
+    import openai
+
+    client = openai.OpenAI(base_url=thinker.base + "/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model=model, input=ASK[0]["content"], stream=stream,
+                                    max_output_tokens=4, top_logprobs=1,
+                                    include=["message.output_text.logprobs"])
+        assert e.value.param == "include" and "--reasoning-parser" in e.value.message
+    assert client.responses.create(model=model, input=ASK[0]["content"], max_output_tokens=4,
+                                   top_logprobs=1).status in ("completed", "incomplete")

@@ -206,7 +206,11 @@ def test_function_call_output_reaches_the_prompt(client, model):
     ({"tool_choice": "required"}, "tool_choice"),
     ({"max_output_tokens": 0}, "max_output_tokens"),
     ({"input": "x " * 600}, "input"),
-    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"top_logprobs": 21}, "top_logprobs"),
+    ({"top_logprobs": -1}, "top_logprobs"),
+    ({"include": ["message.output_text.logprobs"], "tools": [WEATHER]}, "include"),
+    # a value none of OpenAI's (a 400 there and at vLLM) was ignored: a typo asked for nothing
+    ({"include": ["message.output_text.logprobs", "output_text.logprobs"]}, "include[1]"),
     ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
     ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
     ({"input": [{"type": "reasoning", "summary": [], "encrypted_content": "gAAA"}]},
@@ -219,6 +223,55 @@ def test_unserved_or_bad_fields_are_400s_naming_them(client, model, body, param)
         client.responses.create(**{"model": model, "input": ASK, **body})
     assert e.value.param == param, e.value.body
     assert param.split(".")[-1].split("[")[0] in e.value.message, e.value.body
+
+
+def test_logprobs_of_the_output_text_are_chats_whole_and_streamed(client, model):
+    """include "message.output_text.logprobs" (and top_logprobs alternatives) was a 400
+    where vLLM answers it: the output_text carries each token's logprob, bytes and top
+    alternatives, as chat's logprobs; a stream's text deltas carry those of their tokens
+    (an end token's in a last "" delta), all of them in output_text.done and the last
+    Response. top_logprobs alone asks for none, as OpenAI and vLLM take it."""
+    ask = {"model": model, "input": "Reply with only emoji: 🎉🔥", "max_output_tokens": 12,
+           "include": ["message.output_text.logprobs"], "top_logprobs": 2, "temperature": 0}
+    whole = client.responses.create(**ask)
+    part = whole.output[0].content[0]
+    assert len(part.logprobs) == whole.usage.output_tokens, part
+    assert all(len(t.top_logprobs) == 2 for t in part.logprobs), part
+    # the tokens' bytes join to the text (an emoji's bytes split among its tokens)
+    joined = b"".join(bytes(t.bytes) for t in part.logprobs).decode(errors="replace")
+    assert joined.startswith(part.text), (joined, part.text)
+    events = list(client.responses.create(**ask, stream=True))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    [done] = [e for e in events if e.type == "response.output_text.done"]
+    sent = [t.token for e in deltas for t in e.logprobs]
+    assert sent == [t.token for t in done.logprobs] == [t.token for t in part.logprobs], sent
+    last = events[-1].response.output[0].content[0]
+    assert [t.token for t in last.logprobs] == sent and last.text == part.text, last
+    # kept with them; a response continuing it has its own (its tokens', none alternative)
+    assert client.responses.retrieve(whole.id).output[0].content[0].logprobs == part.logprobs
+    more = client.responses.create(**{**ask, "input": "Again.", "top_logprobs": 0},
+                                   previous_response_id=whole.id)
+    lps = more.output[0].content[0].logprobs
+    assert len(lps) == more.usage.output_tokens and all(t.top_logprobs == [] for t in lps), lps
+    # OpenAI's other values are taken (Codex asks for encrypted reasoning): they add nothing
+    plain = client.responses.create(**{**ask, "include": ["reasoning.encrypted_content"]})
+    assert plain.output[0].content[0].logprobs == [] and plain.top_logprobs == 2, plain
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda c, m: c.responses.input_tokens.count(model=m, input=ASK), "POST /tokenize"),
+    (lambda c, m: c.responses.compact(model=m, input=ASK), "previous_response_id"),
+], ids=["input_tokens", "compact"])
+def test_openais_unserved_responses_routes_are_404s_that_say_so(client, model, call, says):
+    """The openai client's responses.input_tokens.count and responses.compact POST to
+    /v1/responses/input_tokens and /compact: the path matched /v1/responses/{response_id}
+    and the client raised a bare APIStatusError, 405 "allowed: DELETE,GET,HEAD", as if a
+    GET of a response named input_tokens were meant. A NotFoundError names the route and
+    what serves the need instead."""
+    with pytest.raises(openai.NotFoundError) as e:
+        call(client, model)
+    assert e.value.body["type"] == "not_found_error", e.value.body
+    assert "is not served" in e.value.message and says in e.value.message, e.value.message
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -1,6 +1,7 @@
 """/v1/responses fields OpenAI's Response echoes as the request gave them (prompt_cache_key,
-safety_identifier, prompt_cache_retention, prompt_cache_options), whole, streamed and kept; and stream_options, which every endpoint
-takes with stream true only (a 400 naming it without, as chat answers it)."""
+safety_identifier, prompt_cache_retention, prompt_cache_options, max_tool_calls), whole,
+streamed and kept; and stream_options, which every endpoint takes with stream true only (a
+400 naming it without, as chat answers it)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,24 @@ def test_responses_stream_options_with_stream_are_served(server):
     assert _events(raw)[-1]["type"] in ("response.completed", "response.incomplete"), raw[-300:]
     status, _, raw = http(server, "POST", "/v1/responses", json={**ASK, "stream_options": None})
     assert status == 200, raw[:300]
+
+
+def test_max_tool_calls_is_taken_and_echoed(server):
+    """OpenAI's max_tool_calls bounds calls to built-in tools, none of which run here: a
+    client setting it (an agent framework's limit) got a 400 where OpenAI answers. It is
+    taken with function tools, echoed whole, streamed and kept; a negative count is a 400."""
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    body = {**ASK, "tools": tools, "max_tool_calls": 3}
+    status, _, raw = http(server, "POST", "/v1/responses", json=body)
+    assert status == 200, raw[:300]
+    whole = json.loads(raw)
+    assert whole["max_tool_calls"] == 3, whole
+    status, _, raw = http(server, "GET", f"/v1/responses/{whole['id']}")
+    assert status == 200 and json.loads(raw)["max_tool_calls"] == 3, raw[:300]
+    status, _, raw = http(server, "POST", "/v1/responses", json={**body, "stream": True})
+    responses = [e["response"] for e in _events(raw) if "response" in e]
+    assert status == 200 and [r["max_tool_calls"] for r in responses] == [3] * 3, raw[:300]
+    status, _, raw = http(server, "POST", "/v1/responses", json=ASK)
+    assert json.loads(raw)["max_tool_calls"] is None, raw[:300]
+    status, _, raw = http(server, "POST", "/v1/responses", json={**ASK, "max_tool_calls": -1})
+    assert status == 400 and json.loads(raw)["error"]["param"] == "max_tool_calls", raw[:300]

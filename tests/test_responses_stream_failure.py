@@ -61,9 +61,11 @@ def _stream_failing_after(tiny: str, steps: int, body: dict) -> tuple[int, list[
 
 def test_a_failure_mid_stream_ends_with_response_failed(tiny):
     """Before: an `error` event was the last word, no response.failed, so a client waiting
-    for the lifecycle's end (the SDK's stream helper, OpenAI's own streams) saw none."""
+    for the lifecycle's end (the SDK's stream helper, OpenAI's own streams) saw none. The
+    interrupted message keeps the logprobs its deltas carried (it had none of them)."""
     body = {"model": os.path.basename(tiny), "input": "Hi", "max_output_tokens": 16,
-            "temperature": 0, "stream": True, "ignore_eos": True}
+            "temperature": 0, "stream": True, "ignore_eos": True, "top_logprobs": 1,
+            "include": ["message.output_text.logprobs"]}
     status, events = _stream_failing_after(tiny, 2, body)
     assert status == 200
     types = [e["type"] for e in events]
@@ -88,6 +90,8 @@ def test_a_failure_mid_stream_ends_with_response_failed(tiny):
     texts = [c["text"] for item in failed["output"] for c in item["content"]]
     assert texts == [sent], failed
     assert failed["output"][0]["status"] == "incomplete"
+    lps = [t for e in events if e["type"] == "response.output_text.delta" for t in e["logprobs"]]
+    assert lps and failed["output"][0]["content"][0]["logprobs"] == lps, failed
 
 
 def test_a_failure_in_the_first_render_is_numbered_from_zero(tiny, monkeypatch):

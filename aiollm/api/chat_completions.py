@@ -6,7 +6,6 @@ chat logprob format.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from aiohttp import web
 
 from aiollm.api import reasoning, sse
 from aiollm.api.body import decode_body
+from aiollm.api.chat_logprobs import chat_logprobs
 from aiollm.api.chat_plan import plan_chat
 from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.choices import gather_outputs, merge
@@ -21,19 +21,16 @@ from aiollm.api.completions import vllm_prompt_logprobs
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
 from aiollm.api.http_errors import context_told, param_names
 from aiollm.api.lax_bool import lax_bool
-from aiollm.api.logprob_json import json_logprob
 from aiollm.api.openai_hints import SERVED_TIER
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import state
-from aiollm.api.token_bytes import TokenBytes
-from aiollm.api.token_names import id_name, names_by_id
+from aiollm.api.token_names import names_by_id
 from aiollm.api.usage import chunk_usage, usage_of
-from aiollm.engine.detokenizer import REPLACEMENT
 from aiollm.engine.request_group import choice_group
 
 if TYPE_CHECKING:
-    from aiollm.engine import Delta, RequestOutput, TokenLogprob
+    from aiollm.engine import Delta, RequestOutput
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -111,7 +108,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 "index": j, "message": message, "finish_reason": finish,
                 "stop_reason": out.stop_reason,
                 "logprobs": (None if out.logprobs is None
-                             else _chat_logprobs(vocab, out.logprobs, out.token_texts, by_id)),
+                             else chat_logprobs(vocab, out.logprobs, out.token_texts, by_id)),
                 **({"token_ids": list(out.token_ids)} if req.return_token_ids else {}),
             })
         # vLLM's return_token_ids: the prompt's ids once, beside the choices
@@ -189,7 +186,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 splits[j] is not None and splits[j].entered):
             delta["content"] = ""  # the whole answer's content is "", not null
         done_tokens[j] = d.completion_tokens
-        logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
+        logprobs = None if d.logprobs is None else chat_logprobs(vocab, d.logprobs,
                                                                      d.token_texts, by_id)
         # return_token_ids: every id, also of text the parsers hold back
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
@@ -265,42 +262,3 @@ def _by_call(frags: list[dict]) -> list[list[dict]]:
             groups.append([])
         groups[-1].append(f)
     return groups
-
-
-def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str],
-                   by_id: bool = False) -> dict:
-    """Chat logprobs: each token with its real bytes (a token that holds part of a UTF-8
-    character has only those bytes), so the bytes of all tokens join to the content's UTF-8
-    (decoded with errors="replace": bytes that are no character are the content's U+FFFD; a
-    character the output stops inside, dropped from the content, keeps its tokens' bytes).
-    A U+FFFD that the detokenizer held back and gave the next token's text stays its own
-    token's bytes. A token whose text is not all in the content (skipped special, stop
-    token, cut by a stop string) reports the bytes of the part that is. With a reasoning
-    parser they join to the whole output: the reasoning, its tags and the content. by_id:
-    each token is named "token_id:N" (return_tokens_as_token_ids); its bytes stay its own
-    (vLLM gives a top alternative the bytes of its name, which are no token's). An
-    impossible token's logprob (-inf) is sent as -9999.0 (api/logprob_json.py)."""
-    def entry(token_id: int, logprob: float) -> dict:
-        return {"token": id_name(token_id) if by_id else vocab.text_of(token_id),
-                "logprob": json_logprob(logprob),
-                "bytes": list(vocab.bytes_of(token_id))}
-
-    content = []
-    for lp, text in zip(lps, texts):
-        e = entry(lp.token_id, lp.logprob)
-        real = vocab.bytes_of(lp.token_id)
-        try:
-            whole = real.decode()
-        except UnicodeDecodeError:  # part of a character: its neighbours complete it
-            whole = text
-        if whole and not whole.strip(REPLACEMENT):
-            # a whole U+FFFD, which the detokenizer holds back as it does a character's
-            # first bytes (dropped at the end, else the next token's text): its own bytes
-            whole = text
-        elif whole and text.endswith(whole) and not text[:-len(whole)].strip(REPLACEMENT):
-            # the U+FFFD held back from the tokens before (their bytes are theirs) + its own
-            whole = text
-        if whole != text:
-            e["bytes"] = list(text.encode())
-        content.append({**e, "top_logprobs": [entry(t, v) for t, v in lp.top]})
-    return {"content": content}

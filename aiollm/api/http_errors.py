@@ -22,6 +22,11 @@ from aiollm.sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1  # what an overloaded server tells clients to wait
+# what an unknown /v1/ route's 404 adds: the openai client's embeddings, audio, images, ...
+# reach a server that serves none of them, and "no such route" alone did not say so
+OPENAI_SERVED = ("; of OpenAI's API this server serves /v1/chat/completions, /v1/completions, "
+                 "/v1/responses and /v1/models, for a model that generates text (no "
+                 "embeddings, audio, images, moderations, files or batches)")
 # the fields SamplingParams and the engine name in their errors
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)} | {"prompt"}
 
@@ -164,6 +169,8 @@ def http_exception_error(exc: web.HTTPException, request: web.Request) -> ApiErr
     status = exc.status
     if status == 404:
         message = f"no such route: {request.method} {request.path}"
+        if request.path.startswith("/v1/"):  # an OpenAI client's call of a route not served
+            message += OPENAI_SERVED
     elif status == 405:
         message = f"method not allowed; allowed: {exc.headers.get('Allow', '')}"
     elif status == 413:

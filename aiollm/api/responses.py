@@ -18,20 +18,22 @@ from aiohttp import web
 
 from aiollm.api import reasoning, sse, stored_responses
 from aiollm.api.body import decode_body
+from aiollm.api.chat_logprobs import chat_logprobs
 from aiollm.api.chat_plan import ChatPlan, plan_chat
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.cut_calls import may_cut_a_call
-from aiollm.api.http_errors import context_told, param_names
+from aiollm.api.http_errors import ApiError, context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.response_input import input_weight
 from aiollm.api.response_items import input_items
 from aiollm.api.responses_output import (ResponseHead, answer_items, reasoning_status,
                                          status_of, usage_of)
-from aiollm.api.responses_request import ResponsesRequest, responses_names
+from aiollm.api.responses_request import OUTPUT_LOGPROBS, ResponsesRequest, responses_names
 from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.state import state
 from aiollm.api.stored_responses import kept, referenced
+from aiollm.api.token_bytes import TokenBytes
 from aiollm.engine.request_group import choice_group
 from aiollm.engine.submission import off_loop
 
@@ -69,6 +71,14 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     # their parts) are many (as chat's messages are checked: chat_request.message_dicts)
     size = input_weight(req.input, earlier)
     plan = await plan_chat(st, await off_loop(size, req.as_chat, earlier))
+    vocab = None
+    if plan.logprobs is not None:
+        if plan.parser is not None or plan.thinking:
+            # the tokens would be split among reasoning, messages and calls
+            raise ApiError(400, f'include "{OUTPUT_LOGPROBS}" is served for an answer of '
+                           'text alone: not with tools (leave them out, or send tool_choice '
+                           '"none") nor under a server\'s --reasoning-parser', param="include")
+        vocab = await st.token_bytes()
     store = req.store is not False and st.responses.keeps
     head = ResponseHead(req, st.model_name, plan.params[0], store)
     # kept with the response: the conversation it answers, each item with an id
@@ -82,7 +92,7 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
             response["store"] = False
 
     if req.stream:
-        return await _stream(request, req, plan, head, keep)
+        return await _stream(request, req, plan, head, keep, vocab)
     group = choice_group(1)
     [out] = await gather_outputs([st.engine.generate(plan.ids, plan.params[0],
                                                      cache_salt=req.cache_salt, group=group)])
@@ -100,6 +110,9 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     before = plan.stream_calls().feed(text) if calls else content
     output = answer_items(thought, content, calls, before, status,
                           reasoning_status(status, cut_inside))
+    if vocab is not None and out.logprobs is not None:  # an answer of one message
+        output[0]["content"][0]["logprobs"] = chat_logprobs(
+            vocab, out.logprobs, out.token_texts, st.return_tokens_as_token_ids)["content"]
     usage = usage_of(len(plan.ids), out.completion_tokens, out.cached_tokens, thought_tokens)
     response = head.response(status, output, usage, incomplete)
     keep(response)
@@ -107,8 +120,11 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
 
 
 async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
-                  head: ResponseHead, keep: Callable[[dict], None]) -> web.StreamResponse:
+                  head: ResponseHead, keep: Callable[[dict], None],
+                  vocab: TokenBytes | None) -> web.StreamResponse:
+    """The response as typed events; vocab: the tokens' bytes where logprobs are asked."""
     events = ResponseEvents(head)
+    by_id = state(request).return_tokens_as_token_ids
     splitter, calls = plan.splitter(), plan.stream_calls()
     thought_tokens = None if splitter is None else reasoning.ReasoningTokens(splitter)
     said: list[str] = []  # the content's deltas, read again at the end (stopped_in_call)
@@ -122,6 +138,8 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
         _, d = item
         out = b"" if events.seq else events.begin()
         text, finish = d.text, d.finish_reason
+        if vocab is not None and d.logprobs:
+            events.add_logprobs(chat_logprobs(vocab, d.logprobs, d.token_texts, by_id)["content"])
         thought = ""
         if splitter is not None:
             thought, text = splitter.feed(text)
@@ -150,4 +168,25 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
     return await sse.send(request, merge([start]), render, lambda: b"", on_error=events.failed)
 
 
-ROUTES = [web.post("/v1/responses", create_response), *stored_responses.ROUTES]
+# OpenAI's routes under /v1/responses/ that the server does not serve, and what to use instead
+_UNSERVED = {
+    "input_tokens": ("OpenAI's count of a request's input tokens", "POST /tokenize with the "
+                     "messages (and tools) counts the tokens of their prompt"),
+    "compact": ("OpenAI's compaction of a conversation", "send the turns to keep as input "
+                "items, or continue a kept response with previous_response_id"),
+}
+
+
+async def unserved(request: web.Request) -> web.Response:
+    """POST /v1/responses/input_tokens and /v1/responses/compact (the openai client's
+    responses.input_tokens.count and responses.compact): a 404 that names the route and
+    says what serves the need, where the path's match of /v1/responses/{response_id} (GET
+    and DELETE) made it a 405 whose Allow suggested a GET of a response of that id."""
+    name = request.path.rstrip("/").rsplit("/", 1)[-1]
+    what, instead = _UNSERVED[name]
+    raise ApiError(404, f"POST /v1/responses/{name} ({what}) is not served: {instead}")
+
+
+ROUTES = [web.post("/v1/responses", create_response),
+          *(web.post(f"/v1/responses/{name}", unserved) for name in _UNSERVED),
+          *stored_responses.ROUTES]

@@ -38,14 +38,16 @@ def status_of(finish_reason: str | None, in_call: bool = False
     return "completed", None
 
 
-def output_text(text: str) -> dict:
-    """A message's output_text content part (no annotations, no logprobs)."""
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def output_text(text: str, logprobs: list[dict] | None = None) -> dict:
+    """A message's output_text content part (no annotations); `logprobs`: its tokens'
+    (chat's entries: token, logprob, bytes, top_logprobs), none where not asked."""
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
-def message_item(id_: str, text: str | None, status: str) -> dict:
+def message_item(id_: str, text: str | None, status: str,
+                 logprobs: list[dict] | None = None) -> dict:
     """The assistant's message; `text` None: not begun (no content parts yet)."""
-    content = [] if text is None else [output_text(text)]
+    content = [] if text is None else [output_text(text, logprobs)]
     return {"id": id_, "type": "message", "role": "assistant", "status": status,
             "content": content}
 
@@ -135,7 +137,7 @@ class ResponseHead:
             "id": self.id, "object": "response", "created_at": self.created_at,
             "status": status, "background": False, "error": error,
             "incomplete_details": incomplete, "instructions": r.instructions,
-            "max_output_tokens": r.max_output_tokens, "max_tool_calls": None,
+            "max_output_tokens": r.max_output_tokens, "max_tool_calls": r.max_tool_calls,
             "metadata": r.metadata, "model": self.model, "output": output,
             "parallel_tool_calls": r.parallel_tool_calls is not False,
             "previous_response_id": r.previous_response_id,

@@ -7,8 +7,9 @@ renders, samples and constrains it as it would a chat completion (aiollm/api/cha
 A request continuing a kept response (previous_response_id) is given that response's
 conversation first (`earlier`: its input items, then its output items; response_store.py).
 What the server does not do is refused with a 400 naming the field: background responses,
-conversations, a reusable prompt, moderation, built-in tools, image, file and audio inputs,
-logprobs.
+conversations, a reusable prompt, moderation, built-in tools, image, file and audio inputs.
+The output text's logprobs (include "message.output_text.logprobs", top_logprobs
+alternatives) are chat's (responses.py); an include value none of OpenAI's is a 400.
 Chat's min_tokens, bad_words and allowed_token_ids, which vLLM's ResponsesRequest lacks (it
 ignores them), are served as chat serves them: they ask for what the client wants.
 """
@@ -27,10 +28,20 @@ from aiollm.api.openai_hints import (VERBOSITIES, ResponsePromptCacheOptions, ch
 from aiollm.api.protocol import Stop, TopK, refuse_unserved
 from aiollm.api.response_input import input_messages
 from aiollm.errors import InvalidRequest, check_type, missing, shown_json
+from aiollm.sampling_params import MAX_LOGPROBS
 
 _CHAT_CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice",
                      "guided_grammar")
 _STORED = "this server keeps no background responses, conversations or prompts"
+OUTPUT_LOGPROBS = "message.output_text.logprobs"  # include's ask for the text's logprobs
+# OpenAI's include values (the openai SDK's ResponseIncludable); a value not among them is a
+# 400 at OpenAI and vLLM. The others than OUTPUT_LOGPROBS ask for the output of built-in
+# tools, input images or encrypted reasoning, none of which is made here: taken (as vLLM
+# takes them; Codex asks for encrypted reasoning in each request), they add nothing
+INCLUDABLE = ("file_search_call.results", "web_search_call.results",
+              "web_search_call.action.sources", "message.input_image.image_url",
+              "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+              "reasoning.encrypted_content", OUTPUT_LOGPROBS)
 
 
 class ResponseStreamOptions(Struct, kw_only=True):
@@ -64,9 +75,10 @@ class ResponsesRequest(Struct, kw_only=True):
     service_tier: str | None = None
     truncation: str | None = None
     include: list[str] | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = None  # alternatives per token, with include's logprobs
+    # echoed in the Response as given (OpenAI's Response carries them), else unused;
+    # max_tool_calls bounds calls to built-in tools (OpenAI's), of which none run here
     max_tool_calls: int | None = None
-    # echoed in the Response as given (OpenAI's Response carries them), else unused
     prompt_cache_key: str | None = None
     prompt_cache_options: ResponsePromptCacheOptions | None = None
     prompt_cache_retention: str | None = None
@@ -139,18 +151,21 @@ class ResponsesRequest(Struct, kw_only=True):
                                  '"disabled" or leave it out (an input past the context is a '
                                  "400)",
                                  param="truncation")
-        if self.top_logprobs:
-            raise InvalidRequest("top_logprobs is not served on /v1/responses: send 0 or "
-                                 "leave it out (/v1/chat/completions serves logprobs)",
-                                 param="top_logprobs")
-        if "message.output_text.logprobs" in (self.include or ()):
-            raise InvalidRequest('include "message.output_text.logprobs" is not served: '
-                                 "/v1/chat/completions serves logprobs", param="include")
-        if self.max_tool_calls is not None:
-            raise InvalidRequest("max_tool_calls is not served: the server runs no tools, each "
-                                 "response ends at the model's calls; leave it out "
-                                 "(parallel_tool_calls false allows one)",
-                                 param="max_tool_calls")
+        for i, value in enumerate(self.include or ()):
+            if value not in INCLUDABLE:
+                raise InvalidRequest(f"include[{i}] {shown_json(value)} is none of OpenAI's "
+                                     f"values: {', '.join(INCLUDABLE)}", param=f"include[{i}]")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_LOGPROBS:
+            raise InvalidRequest(f"top_logprobs must be an integer in [0, {MAX_LOGPROBS}], "
+                                 f"got {self.top_logprobs}", param="top_logprobs")
+        if self.max_tool_calls is not None and self.max_tool_calls < 0:
+            raise InvalidRequest(f"max_tool_calls must be a count of calls (>= 0), got "
+                                 f"{self.max_tool_calls}", param="max_tool_calls")
+
+    def wants_logprobs(self) -> bool:
+        """Whether the output text's logprobs are asked for (include, as OpenAI and vLLM
+        take it: top_logprobs alone asks for none)."""
+        return OUTPUT_LOGPROBS in (self.include or ())
 
     def as_chat(self, earlier: Sequence[dict] = ()) -> ChatCompletionRequest:
         """The chat request this one stands for, its input following the items `earlier`
@@ -177,7 +192,8 @@ class ResponsesRequest(Struct, kw_only=True):
             chat_template_kwargs=self.chat_template_kwargs, user=self.user,
             cache_salt=self.cache_salt, request_id=self.request_id,
             metadata=self.metadata, structured_outputs=self.structured_outputs,
-            logit_bias=self.logit_bias)
+            logit_bias=self.logit_bias, logprobs=self.wants_logprobs(),
+            top_logprobs=(self.top_logprobs or 0) if self.wants_logprobs() else None)
 
 
 def response_format(text: dict | None) -> dict | None:

@@ -13,6 +13,10 @@ counting from 0, in OpenAI's order:
     [message item of the text after the calls, if any]
     response.completed
 
+Where the text's logprobs are asked, each output_text.delta carries those of its tokens
+(tokens whose text is held back wait for the next; an end token's come in a last "" delta),
+and output_text.done, the item and the last Response all of them.
+
 Each item's status is in output_item.done: a message ends in the Response's status, the
 reasoning "completed" unless the output was cut (max_output_tokens) inside it, then
 "incomplete", as OpenAI marks it (responses_output.reasoning_status).
@@ -53,8 +57,13 @@ class ResponseEvents:
         self.text = ""  # the open item's text (a call's arguments) so far
         self.call: ToolCall | None = None  # the open function call (its call_id and name)
         self.call_index = 0  # the open call's place among the output's calls
-        # (seq, items, kind, id, text, call) at commit()
-        self.sent: tuple = (0, 0, None, "", "", None)
+        # the message text's logprobs (where asked): those sent, those of tokens whose
+        # text is not sent yet (the next output_text.delta carries them)
+        self.logprobs: list[dict] = []
+        self.pending: list[dict] = []
+        # (seq, items, kind, id, text, call, logprobs, how many of them) at commit(): the
+        # open message's logprobs list is only added to until it closes (then a new one)
+        self.sent: tuple = (0, 0, None, "", "", None, self.logprobs, 0)
 
     def event(self, type_: str, **fields: object) -> bytes:
         """One SSE event of type `type_` with the next sequence_number."""
@@ -95,6 +104,10 @@ class ResponseEvents:
             out += self.end_call(found) + self.content(rest)
         return out
 
+    def add_logprobs(self, entries: list[dict]) -> None:
+        """The logprobs of a delta's tokens (chat's entries), for the next text delta."""
+        self.pending += entries
+
     def call_fragment(self, delta: CallDelta) -> bytes:
         """A call's fragment: its first (the name) closes the open item and opens the
         function_call item, the next ones are its arguments' deltas."""
@@ -125,7 +138,10 @@ class ResponseEvents:
         self.text += text
         delta = ("response.output_text.delta" if kind == "message"
                  else "response.reasoning_text.delta")
-        extra = {"logprobs": []} if kind == "message" else {}
+        extra = {}
+        if kind == "message":
+            extra["logprobs"], self.pending = self.pending, []
+            self.logprobs += extra["logprobs"]
         return out + self.event(delta, item_id=self.id, output_index=len(self.output),
                                 content_index=0, delta=text, **extra)
 
@@ -153,9 +169,11 @@ class ResponseEvents:
             return out
         where = {"item_id": self.id, "output_index": len(self.output), "content_index": 0}
         if self.kind == "message":
-            item, part = message_item(self.id, self.text, status), output_text(self.text)
+            lps, self.logprobs = self.logprobs, []  # the next message's are its own
+            item = message_item(self.id, self.text, status, lps)
+            part = output_text(self.text, lps)
             done = self.event("response.output_text.done", **where, text=self.text,
-                              logprobs=[])
+                              logprobs=lps)
         else:
             item = reasoning_item(self.id, self.text, status)
             part = item["content"][0]
@@ -177,9 +195,10 @@ class ResponseEvents:
         ask for it at once; where it was not kept (larger than the store's byte bound
         alone, known only now), keep makes it say store false, as GET (a 404) and the
         whole answer do: response.created said true before the size was known."""
-        out = b""
+        # the logprobs of tokens of no text sent (an end token): a last delta carries them
+        out = self._delta("message", "") if self.pending else b""
         if not self.output and self.kind is None:
-            out = self._open("message")
+            out += self._open("message")
         out += self._close(reasoning if self.kind == "reasoning" else status)
         final = self.head.response(status, list(self.output), usage, incomplete)
         if keep is None:  # nothing keeps it
@@ -191,7 +210,8 @@ class ResponseEvents:
     def commit(self) -> None:
         """Marks every event rendered so far as handed to the client: a failure undoes only
         what a render made after this (its events never went out)."""
-        self.sent = (self.seq, len(self.output), self.kind, self.id, self.text, self.call)
+        self.sent = (self.seq, len(self.output), self.kind, self.id, self.text, self.call,
+                     self.logprobs, len(self.logprobs))
 
     def failed(self, err: ApiError) -> bytes:
         """The end of a stream whose request failed after the stream began: OpenAI's error
@@ -200,8 +220,9 @@ class ResponseEvents:
         rendered after the last commit() are dropped (numbering goes on from the last event
         sent); a stream that sent none yet begins first. The failed Response says store
         false: it is not kept."""
-        self.seq, items, self.kind, self.id, self.text, self.call = self.sent
+        self.seq, items, self.kind, self.id, self.text, self.call, lps, n = self.sent
         del self.output[items:]
+        self.logprobs = lps[:n]
         out = b"" if self.seq else self.begin()
         # the Response's error code is one of OpenAI's few (the SDK's ResponseError)
         code = ("server_error" if err.status >= 500 else
@@ -211,9 +232,10 @@ class ResponseEvents:
         output = list(self.output)
         if self.kind == "function_call":
             output.append(call_item(self.id, self.call, self.text, "incomplete"))
+        elif self.kind == "message":  # with the logprobs its deltas carried
+            output.append(message_item(self.id, self.text, "incomplete", self.logprobs))
         elif self.kind is not None:
-            make = message_item if self.kind == "message" else reasoning_item
-            output.append(make(self.id, self.text, "incomplete"))
+            output.append(reasoning_item(self.id, self.text, "incomplete"))
         failed = self.head.response("failed", output,
                                     error={"code": code, "message": err.message})
         failed["store"] = False  # a failed response is not kept (a GET of it is a 404)

@@ -40,7 +40,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        "OpenAI's routes of stored chat completions answer as a store "
                        "that keeps none: GET /v1/chat/completions lists none, and these "
                        "answer a 404: /v1/chat/completions/{completion_id}, "
-                       "/v1/chat/completions/{completion_id}/messages.")
+                       "/v1/chat/completions/{completion_id}/messages. These answer a 404 "
+                       "saying what serves the need instead: OpenAI's "
+                       "/v1/responses/input_tokens, /v1/responses/compact.")
     s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
     s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=ModelFlag,
                    metavar="MODEL",
