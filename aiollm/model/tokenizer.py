@@ -53,9 +53,11 @@ def load_serving_tokenizer(path: str | None) -> ServingTokenizer | PreTrainedTok
     gguf_path = os.path.join(model_dir, gguf_name)
     cache = GGUFCache(gguf_path)
     if cache.tokenizer_dir is None:
-        tok = load_tokenizer(path)  # converts, and caches when the cache is on
+        # converts, and caches when the cache is on; load_tokenizer's copy of the conversion
+        # (0.13 s at 49k tokens) only when there is no cached one to serve
+        _load(model_dir, gguf_name, _stamp(gguf_path))
         if cache.tokenizer_dir is None:
-            return tok
+            return load_tokenizer(path)
     from aiollm.model.serving_tokenizer import NotServedNatively, ServingTokenizer
 
     try:
