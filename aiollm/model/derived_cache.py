@@ -267,11 +267,11 @@ class GGUFCache:
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
 # refused on the way; the weights: their names and values from a GGUF file's tensors; the
 # parameters: their layout from those, and the scalars folded into them (granite_scales.py).
-_CONFIG_CODE = ("config", "rope_config", "rope", "weights_gguf", "gguf_metadata", "gguf_moe",
-                "gguf_phi3", "gguf_eog", "gguf_granite", "derived_cache")
-_WEIGHTS_CODE = ("weights_gguf",)
+_CONFIG_CODE = ("config", "rope_config", "rope", "weights_gguf", "gguf_reader", "gguf_metadata",
+                "gguf_moe", "gguf_phi3", "gguf_eog", "gguf_granite", "derived_cache")
+_WEIGHTS_CODE = ("weights_gguf", "gguf_reader")
 _LAYOUT_CODE = ("llama", "mlp", "linear", "moe", "weights", "weights_layout", "weights_gguf",
-                "gguf_metadata", "gguf_granite", "granite_scales")
+                "gguf_reader", "gguf_metadata", "gguf_granite", "granite_scales")
 
 
 @functools.cache
