@@ -128,9 +128,6 @@ REFUSED = (
             "prompts are always prefilled in chunks of a step's token budget: to prefill a "
             "prompt in one step, raise --max-prefill-tokens (--max-num-batched-tokens) to "
             "--max-model-len", takes_value=False),
-    Refusal(("--enable-log-requests",),
-            "request contents are never logged; --log-level debug logs each HTTP request's "
-            "method, path, status and id (X-Request-Id)", takes_value=False),
     Refusal(("--download-dir",),
             "models are never downloaded: MODEL is a local directory or .gguf file "
             "(download it first, e.g. `hf download ID --local-dir DIR`)"),
@@ -212,6 +209,10 @@ NO_EFFECT = {
                                 "--max-prefill-tokens a step",
     "--disable-log-requests": "request contents are never logged",
     "--no-enable-log-requests": "request contents are never logged",
+    # a log line changes no output, as --uvicorn-log-level's does not (SGLang's
+    # --log-requests, which its own --config example sets, is taken alike)
+    "--enable-log-requests": "request contents are never logged; --log-level debug logs "
+                             "each HTTP request's method, path, status and id (X-Request-Id)",
     # vLLM too serves an architecture it implements with its own code, flag or not; a
     # checkpoint needing its own code has a model_type aiollm refuses, naming those it serves
     "--trust-remote-code": "no code from a checkpoint is ever run: the model types aiollm "

@@ -13,8 +13,9 @@ vLLM's StructuredOutputsConfig (vllm/config/structured_outputs.py) has seven key
 - reasoning_parser: --reasoning-parser ("", vLLM's default, is not set), whose grammar shapes
   the output from its first token, reasoning included, as vLLM's enable_in_reasoning true
   (vLLM's default false starts it after the reasoning: the log line says so);
-- disable_fallback (either value), disable_any_whitespace true (JSON output here always has
-  fixed whitespace), disable_additional_properties false, reasoning_parser_plugin "" and
+- disable_fallback (either value), disable_any_whitespace true (a response format's JSON
+  here always has fixed whitespace; tool calls' arguments may hold whitespace, which the log
+  line says), disable_additional_properties false, reasoning_parser_plugin "" and
   enable_in_reasoning true (a grammar here always shapes the output from its first token)
   ask for what aiollm does: taken, with a log line saying they change nothing, as -cc's keys;
   so are disable_any_whitespace false and enable_in_reasoning false without a reasoning
@@ -163,8 +164,11 @@ def _said(key: str, item: Any, reasoning: bool) -> str:
         return (" has no effect: xgrammar is the one grammar library, with none to fall back "
                 "to; a grammar it refuses gets 400")
     if key == "disable_any_whitespace":
-        return (" has no effect: JSON output has fixed whitespace (one space after ':' and "
-                "','), which vLLM's grammar allows too")
+        # vLLM's forced tool calls are grammars of this backend too, compact under true
+        return (" has no effect: a response format's JSON has fixed whitespace (one space "
+                "after ':' and ','), which vLLM's grammar allows too; tool calls' arguments "
+                "may still hold runs of whitespace (up to 16 characters), which vLLM's "
+                "forced calls (tool_choice required or named) would not")
     if key == "disable_additional_properties":
         return " has no effect: vLLM's guidance backend's option, false as it is here"
     if key == "reasoning_parser_plugin":

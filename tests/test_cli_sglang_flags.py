@@ -205,6 +205,9 @@ def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
     # SGLang's docs' launch flags that stopped at "unrecognized arguments"
     "--dist-timeout 600", "--decode-log-interval 40", "--show-time-cost",
     "--enable-metrics-for-all-schedulers", "--disable-cuda-graph-padding",
+    # set by SGLang's --config example (log-requests: true) and vLLM's recipes'
+    # (stream-interval: 20): no output changes
+    "--log-requests", "--stream-interval 20",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -237,6 +240,21 @@ def test_what_sglangs_launch_flags_do_here_is_logged(caplog):
     with caplog.at_level(logging.INFO, logger="aiollm"):
         checked_config(args.command_parser, args)
     assert "--cuda-graph-bs 1 2 4 8 has no effect: CUDA graphs are off" in caplog.text
+
+
+def test_log_requests_and_stream_interval_are_logged_as_changing_nothing(caplog, capsys):
+    """SGLang's --config example sets log-requests: true and vLLM's GPT-OSS recipes
+    stream-interval: 20; both stopped the start, though neither changes an output."""
+    args = parse("--log-requests --stream-interval 20")
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        checked_config(args.command_parser, args)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("--log-requests has no effect: request contents are never "
+                            "logged; --log-level debug") for m in said), said
+    assert any(m.startswith("--stream-interval 20 has no effect: streams send each step's "
+                            "tokens") for m in said), said
+    assert "argument --stream-interval: invalid int value: 'x'" in refusal(
+        "--stream-interval x", capsys)
 
 
 @pytest.mark.parametrize("line", ["--cuda-graph-max-bs 32 --cuda-graph-bs 1 2 4",
@@ -336,12 +354,10 @@ def test_a_model_after_the_graph_sizes_is_named_as_read_as_a_size(capsys):
     ("--speculative-num-steps 3", ("speculative decoding",)),
     ("--schedule-policy lpm", ("first come, first served",)),
     ("--schedule-conservativeness 0.3", ("--scheduler",)),
-    ("--log-requests", ("never logged", "--log-level debug")),
     ("--is-embedding", ("generative models only",)),
     ("--enable-multimodal", ("text alone",)),
     ("--lora-paths a=/x", ("merged",)),
     ("--grammar-backend outlines", ("xgrammar",)),
-    ("--stream-interval 8", ("each step's tokens",)),
     ("--disable-overlap-schedule", ("step N+1",)),
     ("--allow-auto-truncate", ("never cut short",)),
     ("--page-size 16", ("token-level",)),

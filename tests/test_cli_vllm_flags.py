@@ -89,7 +89,7 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
 
 @pytest.mark.parametrize("line", [
     "--enable-auto-tool-choice", "--enable-chunked-prefill", "--disable-log-requests",
-    "--no-enable-log-requests", "--no-trust-remote-code",
+    "--no-enable-log-requests", "--enable-log-requests", "--no-trust-remote-code",
     # vLLM too serves the architectures it implements with its own code, flag or not
     "--trust-remote-code", "--disable-custom-all-reduce",
     "--enable-request-id-headers",  # X-Request-Id is always sent
@@ -156,7 +156,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--max-logprobs 50", ("20",)),
     ("--scheduling-policy priority", ("first come", "priority")),
     ("--no-enable-chunked-prefill", ("--max-prefill-tokens",)),
-    ("--enable-log-requests", ("--log-level debug",)),
     ("--download-dir /d", ("local",)),
     ("--revision main", ("local",)),
     ("--tokenizer-mode mistral", ("tokenizer.json",)),

@@ -64,6 +64,10 @@ REFUSED = [
     ("/v1/chat/completions", _chat(guided_json=SCHEMA), "guided_json"),
     ("/v1/chat/completions", _chat(guided_choice=["a", "b"]), "guided_choice"),
     ("/v1/chat/completions", _chat(guided_grammar='root ::= "a"'), "guided_grammar"),
+    # SGLang's (--grammar-backend none is its flag)
+    ("/v1/chat/completions", _chat(regex="[ab]+"), "regex"),
+    ("/v1/chat/completions", _chat(ebnf='root ::= "a"'), "ebnf"),
+    ("/v1/completions", _completion(json_schema=json.dumps(SCHEMA)), "json_schema"),
     ("/v1/chat/completions", _chat(structured_outputs={"regex": "[ab]+"}),
      "structured_outputs.regex"),
     ("/v1/chat/completions", _chat(tools=TOOLS, tool_choice="required"), "tool_choice"),

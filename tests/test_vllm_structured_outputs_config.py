@@ -55,7 +55,8 @@ class StructuredOutputsConfig:
     (SOC + '.reasoning_parser "" --reasoning-parser qwen3', "xgrammar", "qwen3",
      '.reasoning_parser="" has no effect'),
     (SOC + ".backend xgrammar " + SOC + ".disable_any_whitespace true", "xgrammar", None,
-     ".disable_any_whitespace=true has no effect: JSON output has fixed whitespace"),
+     ".disable_any_whitespace=true has no effect: a response format's JSON has fixed "
+     "whitespace"),
     (SOC + ".disable_any_whitespace false", "xgrammar", None,
      ".disable_any_whitespace=false has no effect"),
     (SOC + ".disable_additional_properties false", "xgrammar", None,

@@ -19,6 +19,8 @@ class CompletionRequest(SamplingFields, kw_only=True):
     prompt_logprobs: int | None = None  # vLLM's: each prompt token's logprob and top-N
     # vLLM's: false tokenizes a text prompt without the tokenizer's start token (<s>...)
     add_special_tokens: bool = True
+    # SGLang's: a JSON schema (its text, or the object) the output follows, as guided_json
+    json_schema: Any = None
     # OpenAI's, not served: refused when they would change the output (check_unserved)
     suffix: str | None = None
     best_of: int | None = None

@@ -75,6 +75,9 @@ class SamplingFields(Struct, kw_only=True):
     guided_regex: Any = None
     guided_choice: Any = None
     guided_grammar: Any = None
+    # SGLang's names of guided_regex and guided_grammar (its docs send them in extra_body)
+    regex: Any = None
+    ebnf: Any = None
     logit_bias: Any = None
     allowed_token_ids: Any = None
     # vLLM's: words never generated (SamplingParams.bad_words checks them)
@@ -132,8 +135,7 @@ class SamplingFields(Struct, kw_only=True):
         return kept_prompt_tokens(self.truncate_prompt_tokens, max_model_len)
 
     def constraint(self) -> Constraint | None:
-        fields = {f: getattr(self, f) for f in ("guided_json", "guided_regex", "guided_choice",
-                                                "guided_grammar")}
+        fields = {f: getattr(self, f, None) for f in structured.GUIDED_FIELDS}
         return structured.constraint(
             [structured.response_format(self.response_format),
              structured.structured_outputs(self.structured_outputs), *structured.guided(fields)],

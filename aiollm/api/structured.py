@@ -6,8 +6,9 @@ OpenAI: `response_format` ({"type": "text" | "json_object" | "json_schema", "jso
 `logit_bias` ({"token id in decimal digits": bias}, clipped to [-100, 100]). vLLM's
 extensions: `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` (EBNF, as
 xgrammar takes it) and the newer `structured_outputs` object ({"json" | "regex" | "choice" |
-"grammar" | "json_object" | "structural_tag": ...}), `allowed_token_ids`. LightLLM's
-/generate: `guided_json`, `guided_grammar`, `regular_constraint`, `allowed_token_ids`.
+"grammar" | "json_object" | "structural_tag": ...}), `allowed_token_ids`. SGLang's: `regex`,
+`ebnf` and (/v1/completions) `json_schema`. LightLLM's /generate: `guided_json`,
+`guided_grammar`, `regular_constraint`, `allowed_token_ids`.
 
 At most one grammar per request: two are refused (400) rather than one silently dropped.
 What the grammar library would compile without enforcing (a JSON schema keyword, a regex
@@ -187,15 +188,23 @@ def _json_object(value: Any, param: str) -> GrammarSpec:
     return GrammarSpec("json_object", "", param)
 
 
+# a field of one grammar -> (its GrammarSpec kind, the reading of its value): vLLM's guided_*,
+# LightLLM's regular_constraint, SGLang's regex, ebnf (xgrammar's EBNF, as its default
+# backend reads it) and json_schema (JSON text; /v1/completions' alone, as in SGLang)
+_GUIDED = {"guided_json": ("json_schema", _schema), "guided_regex": ("regex", _text),
+           "regular_constraint": ("regex", _text), "guided_choice": ("choice", _choice),
+           "guided_grammar": ("ebnf", _text), "regex": ("regex", _text),
+           "ebnf": ("ebnf", _text), "json_schema": ("json_schema", _schema)}
+# those /v1/completions and /v1/chat/completions read (a field a body lacks is None)
+GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "regex",
+                 "ebnf", "json_schema")
+
+
 def guided(fields: dict[str, Any], prefix: str = "") -> list[GrammarSpec]:
-    """vLLM's guided_* fields (and LightLLM's regular_constraint); errors name
-    prefix + field."""
+    """The grammars of `fields` (a field of _GUIDED -> its value, None where not sent);
+    errors name prefix + field."""
     specs = []
-    for name, kind, conv in (("guided_json", "json_schema", _schema),
-                             ("guided_regex", "regex", _text),
-                             ("regular_constraint", "regex", _text),
-                             ("guided_choice", "choice", _choice),
-                             ("guided_grammar", "ebnf", _text)):
+    for name, (kind, conv) in _GUIDED.items():
         param = prefix + name
         if fields.get(name) is not None:
             specs.append(GrammarSpec(kind, conv(fields[name], param), param))

@@ -141,9 +141,6 @@ REFUSED = (
     Refusal(("--schedule-conservativeness",),
             "admission is chosen by --scheduler (aggressive, conservative or past_future), "
             "not scaled by a factor", same=("1", "1.0")),
-    Refusal(("--log-requests",),
-            "request contents are never logged; --log-level debug logs each HTTP request's "
-            "method, path, status and id (X-Request-Id)", takes_value=False),
     Refusal(("--is-embedding",),
             f"{vllm_flags.GENERATIVE_ONLY}; leave the flag out to generate text",
             takes_value=False),
@@ -154,9 +151,6 @@ REFUSED = (
     Refusal(("--json-model-override-args",),
             "the model's config.json is read as it is: serve a copy of the model directory "
             "with the values changed in its config.json", same=("{}",)),
-    Refusal(("--stream-interval",),
-            "streams send each step's tokens as they are sampled, one step at a time; leave "
-            "the flag out", same=("1",)),
     Refusal(("--disable-overlap-schedule",),
             "the loop always plans step N+1 while step N runs on the GPU, and nothing turns "
             "that off (outputs are the same either way); leave the flag out",
@@ -179,6 +173,10 @@ REFUSED = (
 # switches that ask for what aiollm always does -> why they change nothing (--help)
 NO_EFFECT = {
     "--enable-metrics": "/metrics is always served (Prometheus text)",
+    # set by SGLang's own --config example; a log line changes no output, as
+    # --uvicorn-log-level's does not
+    "--log-requests": "request contents are never logged; --log-level debug logs each HTTP "
+                      "request's method, path, status and id (X-Request-Id)",
     "--enable-mixed-chunk": "prompt chunks always share a step with the decodes (within "
                             "--mixed-prefill-tokens)",
     "--enable-cache-report": "usage always carries prompt_tokens_details (cached_tokens)",
@@ -220,6 +218,11 @@ NO_EFFECT_VALUES = (
             "the ranks' torch.distributed groups keep aiollm's timeouts (a rank lost at "
             "start-up is noticed by its watchdog, not at a timeout)", "SECONDS", kind=int),
     Ignored(("--decode-log-interval",), STATS_EVERY_MINUTE, "N", kind=int),
+    # vLLM's too (its recipes' GPT-OSS configs set 20): tokens sent N at a time, to save
+    # the host's time per chunk; the text streamed is the same
+    Ignored(("--stream-interval",),
+            "streams send each step's tokens as they are sampled, one step at a time (the "
+            "text is the same, in more chunks)", "N", kind=int),
 )
 
 # tool-call and reasoning parsers under SGLang's and LightLLM's names -> aiollm's
