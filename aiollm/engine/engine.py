@@ -323,6 +323,11 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         await asyncio.to_thread(self._waiter.shutdown, wait=True)
         self.grammars.close()  # never waits for a compilation under way
         if self.ranks is not None:
+            if self.runner is not None and self.ranks.lost is None:
+                try:  # a step's ids the followers wait for, before STOP
+                    self.runner.settle()
+                except Exception as e:  # a follower gone: STOP's own send tells
+                    log.warning("could not settle the followers' last step: %s", e)
             self.ranks.stop()
         self._inflight = None
         self._release_device_memory()

@@ -127,6 +127,9 @@ class ModelRunner:
         self._out = [torch.zeros(2 * max_bs, dtype=torch.int64, pin_memory=pin)
                      for _ in range(STAGING)]
         self._out_turn = 0
+        # tensor parallelism: a step launched with its sampling deferred, until sampled (the
+        # followers wait in broadcast_ids for its ids: settle())
+        self._owed: Launched | None = None
 
     def prepare(self, step: Step, table: RequestTable) -> StepInputs:
         dev = self.device
@@ -211,6 +214,22 @@ class ModelRunner:
     @torch.inference_mode()
     def launch(self, inp: StepInputs) -> Launched:
         """Queue the step on the device; on the CPU this computes it."""
+        out = self._launch(inp)
+        if out.deferred is not None and self.dist is not None:
+            self._owed = out
+        return out
+
+    def settle(self) -> None:
+        """Under tensor parallelism, sample the step launched with its sampling deferred that
+        sample_deferred() never got (the engine stopped in between), unconstrained, its
+        tokens discarded: the followers wait in broadcast_ids for its ids, and a STOP sent
+        first would meet them in another collective, every rank waiting forever. Nothing
+        to do otherwise. (A step that fails ends the group: the engine stops serving.)"""
+        owed, self._owed = self._owed, None
+        if owed is not None:
+            self.sample_deferred(owed, None)
+
+    def _launch(self, inp: StepInputs) -> Launched:
         if inp.msg is not None:  # tensor parallel: the followers run the same step
             self.dist.send_step(*inp.msg)
         if inp.decode_bs:
@@ -277,6 +296,7 @@ class ModelRunner:
     def sample_deferred(self, out: Launched, mask) -> Launched:
         """Queue the sampling of a constrained step launched without it, under `mask` (an
         engine.token_mask.TokenMask for its sampled rows, or None: nothing to constrain)."""
+        self._owed = None
         inp, logits, bad = out.deferred
         if inp.masked_argmax:
             assert mask is None or mask.bias_ids is None
