@@ -6,7 +6,9 @@ rank 0 samples once the masks are built, and broadcasts the ids the followers wa
 engine stopped between the launch and the sampling never broadcast them: its STOP went out
 on another group than the one the followers waited on, and every rank waited forever (a
 server stopped with Ctrl-C during a tool call hung, its event loop blocked in the STOP's
-send). ModelRunner.settle() now samples such a step before the STOP.
+send). ModelRunner.settle() now samples such a step before the STOP, and after the step
+loop's catch-all (a bug between the launch and the sampling), whose next step's message met
+the followers in broadcast_ids.
 
 The engine runs in a child process, so that a hang (gloo's 30-minute timeout) fails the
 test after TIMEOUT_S instead of stalling the run."""
@@ -61,10 +63,50 @@ asyncio.run(go())
 '''
 
 
-def test_an_engine_stopped_between_a_launch_and_its_sampling_stops_its_ranks(
-        tiny_model, tmp_path):  # noqa: F811
+# the loop's catch-all (a bug outside the model step) between a constrained step's launch
+# and its sampling: the step was dropped, unsampled, and the next step's message met the
+# followers in broadcast_ids
+_CATCH_ALL = r'''
+import asyncio, sys
+from aiollm.engine import Engine
+from aiollm.errors import RequestFailed
+from aiollm.sampling_params import SamplingParams
+
+biased = SamplingParams(max_tokens=8, temperature=1.0, seed=3, logit_bias={5: 2.0})
+
+
+async def go():
+    engine = Engine(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256,
+                    max_model_len=128)
+    engine.exit_on_lost_rank = False
+    await engine.start()
+    real, calls = engine._process, []
+
+    def process(step, result):  # a bug in the hand-out of the first step's tokens
+        calls.append(step)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the hand-out")
+        return real(step, result)
+
+    engine._process = process
+    try:
+        await engine.generate([3, 17, 99], biased)
+    except RequestFailed:
+        print("failed by the bug", flush=True)
+    out = await asyncio.wait_for(
+        engine.generate([4, 18], SamplingParams(max_tokens=4, temperature=0.0)), 60)
+    print("served after it:", len(out.token_ids), flush=True)
+    await engine.stop()
+
+
+asyncio.run(go())
+'''
+
+
+def _run(script_text: str, tiny_model: str, tmp_path) -> str:
+    """Run `script_text` on `tiny_model` in a child process: its output (a hang fails)."""
     script = tmp_path / "deferred.py"
-    script.write_text(_SCRIPT)
+    script.write_text(script_text)
     proc = subprocess.Popen([sys.executable, str(script), tiny_model], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -73,5 +115,17 @@ def test_an_engine_stopped_between_a_launch_and_its_sampling_stops_its_ranks(
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the engine and its spawned rank
         out, _ = proc.communicate()
-        raise AssertionError(f"the ranks hung at the stop:\n{out}")
-    assert proc.returncode == 0 and "stopped mid-step" in out, out
+        raise AssertionError(f"the ranks hung:\n{out}")
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_an_engine_stopped_between_a_launch_and_its_sampling_stops_its_ranks(
+        tiny_model, tmp_path):  # noqa: F811
+    assert "stopped mid-step" in _run(_SCRIPT, tiny_model, tmp_path)
+
+
+def test_a_loop_error_between_a_launch_and_its_sampling_leaves_the_ranks_in_step(
+        tiny_model, tmp_path):  # noqa: F811
+    out = _run(_CATCH_ALL, tiny_model, tmp_path)
+    assert "failed by the bug" in out and "served after it: 4" in out, out

@@ -221,7 +221,8 @@ class ModelRunner:
 
     def settle(self) -> None:
         """Under tensor parallelism, sample the step launched with its sampling deferred that
-        sample_deferred() never got (the engine stopped in between), unconstrained, its
+        sample_deferred() never got (the engine stopped in between, or the step loop's
+        catch-all caught an error there: StepLoop._settle_ranks), unconstrained, its
         tokens discarded: the followers wait in broadcast_ids for its ids, and a STOP sent
         first would meet them in another collective, every rank waiting forever. Nothing
         to do otherwise. (A step that fails ends the group: the engine stops serving.)"""

@@ -44,6 +44,7 @@ class StepLoop:
                 log.exception("engine loop error")
                 self._step_health.failed(e)
                 self._fail_all(f"engine error: {e}", RequestFailed)
+                await self._settle_ranks()
                 self._flush_prefix_cache()
                 await asyncio.sleep(0.01)
 
@@ -108,6 +109,21 @@ class StepLoop:
             return
         out.turn_start, out.issued = t0, issued  # the step log's host timeline
         self._inflight = (step, out, perf(), cpu_s)
+
+    async def _settle_ranks(self) -> None:
+        """Under tensor parallelism, after an error that may have left the loop's turn
+        between a constrained step's launch and its deferred sampling: wait for that launch
+        (the CPU computes it on the model thread), then sample the step
+        (ModelRunner.settle), whose ids the followers wait for in broadcast_ids; the next
+        step's message would meet them there, every rank waiting forever. A rank that
+        fails it ends the group, as a failed step does."""
+        if self.ranks is None or self.ranks.lost is not None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, _nothing)
+            self.runner.settle()
+        except Exception as e:
+            self._fail_ranks(e, f"could not sample the step the followers wait for: {e}")
 
     async def _idle(self) -> None:
         """No step to launch and none in flight: wait for a request (a look every 50 ms
@@ -249,6 +265,10 @@ class StepLoop:
                 self._finish(r, "error", error=error, failed=True,
                              error_type=RequestFailed)
         self._flush_prefix_cache()  # the step's KV went into the cache unwritten
+
+
+def _nothing() -> None:
+    """A job for the model thread whose end says the jobs queued before it ended."""
 
 
 def _timed(fn, *args):
