@@ -10,7 +10,7 @@ of each other (longest-processing-time-first scheduling, Graham 1969).
 SLOWEST: the files that took 5 s or more in a whole run at 5e85fac (2 workers, pytest's
 --durations summed by file), longest first, and five files added since, placed by their
 seconds run alone (test_api_many_messages 17 s, test_sglang_constraint_fields 18 s,
-test_cli_config_file 11 s, test_tp_deferred_sampling 13 s, test_grammar_import_off_loop
+test_cli_config_file 11 s, test_tp_deferred_sampling 17 s, test_grammar_import_off_loop
 5 s). Only the order counts; a file missing here runs after them in the collection's order.
 A file that grows or shrinks a lot moves in the list; a stale entry only costs balance."""
 
