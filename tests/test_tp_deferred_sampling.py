@@ -24,21 +24,29 @@ from test_tensor_parallel import tiny_model  # noqa: F401 - a fixture
 
 TIMEOUT_S = 240
 
-_SCRIPT = r'''
+# both scripts': a started -tp 2 engine on the model argv[1] names, and a constrained request
+_PREAMBLE = r'''
 import asyncio, sys, time
 from aiollm.engine import Engine
-from aiollm.errors import EngineStopped
+from aiollm.errors import EngineStopped, RequestFailed
 from aiollm.sampling_params import SamplingParams
 
 # a logit bias constrains a row without a grammar: its sampling is deferred
 biased = SamplingParams(max_tokens=8, temperature=1.0, seed=3, logit_bias={5: 2.0})
 
 
-async def go():
+async def started():
     engine = Engine(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256,
                     max_model_len=128)
     engine.exit_on_lost_rank = False
     await engine.start()
+    return engine
+'''
+
+_SCRIPT = _PREAMBLE + r'''
+
+async def go():
+    engine = await started()
     loop, launched = asyncio.get_running_loop(), asyncio.Event()
     real = engine.runner.launch
 
@@ -66,20 +74,10 @@ asyncio.run(go())
 # the loop's catch-all (a bug outside the model step) between a constrained step's launch
 # and its sampling: the step was dropped, unsampled, and the next step's message met the
 # followers in broadcast_ids
-_CATCH_ALL = r'''
-import asyncio, sys
-from aiollm.engine import Engine
-from aiollm.errors import RequestFailed
-from aiollm.sampling_params import SamplingParams
-
-biased = SamplingParams(max_tokens=8, temperature=1.0, seed=3, logit_bias={5: 2.0})
-
+_CATCH_ALL = _PREAMBLE + r'''
 
 async def go():
-    engine = Engine(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256,
-                    max_model_len=128)
-    engine.exit_on_lost_rank = False
-    await engine.start()
+    engine = await started()
     real, calls = engine._process, []
 
     def process(step, result):  # a bug in the hand-out of the first step's tokens
