@@ -29,17 +29,20 @@ async def _until(condition, limit: float = 20.0) -> None:
 def test_time_in_the_queue_is_not_the_grammars():
     """A grammar's deadline counts from the start of its compilation: one queued behind a
     slow compilation got only what was left of its deadline when a thread took it (here
-    0.05 s of 0.5), and its request a TimeoutError (a 400 saying "simplify the schema") for
-    a grammar that compiles in 0.2 s, as a 400-property schema queued behind two slow ones
-    did."""
+    0.5 s of 1), and its request a TimeoutError (a 400 saying "simplify the schema") for
+    a grammar that compiles in 0.7 s, as a 400-property schema queued behind two slow ones
+    did. The quick one joins 0.5 s after the slow one started (not after it was submitted:
+    on a loaded 2-core machine the thread took the slow one late, its deadline came after
+    the quick one's wait for a thread, and the quick one was Overloaded)."""
     release = threading.Event()
 
     async def scenario():
-        threads = CompileThreads(0.5, threads=1, max_overdue=1)
+        threads = CompileThreads(1.0, threads=1, max_overdue=1)
         slow = asyncio.ensure_future(threads.run("slow", _held, release))
-        await asyncio.sleep(0.05)
+        await _until(lambda: threads._busy == 1)
+        await asyncio.sleep(0.5)
         t0 = time.monotonic()
-        quick = await threads.run("quick", lambda: time.sleep(0.2) or "quick")
+        quick = await threads.run("quick", lambda: time.sleep(0.7) or "quick")
         took = time.monotonic() - t0
         with pytest.raises(TimeoutError):
             await slow
@@ -50,7 +53,7 @@ def test_time_in_the_queue_is_not_the_grammars():
         quick, took = asyncio.run(scenario())
     finally:
         release.set()
-    assert quick == "quick" and 0.2 < took < 5, took
+    assert quick == "quick" and 0.7 < took < 5, took
 
 
 def test_a_grammar_no_thread_started_is_overloaded():
