@@ -330,3 +330,51 @@ def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path, mo
     assert _temporaries(entry) == []
     assert sorted(os.listdir(GGUFCache(str(model)).tokenizer_dir)) == ["sha256.json",
                                                                         "tokenizer.json"]
+
+
+def _model_imports(module: str) -> dict[str, str]:
+    """{name: module of aiollm.model it is imported from} of `module`'s imports, anywhere in
+    its code (function-level ones too)."""
+    import ast
+    import importlib.util
+
+    with open(importlib.util.find_spec(f"aiollm.model.{module}").origin) as f:
+        tree = ast.parse(f.read())
+    return {a.asname or a.name: node.module.rpartition(".")[2] for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("aiollm.model.") for a in node.names}
+
+
+def test_the_keys_cover_every_module_that_derives_a_stored_part():
+    """gguf_gemma.py decides Gemma files' config (bf785ec's final_logit_softcapping) and their
+    extra norms' names, but was in no key: a config or weights stored before a change to it
+    were served after it (a capped Gemma 3 file stayed uncapped). The config's key must
+    cover weights_gguf's imports at every depth (but paths.py and weights_hf.py, which find
+    files and word errors); the weights' and the layout's, every module of the names
+    iter_gguf reads, directly or through weights_gguf's constants."""
+    import ast
+    import inspect
+
+    from aiollm.model import derived_cache, weights_gguf
+
+    closure, todo = set(), ["weights_gguf"]
+    while todo:
+        if (module := todo.pop()) not in closure:
+            closure.add(module)
+            todo.extend(_model_imports(module).values())
+    assert closure - {"paths", "weights_hf"} <= set(derived_cache._CONFIG_CODE)
+
+    imports = _model_imports("weights_gguf")
+    source = inspect.getsource(weights_gguf)
+    constants = {t.id: node.value for node in ast.parse(source).body
+                 if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+    def names(node) -> set[str]:
+        found = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        return found.union(*(names(constants[n]) for n in found & constants.keys()))
+
+    read = names(ast.parse(inspect.getsource(weights_gguf.iter_gguf)))
+    modules = {imports[n] for n in read if n in imports}
+    assert {"gguf_gemma", "gguf_phi3"} <= modules  # the check sees what it is meant to
+    assert modules <= set(derived_cache._WEIGHTS_CODE)
+    assert modules <= set(derived_cache._LAYOUT_CODE)

@@ -9,13 +9,14 @@ its tokenizer. The first start stores the results; later starts read them back:
         config-<code>.json the ModelConfig (JSON), with the warnings deriving it gave (a
                            "warnings" list: logged again at every load of the file); <code>:
                            a hash of the code that derives and stores it (config.py,
-                           weights_gguf.py, gguf_metadata.py, gguf_eog.py, gguf_granite.py,
-                           this file), so a config derived by another version, without a
-                           check added since, is derived again
+                           weights_gguf.py and the gguf_*.py modules it reads the metadata
+                           with, this file: _CONFIG_CODE), so a config derived by another
+                           version, without a check added since, is derived again
         model-<code>.safetensors
                            float32 weights under transformers' names, llama.cpp's q/k row
                            permutation undone (for GPU or tensor-parallel loads; <code>: a
-                           hash of weights_gguf.py, which derives them)
+                           hash of weights_gguf.py, which derives them, and of the modules
+                           whose names it reads: _WEIGHTS_CODE)
         params-<layout>-<dtype>.safetensors
                            a one-rank CPU model's own parameters (q/k/v and gate/up fused),
                            memory-mapped as the parameters at the next start: no copy
@@ -265,13 +266,18 @@ class GGUFCache:
 
 # The modules of aiollm.model whose code decides a stored part: a change to one of them
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
-# refused on the way; the weights: their names and values from a GGUF file's tensors; the
-# parameters: their layout from those, and the scalars folded into them (granite_scales.py).
+# refused on the way (every module weights_gguf draws on but paths.py and weights_hf.py,
+# which find files and word errors); the weights: their names (gguf_gemma.py's for Gemma's
+# extra norms), values, and which tensors are no weights (gguf_phi3.py's rope factors) from
+# a GGUF file's tensors; the parameters: their layout from those, and the scalars folded
+# into them (granite_scales.py).
 _CONFIG_CODE = ("config", "rope_config", "rope", "weights_gguf", "gguf_reader", "gguf_metadata",
-                "gguf_moe", "gguf_phi3", "gguf_eog", "gguf_granite", "derived_cache")
-_WEIGHTS_CODE = ("weights_gguf", "gguf_reader")
+                "gguf_moe", "gguf_phi3", "gguf_gemma", "gguf_eog", "gguf_granite",
+                "derived_cache")
+_WEIGHTS_CODE = ("weights_gguf", "gguf_reader", "gguf_gemma", "gguf_phi3")
 _LAYOUT_CODE = ("llama", "mlp", "linear", "moe", "weights", "weights_layout", "weights_gguf",
-                "gguf_reader", "gguf_metadata", "gguf_granite", "granite_scales")
+                "gguf_reader", "gguf_metadata", "gguf_gemma", "gguf_phi3", "gguf_granite",
+                "granite_scales")
 
 
 @functools.cache
