@@ -131,6 +131,9 @@ REFUSED = (
     Refusal(("--pp-size",), vllm_flags.NO_PIPELINE_PARALLEL, same=("1",)),
     Refusal(("--ep-size", "--ep"), _EXPERT_PARALLEL, same=("1",)),
     Refusal(("--enable-ep-moe",), _EXPERT_PARALLEL, takes_value=False),
+    # its all-to-all exchange of tokens between expert ranks: none (its default) is what
+    # aiollm does; any other (deepep, mooncake...) sets SGLang's ep_size to tp_size
+    Refusal(("--moe-a2a-backend",), _EXPERT_PARALLEL, same=("none",)),
     *(Refusal((flag,), _SPECULATIVE)
       for flag in ("--speculative-algorithm", "--speculative-draft-model-path",
                    "--speculative-num-steps", "--speculative-eagle-topk",
@@ -198,8 +201,9 @@ NO_EFFECT = {
 STATS_EVERY_MINUTE = ("the periodic statistics (the prefix cache's hit rate) are logged once "
                       "a minute; --disable-log-stats turns them off")
 
-# each value's type as SGLang's ServerArgs declares it; its attention and sampling backends'
-# choices, which grow with each release, are not checked (a newer release's name is taken)
+# each value's type as SGLang's ServerArgs declares it; its attention, sampling and MoE
+# runner backends' choices, which grow with each release, are not checked (a newer release's
+# name is taken)
 NO_EFFECT_VALUES = (
     Ignored(("--watchdog-timeout",),
             "no watchdog ends the server when a step outlasts this many seconds (SGLang's "
@@ -209,6 +213,9 @@ NO_EFFECT_VALUES = (
             "CPU); outputs are the same", "BACKEND"),
     Ignored(("--sampling-backend",), "tokens are sampled by aiollm's own sampler",
             "BACKEND"),
+    Ignored(("--moe-runner-backend",),
+            "mixture-of-experts layers run on aiollm's Triton kernels (their PyTorch "
+            "references on the CPU); outputs are the same", "BACKEND"),
     Ignored(("--torch-compile-max-bs",), "nothing is compiled with torch.compile", "N",
             kind=int),
     Ignored(("--nccl-port",),
