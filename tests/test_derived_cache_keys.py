@@ -5,7 +5,10 @@ upgrade that derives it otherwise."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
+
+import torch
 
 from aiollm.model import derived_cache
 
@@ -40,18 +43,61 @@ def _model_imports(module: str) -> dict[str, str]:
     return found
 
 
-def test_the_configs_key_covers_every_module_weights_gguf_draws_on():
-    """gguf_gemma.py decides Gemma files' config (bf785ec's final_logit_softcapping) but was
-    in no key: a config stored before a change to it was served after it (a capped Gemma 3
-    file stayed uncapped). The config's key covers weights_gguf's imports at every depth,
-    but those of NOT_DERIVING, whose own imports are not followed either."""
+def _config_deriving() -> set[str]:
+    """weights_gguf's imports at every depth, but those of NOT_DERIVING, whose own imports
+    are not followed either: the modules that derive a ModelConfig from a file."""
     closure, todo = set(), ["weights_gguf"]
     while todo:
         if (module := todo.pop()) not in closure | NOT_DERIVING:
             closure.add(module)
             todo.extend(_model_imports(module).values())
     assert {"gguf_gemma", "gguf_phi3", "gguf_metadata"} <= closure  # it sees what it must
-    assert closure <= set(derived_cache._CONFIG_CODE)
+    return closure
+
+
+def test_the_configs_key_covers_every_module_weights_gguf_draws_on():
+    """gguf_gemma.py decides Gemma files' config (bf785ec's final_logit_softcapping) but was
+    in no key: a config stored before a change to it was served after it (a capped Gemma 3
+    file stayed uncapped)."""
+    assert _config_deriving() <= set(derived_cache._CONFIG_CODE)
+
+
+def test_the_weights_and_layout_keys_cover_the_config_they_are_derived_with():
+    """iter_gguf reads the file's config (its architecture and head counts order the q/k
+    rows, sandwich_norms names the norms): a config derived otherwise after an upgrade (a
+    head count read by a changed gguf_metadata.py) gives other weights, so the weights'
+    and the parameters' keys cover every module that derives it."""
+    tree = _tree("weights_gguf")
+    iter_gguf = next(n for n in tree.body
+                     if isinstance(n, ast.FunctionDef) and n.name == "iter_gguf")
+    assert any(isinstance(n, ast.Attribute) and n.attr == "config" for n in ast.walk(iter_gguf))
+    assert _config_deriving() <= set(derived_cache._WEIGHTS_CODE)
+    assert _config_deriving() <= set(derived_cache._LAYOUT_CODE)
+
+
+def test_a_new_gguf_release_changes_every_keyed_parts_name(tmp_path, monkeypatch):
+    """The gguf package parses the metadata and dequantizes the weights: parts stored under
+    one release are not served under another (one that decodes a quantization type
+    otherwise), as a change to aiollm's own code is not."""
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", str(tmp_path / "cache"))
+    (path := tmp_path / "m.gguf").write_bytes(b"GGUF")
+    cache = derived_cache.GGUFCache(str(path))
+
+    def names() -> list[str]:
+        derived_cache._source_key.cache_clear()
+        return [cache.config_path, cache._weights_file, cache.params_path(torch.float32)]
+
+    installed = importlib.metadata.version
+    before = names()
+    try:
+        monkeypatch.setattr(importlib.metadata, "version", lambda name: "99.0" if name == "gguf"
+                            else installed(name))
+        after = names()
+        monkeypatch.undo()
+        assert names() == before
+    finally:
+        derived_cache._source_key.cache_clear()
+    assert all(a != b for a, b in zip(before, after)), (before, after)
 
 
 def test_the_weights_and_layout_keys_cover_the_modules_iter_gguf_reads():

@@ -10,17 +10,20 @@ its tokenizer. The first start stores the results; later starts read them back:
                            "warnings" list: logged again at every load of the file); <code>:
                            a hash of the code that derives and stores it (config.py,
                            weights_gguf.py and the gguf_*.py modules it reads the metadata
-                           with, this file: _CONFIG_CODE), so a config derived by another
-                           version, without a check added since, is derived again
+                           with, this file: _CONFIG_CODE, and the gguf package's version),
+                           so a config derived by another version, without a check added
+                           since, is derived again
         model-<code>.safetensors
                            float32 weights under transformers' names, llama.cpp's q/k row
                            permutation undone (for GPU or tensor-parallel loads; <code>: a
-                           hash of weights_gguf.py, which derives them, and of the modules
-                           whose names it reads: _WEIGHTS_CODE)
+                           hash of weights_gguf.py, which derives them, of the modules
+                           whose names and config it reads, and of the gguf package's
+                           version, which dequantizes them: _WEIGHTS_CODE)
         params-<layout>-<dtype>.safetensors
                            a one-rank CPU model's own parameters (q/k/v and gate/up fused),
                            memory-mapped as the parameters at the next start: no copy
-                           (<layout>: a hash of the code that decides that layout)
+                           (<layout>: a hash of the code that decides that layout and
+                           its values, and of the gguf package's version)
         tokenizer-v2/      the converted tokenizer, as transformers' save_pretrained writes it,
                            and the SHA-256 of each of its files (sha256.json): a damaged or
                            incomplete copy is removed and converted again, never served
@@ -45,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -267,27 +271,37 @@ class GGUFCache:
 # The modules of aiollm.model whose code decides a stored part: a change to one of them
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
 # refused on the way (every module weights_gguf draws on but paths.py and weights_hf.py,
-# which find files and word errors); the weights: their names (gguf_gemma.py's for Gemma's
-# extra norms), values, and which tensors are no weights (gguf_phi3.py's rope factors) from
-# a GGUF file's tensors; the parameters: their layout from those, and the scalars folded
-# into them (granite_scales.py).
-_CONFIG_CODE = ("config", "rope_config", "rope", "weights_gguf", "gguf_reader", "gguf_metadata",
-                "gguf_moe", "gguf_phi3", "gguf_gemma", "gguf_eog", "gguf_granite",
-                "derived_cache")
-_WEIGHTS_CODE = ("weights_gguf", "gguf_reader", "gguf_gemma", "gguf_phi3")
-_LAYOUT_CODE = ("llama", "mlp", "linear", "moe", "weights", "weights_layout", "weights_gguf",
-                "gguf_reader", "gguf_metadata", "gguf_gemma", "gguf_phi3", "gguf_granite",
-                "granite_scales")
+# which find files and word errors), and how it is stored (this file); the weights: their
+# names (gguf_gemma.py's for Gemma's extra norms), values, and which tensors are no weights
+# (gguf_phi3.py's rope factors) from a GGUF file's tensors, and from the config, which
+# iter_gguf reads (the architecture and head counts decide the q/k rows' order,
+# sandwich_norms the norms' names): a head count derived otherwise (gguf_metadata.py) gives
+# other weights; the parameters: their layout from those, and the scalars folded into them
+# (granite_scales.py).
+_CONFIG_DERIVING = ("config", "rope_config", "rope", "weights_gguf", "gguf_reader",
+                    "gguf_metadata", "gguf_moe", "gguf_phi3", "gguf_gemma", "gguf_eog",
+                    "gguf_granite")
+_CONFIG_CODE = (*_CONFIG_DERIVING, "derived_cache")
+_WEIGHTS_CODE = _CONFIG_DERIVING
+_LAYOUT_CODE = (*_CONFIG_DERIVING, "llama", "mlp", "linear", "moe", "weights",
+                "weights_layout", "granite_scales")
+# The libraries whose version decides every keyed part too: gguf's GGUFReader parses the
+# metadata and its gguf.quants.dequantize gives the weights' values (a release that fixes
+# a quantization type's decoding must not leave the old values in use).
+_LIBRARIES = ("gguf",)
 
 
 @functools.cache
 def _source_key(modules: tuple[str, ...]) -> str:
-    """A hash of the source of `modules` (of aiollm.model): 16 hex digits."""
+    """A hash of the source of `modules` (of aiollm.model) and of _LIBRARIES' installed
+    versions (read from their metadata: gguf is not imported): 16 hex digits."""
     h = hashlib.sha256()
     for module in modules:
         spec = importlib.util.find_spec(f"aiollm.model.{module}")
         with open(spec.origin, "rb") as f:
             h.update(f.read())
+    for library in _LIBRARIES:
+        h.update(f"\0{library}=={importlib.metadata.version(library)}".encode())
     return h.hexdigest()[:16]
 
 
