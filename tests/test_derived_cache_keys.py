@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
+import os
 
 import torch
 
@@ -123,3 +124,42 @@ def test_the_weights_and_layout_keys_cover_the_modules_iter_gguf_reads():
     assert {"gguf_gemma", "gguf_phi3"} <= modules  # the check sees what it is meant to
     assert modules <= set(derived_cache._WEIGHTS_CODE)
     assert modules <= set(derived_cache._LAYOUT_CODE)
+
+
+class _Tokenizer:
+    """Stands in for a transformers tokenizer: save_pretrained writes one file."""
+
+    chat_template = None
+
+    def save_pretrained(self, directory: str, **options) -> None:
+        os.makedirs(directory)
+        with open(os.path.join(directory, "tokenizer.json"), "w") as f:
+            f.write("{}")
+
+
+def test_a_new_transformers_release_converts_the_tokenizer_again(tmp_path, monkeypatch):
+    """transformers converts a GGUF file's tokenizer (its converter of each family changes
+    between releases): a conversion stored under one release is not served under another,
+    which stores its own; the last other copy stays for a version sharing the cache, older
+    ones (an older aiollm's unkeyed tokenizer-v2) are removed."""
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", str(tmp_path / "cache"))
+    (path := tmp_path / "m.gguf").write_bytes(b"GGUF")
+    cache = derived_cache.GGUFCache(str(path))
+    os.makedirs(older := os.path.join(cache.dir, "tokenizer-v2"))
+    os.utime(older, (1, 1))
+    installed = importlib.metadata.version
+    try:
+        derived_cache._source_key.cache_clear()
+        cache.store_tokenizer(_Tokenizer())
+        first = cache.tokenizer_dir
+        assert first is not None and os.path.isdir(older)
+        monkeypatch.setattr(importlib.metadata, "version",
+                            lambda name: "99.0" if name == "transformers" else installed(name))
+        derived_cache._source_key.cache_clear()
+        assert cache.tokenizer_dir is None
+        cache.store_tokenizer(_Tokenizer())
+        assert cache.tokenizer_dir not in (None, first)
+        assert sorted(n for n in os.listdir(cache.dir) if n.startswith("tokenizer")) == sorted(
+            os.path.basename(p) for p in (first, cache.tokenizer_dir))
+    finally:
+        derived_cache._source_key.cache_clear()
