@@ -311,7 +311,11 @@ def _source_key(modules: tuple[str, ...], libraries: tuple[str, ...] = _LIBRARIE
         with open(spec.origin, "rb") as f:
             h.update(f.read())
     for library in libraries:
-        h.update(f"\0{library}=={importlib.metadata.version(library)}".encode())
+        try:
+            version = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:  # on sys.path with no metadata
+            version = "unknown"
+        h.update(f"\0{library}=={version}".encode())
     return h.hexdigest()[:16]
 
 
