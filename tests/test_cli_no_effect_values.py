@@ -18,7 +18,7 @@ IGNORED = [*vllm_flags.NO_EFFECT_VALUES, *sglang_flags.NO_EFFECT_VALUES,
 # is its own JSON check, LightLLM's --mode and attention backends their own checks of names):
 # every other flag must say its type
 ANY_TEXT = {"--attention-backend", "--sampling-backend", "--all2all-backend", "--eplb-config",
-            "--mode", "--limit-mm-per-prompt", "--llm-prefill-att-backend",
+            "--moe-runner-backend", "--mode", "--limit-mm-per-prompt", "--llm-prefill-att-backend",
             "--llm-decode-att-backend"}
 # a good value of a flag with a check of its own
 OWN_CHECK = {"--eplb-config": "{}", "--mode": "triton_gqa_flashdecoding",

@@ -208,6 +208,14 @@ def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
     # set by SGLang's --config example (log-requests: true) and vLLM's recipes'
     # (stream-interval: 20): no output changes
     "--log-requests", "--stream-interval 20",
+    # its MoE kernels' choice; its all-to-all backend's default (no expert parallelism):
+    # they stopped a MoE launch line at "unrecognized arguments"
+    "--moe-runner-backend triton", "--moe-runner-backend flashinfer_trtllm",
+    "--moe-a2a-backend none",
+    # SGLang's older spellings of --moe-runner-backend's values (its docs' deprecated flags)
+    "--enable-flashinfer-cutlass-moe", "--enable-flashinfer-cutedsl-moe",
+    "--enable-flashinfer-trtllm-moe", "--enable-flashinfer-mxfp4-moe",
+    "--enable-triton-kernel-moe",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -349,6 +357,8 @@ def test_a_model_after_the_graph_sizes_is_named_as_read_as_a_size(capsys):
     ("--pp-size 2", ("--tensor-parallel-size",)),
     ("--ep-size 8", ("no expert parallelism",)),
     ("--enable-ep-moe", ("no expert parallelism",)),
+    ("--moe-a2a-backend deepep", ("no expert parallelism",)),  # SGLang's ep_size = tp_size
+    ("--enable-deepep-moe", ("no expert parallelism",)),  # its --moe-a2a-backend deepep
     ("--speculative-algorithm EAGLE", ("speculative decoding",)),
     ("--speculative-draft-model-path /d", ("speculative decoding",)),
     ("--speculative-num-steps 3", ("speculative decoding",)),

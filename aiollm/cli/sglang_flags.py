@@ -131,6 +131,11 @@ REFUSED = (
     Refusal(("--pp-size",), vllm_flags.NO_PIPELINE_PARALLEL, same=("1",)),
     Refusal(("--ep-size", "--ep"), _EXPERT_PARALLEL, same=("1",)),
     Refusal(("--enable-ep-moe",), _EXPERT_PARALLEL, takes_value=False),
+    # SGLang's older spelling of --moe-a2a-backend deepep
+    Refusal(("--enable-deepep-moe",), _EXPERT_PARALLEL, takes_value=False),
+    # its all-to-all exchange of tokens between expert ranks: none (its default) is what
+    # aiollm does; any other (deepep, mooncake...) sets SGLang's ep_size to tp_size
+    Refusal(("--moe-a2a-backend",), _EXPERT_PARALLEL, same=("none",)),
     *(Refusal((flag,), _SPECULATIVE)
       for flag in ("--speculative-algorithm", "--speculative-draft-model-path",
                    "--speculative-num-steps", "--speculative-eagle-topk",
@@ -170,6 +175,9 @@ REFUSED = (
             takes_value=False),
 )
 
+MOE_KERNELS = ("mixture-of-experts layers run on aiollm's Triton kernels (their PyTorch "
+               "references on the CPU); outputs are the same")
+
 # switches that ask for what aiollm always does -> why they change nothing (--help)
 NO_EFFECT = {
     "--enable-metrics": "/metrics is always served (Prometheus text)",
@@ -192,14 +200,20 @@ NO_EFFECT = {
     # SGLang then runs a batch between its captured sizes without a graph
     "--disable-cuda-graph-padding": "a decode batch between captured sizes replays the next "
                                     "size's CUDA graph, padded (outputs are the same)",
+    # SGLang's older spellings of --moe-runner-backend's values, which its launch lines and
+    # recipes still give
+    **dict.fromkeys(("--enable-flashinfer-cutlass-moe", "--enable-flashinfer-cutedsl-moe",
+                     "--enable-flashinfer-trtllm-moe", "--enable-flashinfer-mxfp4-moe",
+                     "--enable-triton-kernel-moe"), MOE_KERNELS),
 }
 
 # SGLang's --decode-log-interval (decode steps), LightLLM's --log_stats_interval (seconds)
 STATS_EVERY_MINUTE = ("the periodic statistics (the prefix cache's hit rate) are logged once "
                       "a minute; --disable-log-stats turns them off")
 
-# each value's type as SGLang's ServerArgs declares it; its attention and sampling backends'
-# choices, which grow with each release, are not checked (a newer release's name is taken)
+# each value's type as SGLang's ServerArgs declares it; its attention, sampling and MoE
+# runner backends' choices, which grow with each release, are not checked (a newer release's
+# name is taken)
 NO_EFFECT_VALUES = (
     Ignored(("--watchdog-timeout",),
             "no watchdog ends the server when a step outlasts this many seconds (SGLang's "
@@ -209,6 +223,7 @@ NO_EFFECT_VALUES = (
             "CPU); outputs are the same", "BACKEND"),
     Ignored(("--sampling-backend",), "tokens are sampled by aiollm's own sampler",
             "BACKEND"),
+    Ignored(("--moe-runner-backend",), MOE_KERNELS, "BACKEND"),
     Ignored(("--torch-compile-max-bs",), "nothing is compiled with torch.compile", "N",
             kind=int),
     Ignored(("--nccl-port",),

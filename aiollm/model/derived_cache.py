@@ -9,20 +9,26 @@ its tokenizer. The first start stores the results; later starts read them back:
         config-<code>.json the ModelConfig (JSON), with the warnings deriving it gave (a
                            "warnings" list: logged again at every load of the file); <code>:
                            a hash of the code that derives and stores it (config.py,
-                           weights_gguf.py, gguf_metadata.py, gguf_eog.py, gguf_granite.py,
-                           this file), so a config derived by another version, without a
-                           check added since, is derived again
+                           weights_gguf.py and the gguf_*.py modules it reads the metadata
+                           with, this file: _CONFIG_CODE, and the gguf package's version),
+                           so a config derived by another version, without a check added
+                           since, is derived again
         model-<code>.safetensors
                            float32 weights under transformers' names, llama.cpp's q/k row
                            permutation undone (for GPU or tensor-parallel loads; <code>: a
-                           hash of weights_gguf.py, which derives them)
+                           hash of weights_gguf.py, which derives them, of the modules
+                           whose names and config it reads, and of the gguf package's
+                           version, which dequantizes them: _WEIGHTS_CODE)
         params-<layout>-<dtype>.safetensors
                            a one-rank CPU model's own parameters (q/k/v and gate/up fused),
                            memory-mapped as the parameters at the next start: no copy
-                           (<layout>: a hash of the code that decides that layout)
-        tokenizer-v2/      the converted tokenizer, as transformers' save_pretrained writes it,
+                           (<layout>: a hash of the code that decides that layout and
+                           its values, and of the gguf package's version)
+        tokenizer-<code>/  the converted tokenizer, as transformers' save_pretrained writes it,
                            and the SHA-256 of each of its files (sha256.json): a damaged or
                            incomplete copy is removed and converted again, never served
+                           (<code>: a hash of tokenizer.py and this file and of the versions
+                           of transformers, which converts it, tokenizers and gguf)
 
 root: $AIOLLM_CACHE_DIR, else $XDG_CACHE_HOME/aiollm, else ~/.cache/aiollm. AIOLLM_CACHE_DIR=off
 turns the cache off. Each part is written under a temporary name and renamed into place, so
@@ -44,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -62,10 +69,7 @@ FORMAT = "gguf-v1"  # bump when what is stored, or how it is derived, changes
 # Dequantized float32 weights take 4 bytes a parameter (4-8x the quantized file): models whose
 # weights or parameters would exceed this are dequantized at every start, not stored.
 MAX_WEIGHT_BYTES = 4 * 2**30
-# v2: with the file's named chat templates (tokenizer.chat_template.<name>), which the
-# conversion stored before did not hold
-TOKENIZER_DIR = "tokenizer-v2"
-MANIFEST_FILE = "sha256.json"  # in TOKENIZER_DIR: {file name: hex SHA-256 of its content}
+MANIFEST_FILE = "sha256.json"  # in the tokenizer's directory: {file name: its hex SHA-256}
 
 
 def cache_root() -> str | None:
@@ -238,7 +242,7 @@ class GGUFCache:
         not those stored with it (a damaged copy, which is removed so that it is stored again)."""
         if self.dir is None:
             return None
-        path = os.path.join(self.dir, TOKENIZER_DIR)
+        path = self._tokenizer_path
         if not os.path.isdir(path):
             return None
         if _matches_manifest(path):
@@ -260,28 +264,58 @@ class GGUFCache:
             write_text(os.path.join(tmp, MANIFEST_FILE), json.dumps(digests, indent=1))
 
         if self.dir is not None:
-            write_atomic(os.path.join(self.dir, TOKENIZER_DIR), write)
+            _write_keyed(self._tokenizer_path, write, "tokenizer", "")
+
+    @property
+    def _tokenizer_path(self) -> str:
+        assert self.dir is not None
+        key = _source_key(_TOKENIZER_CODE, _TOKENIZER_LIBRARIES)
+        return os.path.join(self.dir, f"tokenizer-{key}")
 
 
 # The modules of aiollm.model whose code decides a stored part: a change to one of them
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
-# refused on the way; the weights: their names and values from a GGUF file's tensors; the
-# parameters: their layout from those, and the scalars folded into them (granite_scales.py).
-_CONFIG_CODE = ("config", "rope_config", "rope", "weights_gguf", "gguf_reader", "gguf_metadata",
-                "gguf_moe", "gguf_phi3", "gguf_eog", "gguf_granite", "derived_cache")
-_WEIGHTS_CODE = ("weights_gguf", "gguf_reader")
-_LAYOUT_CODE = ("llama", "mlp", "linear", "moe", "weights", "weights_layout", "weights_gguf",
-                "gguf_reader", "gguf_metadata", "gguf_granite", "granite_scales")
+# refused on the way (every module weights_gguf draws on but paths.py and weights_hf.py,
+# which find files and word errors), and how it is stored (this file); the weights: their
+# names (gguf_gemma.py's for Gemma's extra norms), values, and which tensors are no weights
+# (gguf_phi3.py's rope factors) from a GGUF file's tensors, and from the config, which
+# iter_gguf reads (the architecture and head counts decide the q/k rows' order,
+# sandwich_norms the norms' names): a head count derived otherwise (gguf_metadata.py) gives
+# other weights; the parameters: their layout from those, and the scalars folded into them
+# (granite_scales.py).
+_CONFIG_DERIVING = ("config", "rope_config", "rope", "weights_gguf", "gguf_reader",
+                    "gguf_metadata", "gguf_moe", "gguf_phi3", "gguf_gemma", "gguf_eog",
+                    "gguf_granite")
+_CONFIG_CODE = (*_CONFIG_DERIVING, "derived_cache")
+_WEIGHTS_CODE = _CONFIG_DERIVING
+_LAYOUT_CODE = (*_CONFIG_DERIVING, "llama", "mlp", "linear", "moe", "weights",
+                "weights_layout", "granite_scales")
+# The libraries whose version decides every keyed part too: gguf's GGUFReader parses the
+# metadata and its gguf.quants.dequantize gives the weights' values (a release that fixes
+# a quantization type's decoding must not leave the old values in use).
+_LIBRARIES = ("gguf",)
+# The tokenizer: transformers' GGUF converter makes it (from the file as gguf reads it; a
+# release that converts a family otherwise must not leave the old conversion served),
+# tokenizers' format stores it, and tokenizer.py adds the file's named chat templates.
+_TOKENIZER_CODE = ("tokenizer", "derived_cache")
+_TOKENIZER_LIBRARIES = ("transformers", "tokenizers", "gguf")
 
 
 @functools.cache
-def _source_key(modules: tuple[str, ...]) -> str:
-    """A hash of the source of `modules` (of aiollm.model): 16 hex digits."""
+def _source_key(modules: tuple[str, ...], libraries: tuple[str, ...] = _LIBRARIES) -> str:
+    """A hash of the source of `modules` (of aiollm.model) and of `libraries`' installed
+    versions (read from their metadata: none is imported): 16 hex digits."""
     h = hashlib.sha256()
     for module in modules:
         spec = importlib.util.find_spec(f"aiollm.model.{module}")
         with open(spec.origin, "rb") as f:
             h.update(f.read())
+    for library in libraries:
+        try:
+            version = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:  # on sys.path with no metadata
+            version = "unknown"
+        h.update(f"\0{library}=={version}".encode())
     return h.hexdigest()[:16]
 
 
@@ -342,10 +376,10 @@ KEPT_OTHER_COPIES = 1  # copies of a part under other keys that a store leaves i
 
 
 def _write_keyed(final: str, write: Callable[[str], object], prefix: str, suffix: str) -> None:
-    """write_atomic, then remove the entry's other files named prefix*suffix (the same part
-    stored under another code's key, or under the unkeyed name older versions used) but the
-    KEPT_OTHER_COPIES most recently written. A reader that has a removed one open or
-    memory-mapped keeps reading it (POSIX unlink)."""
+    """write_atomic, then remove the entry's other files or directories (a tokenizer's)
+    named prefix*suffix (the same part stored under another code's key, or under the unkeyed
+    name older versions used) but the KEPT_OTHER_COPIES most recently written. A reader that
+    has a removed file open or memory-mapped keeps reading it (POSIX unlink)."""
     write_atomic(final, write)
     if not os.path.exists(final):
         return  # not written: leave what is there
@@ -358,7 +392,10 @@ def _write_keyed(final: str, write: Callable[[str], object], prefix: str, suffix
             except OSError:  # removed meanwhile
                 pass
     for _, name in sorted(others, reverse=True)[KEPT_OTHER_COPIES:]:
+        if os.path.isdir(path := os.path.join(parent, name)):  # a tokenizer's
+            discard(path)
+            continue
         try:
-            os.remove(os.path.join(parent, name))
+            os.remove(path)
         except OSError as e:  # another process removed it first, or read-only
             log.debug("could not remove %s: %s", name, e)
