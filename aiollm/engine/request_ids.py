@@ -1,0 +1,120 @@
+"""Request ids that callers give (vLLM's request_id): which engine requests a call under a
+given id made, so that Engine.abort(request_id) ends them from anywhere on the engine's loop
+without the caller's task, as vLLM's AsyncLLM.abort and SGLang's abort_request do.
+
+An id names one call (generate or chat: all its n choices; stream or stream_chat: its
+request) from the moment the call is made, before its prompt is tokenized or its grammar
+compiled, to the end of its requests. An abort in that first stretch is kept: the requests
+end with finish_reason "abort" as they are submitted. While a call under an id is under way,
+another call under the same id is refused (vLLM: "Request id ... already running"); once it
+has ended, the id may be used again.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+
+from aiollm.engine.request import Request
+from aiollm.errors import InvalidRequest
+
+Finish = Callable[[Request, str], None]  # Engine._finish: end a request with a reason
+
+
+class IdCall:
+    """One call under a caller's request id: the requests it submitted, whether it may still
+    submit (`open`: the call has not returned; a stream's, its request is not submitted
+    yet), whether it was aborted. `stream`: a weak reference to the stream whose request is
+    submitted once its grammar has compiled (closed or dropped before, it submits none)."""
+
+    __slots__ = ("request_id", "requests", "open", "aborted", "stream")
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.requests: list[Request] = []
+        self.open = True
+        self.aborted = False
+        self.stream: weakref.ref | None = None
+
+    @property
+    def under_way(self) -> bool:
+        """Whether the call may still submit, or a request of it has not ended."""
+        if any(not r.done for r in self.requests):
+            return True
+        if not self.open or self.stream is None:
+            return self.open
+        stream = self.stream()
+        return stream is not None and not stream.closed
+
+
+class RequestIds:
+    """The calls under way by their caller-given ids (one engine's; used on its loop)."""
+
+    def __init__(self, finish: Finish):
+        """`finish`: the engine's _finish, which an abort calls with "abort"."""
+        self._finish = finish
+        self._calls: dict[str, IdCall] = {}
+        # past this many ids the ended ones are dropped (a stream never read, made outside
+        # a loop, gives its id back at no other time): the table stays within twice the
+        # calls under way
+        self._sweep_at = 64
+
+    def claim(self, request_id: str | None) -> IdCall | None:
+        """The call of `request_id` (None: the call has none, returns None). InvalidRequest
+        naming request_id when it is no non-empty string, or a call under it is under way."""
+        if request_id is None:
+            return None
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidRequest("request_id must be a non-empty string, got "
+                                 f"{request_id!r}", param="request_id")
+        held = self._calls.get(request_id)
+        if held is not None and held.under_way:
+            raise InvalidRequest(f"request_id {request_id!r} is already in use by a request "
+                                 "under way: give each request its own id", param="request_id")
+        if len(self._calls) >= self._sweep_at:
+            self._calls = {k: c for k, c in self._calls.items() if c.under_way}
+            self._sweep_at = 2 * len(self._calls) + 64
+        self._calls[request_id] = call = IdCall(request_id)
+        return call
+
+    def submitted(self, call: IdCall | None, req: Request) -> None:
+        """`req` was submitted by `call` (None: a call without an id): ended at once when
+        the call was aborted before."""
+        if call is None:
+            return
+        call.requests.append(req)
+        if call.aborted:
+            self._finish(req, "abort")
+
+    def release(self, call: IdCall | None) -> None:
+        """`call` submits no more (it has returned, or its stream's request was submitted or
+        has ended): its id is forgotten once its requests have ended."""
+        if call is None:
+            return
+        call.open = False
+        if not call.under_way and self._calls.get(call.request_id) is call:
+            del self._calls[call.request_id]
+
+    def abort(self, request_ids: str | Iterable[str]) -> None:
+        """End the requests of the calls under these ids with finish_reason "abort" (their
+        generate() returns what they generated, their stream's last delta says "abort"); an
+        id of no call under way is passed over, as vLLM passes it over. InvalidRequest
+        naming request_id for an id that is no string (nothing aborted then)."""
+        try:
+            ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        except TypeError:
+            raise InvalidRequest("request_id must be a string or an iterable of strings, "
+                                 f"got {request_ids!r}", param="request_id") from None
+        for i, rid in enumerate(ids):
+            if not isinstance(rid, str):
+                where = "request_id" if isinstance(request_ids, str) else f"request_id[{i}]"
+                raise InvalidRequest(f"{where} must be a string, got {rid!r}", param=where)
+        for rid in ids:
+            call = self._calls.get(rid)
+            if call is None:
+                continue
+            call.aborted = True
+            for req in call.requests:
+                self._finish(req, "abort")  # (a no-op for one that has ended)
+            if not call.open:
+                del self._calls[rid]

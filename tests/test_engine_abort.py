@@ -1,0 +1,195 @@
+"""Engine.abort(request_id): a request ended by the id its caller gave it (vLLM's
+AsyncLLM.abort, SGLang's abort_request), from another task than the one awaiting it, at every
+stage (waiting for its grammar, queued, decoding), for generate, its n choices, stream and
+chat; each call's id its own while it runs. Each test checks that nothing stays held."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from aiollm import Engine, SamplingParams
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import Constraint, GrammarSpec
+from conftest import run, tiny_llama
+
+LONG = SamplingParams(max_tokens=200, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def engine(loop, tmp_path_factory):
+    """A started tiny random Llama (load_format="dummy": its tokens are noise; these tests
+    read finish reasons and counts) with two requests running at most, so a third queues."""
+    path = tiny_llama(tmp_path_factory.mktemp("abort"), max_position_embeddings=1024)
+
+    async def start():
+        eng = Engine(path, load_format="dummy", kv_tokens=2048, max_running_requests=2)
+        await eng.start()
+        return eng
+
+    eng = run(loop, start())
+    yield eng
+    run(loop, eng.stop())
+
+
+def assert_idle(eng: Engine) -> None:
+    """Nothing held by a request, and no request id still claimed."""
+    s = eng.stats()
+    assert (s["running"], s["waiting"], s["table_used"], s["kv_used"]) == (0, 0, 0, 0), s
+    assert eng.req_to_token.n_free_rows == eng.req_to_token.rows
+    assert not eng._requests
+    assert eng.prefix_cache is None or eng.prefix_cache.tree.protected == 0
+    assert not eng._request_ids._calls
+
+
+async def until(cond, timeout: float = 30.0) -> None:
+    """Wait (on the loop) until cond() is true."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+async def started(eng: Engine, coro) -> asyncio.Task:
+    """`coro` in a task, once it has produced a token (its request is decoding)."""
+    before = {r.rid for r in eng._requests.values()}
+    task = asyncio.ensure_future(coro)
+    await until(lambda: any(r.rid not in before and r.output_ids
+                            for r in eng._requests.values()))
+    return task
+
+
+def test_generate_ended_by_its_request_id_returns_what_it_made(loop, engine):
+    """Before: generate() took no request_id and the Engine had no abort(): a request could
+    be ended only by cancelling the task that awaited it. Now the id's call returns its
+    tokens so far, finish_reason "abort", under the caller's id; another call runs on."""
+    async def scenario():
+        other = asyncio.ensure_future(engine.generate("Hi", SamplingParams(max_tokens=8)))
+        task = await started(engine, engine.generate("Hello", LONG, request_id="job-1"))
+        await engine.abort("job-1")
+        out = await asyncio.wait_for(task, 30)
+        assert (out.request_id, out.finish_reason) == ("job-1", "abort")
+        assert 0 < out.completion_tokens < 200
+        assert (await asyncio.wait_for(other, 30)).finish_reason == "length"
+        await engine.abort(["job-1", "never-was"])  # ended or unknown: passed over
+        assert_idle(engine)
+
+    run(loop, scenario())
+
+
+def test_all_n_choices_of_an_id_end_together(loop, engine):
+    async def scenario():
+        task = await started(engine, engine.generate(
+            "Hello", SamplingParams(max_tokens=200, ignore_eos=True, n=3, seed=1),
+            request_id="three"))
+        await engine.abort(["three"])
+        out = await asyncio.wait_for(task, 30)
+        assert [c.finish_reason for c in out.outputs] == ["abort"] * 3
+        assert out.request_id == "three"
+        assert_idle(engine)
+
+    run(loop, scenario())
+
+
+def test_a_queued_request_aborted_by_id_leaves_the_queue(loop, engine):
+    """max_running_requests 2: the third request waits; aborted there it ends with no
+    token and the two running go on."""
+    async def scenario():
+        running = [await started(engine, engine.generate("Hi", LONG)) for _ in range(2)]
+        queued = asyncio.ensure_future(engine.generate("Hello", LONG, request_id="q"))
+        await until(lambda: engine.stats()["waiting"] == 1)
+        await engine.abort("q")
+        out = await asyncio.wait_for(queued, 30)
+        assert (out.finish_reason, out.completion_tokens) == ("abort", 0)
+        for t in running:
+            assert (await asyncio.wait_for(t, 60)).finish_reason == "length"
+        assert_idle(engine)
+
+    run(loop, scenario())
+
+
+def test_a_stream_aborted_by_id_ends_with_an_abort_delta(loop, engine):
+    async def scenario():
+        stream = engine.stream("Hello", LONG, request_id="s")
+        deltas = [await anext(stream)]
+        await engine.abort("s")
+        deltas += [d async for d in stream]
+        assert deltas[-1].finish_reason == "abort"
+        assert deltas[-1].completion_tokens < 200
+        assert_idle(engine)
+        # the id, its request ended, is free again
+        out = await engine.chat([{"role": "user", "content": "Hi"}],
+                                SamplingParams(max_tokens=2), request_id="s")
+        assert (out.request_id, out.completion_tokens) == ("s", 2)
+        assert_idle(engine)
+
+    run(loop, scenario())
+
+
+def test_an_abort_before_submission_ends_the_request_as_it_is_submitted(loop, engine):
+    """A call aborted while its grammar compiles (off the loop), before its request
+    exists, is not submitted to run: it ends with "abort" as it is."""
+    async def scenario():
+        gate = threading.Event()
+        compile_ = engine.grammars.compile
+
+        async def held(spec):  # compile_grammar's compile, held until the abort
+            await asyncio.to_thread(gate.wait, 30)
+            return await compile_(spec)
+
+        engine.grammars.compile = held
+        try:
+            grammar = SamplingParams(max_tokens=50, constraint=Constraint(
+                GrammarSpec("regex", "[ab]+x")))
+            task = asyncio.ensure_future(engine.generate("Hello", grammar, request_id="g"))
+            await asyncio.sleep(0.05)
+            assert not engine._requests
+            await engine.abort("g")
+            gate.set()
+            out = await asyncio.wait_for(task, 30)
+        finally:
+            engine.grammars.compile = compile_
+        assert (out.finish_reason, out.completion_tokens) == ("abort", 0)
+        assert_idle(engine)
+
+    run(loop, scenario())
+
+
+def test_an_id_in_use_is_refused_and_a_bad_one_named(loop, engine):
+    async def scenario():
+        task = await started(engine, engine.generate("Hello", LONG, request_id="dup"))
+        with pytest.raises(InvalidRequest, match="'dup' is already in use") as e:
+            await engine.generate("Hi", SamplingParams(max_tokens=2), request_id="dup")
+        assert e.value.param == "request_id"
+        with pytest.raises(InvalidRequest, match="'dup' is already in use"):
+            engine.stream("Hi", SamplingParams(max_tokens=2), request_id="dup")
+        for bad in ("", 7):
+            with pytest.raises(InvalidRequest, match="request_id must be a non-empty string"):
+                await engine.generate("Hi", SamplingParams(max_tokens=2), request_id=bad)
+        with pytest.raises(InvalidRequest, match=r"request_id\[1\] must be a string, got 3"):
+            await engine.abort(["dup", 3])
+        with pytest.raises(InvalidRequest, match="request_id must be a string or an"):
+            await engine.abort(5)
+        assert not task.done()  # a refused abort aborted nothing
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert_idle(engine)
+
+    run(loop, scenario())
+
+
+def test_a_stream_dropped_before_its_grammar_compiled_frees_its_id(loop, engine):
+    """A stream closed in the turn it was made never runs its submission: its id is free
+    at once all the same, for the next call under it."""
+    async def scenario():
+        grammar = SamplingParams(max_tokens=5, constraint=Constraint(
+            GrammarSpec("regex", "(yes|no)[0-9]z")))
+        stream = engine.stream("Hi", grammar, request_id="later")
+        await stream.aclose()
+        out = await engine.generate("Hi", SamplingParams(max_tokens=2), request_id="later")
+        assert out.completion_tokens == 2
+        await asyncio.sleep(0.05)
+        assert_idle(engine)
+
+    run(loop, scenario())
