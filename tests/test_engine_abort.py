@@ -66,7 +66,8 @@ def test_generate_ended_by_its_request_id_returns_what_it_made(loop, engine):
     tokens so far, finish_reason "abort", under the caller's id; another call runs on."""
     async def scenario():
         other = asyncio.ensure_future(engine.generate("Hi", SamplingParams(max_tokens=8)))
-        task = await started(engine, engine.generate("Hello", LONG, request_id="job-1"))
+        # third, as vLLM's AsyncLLM.generate takes it
+        task = await started(engine, engine.generate("Hello", LONG, "job-1"))
         await engine.abort("job-1")
         out = await asyncio.wait_for(task, 30)
         assert (out.request_id, out.finish_reason) == ("job-1", "abort")

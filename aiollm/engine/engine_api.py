@@ -56,8 +56,8 @@ class EngineAPI:
                 self._check_accepting()  # stopped meanwhile: EngineStopped says so
                 raise
 
-    async def generate(self, prompt: Prompt, params: SamplingParams | None = None, *,
-                       request_id: str | None = None, cache_salt: str | None = None,
+    async def generate(self, prompt: Prompt, params: SamplingParams | None = None,
+                       request_id: str | None = None, *, cache_salt: str | None = None,
                        group: ChoiceGroup | None = None) -> RequestOutput:
         """The whole result of one request: prompt as text (long text tokenized off the loop)
         or token ids; with params.n > 1, of n requests on the prompt, one per choice, joined
@@ -68,9 +68,9 @@ class EngineAPI:
         `group`: the ChoiceGroup of the choices this request of n 1 is one of, where the
         caller runs each choice as a request of its own (the HTTP API); the metrics measure
         the group as one request (None: this request is measured alone, its n choices as
-        one group). `request_id` (vLLM's): a non-empty string naming the call (all its n
-        choices) for abort(request_id) and as the output's request_id; InvalidRequest while
-        another call under it is under way. Raises InvalidRequest / Overloaded before it
+        one group). `request_id` (vLLM's, third as there): a non-empty string naming the
+        call (all its n choices) for abort(request_id) and as the output's request_id;
+        InvalidRequest while another call under it is under way. Raises InvalidRequest / Overloaded before it
         starts, RequestFailed inside; ValueError for a group given with n > 1."""
         call = self._request_ids.claim(request_id)  # from now: an abort before submission
         try:
@@ -134,8 +134,8 @@ class EngineAPI:
                              "its choices make a group of their own")
         return await completions(params, one)
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
-               request_id: str | None = None, cache_salt: str | None = None,
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None,
+               request_id: str | None = None, *, cache_salt: str | None = None,
                group: ChoiceGroup | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
         Closing the stream (or dropping it, even unstarted) aborts the request.
