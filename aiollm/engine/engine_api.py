@@ -69,9 +69,10 @@ class EngineAPI:
         caller runs each choice as a request of its own (the HTTP API); the metrics measure
         the group as one request (None: this request is measured alone, its n choices as
         one group). `request_id` (vLLM's, third as there): a non-empty string naming the
-        call (all its n choices) for abort(request_id) and as the output's request_id;
-        InvalidRequest while another call under it is under way. Raises InvalidRequest / Overloaded before it
-        starts, RequestFailed inside; ValueError for a group given with n > 1."""
+        call (all its n choices) for abort(request_id) and as the output's request_id
+        (several calls may share one; InvalidRequest for one that is no such string).
+        Raises InvalidRequest / Overloaded before it starts, RequestFailed inside;
+        ValueError for a group given with n > 1."""
         call = self._request_ids.claim(request_id)  # from now: an abort before submission
         try:
             return await self._generate(call, prompt, params, cache_salt, group)
@@ -95,7 +96,7 @@ class EngineAPI:
         return await self._completions(prompt, params, given, room, cache_salt, group, call)
 
     async def abort(self, request_id: str | Iterable[str]) -> None:
-        """End the requests of the calls made under `request_id` (one id or several), as
+        """End the requests of every call made under `request_id` (one id or several), as
         vLLM's AsyncLLM.abort does: a generate() returns what it generated so far with
         finish_reason "abort" (each of its n choices), a stream's last delta has "abort"; a
         call aborted before its request was submitted (its prompt tokenized or its grammar
@@ -139,8 +140,8 @@ class EngineAPI:
                group: ChoiceGroup | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
         Closing the stream (or dropping it, even unstarted) aborts the request.
-        `request_id`, `cache_salt`, `group`: as generate() takes them (the id is in use until
-        the request ends).
+        `request_id`, `cache_salt`, `group`: as generate() takes them (abort(request_id)
+        ends the request until it has ended).
 
         The request runs to its end (a stop string, max_tokens...) at the engine's pace,
         whether or not the stream is read meanwhile; the deltas wait for their reader.

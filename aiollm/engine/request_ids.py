@@ -5,9 +5,9 @@ without the caller's task, as vLLM's AsyncLLM.abort and SGLang's abort_request d
 An id names one call (generate or chat: all its n choices; stream or stream_chat: its
 request) from the moment the call is made, before its prompt is tokenized or its grammar
 compiled, to the end of its requests. An abort in that first stretch is kept: the requests
-end with finish_reason "abort" as they are submitted. While a call under an id is under way,
-another call under the same id is refused (vLLM: "Request id ... already running"); once it
-has ended, the id may be used again.
+end with finish_reason "abort" as they are submitted. Several calls may be under one id at
+once, and an abort of it ends them all, as vLLM's AsyncLLM takes a caller's id (it makes
+each request's own id unique, and aborts every request of the caller's).
 """
 
 from __future__ import annotations
@@ -53,28 +53,27 @@ class RequestIds:
     def __init__(self, finish: Finish):
         """`finish`: the engine's _finish, which an abort calls with "abort"."""
         self._finish = finish
-        self._calls: dict[str, IdCall] = {}
+        self._calls: dict[str, list[IdCall]] = {}
         # past this many ids the ended ones are dropped (a stream never read, made outside
         # a loop, gives its id back at no other time): the table stays within twice the
         # calls under way
         self._sweep_at = 64
 
     def claim(self, request_id: str | None) -> IdCall | None:
-        """The call of `request_id` (None: the call has none, returns None). InvalidRequest
-        naming request_id when it is no non-empty string, or a call under it is under way."""
+        """A new call under `request_id` (None: the call has none, returns None).
+        InvalidRequest naming request_id when it is no non-empty string."""
         if request_id is None:
             return None
         if not isinstance(request_id, str) or not request_id:
             raise InvalidRequest("request_id must be a non-empty string, got "
                                  f"{request_id!r}", param="request_id")
-        held = self._calls.get(request_id)
-        if held is not None and held.under_way:
-            raise InvalidRequest(f"request_id {request_id!r} is already in use by a request "
-                                 "under way: give each request its own id", param="request_id")
         if len(self._calls) >= self._sweep_at:
-            self._calls = {k: c for k, c in self._calls.items() if c.under_way}
+            under_way = ((k, [c for c in calls if c.under_way])
+                         for k, calls in self._calls.items())
+            self._calls = {k: calls for k, calls in under_way if calls}
             self._sweep_at = 2 * len(self._calls) + 64
-        self._calls[request_id] = call = IdCall(request_id)
+        call = IdCall(request_id)
+        self._calls.setdefault(request_id, []).append(call)
         return call
 
     def submitted(self, call: IdCall | None, req: Request) -> None:
@@ -92,11 +91,18 @@ class RequestIds:
         if call is None:
             return
         call.open = False
-        if not call.under_way and self._calls.get(call.request_id) is call:
-            del self._calls[call.request_id]
+        if not call.under_way:
+            self._forget(call)
+
+    def _forget(self, call: IdCall) -> None:
+        calls = self._calls.get(call.request_id, [])
+        if call in calls:
+            calls.remove(call)
+            if not calls:
+                del self._calls[call.request_id]
 
     def abort(self, request_ids: str | Iterable[str]) -> None:
-        """End the requests of the calls under these ids with finish_reason "abort" (their
+        """End the requests of every call under these ids with finish_reason "abort" (their
         generate() returns what they generated, their stream's last delta says "abort"); an
         id of no call under way is passed over, as vLLM passes it over. InvalidRequest
         naming request_id for an id that is no string (nothing aborted then)."""
@@ -105,16 +111,14 @@ class RequestIds:
         except TypeError:
             raise InvalidRequest("request_id must be a string or an iterable of strings, "
                                  f"got {request_ids!r}", param="request_id") from None
-        for i, rid in enumerate(ids):
+        for i, rid in enumerate(ids):  # (one id alone is a string)
             if not isinstance(rid, str):
-                where = "request_id" if isinstance(request_ids, str) else f"request_id[{i}]"
-                raise InvalidRequest(f"{where} must be a string, got {rid!r}", param=where)
+                raise InvalidRequest(f"request_id[{i}] must be a string, got {rid!r}",
+                                     param=f"request_id[{i}]")
         for rid in ids:
-            call = self._calls.get(rid)
-            if call is None:
-                continue
-            call.aborted = True
-            for req in call.requests:
-                self._finish(req, "abort")  # (a no-op for one that has ended)
-            if not call.open:
-                del self._calls[rid]
+            for call in list(self._calls.get(rid, ())):
+                call.aborted = True
+                for req in call.requests:
+                    self._finish(req, "abort")  # (a no-op for one that has ended)
+                if not call.under_way:
+                    self._forget(call)
