@@ -200,3 +200,29 @@ def test_a_stream_dropped_before_its_grammar_compiled_frees_its_id(loop, engine)
         assert_idle(engine)
 
     run(loop, scenario())
+
+
+def test_abort_is_a_usage_error_before_start_and_from_another_loop(loop, engine):
+    """As the engine's other calls: before start() it says to start the engine; from
+    another event loop (another thread's) it changes nothing under the running one."""
+    with pytest.raises(RuntimeError, match="not started: use `async with Engine"):
+        asyncio.run(Engine(None).abort("a"))
+
+    async def scenario():
+        task = await started(engine, engine.generate("Hello", LONG, request_id="here"))
+        errors = []
+
+        def other_thread():
+            try:
+                asyncio.run(engine.abort("here"))
+            except RuntimeError as e:
+                errors.append(e)
+
+        await asyncio.to_thread(other_thread)
+        assert len(errors) == 1 and "another event loop" in str(errors[0])
+        assert not task.done()
+        await engine.abort("here")
+        assert (await asyncio.wait_for(task, 30)).finish_reason == "abort"
+        assert_idle(engine)
+
+    run(loop, scenario())
