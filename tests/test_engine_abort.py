@@ -144,14 +144,17 @@ def test_an_abort_before_submission_ends_the_request_as_it_is_submitted(loop, en
             grammar = SamplingParams(max_tokens=50, constraint=Constraint(
                 GrammarSpec("regex", "[ab]+x")))
             task = asyncio.ensure_future(engine.generate("Hello", grammar, request_id="g"))
+            stream = engine.stream("Hello", grammar, "g")
             await asyncio.sleep(0.05)
             assert not engine._requests
             await engine.abort("g")
             gate.set()
             out = await asyncio.wait_for(task, 30)
+            deltas = [d async for d in stream]
         finally:
             engine.grammars.compile = compile_
         assert (out.finish_reason, out.completion_tokens) == ("abort", 0)
+        assert [(d.finish_reason, d.completion_tokens) for d in deltas] == [("abort", 0)]
         assert_idle(engine)
 
     run(loop, scenario())
