@@ -205,6 +205,22 @@ def test_a_stream_dropped_before_its_grammar_compiled_frees_its_id(loop, engine)
     run(loop, scenario())
 
 
+def test_streams_sharing_an_id_dropped_before_their_grammar_compiled_are_swept(loop, engine):
+    """Before: the sweep counted ids, not calls: streams under one id (an application's
+    fixed id), each closed before its grammar compiled, piled up under it without end."""
+    async def scenario():
+        grammar = SamplingParams(max_tokens=5, constraint=Constraint(
+            GrammarSpec("regex", "(si|non)[0-9]w")))
+        for _ in range(200):
+            stream = engine.stream("Hi", grammar, request_id="fixed")
+            await stream.aclose()
+        assert len(engine._request_ids._calls["fixed"]) < 70
+        await engine.abort("fixed")  # finds them all ended
+        assert_idle(engine)
+
+    run(loop, scenario())
+
+
 def test_abort_is_a_usage_error_before_start_and_from_another_loop(loop, engine):
     """As the engine's other calls: before start() it says to start the engine; from
     another event loop (another thread's) it changes nothing under the running one."""

@@ -54,9 +54,11 @@ class RequestIds:
         """`finish`: the engine's _finish, which an abort calls with "abort"."""
         self._finish = finish
         self._calls: dict[str, list[IdCall]] = {}
-        # past this many ids the ended ones are dropped (a stream never read, made outside
-        # a loop, gives its id back at no other time): the table stays within twice the
-        # calls under way
+        self._count = 0  # the calls in _calls, under all their ids
+        # past this many calls the ended ones are dropped (a stream never read, made outside
+        # a loop, or closed before its grammar compiled, gives its id back at no other
+        # time): the table stays within twice the calls under way. Calls, not ids: calls
+        # sharing one id piled up under it unswept
         self._sweep_at = 64
 
     def claim(self, request_id: str | None) -> IdCall | None:
@@ -67,13 +69,15 @@ class RequestIds:
         if not isinstance(request_id, str) or not request_id:
             raise InvalidRequest("request_id must be a non-empty string, got "
                                  f"{request_id!r}", param="request_id")
-        if len(self._calls) >= self._sweep_at:
+        if self._count >= self._sweep_at:
             under_way = ((k, [c for c in calls if c.under_way])
                          for k, calls in self._calls.items())
             self._calls = {k: calls for k, calls in under_way if calls}
-            self._sweep_at = 2 * len(self._calls) + 64
+            self._count = sum(map(len, self._calls.values()))
+            self._sweep_at = 2 * self._count + 64
         call = IdCall(request_id)
         self._calls.setdefault(request_id, []).append(call)
+        self._count += 1
         return call
 
     def submitted(self, call: IdCall | None, req: Request) -> None:
@@ -98,6 +102,7 @@ class RequestIds:
         calls = self._calls.get(call.request_id, [])
         if call in calls:
             calls.remove(call)
+            self._count -= 1
             if not calls:
                 del self._calls[call.request_id]
 
