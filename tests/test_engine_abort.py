@@ -6,12 +6,13 @@ chat; calls may share an id, as vLLM lets them. Each test checks that nothing st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
 
 from aiollm import Engine, SamplingParams
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, Overloaded
 from aiollm.sampling_params import Constraint, GrammarSpec
 from conftest import run, tiny_llama
 
@@ -128,19 +129,29 @@ def test_a_stream_aborted_by_id_ends_with_an_abort_delta(loop, engine):
     run(loop, scenario())
 
 
+@contextlib.contextmanager
+def held_compiles(eng: Engine, gate: threading.Event):
+    """The engine's grammar compilations held (off the loop) until `gate` is set."""
+    compile_ = eng.grammars.compile
+
+    async def held(spec):
+        await asyncio.to_thread(gate.wait, 30)
+        return await compile_(spec)
+
+    eng.grammars.compile = held
+    try:
+        yield
+    finally:
+        gate.set()
+        eng.grammars.compile = compile_
+
+
 def test_an_abort_before_submission_ends_the_request_as_it_is_submitted(loop, engine):
     """A call aborted while its grammar compiles (off the loop), before its request
     exists, is not submitted to run: it ends with "abort" as it is."""
     async def scenario():
         gate = threading.Event()
-        compile_ = engine.grammars.compile
-
-        async def held(spec):  # compile_grammar's compile, held until the abort
-            await asyncio.to_thread(gate.wait, 30)
-            return await compile_(spec)
-
-        engine.grammars.compile = held
-        try:
+        with held_compiles(engine, gate):
             grammar = SamplingParams(max_tokens=50, constraint=Constraint(
                 GrammarSpec("regex", "[ab]+x")))
             task = asyncio.ensure_future(engine.generate("Hello", grammar, request_id="g"))
@@ -151,10 +162,41 @@ def test_an_abort_before_submission_ends_the_request_as_it_is_submitted(loop, en
             gate.set()
             out = await asyncio.wait_for(task, 30)
             deltas = [d async for d in stream]
-        finally:
-            engine.grammars.compile = compile_
         assert (out.finish_reason, out.completion_tokens) == ("abort", 0)
         assert [(d.finish_reason, d.completion_tokens) for d in deltas] == [("abort", 0)]
+        assert_idle(engine)
+
+    run(loop, scenario())
+
+
+def test_a_call_aborted_before_submission_is_not_refused_by_a_full_queue(loop, engine,
+                                                                         monkeypatch):
+    """Before: a call aborted while its grammar compiled raised Overloaded when the waiting
+    queue was full at its submission, where an abort promises finish_reason "abort" (and
+    its refusal was logged): its request ends as it is submitted and never waits."""
+    monkeypatch.setattr(engine.config, "max_waiting_requests", 1)
+
+    async def scenario():
+        gate = threading.Event()
+        grammar = SamplingParams(max_tokens=50, constraint=Constraint(
+            GrammarSpec("regex", "[cd]+x")))
+        with held_compiles(engine, gate):
+            task = asyncio.ensure_future(engine.generate("Hello", grammar, request_id="full"))
+            stream = engine.stream("Hello", grammar, "full")
+            running = [await started(engine, engine.generate("Hi", LONG)) for _ in range(2)]
+            queued = asyncio.ensure_future(engine.generate("Hello", LONG))
+            await until(lambda: engine.stats()["waiting"] == 1)
+            with pytest.raises(Overloaded):  # the queue is full
+                await engine.generate("Hi", SamplingParams(max_tokens=2))
+            await engine.abort("full")
+            gate.set()
+            out = await asyncio.wait_for(task, 30)
+            deltas = [d async for d in stream]
+        assert (out.finish_reason, out.completion_tokens) == ("abort", 0)
+        assert [(d.finish_reason, d.completion_tokens) for d in deltas] == [("abort", 0)]
+        for t in running + [queued]:
+            t.cancel()
+        await asyncio.gather(*running, queued, return_exceptions=True)
         assert_idle(engine)
 
     run(loop, scenario())

@@ -17,7 +17,7 @@ from aiollm.engine.output_text import NoText, OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
 from aiollm.engine.request_group import ChoiceGroup, completions, n_of
-from aiollm.engine.request_ids import IdCall
+from aiollm.engine.request_ids import IdCall, aborted
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import Prompt, default_length_within, off_loop, prompt_text
 from aiollm.errors import InvalidRequest, Overloaded
@@ -120,7 +120,8 @@ class EngineAPI:
         async def one(p: SamplingParams, group: ChoiceGroup | None = group) -> RequestOutput:
             async with room or contextlib.nullcontext():
                 await self.compile_grammar(p)
-                req, text = self._submit(prompt, p, cache_salt=cache_salt, group=group)
+                req, text = self._submit(prompt, p, cache_salt=cache_salt, group=group,
+                                         aborted=aborted(call))
                 self._request_ids.submitted(call, req)
                 out = await collect(req, deltas(req, text, self._finish))
             out.prompt = given
@@ -191,7 +192,8 @@ class EngineAPI:
             if stream is None or stream.closed:  # dropped, or closed by another task meanwhile
                 return
             # checked again: the engine may have stopped
-            req, text = self._submit(ids, params, cache_salt=cache_salt, group=group)
+            req, text = self._submit(ids, params, cache_salt=cache_salt, group=group,
+                                     aborted=aborted(call))
             self._request_ids.submitted(call, req)
             stream.bind(req)
             del stream  # held by its consumer only: dropped, it releases the request

@@ -47,6 +47,12 @@ class IdCall:
         return stream is not None and not stream.closed
 
 
+def aborted(call: IdCall | None) -> bool:
+    """Whether `call` (None: a call without an id) was aborted: its requests end as they
+    are submitted."""
+    return call is not None and call.aborted
+
+
 class RequestIds:
     """The calls under way by their caller-given ids (one engine's; used on its loop)."""
 
