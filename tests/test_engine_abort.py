@@ -216,8 +216,9 @@ def test_calls_sharing_an_id_end_together_and_a_bad_id_is_named(loop, engine):
             assert e.value.param == "request_id"
         with pytest.raises(InvalidRequest, match=r"request_id\[1\] must be a string, got 3"):
             await engine.abort(["dup", 3])
-        with pytest.raises(InvalidRequest, match="request_id must be a string or an"):
-            await engine.abort(5)
+        for bad in (5, b"dup"):  # (bytes: was "request_id[0] must be a string, got 100")
+            with pytest.raises(InvalidRequest, match="request_id must be a string or an"):
+                await engine.abort(bad)
         assert not first.done()  # a refused abort aborted nothing
         await engine.abort("dup")
         assert (await asyncio.wait_for(first, 30)).finish_reason == "abort"

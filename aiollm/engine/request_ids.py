@@ -118,6 +118,8 @@ class RequestIds:
         id of no call under way is passed over, as vLLM passes it over. InvalidRequest
         naming request_id for an id that is no string (nothing aborted then)."""
         try:
+            if isinstance(request_ids, (bytes, bytearray)):  # iterable, but of ints
+                raise TypeError
             ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
         except TypeError:
             raise InvalidRequest("request_id must be a string or an iterable of strings, "
