@@ -202,6 +202,31 @@ def test_a_call_aborted_before_submission_is_not_refused_by_a_full_queue(loop, e
     run(loop, scenario())
 
 
+def test_n_choices_waiting_for_room_end_at_their_abort(loop, engine, monkeypatch):
+    """Choices wait for a place (generate's n > 1, as generate_batch's prompts) while the
+    table and the queue are full. Before: an abort of their id ended them only once
+    unrelated requests had ended and freed places; now at once, the places untouched."""
+    async def scenario():
+        monkeypatch.setattr(engine, "_batch_room", room := asyncio.Semaphore(2))
+        long = SamplingParams(max_tokens=1000, ignore_eos=True, n=2, seed=4)
+        busy = asyncio.ensure_future(engine.generate("Hi", long))
+        await until(lambda: room.locked())
+        task = asyncio.ensure_future(engine.generate(
+            "Hello", SamplingParams(max_tokens=5, n=2, seed=5), request_id="room"))
+        await asyncio.sleep(0.05)
+        await engine.abort("room")
+        out = await asyncio.wait_for(task, 30)
+        assert [(c.finish_reason, len(c.token_ids)) for c in out.outputs] == [
+            ("abort", 0)] * 2
+        assert not busy.done() and room.locked()  # the places stay the busy call's
+        busy.cancel()
+        await asyncio.gather(busy, return_exceptions=True)
+        assert room._value == 2
+        assert_idle(engine)
+
+    run(loop, scenario())
+
+
 def test_calls_sharing_an_id_end_together_and_a_bad_id_is_named(loop, engine):
     """vLLM makes each request's own id unique and aborts every request of a caller's id:
     a second call under an id in use runs, and one abort ends both. A bad id is an

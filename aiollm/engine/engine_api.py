@@ -17,7 +17,7 @@ from aiollm.engine.output_text import NoText, OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
 from aiollm.engine.request_group import ChoiceGroup, completions, n_of
-from aiollm.engine.request_ids import IdCall, aborted
+from aiollm.engine.request_ids import IdCall, aborted, room_unless_aborted
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import Prompt, default_length_within, off_loop, prompt_text
 from aiollm.errors import InvalidRequest, Overloaded
@@ -118,7 +118,7 @@ class EngineAPI:
         compiles under way as requests); `given`: the prompt's text as the caller gave it;
         `group`: as generate() takes it; `call`: the caller's request id's (or None)."""
         async def one(p: SamplingParams, group: ChoiceGroup | None = group) -> RequestOutput:
-            async with room or contextlib.nullcontext():
+            async with room_unless_aborted(room, call):
                 await self.compile_grammar(p)
                 req, text = self._submit(prompt, p, cache_salt=cache_salt, group=group,
                                          aborted=aborted(call))

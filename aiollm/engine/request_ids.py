@@ -12,8 +12,10 @@ each request's own id unique, and aborts every request of the caller's).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiollm.engine.request import Request
 from aiollm.errors import InvalidRequest
@@ -27,14 +29,19 @@ class IdCall:
     yet), whether it was aborted. `stream`: a weak reference to the stream whose request is
     submitted once its grammar has compiled (closed or dropped before, it submits none)."""
 
-    __slots__ = ("request_id", "requests", "open", "aborted", "stream")
+    __slots__ = ("request_id", "requests", "open", "abort_event", "stream")
 
     def __init__(self, request_id: str):
         self.request_id = request_id
         self.requests: list[Request] = []
         self.open = True
-        self.aborted = False
+        self.abort_event = asyncio.Event()  # set by an abort of its id
         self.stream: weakref.ref | None = None
+
+    @property
+    def aborted(self) -> bool:
+        """Whether an abort of its id came: its requests end as they are submitted."""
+        return self.abort_event.is_set()
 
     @property
     def under_way(self) -> bool:
@@ -51,6 +58,34 @@ def aborted(call: IdCall | None) -> bool:
     """Whether `call` (None: a call without an id) was aborted: its requests end as they
     are submitted."""
     return call is not None and call.aborted
+
+
+@contextlib.asynccontextmanager
+async def room_unless_aborted(room: asyncio.Semaphore | None,
+                              call: IdCall | None) -> AsyncIterator[None]:
+    """Hold a place of `room` (None: nothing to hold) while the body runs, unless `call` is
+    aborted while it waits for one: the body then runs holding none (its request, aborted,
+    ends as it is submitted), not once unrelated requests have ended and freed one."""
+    if room is None or call is None:
+        async with room or contextlib.nullcontext():
+            yield
+        return
+    take = asyncio.ensure_future(room.acquire())
+    abort = asyncio.ensure_future(call.abort_event.wait())
+    held = False
+    try:
+        try:
+            await asyncio.wait((take, abort), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # (also when the caller is cancelled)
+            abort.cancel()
+            held = take.done()
+            if not held:  # a place given to it meanwhile goes back as it is cancelled
+                take.cancel()
+                take.add_done_callback(lambda t: t.cancelled() or room.release())
+        yield
+    finally:
+        if held:
+            room.release()
 
 
 class RequestIds:
@@ -130,7 +165,7 @@ class RequestIds:
                                      param=f"request_id[{i}]")
         for rid in ids:
             for call in list(self._calls.get(rid, ())):
-                call.aborted = True
+                call.abort_event.set()
                 for req in call.requests:
                     self._finish(req, "abort")  # (a no-op for one that has ended)
                 if not call.under_way:
