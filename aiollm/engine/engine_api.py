@@ -100,7 +100,8 @@ class EngineAPI:
         vLLM's AsyncLLM.abort does: a generate() returns what it generated so far with
         finish_reason "abort" (each of its n choices), a stream's last delta has "abort"; a
         call aborted before its request was submitted (its prompt tokenized or its grammar
-        compiled off the loop) ends so at once. An id of no call under way (one that has
+        compiled off the loop: once they are done; its choices waiting for a place: at
+        once) ends so, with no token. An id of no call under way (one that has
         ended, or never was) is passed over. InvalidRequest naming request_id for an id
         that is no string; RuntimeError before start() or from another event loop than the
         engine's (from another thread: asyncio.run_coroutine_threadsafe)."""
