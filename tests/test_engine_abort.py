@@ -219,8 +219,12 @@ def test_n_choices_waiting_for_room_end_at_their_abort(loop, engine, monkeypatch
         assert [(c.finish_reason, len(c.token_ids)) for c in out.outputs] == [
             ("abort", 0)] * 2
         assert not busy.done() and room.locked()  # the places stay the busy call's
+        gone = asyncio.ensure_future(engine.generate(  # cancelled while it waits: takes none
+            "Hello", SamplingParams(max_tokens=5, n=2, seed=6), request_id="gone"))
+        await asyncio.sleep(0.05)
+        gone.cancel()
         busy.cancel()
-        await asyncio.gather(busy, return_exceptions=True)
+        await asyncio.gather(busy, gone, return_exceptions=True)
         assert room._value == 2
         assert_idle(engine)
 
