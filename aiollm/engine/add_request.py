@@ -110,18 +110,20 @@ class AddRequest:
                                                         self.max_model_len), refuse_long=True)
 
     def _submit(self, prompt: Prompt, params: SamplingParams, *, counted: bool = True,
-                cache_salt: str | None = None, group: ChoiceGroup | None = None
-                ) -> tuple[Request, OutputText | NoText]:
+                cache_salt: str | None = None, group: ChoiceGroup | None = None,
+                aborted: bool = False) -> tuple[Request, OutputText | NoText]:
         """A checked request in the waiting queue, and its output text's decoder. counted
         False: kept out of the metrics and the scheduler's history (a health probe);
         cache_salt: the request's, checked (cache_salt.checked_salt); group: the choices
-        it is one of (request_group.ChoiceGroup; None: a request of one choice)."""
+        it is one of (request_group.ChoiceGroup; None: a request of one choice); aborted:
+        its caller's id was aborted before (Engine.abort), so it ends as it is submitted,
+        waiting for nothing: a full queue does not refuse it."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
         # what waits beyond the running batch's room: a burst the batch takes is no overload.
         # A health probe (counted False) is no client's request: it needs no place
         beyond, limit = self.planner.waiting_beyond_batch(), self.config.max_waiting_requests
-        if counted and beyond >= limit:
+        if counted and not aborted and beyond >= limit:
             self._refusals.refused("the waiting queue is full", f"{beyond} request"
                                    f"{'s wait' if beyond != 1 else ' waits'} beyond the "
                                    "running batch's free places, the most "

@@ -72,7 +72,7 @@ class ChatAPI:
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None,
                    template: TemplateOptions | None = None,
-                   tools: list[dict] | None = None, *,
+                   tools: list[dict] | None = None, *, request_id: str | None = None,
                    cache_salt: str | None = None) -> RequestOutput:
         """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
         checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
@@ -81,23 +81,30 @@ class ChatAPI:
         "none", no grammar being built from them: InvalidRequest naming `tools[i]...`): the
         prompt is the one /v1/chat/completions renders for the
         same messages, tools and options (render_chat). The output is the model's text, any
-        calls in it unparsed, as vLLM's LLM.chat gives it. `cache_salt`: as generate()
-        takes it; it and `params` (InvalidRequest naming the field, as generate() names
-        it) are checked before the messages are rendered."""
+        calls in it unparsed, as vLLM's LLM.chat gives it. `request_id`, `cache_salt`: as
+        generate() takes them (an abort while the conversation renders ends the call);
+        they and `params` (InvalidRequest naming the field, as generate() names it) are
+        checked before the messages are rendered."""
         checked_salt(cache_salt)
-        size = rendered_size(messages, tools, template, TOKENIZE_INLINE_CHARS)
-        ids = await off_loop(size, self._chat_ids, messages, template, tools, self._most(params))
-        return await self.generate(ids, params, cache_salt=cache_salt)
+        call = self._request_ids.claim(request_id)
+        try:
+            size = rendered_size(messages, tools, template, TOKENIZE_INLINE_CHARS)
+            ids = await off_loop(size, self._chat_ids, messages, template, tools,
+                                 self._most(params))
+            return await self._generate(call, ids, params, cache_salt)
+        finally:
+            self._request_ids.release(call)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
                     template: TemplateOptions | None = None,
-                    tools: list[dict] | None = None, *,
+                    tools: list[dict] | None = None, *, request_id: str | None = None,
                     cache_salt: str | None = None) -> AsyncIterator[Delta]:
         """stream() on a conversation under the chat template, with `tools`, checked and
-        rendered as chat() checks and renders them; `cache_salt` as generate() takes it."""
+        rendered as chat() checks and renders them; `request_id`, `cache_salt` as stream()
+        takes them."""
         checked_salt(cache_salt)
         return self.stream(self._chat_ids(messages, template, tools, self._most(params)),
-                           params, cache_salt=cache_salt)
+                           params, request_id=request_id, cache_salt=cache_salt)
 
     def _chat_ids(self, messages: list[dict], template: TemplateOptions | None,
                   tools: list[dict] | None, most: int | None) -> list[int]:

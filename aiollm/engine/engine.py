@@ -42,6 +42,7 @@ from aiollm.engine.planner import Planner
 from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.refusal_log import RefusalLog
 from aiollm.engine.request import Request
+from aiollm.engine.request_ids import RequestIds
 from aiollm.engine.step_health import StepHealth
 from aiollm.engine.step_log import StepLog
 from aiollm.engine.step_loop import StepLoop
@@ -99,6 +100,8 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         self._changing: asyncio.Event | None = None
         self._left_load: asyncio.Future | None = None  # a cancelled start()'s load
         self._requests: dict[int, Request] = {}
+        # the calls under way by their callers' request ids (abort(request_id))
+        self._request_ids = RequestIds(weak_method(self._finish))
         # SamplingParams' fields the model's generation config gives defaults (set at start)
         self.sampling_defaults: dict = {}
 

@@ -162,7 +162,8 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
         try:
             check_tokenizer_path(cfg.model)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"model path {e}; give one with --tokenizer") from None
+            raise FileNotFoundError(f"model path {e}; give one with --tokenizer "
+                                    "(Engine's and LLM's tokenizer=)") from None
         # transformers' AutoTokenizer reads config.json too: a damaged one is named as the
         # model's config (read_config's ValueError), not as an unreadable tokenizer
         from aiollm.model.loader import read_config
