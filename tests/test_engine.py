@@ -33,7 +33,10 @@ def engine(loop):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> str:
     """conftest.sharp_tiny_llama with two layers, hidden 64 and 2,048 positions (the
-    longest prompt here is 522 tokens)."""
+    longest prompt here is 522 tokens). With the default model's tokenizer it is also the
+    model of the tests that start an engine of their own to check its start, stop, prompt
+    tokenization or grammar compilation, which no model's outputs change: the default
+    model's prefill of a 200-word prompt took 2.5 s of a 2-core CPU, a 12-token answer 1 s."""
     return sharp_tiny_llama(tmp_path_factory.mktemp("tiny2"), hidden_size=64,
                             intermediate_size=128, num_hidden_layers=2,
                             max_position_embeddings=2048)
@@ -1129,13 +1132,13 @@ def test_chat_before_start_is_a_usage_error():
         asyncio.run(eng.generate("hi"))
 
 
-def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop):
+def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop, tiny_dir):
     """A request whose long prompt (or conversation) is still being tokenized off the loop
     when stop() ends gets Overloaded, as one that arrives while stop() runs, and so does one
     that arrives after: they got RuntimeError('the engine is not started'), which a server
     shutting down (it stops the engine once no request is submitted) answered with a 500.
     An engine that was never started still raises RuntimeError."""
-    eng = Engine(None, kv_tokens=2048)
+    eng = Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=2048)
     with pytest.raises(RuntimeError, match="not started"):
         eng.stream([1, 2], SamplingParams())
     text = " ".join(f"word{i % 5000} w" for i in range(120_000))  # ~1.4 MB: ~1 s to encode
@@ -1158,14 +1161,14 @@ def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop):
     assert all(isinstance(r, Overloaded) for r in results), results
 
 
-def test_a_stopped_engine_says_it_is_stopped(loop):
+def test_a_stopped_engine_says_it_is_stopped(loop, tiny_dir):
     """generate, chat and stream after stop() raised Overloaded("...; retry it"), though no
     retry can succeed on a stopped engine: they raise EngineStopped, which says so. It is an
     Overloaded, so a server's request racing its shutdown still gets 503, not a 500."""
     from aiollm.api.http_errors import as_api_error
     from aiollm.errors import EngineStopped
 
-    eng = Engine(None, kv_tokens=1024)
+    eng = Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=1024)
     messages = [{"role": "user", "content": "hi"}]
     params = SamplingParams(max_tokens=1)
     uncompiled = SamplingParams(max_tokens=1, constraint=Constraint(GrammarSpec(
@@ -1204,7 +1207,7 @@ def _grammar_threads() -> set:
     return {t for t in threading.enumerate() if t.name.startswith("aiollm-grammar")}
 
 
-def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, held_json_schemas):
+def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, tiny_dir, held_json_schemas):
     """Grammars compile on the engine's own threads: compilations held for as long as the
     test likes (xgrammar's compile call waits; a large schema takes seconds) filled the loop's
     default pool, where a plain request's long prompt waited to be tokenized. Stopping the
@@ -1216,7 +1219,7 @@ def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, held_json_sch
     release, _ = held_json_schemas
     others = _grammar_threads()  # other engines' (the module's)
     default_workers = min(32, (os.cpu_count() or 1) + 4)  # the loop's default pool
-    eng = Engine(None, kv_tokens=2048)
+    eng = Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=2048)
 
     async def scenario():
         await eng.start()
@@ -1245,7 +1248,7 @@ def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, held_json_sch
 
 
 def test_requests_whose_grammar_compiles_as_the_engine_stops_get_engine_stopped(
-        loop, held_json_schemas):
+        loop, tiny_dir, held_json_schemas):
     """generate(), stream() and compile_grammar() waiting for a grammar to compile when
     stop() ran raised a plain Overloaded ('the engine shut down before the grammar compiled'),
     which tells an Engine API caller to retry, where every other request in flight gets
@@ -1253,7 +1256,7 @@ def test_requests_whose_grammar_compiles_as_the_engine_stops_get_engine_stopped(
     from aiollm.errors import EngineStopped
 
     _, compiled = held_json_schemas
-    eng = Engine(None, kv_tokens=1024)
+    eng = Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=1024)
 
     async def scenario():
         await eng.start()
@@ -1271,7 +1274,7 @@ def test_requests_whose_grammar_compiles_as_the_engine_stops_get_engine_stopped(
     assert all(isinstance(r, EngineStopped) for r in results), results
     assert all("stop" in str(r) for r in results), results
 
-def test_grammar_compile_deadline(loop, held_json_schemas):
+def test_grammar_compile_deadline(loop, tiny_dir, held_json_schemas):
     """A grammar not compiled within grammar_compile_timeout fails its request with an
     InvalidRequest naming its field, and its compilation, which cannot be interrupted, stops
     holding a compile thread: other grammars compile meanwhile. A schema of 5,000 optional
@@ -1282,7 +1285,8 @@ def test_grammar_compile_deadline(loop, held_json_schemas):
     import re
 
     release, calls = held_json_schemas
-    eng = Engine(None, kv_tokens=2048, grammar_compile_timeout=0.5)
+    eng = Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=2048,
+                 grammar_compile_timeout=0.5)
     regex = r"(yes|no), [a-c]{3}"  # a grammar no other test compiles
     guided = SamplingParams(max_tokens=12, temperature=0,
                             constraint=Constraint(GrammarSpec("regex", regex, "guided_regex")))
@@ -1329,7 +1333,7 @@ def test_grammar_compile_deadline(loop, held_json_schemas):
     assert run(loop, scenario()) < 1.0
 
 
-def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
+def test_stream_compiles_its_grammar_as_generate_does(loop, tiny_dir, held_json_schemas):
     """stream() compiled a grammar not compiled yet on the event loop, with no deadline
     (Grammars.start): a slow schema held every stream and handler for as long as it
     compiled (minutes for some small schemas), and then ran. It now compiles as generate()
@@ -1339,7 +1343,8 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
 
     release, calls = held_json_schemas
     unhold = threading.Timer(5, release[301].set)  # unfixed, stream() held the loop until then
-    eng = Engine(None, kv_tokens=1024, grammar_compile_timeout=0.5)
+    eng = Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=1024,
+                 grammar_compile_timeout=0.5)
     refused = {}
 
     async def scenario():
@@ -1400,7 +1405,8 @@ def test_a_stream_closed_while_its_grammar_compiles_submits_nothing(loop, engine
     assert_all_free(engine)
 
 
-def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monkeypatch):
+def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, tiny_dir,
+                                                                     monkeypatch):
     """The first grammar's compilation built xgrammar's view of the tokenizer (~1.6 s for
     this 49k vocabulary then, ~0.1 s now, more for larger ones) within that grammar's
     deadline: with --grammar-compile-timeout 1 the first constrained request failed ("did
@@ -1424,7 +1430,8 @@ def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monk
 
     monkeypatch.setattr(grammar._CACHE, "infos", {})  # built by other tests for the process
     monkeypatch.setattr(xgr.TokenizerInfo, "_detect_metadata_from_hf", staticmethod(slow))
-    eng = Engine(None, kv_tokens=1024, grammar_compile_timeout=0.5)
+    eng = Engine(tiny_dir, tokenizer=default_model_path(), kv_tokens=1024,
+                 grammar_compile_timeout=0.5)
 
     def params(spec: GrammarSpec) -> SamplingParams:
         return SamplingParams(constraint=Constraint(spec))

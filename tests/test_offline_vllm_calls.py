@@ -1,7 +1,8 @@
 """vLLM scripts' calls on LLM beyond generate's and chat's basics: TokensPrompt's text,
 aiollm.inputs' prompt types, reset_prefix_cache(), generate's priority, chat's
 chat_template_content_format and mm_processor_kwargs, and a clear error for vLLM's members
-aiollm lacks (llm_engine, the pooling and beam-search calls), on the default model."""
+aiollm lacks (llm_engine, the pooling and beam-search calls), on a tiny random Llama with
+the default model's tokenizer and chat template."""
 
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ GREEDY = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def llm():
-    with LLM(None, kv_tokens=2048) as llm:
+def llm(tmp_path_factory):
+    """An LLM of conftest.sharp_tiny_llama (two layers, hidden 64) with the default model's
+    tokenizer: these calls' checks hold for any model's outputs, and the default model's
+    30 layers cost ~0.1 s of a 2-core CPU a token."""
+    from conftest import sharp_tiny_llama
+
+    from aiollm.model import default_model_path
+
+    path = sharp_tiny_llama(tmp_path_factory.mktemp("tiny"), hidden_size=64,
+                            intermediate_size=128, num_hidden_layers=2,
+                            max_position_embeddings=2048)
+    with LLM(path, tokenizer=default_model_path(), kv_tokens=2048) as llm:
         yield llm
 
 
