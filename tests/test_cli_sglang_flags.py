@@ -216,6 +216,21 @@ def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
     "--enable-flashinfer-cutlass-moe", "--enable-flashinfer-cutedsl-moe",
     "--enable-flashinfer-trtllm-moe", "--enable-flashinfer-mxfp4-moe",
     "--enable-triton-kernel-moe",
+    # SGLang's MoE flags of its recipes (Qwen3-MoE, DeepSeek) that stopped at "unrecognized
+    # arguments": values asking for no expert parallelism; what it uses only with expert
+    # parallelism or its load balancing; recorders and reports of the experts chosen; a
+    # draft model's and quantized experts' kernels; shared-expert fusion, a kernel's choice
+    "--expert-parallel-size 1", "--ep-num-redundant-experts 0", "--elastic-ep-backend none",
+    "--deepep-mode low_latency", "--deepep-config {}", "--ep-dispatch-algorithm static",
+    "--init-expert-location trivial", "--eplb-algorithm deepseek",
+    "--eplb-rebalance-num-iterations 1000", "--eplb-rebalance-layers-per-chunk 4",
+    "--eplb-min-rebalancing-utilization-threshold 0.5", "--tbo-token-distribution-threshold 0.48",
+    "--expert-distribution-recorder-mode stat", "--expert-distribution-recorder-buffer-size -1",
+    "--expert-balancedness-report-mode server_log", "--enable-expert-distribution-metrics",
+    "--speculative-moe-runner-backend triton", "--speculative-moe-a2a-backend deepep",
+    "--flashinfer-mxfp4-moe-precision bf16", "--disable-flashinfer-cutlass-moe-fp4-allgather",
+    "--disable-shared-experts-fusion", "--enforce-shared-experts-fusion",
+    "--enable-fused-moe-sum-all-reduce", "--moe-dense-tp-size 1", "--moe-dense-tp-size 8",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -359,6 +374,23 @@ def test_a_model_after_the_graph_sizes_is_named_as_read_as_a_size(capsys):
     ("--enable-ep-moe", ("no expert parallelism",)),
     ("--moe-a2a-backend deepep", ("no expert parallelism",)),  # SGLang's ep_size = tp_size
     ("--enable-deepep-moe", ("no expert parallelism",)),  # its --moe-a2a-backend deepep
+    # SGLang's MoE flags asking for expert parallelism or what needs it, which stopped at
+    # "unrecognized arguments"
+    ("--expert-parallel-size 8", ("no expert parallelism", "leave the flag out")),
+    ("--ep-num-redundant-experts 32", ("no redundant experts", "give 0")),
+    ("--enable-eplb", ("no expert load balancing", "leave the flag out")),
+    # SGLang itself refuses them with --moe-a2a-backend none
+    ("--enable-two-batch-overlap", ("all-to-all", "--moe-a2a-backend none")),
+    ("--enable-single-batch-overlap", ("all-to-all", "--moe-a2a-backend none")),
+    ("--enable-waterfill", ("no expert parallelism",)),
+    ("--enable-elastic-expert-backup", ("no elastic expert backup",)),
+    ("--elastic-ep-backend mooncake", ("no elastic expert parallelism",)),
+    # values SGLang's parser refuses too: none of its choices, no whole number, no rank count
+    ("--deepep-mode fast", ("invalid choice: 'fast'",)),
+    ("--expert-distribution-recorder-mode all", ("invalid choice: 'all'",)),
+    ("--ep-dispatch-algorithm best", ("invalid choice: 'best'",)),
+    ("--moe-dense-tp-size one", ("invalid int value: 'one'",)),
+    ("--moe-dense-tp-size 0", ("a rank count must be 1 or more, got 0",)),
     ("--speculative-algorithm EAGLE", ("speculative decoding",)),
     ("--speculative-draft-model-path /d", ("speculative decoding",)),
     ("--speculative-num-steps 3", ("speculative decoding",)),
@@ -380,7 +412,9 @@ def test_a_model_after_the_graph_sizes_is_named_as_read_as_a_size(capsys):
 def test_flags_aiollm_cannot_honour_stop_the_start_saying_what_to_do(line, names, capsys):
     err = refusal(line, capsys)
     flag = line.split()[0]
-    assert f"argument {flag}" in err or flag.lstrip("-").replace("-", "_") in err, err
+    # argparse names the flag with its other spellings (--ep-size/--ep/--expert-parallel-size)
+    assert (f"argument {flag}" in err or f"/{flag}:" in err
+            or flag.lstrip("-").replace("-", "_") in err), err
     for name in names:
         assert name in err, (name, err)
 
