@@ -120,6 +120,8 @@ _SGLANG_EPLB_SETTING = ("there is no expert load balancing (SGLang runs it only 
 _NO_OVERLAP = ("there is no overlap of expert-parallel all-to-all exchanges with compute "
                "(SGLang refuses it with --moe-a2a-backend none, the one exchange aiollm "
                f"has): {EVERY_RANK_EVERY_EXPERT}{_LEAVE_OUT}")
+_SHARED_FUSION = ("a shared expert runs beside the routed ones on aiollm's kernels, fused "
+                  "or not as aiollm chooses; outputs are the same")
 _NO_DRAFT = ("there is no speculative decoding (--speculative-algorithm is refused), so no "
              "draft model's MoE layers to run")
 
@@ -160,12 +162,11 @@ SGLANG_NO_EFFECT = {
     # recipes still give
     **dict.fromkeys(("--enable-flashinfer-cutlass-moe", "--enable-flashinfer-cutedsl-moe",
                      "--enable-flashinfer-trtllm-moe", "--enable-flashinfer-mxfp4-moe",
-                     "--enable-triton-kernel-moe", "--enable-fused-moe-sum-all-reduce"),
-                    MOE_KERNELS),
+                     "--enable-triton-kernel-moe", "--enable-flashinfer-moe",
+                     "--enable-fused-moe-sum-all-reduce"), MOE_KERNELS),
     # SGLang's fusion of DeepSeek V3/R1's shared expert into the routed experts' kernel
     **dict.fromkeys(("--disable-shared-experts-fusion", "--enforce-shared-experts-fusion"),
-                    "a shared expert runs beside the routed ones on aiollm's kernels, "
-                    "fused or not as aiollm chooses; outputs are the same"),
+                    _SHARED_FUSION),
     "--disable-flashinfer-cutlass-moe-fp4-allgather": "quantized checkpoints are not "
                                                       "served, so no FP4 experts' inputs "
                                                       "are gathered",
@@ -174,6 +175,8 @@ SGLANG_NO_EFFECT = {
 
 SGLANG_NO_EFFECT_VALUES = (
     Ignored(("--moe-runner-backend",), MOE_KERNELS, "BACKEND"),
+    # SGLang's older flag of the fusion (0: none), before --disable-shared-experts-fusion
+    Ignored(("--n-share-experts-fusion",), _SHARED_FUSION, "N", kind=int),
     Ignored(("--speculative-moe-runner-backend",), _NO_DRAFT, "BACKEND"),
     Ignored(("--speculative-moe-a2a-backend",), _NO_DRAFT, "BACKEND"),
     Ignored(("--flashinfer-mxfp4-moe-precision",),

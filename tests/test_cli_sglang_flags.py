@@ -231,6 +231,8 @@ def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
     "--flashinfer-mxfp4-moe-precision bf16", "--disable-flashinfer-cutlass-moe-fp4-allgather",
     "--disable-shared-experts-fusion", "--enforce-shared-experts-fusion",
     "--enable-fused-moe-sum-all-reduce", "--moe-dense-tp-size 1", "--moe-dense-tp-size 8",
+    # older SGLang's: FlashInfer's CUTLASS MoE kernels, the shared experts' fusion (0: none)
+    "--enable-flashinfer-moe", "--n-share-experts-fusion 8", "--n-share-experts-fusion 0",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
