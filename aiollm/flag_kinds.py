@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from aiollm.config import EngineConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,10 @@ class Ignored:
     value is still kept as typed); choices only where the engine's list is short and stable
     across its releases: a backend's name of a newer release (a list that grows with each) is
     taken. nargs: as the engine's argparse declares it ("+": `refuse` is given the list of
-    values, the log line shows them as typed, one space apart)."""
+    values, the log line shows them as typed, one space apart). config_check: on the command
+    line, given the value as typed and the EngineConfig the other flags give, why the two do
+    not fit as the flag's engine refuses them (SGLang's --moe-dense-tp-size beside
+    --tp-size), or None; run by serve's checks once every flag has parsed."""
 
     names: tuple[str, ...]
     why: str
@@ -47,6 +53,7 @@ class Ignored:
     kind: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
     nargs: str | None = None
+    config_check: Callable[[str, EngineConfig], str | None] | None = None
 
 
 def optional_int(value: str) -> int | None:

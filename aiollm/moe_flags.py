@@ -9,7 +9,9 @@ every expert's features, as vLLM and SGLang split experts without expert paralle
   what only expert parallelism uses (its all-to-all backend, expert placement, load
   balancing's settings, the thresholds of vLLM's dual batch overlap) change no output:
   taken, each logged as having no effect; their values checked as their engine checks
-  them (a type, its choices where its list is short and stable);
+  them (a type, its choices where its list is short and stable, --moe-dense-tp-size
+  against --tensor-parallel-size), but for a value that changes outputs, refused
+  (--ep-dispatch-algorithm fake: experts drawn at random);
 - flags asking for expert parallelism or what needs it (redundant experts, expert load
   balancing, elastic expert parallelism, the microbatch overlaps of its all-to-all
   exchanges, vLLM's routed experts in outputs) stop the start naming the flag and why;
@@ -24,8 +26,13 @@ with their older spellings that recipes still give (vLLM's --num-redundant-exper
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiollm import vllm_value_checks
 from aiollm.flag_kinds import Ignored, Refusal
+
+if TYPE_CHECKING:
+    from aiollm.config import EngineConfig
 
 # where a flag is refused or does nothing, what aiollm does instead
 EVERY_RANK_EVERY_EXPERT = ("every rank holds its share of every expert's features "
@@ -126,13 +133,28 @@ _NO_DRAFT = ("there is no speculative decoding (--speculative-algorithm is refus
              "draft model's MoE layers to run")
 
 
-def dense_tp_refusal(value: str) -> str | None:
-    """SGLang's --moe-dense-tp-size N: why N is refused (no whole number of 1 or more; the
-    argparse type checked it is a whole number), or None: taken. SGLang itself takes only
-    1 or its --tp-size (dense MLP layers whole on each rank, or split as aiollm splits
-    them: the outputs are the same)."""
-    if int(value) < 1:
-        return f"a rank count must be 1 or more, got {value}"
+def dense_tp_misfit(value: str, config: EngineConfig) -> str | None:
+    """SGLang's --moe-dense-tp-size N (a whole number, as typed) beside the tensor-parallel
+    size of `config`: why SGLang refuses N (its check takes 1, each dense MLP layer whole on
+    every rank, or its --tp-size, the layer split as aiollm splits it: the outputs are the
+    same either way), or None: taken."""
+    if int(value) in (1, config.tensor_parallel_size):
+        return None
+    return (f"SGLang takes 1 (each dense MLP layer whole on every rank) or the "
+            f"tensor-parallel size (--tensor-parallel-size), {config.tensor_parallel_size}: "
+            f"the layer split over the ranks, as aiollm splits it; got {value}")
+
+
+def dispatch_refusal(value: str) -> str | None:
+    """SGLang's --ep-dispatch-algorithm ALGORITHM: why it is refused, or None: taken. Its
+    fake, a load test of expert-parallel dispatch, routes each token by random router
+    logits (sglang/srt/eplb/expert_location_dispatch.py, with no expert parallelism too):
+    other experts, other outputs. The others choose among an expert's redundant copies,
+    of which there are none."""
+    if value == "fake":
+        return ("fake routes tokens to experts at random (SGLang's load test of the "
+                "expert-parallel dispatch), which changes the outputs: leave the flag out, "
+                "or give static")
     return None
 
 
@@ -181,14 +203,15 @@ SGLANG_NO_EFFECT_VALUES = (
     Ignored(("--speculative-moe-a2a-backend",), _NO_DRAFT, "BACKEND"),
     Ignored(("--flashinfer-mxfp4-moe-precision",),
             "quantized checkpoints are not served, so there are no MXFP4 experts: MoE "
-            "layers compute in the model's dtype", "PRECISION", choices=("default", "bf16")),
+            "layers compute in the model's dtype", "PRECISION"),  # bf16, fp8...: a list that grows
     Ignored(("--deepep-mode",), f"{_SGLANG_ONLY_WITH_EP}, so no DeepEP exchange to run",
             "MODE", choices=("auto", "normal", "low_latency")),
     Ignored(("--deepep-config",), f"{_SGLANG_ONLY_WITH_EP}, so no DeepEP exchange to tune",
             "JSON"),
     Ignored(("--ep-dispatch-algorithm",),
             "there are no redundant experts to choose ranks for (--ep-num-redundant-experts "
-            "0)", "ALGORITHM", choices=("static", "dynamic", "fake", "lp")),
+            "0)", "ALGORITHM", choices=("static", "dynamic", "fake", "lp"),
+            refuse=dispatch_refusal),
     Ignored(("--init-expert-location",),
             f"there is no expert parallelism, so no experts to place on ranks: "
             f"{EVERY_RANK_EVERY_EXPERT}", "LOCATION"),
@@ -209,5 +232,5 @@ SGLANG_NO_EFFECT_VALUES = (
     # attention), or its --tp-size: split or whole, the layer's outputs are the same
     Ignored(("--moe-dense-tp-size",),
             "dense MLP layers are split over the ranks by --tensor-parallel-size as every "
-            "layer is; outputs are the same", "N", kind=int, refuse=dense_tp_refusal),
+            "layer is; outputs are the same", "N", kind=int, config_check=dense_tp_misfit),
 )

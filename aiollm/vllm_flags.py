@@ -311,6 +311,10 @@ class NoEffectValue(argparse.Action):
             raise argparse.ArgumentError(self, why)
         shown = " ".join(values) if isinstance(values, list) else values
         _note(namespace, option_string, self.ignored.why, shown)
+        if self.ignored.config_check is not None:  # run by serve's checks (serve_checks)
+            checks = dict(getattr(namespace, "config_checks", {}))
+            checks[self.ignored.names[0]] = (option_string, values, self.ignored.config_check)
+            namespace.config_checks = checks  # a flag given again: its last value's
 
 
 class Refuse(argparse.Action):

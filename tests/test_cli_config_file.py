@@ -197,6 +197,26 @@ def test_the_files_flags_go_through_serves_checks(tmp_path, caplog, capsys):
             f"aiollm serve: error: argument {line.split()[0]}: max_running_requests "), line
 
 
+def test_the_files_dense_tp_size_is_held_to_the_tp_size_the_flags_give(tmp_path, capsys):
+    """SGLang's moe-dense-tp-size takes 1 or the TP size, from the file or the command line;
+    refused after parsing, led by the file where the file gave it."""
+    path = tmp_path / "serve.yaml"
+    path.write_text("tp-size: 2\nmoe-dense-tp-size: 2\n")
+    args = build_parser().parse_args(["serve", "M", "--config", str(path)])
+    assert checked_config(args.command_parser, args)[0].tensor_parallel_size == 2
+    args = build_parser().parse_args(["serve", "M", "--config", str(path), "--tp-size", "4"])
+    with pytest.raises(SystemExit):
+        checked_config(args.command_parser, args)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"aiollm serve: error: --config {path}: argument --moe-dense-tp-size: SGLang takes 1 "
+        "(each dense MLP layer whole on every rank) or the tensor-parallel size (--tp-size), "
+        "4: the layer split over the ranks, as aiollm splits it; got 2")
+    # the command line's value replaces the file's
+    args = build_parser().parse_args(["serve", "M", "--config", str(path), "--tp-size", "4",
+                                      "--moe-dense-tp-size", "4"])
+    assert checked_config(args.command_parser, args)[0].tensor_parallel_size == 4
+
+
 def test_the_files_several_names_with_no_model(tmp_path, capsys):
     """A list of names (or keys) in the file cannot have taken a MODEL typed after it, as
     the command line's flag can: the default model is served under them."""
@@ -277,8 +297,6 @@ def test_the_files_several_names_with_no_model(tmp_path, capsys):
      "--config FILE: argument --ep-num-redundant-experts: there is no expert parallelism, so "
      "no redundant experts: every rank holds its share of every expert's features "
      "(--tensor-parallel-size); leave the flag out or give 0"),
-    ("moe-dense-tp-size: 0\n", (), "--config FILE: argument --moe-dense-tp-size: a rank "
-                                   "count must be 1 or more, got 0"),
     # the command line's own errors are not the file's
     ("port: 1\n", ("--port", "abc"), "argument --port: invalid int value: 'abc'"),
     ("port: 1\n", ("--config", "x.yaml"),

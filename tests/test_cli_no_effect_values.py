@@ -22,9 +22,11 @@ ANY_TEXT = {"--attention-backend", "--sampling-backend", "--all2all-backend", "-
             "--llm-decode-att-backend",
             # MoE kernels' and all-to-all backends' names (vLLM's, and SGLang's for a draft
             # model), SGLang's DeepEP config (JSON text or a file), expert locations (a file
-            # or "trivial") and EPLB algorithm (a name): any text, as their engine's str
+            # or "trivial") and EPLB algorithm (a name): any text, as their engine's str;
+            # SGLang's MXFP4 MoE precisions, a list that grew (default, bf16, then fp8)
             "--moe-backend", "--speculative-moe-runner-backend", "--speculative-moe-a2a-backend",
-            "--deepep-config", "--init-expert-location", "--eplb-algorithm"}
+            "--deepep-config", "--init-expert-location", "--eplb-algorithm",
+            "--flashinfer-mxfp4-moe-precision"}
 # a good value of a flag with a check of its own
 OWN_CHECK = {"--eplb-config": "{}", "--mode": "triton_gqa_flashdecoding",
              "--limit-mm-per-prompt": '{"image": 0}', "--llm-prefill-att-backend": "fa3",
