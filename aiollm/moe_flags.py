@@ -98,6 +98,14 @@ _VLLM_EPLB_SETTING = ("there is no expert parallelism load balancing (vLLM's old
 _VLLM_DBO_SETTING = ("there is no dual batch overlap (--enable-dbo, which vLLM runs only "
                      "with expert parallelism), whose threshold this is")
 
+def negative_refusal(value: object) -> str | None:
+    """Why a count of tokens (the CLI's int text, or LLM(...)'s keyword: an int, a float with
+    no fraction, a string of one) is refused: below 0, which vLLM's ParallelConfig refuses
+    for its dual batch overlap's thresholds (ge=0); None: taken."""
+    count = vllm_value_checks.whole_number(value)
+    return None if count is None or count >= 0 else f"must be 0 or more, got {value}"
+
+
 VLLM_NO_EFFECT_VALUES = (
     Ignored(("--all2all-backend",),
             f"{_VLLM_ONLY_WITH_EP}, so tokens are never exchanged all-to-all between "
@@ -111,8 +119,10 @@ VLLM_NO_EFFECT_VALUES = (
             refuse=vllm_value_checks.eplb_refusal),
     # vLLM's kernel of the experts' matmuls (KernelConfig.moe_backend): a list that grows
     Ignored(("--moe-backend",), MOE_KERNELS, "BACKEND"),
-    Ignored(("--dbo-decode-token-threshold",), _VLLM_DBO_SETTING, "N", kind=int),
-    Ignored(("--dbo-prefill-token-threshold",), _VLLM_DBO_SETTING, "N", kind=int),
+    Ignored(("--dbo-decode-token-threshold",), _VLLM_DBO_SETTING, "N", kind=int,
+            refuse=negative_refusal),
+    Ignored(("--dbo-prefill-token-threshold",), _VLLM_DBO_SETTING, "N", kind=int,
+            refuse=negative_refusal),
     Ignored(("--eplb-window-size",), _VLLM_EPLB_SETTING, "N", kind=int),
     Ignored(("--eplb-step-interval",), _VLLM_EPLB_SETTING, "N", kind=int),
 )

@@ -169,6 +169,9 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--enable-elastic-ep", ("elastic expert parallelism", "leave the flag out")),
     ("--enable-return-routed-experts", ("routed experts", "leave the flag out")),
     ("--num-redundant-experts 32", ("no redundant experts", "give 0")),
+    # below vLLM's bound of its thresholds (ParallelConfig's ge=0), which vLLM refuses too
+    ("--dbo-decode-token-threshold -1", ("must be 0 or more, got -1",)),
+    ("--dbo-prefill-token-threshold -512", ("must be 0 or more, got -512",)),
     ("--enable-lora", ("merged",)),
     ("--lora-modules a=/x", ("merged",)),
     ("--speculative-config {}", ("speculative",)),

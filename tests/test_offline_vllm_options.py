@@ -168,6 +168,8 @@ def test_moe_keywords_of_vllms_recipes_are_taken_or_refused_as_the_cli_flags(cap
         assert says in message and "--" not in message, message  # in Python's terms
     assert refused(dbo_decode_token_threshold="x") == (
         "dbo_decode_token_threshold='x': must be a whole number")
+    assert refused(dbo_prefill_token_threshold=-1) == (  # as vLLM's ParallelConfig (ge=0)
+        "dbo_prefill_token_threshold=-1: must be 0 or more, got -1")
     assert refused(moe_backend=3) == "moe_backend=3: must be a string"
 
 
