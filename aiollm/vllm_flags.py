@@ -35,27 +35,12 @@ answer vLLM's keywords of LLM(...) (aiollm/vllm_names.py), but for SERVER_ONLY.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from aiollm import (vllm_compilation, vllm_graph_flags, vllm_structured_config,
+from aiollm import (moe_flags, vllm_compilation, vllm_graph_flags, vllm_structured_config,
                     vllm_value_checks)
 from aiollm.config import REASONING_PARSERS
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A vLLM flag aiollm refuses. names: the flag and its short form; message: what aiollm
-    offers instead (a callable when it must import to say it); takes_value: vLLM's flag
-    takes one value (else it is a switch); same: values asking for aiollm's own behaviour,
-    accepted; model_check: for such a value, why MODEL (None: the default model) does not
-    fit it, or None when it does (a missing MODEL is left for the load to report)."""
-
-    names: tuple[str, ...]
-    message: str | Callable[[], str]
-    takes_value: bool = True
-    same: tuple[str, ...] = ()
-    model_check: Callable[[str | None], str | None] | None = None
+from aiollm.flag_kinds import Ignored, Refusal, optional_int
 
 
 def gguf_quantization_misfit(model: str | None) -> str | None:
@@ -110,14 +95,8 @@ REFUSED = (
     Refusal(("--cpu-offload-gb",),
             "weights are never offloaded to the CPU: split a model too large for one GPU "
             "with --tensor-parallel-size", same=("0",)),
-    Refusal(("-ep", "--enable-expert-parallel"),
-            "there is no expert parallelism: --tensor-parallel-size gives every rank its "
-            "share of each expert's features (vLLM's split without this flag; the outputs "
-            "are the same), leave the flag out", takes_value=False),
-    Refusal(("--enable-eplb",),
-            "there is no expert parallelism, so no expert load balancing: every rank holds "
-            "its share of every expert (--tensor-parallel-size), leave the flag out",
-            takes_value=False),
+    # expert parallelism and what goes with it (aiollm/moe_flags.py)
+    *moe_flags.VLLM_REFUSED,
     Refusal(("--enable-lora",), NO_LORA, takes_value=False),
     Refusal(("--lora-modules",), NO_LORA),
     Refusal(("--speculative-config",), "speculative decoding is not supported"),
@@ -218,9 +197,7 @@ NO_EFFECT = {
     "--trust-remote-code": "no code from a checkpoint is ever run: the model types aiollm "
                            "implements are served with their tokenizer.json",
     "--no-trust-remote-code": "no code from a checkpoint is ever run",
-    "--no-enable-expert-parallel": "there is no expert parallelism: --tensor-parallel-size "
-                                   "splits every expert's features over the ranks",
-    "--no-enable-eplb": "there is no expert parallelism, so no expert load balancing",
+    **moe_flags.VLLM_NO_EFFECT,
     "--disable-custom-all-reduce": "tensor parallelism all-reduces with torch.distributed "
                                    "(NCCL) only",
     "--enable-request-id-headers": "every response carries X-Request-Id: the request's own "
@@ -239,40 +216,6 @@ NO_EFFECT = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    """A vLLM flag taking a value that changes nothing in aiollm (vLLM uses it only with a
-    feature aiollm lacks). names: the flag; why: what aiollm does instead; metavar: its
-    value's name in --help (where there are choices, --help lists them instead); refuse: given
-    the value (as typed, or as LLM(...)'s keyword takes it), why it is refused (it asks
-    for what aiollm cannot do), or None: taken. kind and choices: the value's type and
-    choices as the flag's own engine declares them, so that a value it refuses as a usage
-    error (--watchdog-timeout abc) is one here too (the value is still kept as typed);
-    choices only where the engine's list is short and stable across its releases: a
-    backend's name of a newer release (a list that grows with each) is taken. nargs: as
-    the engine's argparse declares it ("+": `refuse` is given the list of values, the log
-    line shows them as typed, one space apart)."""
-
-    names: tuple[str, ...]
-    why: str
-    metavar: str
-    refuse: Callable[[Any], str | None] | None = None
-    kind: Callable[[str], Any] = str
-    choices: tuple[str, ...] | None = None
-    nargs: str | None = None
-
-
-def optional_int(value: str) -> int | None:
-    """A whole number as vLLM reads an optional one (its optional_type(int)): "" and "None"
-    are None; argparse.ArgumentTypeError as argparse words its own for any other non-number."""
-    if value in ("", "None"):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
-
-
 def _kept_as_typed(kind: Callable[[str], Any]) -> Callable[[str], str]:
     """argparse's type= that checks a value as `kind` reads it (its ValueError is argparse's
     "invalid KIND value" usage error) and keeps the text as typed, for the log's line."""
@@ -284,17 +227,8 @@ def _kept_as_typed(kind: Callable[[str], Any]) -> Callable[[str], str]:
     return check
 
 
-_NO_EXPERT_PARALLELISM = ("there is no expert parallelism (vLLM uses the flag only with "
-                          "--enable-expert-parallel): every rank holds its share of every "
-                          "expert (--tensor-parallel-size)")
-
 NO_EFFECT_VALUES = (
-    Ignored(("--all2all-backend",),
-            f"{_NO_EXPERT_PARALLELISM}, so tokens are never exchanged all-to-all between "
-            "expert ranks", "BACKEND"),
-    Ignored(("--expert-placement-strategy",),
-            f"{_NO_EXPERT_PARALLELISM}, so there are no experts to place on ranks",
-            "STRATEGY", choices=("linear", "round_robin")),
+    *moe_flags.VLLM_NO_EFFECT_VALUES,
     # in vLLM's own --config example: a log level changes no output, so it is taken
     Ignored(("--uvicorn-log-level",),
             "the HTTP server is aiohttp, not uvicorn: --log-level sets the server's logging "
@@ -308,10 +242,6 @@ NO_EFFECT_VALUES = (
     Ignored(("--limit-mm-per-prompt",),
             "aiollm's models take text alone, so no prompt carries images, audio or video",
             "JSON", refuse=vllm_value_checks.multimodal_refusal),
-    Ignored(("--eplb-config",),
-            "there is no expert parallelism load balancing (vLLM uses the config only with "
-            "--enable-eplb), which these are the settings of", "JSON",
-            refuse=vllm_value_checks.eplb_refusal),
 )
 
 # flags of vLLM's server alone (its frontend's, AsyncEngineArgs'), not keywords of its LLM(...):
@@ -381,6 +311,10 @@ class NoEffectValue(argparse.Action):
             raise argparse.ArgumentError(self, why)
         shown = " ".join(values) if isinstance(values, list) else values
         _note(namespace, option_string, self.ignored.why, shown)
+        if self.ignored.config_check is not None:  # run by serve's checks (serve_checks)
+            checks = dict(getattr(namespace, "config_checks", {}))
+            checks[self.ignored.names[0]] = (option_string, values, self.ignored.config_check)
+            namespace.config_checks = checks  # a flag given again: its last value's
 
 
 class Refuse(argparse.Action):

@@ -145,6 +145,20 @@ def test_mappings_are_a_json_flags_object(tmp_path):
     assert args.vllm_graphs["config"][1] == {"max_cudagraph_capture_size": 1000}
 
 
+def test_moe_keys_of_vllms_and_sglangs_recipes_are_taken_as_their_flags(tmp_path):
+    """A vLLM or SGLang MoE recipe's YAML: keys that change nothing here are taken as the
+    command line's flags are, each noted for the start's log (they stopped the file at
+    "unknown key")."""
+    args = parse(tmp_path, "moe-backend: triton\nenable-expert-parallel: false\n"
+                           "enable-ep-weight-filter: true\ndbo-decode-token-threshold: 32\n"
+                           "expert-distribution-recorder-mode: stat\nmoe-dense-tp-size: 1\n"
+                           "ep-num-redundant-experts: 0\n")
+    assert [shown for shown, _ in args.no_effect] == [
+        "--moe-backend triton", "--no-enable-expert-parallel", "--enable-ep-weight-filter",
+        "--dbo-decode-token-threshold 32", "--expert-distribution-recorder-mode stat",
+        "--moe-dense-tp-size 1"], args.no_effect
+
+
 def test_config_equals_file(tmp_path, capsys):
     """--config=FILE, as argparse reads any flag's =VALUE; the file's errors name it."""
     path = tmp_path / "serve.yaml"
@@ -181,6 +195,26 @@ def test_the_files_flags_go_through_serves_checks(tmp_path, caplog, capsys):
     for line in ("--max-num-seqs 0", "--max-running-requests 0"):
         assert checks_refusal(f"--config {path} {line}", capsys).startswith(
             f"aiollm serve: error: argument {line.split()[0]}: max_running_requests "), line
+
+
+def test_the_files_dense_tp_size_is_held_to_the_tp_size_the_flags_give(tmp_path, capsys):
+    """SGLang's moe-dense-tp-size takes 1 or the TP size, from the file or the command line;
+    refused after parsing, led by the file where the file gave it."""
+    path = tmp_path / "serve.yaml"
+    path.write_text("tp-size: 2\nmoe-dense-tp-size: 2\n")
+    args = build_parser().parse_args(["serve", "M", "--config", str(path)])
+    assert checked_config(args.command_parser, args)[0].tensor_parallel_size == 2
+    args = build_parser().parse_args(["serve", "M", "--config", str(path), "--tp-size", "4"])
+    with pytest.raises(SystemExit):
+        checked_config(args.command_parser, args)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"aiollm serve: error: --config {path}: argument --moe-dense-tp-size: SGLang takes 1 "
+        "(each dense MLP layer whole on every rank) or the tensor-parallel size (--tp-size), "
+        "4: the layer split over the ranks, as aiollm splits it; got 2")
+    # the command line's value replaces the file's
+    args = build_parser().parse_args(["serve", "M", "--config", str(path), "--tp-size", "4",
+                                      "--moe-dense-tp-size", "4"])
+    assert checked_config(args.command_parser, args)[0].tensor_parallel_size == 4
 
 
 def test_the_files_several_names_with_no_model(tmp_path, capsys):
@@ -253,6 +287,16 @@ def test_the_files_several_names_with_no_model(tmp_path, capsys):
     ("max-num-seqs: 4\nmax-running-requests: 5\n", (),
      "--config FILE: argument --max-running-requests: 5 and --max-num-seqs 4 are two "
      "values of one option: give one"),
+    # MoE keys of vLLM's and SGLang's recipes asking for expert parallelism's features
+    ("enable-dbo: true\n", (),
+     "--config FILE: argument --enable-dbo: there is no dual batch overlap: vLLM splits a "
+     "step into microbatches to overlap the expert-parallel all-to-all exchanges of one with "
+     "the compute of the other, only with --enable-expert-parallel and a DeepEP all-to-all "
+     "backend; a step runs as one batch; leave the flag out"),
+    ("ep-num-redundant-experts: 32\n", (),
+     "--config FILE: argument --ep-num-redundant-experts: there is no expert parallelism, so "
+     "no redundant experts: every rank holds its share of every expert's features "
+     "(--tensor-parallel-size); leave the flag out or give 0"),
     # the command line's own errors are not the file's
     ("port: 1\n", ("--port", "abc"), "argument --port: invalid int value: 'abc'"),
     ("port: 1\n", ("--config", "x.yaml"),

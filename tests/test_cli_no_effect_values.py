@@ -19,7 +19,14 @@ IGNORED = [*vllm_flags.NO_EFFECT_VALUES, *sglang_flags.NO_EFFECT_VALUES,
 # every other flag must say its type
 ANY_TEXT = {"--attention-backend", "--sampling-backend", "--all2all-backend", "--eplb-config",
             "--moe-runner-backend", "--mode", "--limit-mm-per-prompt", "--llm-prefill-att-backend",
-            "--llm-decode-att-backend"}
+            "--llm-decode-att-backend",
+            # MoE kernels' and all-to-all backends' names (vLLM's, and SGLang's for a draft
+            # model), SGLang's DeepEP config (JSON text or a file), expert locations (a file
+            # or "trivial") and EPLB algorithm (a name): any text, as their engine's str;
+            # SGLang's MXFP4 MoE precisions, a list that grew (default, bf16, then fp8)
+            "--moe-backend", "--speculative-moe-runner-backend", "--speculative-moe-a2a-backend",
+            "--deepep-config", "--init-expert-location", "--eplb-algorithm",
+            "--flashinfer-mxfp4-moe-precision"}
 # a good value of a flag with a check of its own
 OWN_CHECK = {"--eplb-config": "{}", "--mode": "triton_gqa_flashdecoding",
              "--limit-mm-per-prompt": '{"image": 0}', "--llm-prefill-att-backend": "fa3",

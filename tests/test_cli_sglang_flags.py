@@ -23,7 +23,8 @@ def options(line: str) -> dict:
     """What `aiollm serve M line` sets, but the parser it reports through, the flags typed
     and the flags it logs as having no effect."""
     return {k: v for k, v in vars(parse(line)).items()
-            if k not in ("command_parser", "no_effect", "flags_typed", "values_typed")}
+            if k not in ("command_parser", "no_effect", "flags_typed", "values_typed",
+                         "config_checks")}
 
 
 def refusal(line: str, capsys, model: tuple[str, ...] = ("M",)) -> str:
@@ -216,6 +217,24 @@ def test_chunked_prefill_off_is_refused_naming_the_flag(capsys):
     "--enable-flashinfer-cutlass-moe", "--enable-flashinfer-cutedsl-moe",
     "--enable-flashinfer-trtllm-moe", "--enable-flashinfer-mxfp4-moe",
     "--enable-triton-kernel-moe",
+    # SGLang's MoE flags of its recipes (Qwen3-MoE, DeepSeek) that stopped at "unrecognized
+    # arguments": values asking for no expert parallelism; what it uses only with expert
+    # parallelism or its load balancing; recorders and reports of the experts chosen; a
+    # draft model's and quantized experts' kernels; shared-expert fusion, a kernel's choice
+    "--expert-parallel-size 1", "--ep-num-redundant-experts 0", "--elastic-ep-backend none",
+    "--deepep-mode low_latency", "--deepep-config {}", "--ep-dispatch-algorithm static",
+    "--init-expert-location trivial", "--eplb-algorithm deepseek",
+    "--eplb-rebalance-num-iterations 1000", "--eplb-rebalance-layers-per-chunk 4",
+    "--eplb-min-rebalancing-utilization-threshold 0.5", "--tbo-token-distribution-threshold 0.48",
+    "--expert-distribution-recorder-mode stat", "--expert-distribution-recorder-buffer-size -1",
+    "--expert-balancedness-report-mode server_log", "--enable-expert-distribution-metrics",
+    "--speculative-moe-runner-backend triton", "--speculative-moe-a2a-backend deepep",
+    "--flashinfer-mxfp4-moe-precision bf16", "--flashinfer-mxfp4-moe-precision fp8",
+    "--disable-flashinfer-cutlass-moe-fp4-allgather",
+    "--disable-shared-experts-fusion", "--enforce-shared-experts-fusion",
+    "--enable-fused-moe-sum-all-reduce", "--moe-dense-tp-size 1",
+    # older SGLang's: FlashInfer's CUTLASS MoE kernels, the shared experts' fusion (0: none)
+    "--enable-flashinfer-moe", "--n-share-experts-fusion 8", "--n-share-experts-fusion 0",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -359,6 +378,24 @@ def test_a_model_after_the_graph_sizes_is_named_as_read_as_a_size(capsys):
     ("--enable-ep-moe", ("no expert parallelism",)),
     ("--moe-a2a-backend deepep", ("no expert parallelism",)),  # SGLang's ep_size = tp_size
     ("--enable-deepep-moe", ("no expert parallelism",)),  # its --moe-a2a-backend deepep
+    # SGLang's MoE flags asking for expert parallelism or what needs it, which stopped at
+    # "unrecognized arguments"
+    ("--expert-parallel-size 8", ("no expert parallelism", "leave the flag out")),
+    ("--ep-num-redundant-experts 32", ("no redundant experts", "give 0")),
+    ("--enable-eplb", ("no expert load balancing", "leave the flag out")),
+    # SGLang itself refuses them with --moe-a2a-backend none
+    ("--enable-two-batch-overlap", ("all-to-all", "--moe-a2a-backend none")),
+    ("--enable-single-batch-overlap", ("all-to-all", "--moe-a2a-backend none")),
+    ("--enable-waterfill", ("no expert parallelism",)),
+    ("--enable-elastic-expert-backup", ("no elastic expert backup",)),
+    ("--elastic-ep-backend mooncake", ("no elastic expert parallelism",)),
+    # values SGLang's parser refuses too: none of its choices, no whole number, no rank count
+    ("--deepep-mode fast", ("invalid choice: 'fast'",)),
+    ("--expert-distribution-recorder-mode all", ("invalid choice: 'all'",)),
+    ("--ep-dispatch-algorithm best", ("invalid choice: 'best'",)),
+    ("--moe-dense-tp-size one", ("invalid int value: 'one'",)),
+    # SGLang's load test of dispatch: random router logits, so other experts, other tokens
+    ("--ep-dispatch-algorithm fake", ("at random", "changes the outputs", "give static")),
     ("--speculative-algorithm EAGLE", ("speculative decoding",)),
     ("--speculative-draft-model-path /d", ("speculative decoding",)),
     ("--speculative-num-steps 3", ("speculative decoding",)),
@@ -380,9 +417,43 @@ def test_a_model_after_the_graph_sizes_is_named_as_read_as_a_size(capsys):
 def test_flags_aiollm_cannot_honour_stop_the_start_saying_what_to_do(line, names, capsys):
     err = refusal(line, capsys)
     flag = line.split()[0]
-    assert f"argument {flag}" in err or flag.lstrip("-").replace("-", "_") in err, err
+    # argparse names the flag with its other spellings (--ep-size/--ep/--expert-parallel-size)
+    assert (f"argument {flag}" in err or f"/{flag}:" in err
+            or flag.lstrip("-").replace("-", "_") in err), err
     for name in names:
         assert name in err, (name, err)
+
+
+@pytest.mark.parametrize("line, tp", [
+    ("--moe-dense-tp-size 1", 1), ("--tp 2 --moe-dense-tp-size 1", 2),
+    ("--moe-dense-tp-size 2 --tp 2", 2), ("--tp-size 4 --moe-dense-tp-size 4", 4)])
+def test_dense_tp_size_of_one_or_the_tp_size_is_taken(line, tp, caplog):
+    """SGLang's --moe-dense-tp-size takes 1 or its --tp-size, given before or after it."""
+    args = parse(line)
+    with caplog.at_level(logging.INFO, logger="aiollm.cli.serve_checks"):
+        config, _ = checked_config(args.command_parser, args)
+    assert config.tensor_parallel_size == tp
+    assert any(m.startswith("--moe-dense-tp-size ") and "has no effect" in m
+               for m in caplog.messages), caplog.messages
+
+
+@pytest.mark.parametrize("line, says", [
+    # any other size SGLang's check refuses; it was taken, with no effect
+    ("--moe-dense-tp-size 8", "(--tensor-parallel-size), 1: the layer split over the "
+                              "ranks, as aiollm splits it; got 8"),
+    ("--moe-dense-tp-size 2 --tp 4", "(--tp), 4: the layer split over the ranks, as aiollm "
+                                     "splits it; got 2"),  # named as typed
+    ("--moe-dense-tp-size 0", "; got 0"),
+    ("--moe-dense-tp-size 4 --tp 4 --moe-dense-tp-size 3", "(--tp), 4: the layer split over "
+                                                           "the ranks, as aiollm splits "
+                                                           "it; got 3"),  # the last value
+])
+def test_dense_tp_size_sglang_refuses_stops_the_start(line, says, capsys):
+    err = refusal(line, capsys)
+    assert err.startswith("aiollm serve: error: argument --moe-dense-tp-size: SGLang takes 1 "
+                          "(each dense MLP layer whole on every rank) or the tensor-parallel "
+                          "size "), err
+    assert err.endswith(says), err
 
 
 def test_help_names_the_aliases_and_the_refused_flags_once():

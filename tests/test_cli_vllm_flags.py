@@ -129,6 +129,16 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     "--limit-mm-per-prompt image=0,audio=0", "--config-format hf", "--config-format auto",
     # in vLLM's own --config example (uvicorn-log-level: "info"): a log level, no output
     "--uvicorn-log-level info", "--uvicorn-log-level warning",
+    # vLLM's MoE flags of its recipes that stopped at "unrecognized arguments": its experts'
+    # kernel; what it does only with expert parallelism (weights filtered by rank, dual
+    # batch overlap's thresholds); the values and --no- forms that ask for none of it
+    "--moe-backend triton", "--moe-backend flashinfer_cutlass", "--enable-ep-weight-filter",
+    "--no-enable-ep-weight-filter", "--dbo-decode-token-threshold 32",
+    "--dbo-prefill-token-threshold 512", "--no-enable-dbo", "--ubatch-size 0",
+    "--ubatch-size 1", "--no-enable-elastic-ep", "--no-enable-return-routed-experts",
+    # vLLM's older flags of --eplb-config's settings (before v0.11), as --eplb-config takes them
+    "--num-redundant-experts 0", "--eplb-window-size 1000", "--eplb-step-interval 3000",
+    "--eplb-log-balancedness", "--no-eplb-log-balancedness",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -150,6 +160,18 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     # redundant experts, which vLLM too refuses without --enable-eplb
     ('--eplb-config {"num_redundant_experts":32}', ("num_redundant_experts", "32")),
     ("--eplb-config window_size=1000", ("JSON object",)),
+    # vLLM's MoE flags asking for what expert parallelism does, which stopped at argparse's
+    # "unrecognized arguments": its microbatch overlap of all-to-all exchanges (vLLM itself
+    # refuses it without a DeepEP backend), elastic ranks, the experts chosen in outputs,
+    # and its older flag of redundant experts
+    ("--enable-dbo", ("dual batch overlap", "--enable-expert-parallel", "leave the flag out")),
+    ("--ubatch-size 2", ("microbatches", "one batch", "leave the flag out")),
+    ("--enable-elastic-ep", ("elastic expert parallelism", "leave the flag out")),
+    ("--enable-return-routed-experts", ("routed experts", "leave the flag out")),
+    ("--num-redundant-experts 32", ("no redundant experts", "give 0")),
+    # below vLLM's bound of its thresholds (ParallelConfig's ge=0), which vLLM refuses too
+    ("--dbo-decode-token-threshold -1", ("must be 0 or more, got -1",)),
+    ("--dbo-prefill-token-threshold -512", ("must be 0 or more, got -512",)),
     ("--enable-lora", ("merged",)),
     ("--lora-modules a=/x", ("merged",)),
     ("--speculative-config {}", ("speculative",)),

@@ -143,6 +143,36 @@ def test_moe_options_of_expert_parallelism_are_taken_with_no_effect(caplog):
     assert refused(all2all_backend=3) == "all2all_backend=3: must be a string"
 
 
+def test_moe_keywords_of_vllms_recipes_are_taken_or_refused_as_the_cli_flags(caplog):
+    """vLLM's EngineArgs of MoE that LLM(...) refused as unknown keywords: its experts'
+    kernel (moe_backend), what it does only with expert parallelism (enable_ep_weight_filter,
+    dual batch overlap's thresholds) and the values asking for none of it are taken, each
+    logged; those asking for it are refused naming the keyword, as the CLI's flags are."""
+    with caplog.at_level("INFO", logger="aiollm.vllm_names"):
+        past_the_checks(moe_backend="triton", enable_ep_weight_filter=True,
+                        dbo_decode_token_threshold=32, dbo_prefill_token_threshold=512,
+                        enable_dbo=False, ubatch_size=1, enable_elastic_ep=False,
+                        enable_return_routed_experts=False, num_redundant_experts=0)
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert [m.split(" has")[0] for m in said] == [
+        "moe_backend='triton'", "dbo_decode_token_threshold=32",
+        "dbo_prefill_token_threshold=512"], said
+    for options, says in [({"enable_dbo": True}, "dual batch overlap"),
+                          ({"ubatch_size": 2}, "microbatches"),
+                          ({"enable_elastic_ep": True}, "elastic expert parallelism"),
+                          ({"enable_return_routed_experts": True}, "routed experts"),
+                          ({"num_redundant_experts": 4}, "no redundant experts")]:
+        message = refused(**options)
+        (keyword, value), = options.items()
+        assert message.startswith(f"{keyword}={value!r}: "), message
+        assert says in message and "--" not in message, message  # in Python's terms
+    assert refused(dbo_decode_token_threshold="x") == (
+        "dbo_decode_token_threshold='x': must be a whole number")
+    assert refused(dbo_prefill_token_threshold=-1) == (  # as vLLM's ParallelConfig (ge=0)
+        "dbo_prefill_token_threshold=-1: must be 0 or more, got -1")
+    assert refused(moe_backend=3) == "moe_backend=3: must be a string"
+
+
 def test_a_text_only_models_limits_and_the_graphs_context_bound_are_taken(caplog):
     """limit_mm_per_prompt with every count 0 (a text-only model's limits: as a dict, its
     JSON, a modality's {"count": 0}) and max_seq_len_to_capture are taken with a line saying

@@ -53,6 +53,10 @@ def checked_config(parser: argparse.ArgumentParser,
     for flag, misfit in getattr(args, "model_checks", ()):  # -q gguf with an HF directory
         if (why := misfit(args.model)) is not None:
             parser.error(f"argument {flag}: {why}")
+    # a value of no effect that its engine takes only beside others' (vllm_flags.Ignored)
+    for flag, value, misfit in getattr(args, "config_checks", {}).values():
+        if (why := misfit(value, config)) is not None:
+            parser.error(f"argument {flag}: {rewrite_flags(why, typed_flags(args))}")
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"argument --shutdown-timeout: must be >= 0, got {args.shutdown_timeout}")
     if args.tokenizer is not None:  # else found only once the weights have loaded

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 
-from aiollm import vllm_flags
+from aiollm import moe_flags, vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.flag_alias import Alias, add_aliases
 from aiollm.config import GRAMMAR_BACKENDS
@@ -119,8 +119,6 @@ def chunk_size(value: str) -> int:
     return token_counts.token_count(value)
 
 
-_EXPERT_PARALLEL = ("there is no expert parallelism: --tensor-parallel-size gives every "
-                    "rank its share of each expert's features; leave the flag out")
 _SPECULATIVE = "speculative decoding is not supported: leave the flag out"
 
 REFUSED = (
@@ -129,13 +127,8 @@ REFUSED = (
             "there is no data-parallel attention: --tensor-parallel-size splits attention "
             "heads over the ranks; leave the flag out", takes_value=False),
     Refusal(("--pp-size",), vllm_flags.NO_PIPELINE_PARALLEL, same=("1",)),
-    Refusal(("--ep-size", "--ep"), _EXPERT_PARALLEL, same=("1",)),
-    Refusal(("--enable-ep-moe",), _EXPERT_PARALLEL, takes_value=False),
-    # SGLang's older spelling of --moe-a2a-backend deepep
-    Refusal(("--enable-deepep-moe",), _EXPERT_PARALLEL, takes_value=False),
-    # its all-to-all exchange of tokens between expert ranks: none (its default) is what
-    # aiollm does; any other (deepep, mooncake...) sets SGLang's ep_size to tp_size
-    Refusal(("--moe-a2a-backend",), _EXPERT_PARALLEL, same=("none",)),
+    # expert parallelism and what goes with it (aiollm/moe_flags.py)
+    *moe_flags.SGLANG_REFUSED,
     *(Refusal((flag,), _SPECULATIVE)
       for flag in ("--speculative-algorithm", "--speculative-draft-model-path",
                    "--speculative-num-steps", "--speculative-eagle-topk",
@@ -175,9 +168,6 @@ REFUSED = (
             takes_value=False),
 )
 
-MOE_KERNELS = ("mixture-of-experts layers run on aiollm's Triton kernels (their PyTorch "
-               "references on the CPU); outputs are the same")
-
 # switches that ask for what aiollm always does -> why they change nothing (--help)
 NO_EFFECT = {
     "--enable-metrics": "/metrics is always served (Prometheus text)",
@@ -200,11 +190,7 @@ NO_EFFECT = {
     # SGLang then runs a batch between its captured sizes without a graph
     "--disable-cuda-graph-padding": "a decode batch between captured sizes replays the next "
                                     "size's CUDA graph, padded (outputs are the same)",
-    # SGLang's older spellings of --moe-runner-backend's values, which its launch lines and
-    # recipes still give
-    **dict.fromkeys(("--enable-flashinfer-cutlass-moe", "--enable-flashinfer-cutedsl-moe",
-                     "--enable-flashinfer-trtllm-moe", "--enable-flashinfer-mxfp4-moe",
-                     "--enable-triton-kernel-moe"), MOE_KERNELS),
+    **moe_flags.SGLANG_NO_EFFECT,
 }
 
 # SGLang's --decode-log-interval (decode steps), LightLLM's --log_stats_interval (seconds)
@@ -223,7 +209,7 @@ NO_EFFECT_VALUES = (
             "CPU); outputs are the same", "BACKEND"),
     Ignored(("--sampling-backend",), "tokens are sampled by aiollm's own sampler",
             "BACKEND"),
-    Ignored(("--moe-runner-backend",), MOE_KERNELS, "BACKEND"),
+    *moe_flags.SGLANG_NO_EFFECT_VALUES,
     Ignored(("--torch-compile-max-bs",), "nothing is compiled with torch.compile", "N",
             kind=int),
     Ignored(("--nccl-port",),
