@@ -72,7 +72,8 @@ class EngineAPI:
         call (all its n choices) for abort(request_id) and as the output's request_id
         (several calls may share one; InvalidRequest for one that is no such string).
         Raises InvalidRequest / Overloaded before it starts, RequestFailed inside;
-        ValueError for a group given with n > 1."""
+        ValueError for a group given with n > 1; RuntimeError before start() or from
+        another event loop than the engine's (with a request_id: before it is claimed)."""
         call = self._claim(request_id)  # from now: an abort before submission
         try:
             return await self._generate(call, prompt, params, cache_salt, group)
