@@ -98,6 +98,7 @@ _VLLM_EPLB_SETTING = ("there is no expert parallelism load balancing (vLLM's old
 _VLLM_DBO_SETTING = ("there is no dual batch overlap (--enable-dbo, which vLLM runs only "
                      "with expert parallelism), whose threshold this is")
 
+
 def negative_refusal(value: object) -> str | None:
     """Why a count of tokens (the CLI's int text, or LLM(...)'s keyword: an int, a float with
     no fraction, a string of one) is refused: below 0, which vLLM's ParallelConfig refuses

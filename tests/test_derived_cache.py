@@ -330,4 +330,3 @@ def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path, mo
     assert _temporaries(entry) == []
     assert sorted(os.listdir(GGUFCache(str(model)).tokenizer_dir)) == ["sha256.json",
                                                                         "tokenizer.json"]
-

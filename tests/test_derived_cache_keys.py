@@ -1,6 +1,6 @@
-"""The keys of the GGUF cache's stored parts (aiollm/model/derived_cache.py): each must change
-with the code that derives its part, or a part derived by an older aiollm is served after an
-upgrade that derives it otherwise."""
+"""The keys of the GGUF cache's stored parts (aiollm/model/derived_cache_keys.py): each must
+change with the code that derives its part, or a part derived by an older aiollm is served
+after an upgrade that derives it otherwise."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from aiollm.model import derived_cache
+from aiollm.model import derived_cache, derived_cache_keys
 
 PACKAGE = "aiollm.model"
 # weights_gguf's imports that decide no stored part: they find files and word errors
@@ -60,7 +60,7 @@ def test_the_configs_key_covers_every_module_weights_gguf_draws_on():
     """gguf_gemma.py decides Gemma files' config (bf785ec's final_logit_softcapping) but was
     in no key: a config stored before a change to it was served after it (a capped Gemma 3
     file stayed uncapped)."""
-    assert _config_deriving() <= set(derived_cache._CONFIG_CODE)
+    assert _config_deriving() <= set(derived_cache_keys.CONFIG_CODE)
 
 
 def test_the_weights_and_layout_keys_cover_the_config_they_are_derived_with():
@@ -72,8 +72,8 @@ def test_the_weights_and_layout_keys_cover_the_config_they_are_derived_with():
     iter_gguf = next(n for n in tree.body
                      if isinstance(n, ast.FunctionDef) and n.name == "iter_gguf")
     assert any(isinstance(n, ast.Attribute) and n.attr == "config" for n in ast.walk(iter_gguf))
-    assert _config_deriving() <= set(derived_cache._WEIGHTS_CODE)
-    assert _config_deriving() <= set(derived_cache._LAYOUT_CODE)
+    assert _config_deriving() <= set(derived_cache_keys.WEIGHTS_CODE)
+    assert _config_deriving() <= set(derived_cache_keys.LAYOUT_CODE)
 
 
 def test_a_new_gguf_release_changes_every_keyed_parts_name(tmp_path, monkeypatch):
@@ -85,7 +85,7 @@ def test_a_new_gguf_release_changes_every_keyed_parts_name(tmp_path, monkeypatch
     cache = derived_cache.GGUFCache(str(path))
 
     def names() -> list[str]:
-        derived_cache._source_key.cache_clear()
+        derived_cache_keys.source_key.cache_clear()
         return [cache.config_path, cache._weights_file, cache.params_path(torch.float32)]
 
     installed = importlib.metadata.version
@@ -97,7 +97,7 @@ def test_a_new_gguf_release_changes_every_keyed_parts_name(tmp_path, monkeypatch
         monkeypatch.undo()
         assert names() == before
     finally:
-        derived_cache._source_key.cache_clear()
+        derived_cache_keys.source_key.cache_clear()
     assert all(a != b for a, b in zip(before, after)), (before, after)
 
 
@@ -122,8 +122,8 @@ def test_the_weights_and_layout_keys_cover_the_modules_iter_gguf_reads():
                 todo.extend(n.id for n in ast.walk(defined[name]) if isinstance(n, ast.Name))
     modules = {imports[n] for n in read if n in imports}
     assert {"gguf_gemma", "gguf_phi3"} <= modules  # the check sees what it is meant to
-    assert modules <= set(derived_cache._WEIGHTS_CODE)
-    assert modules <= set(derived_cache._LAYOUT_CODE)
+    assert modules <= set(derived_cache_keys.WEIGHTS_CODE)
+    assert modules <= set(derived_cache_keys.LAYOUT_CODE)
 
 
 class _Tokenizer:
@@ -149,17 +149,17 @@ def test_a_new_transformers_release_converts_the_tokenizer_again(tmp_path, monke
     os.utime(older, (1, 1))
     installed = importlib.metadata.version
     try:
-        derived_cache._source_key.cache_clear()
+        derived_cache_keys.source_key.cache_clear()
         cache.store_tokenizer(_Tokenizer())
         first = cache.tokenizer_dir
         assert first is not None and os.path.isdir(older)
         monkeypatch.setattr(importlib.metadata, "version",
                             lambda name: "99.0" if name == "transformers" else installed(name))
-        derived_cache._source_key.cache_clear()
+        derived_cache_keys.source_key.cache_clear()
         assert cache.tokenizer_dir is None
         cache.store_tokenizer(_Tokenizer())
         assert cache.tokenizer_dir not in (None, first)
         assert sorted(n for n in os.listdir(cache.dir) if n.startswith("tokenizer")) == sorted(
             os.path.basename(p) for p in (first, cache.tokenizer_dir))
     finally:
-        derived_cache._source_key.cache_clear()
+        derived_cache_keys.source_key.cache_clear()

@@ -317,3 +317,42 @@ def test_abort_is_a_usage_error_before_start_and_from_another_loop(loop, engine)
         assert_idle(engine)
 
     run(loop, scenario())
+
+
+def test_a_call_from_another_loop_leaves_the_id_table_alone(loop, engine, monkeypatch):
+    """The id table is the engine loop's (a sweep there rebuilds it): a call under an id
+    from another thread's event loop raises the usage error before it claims the id. Before:
+    it claimed it on that thread and held it while its prompt tokenized (generate) or its
+    conversation rendered (chat), refused only at submission: two threads changed one
+    table at once."""
+    for name in ("_prompt_ids", "_chat_ids"):  # each held where the other thread runs it
+        def held(*args, _tokenize=getattr(engine, name)):
+            tokenizing.set()
+            gate.wait(30)
+            return _tokenize(*args)
+
+        monkeypatch.setattr(engine, name, held)
+    calls = (lambda: engine.generate("Hi", SamplingParams(max_tokens=2), "there"),
+             lambda: engine.chat([{"role": "user", "content": "Hi"}], request_id="there"))
+    for call in calls:
+        gate, tokenizing, errors = threading.Event(), threading.Event(), []
+
+        def other_thread():
+            try:
+                asyncio.run(call())
+            except RuntimeError as e:
+                errors.append(str(e))
+
+        async def scenario():
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            try:
+                await until(lambda: tokenizing.is_set() or not thread.is_alive())
+                assert "there" not in engine._request_ids._calls
+            finally:
+                gate.set()
+                await asyncio.to_thread(thread.join, 30)
+            assert len(errors) == 1 and "another event loop" in errors[0], errors
+            assert_idle(engine)
+
+        run(loop, scenario())

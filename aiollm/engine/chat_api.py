@@ -86,7 +86,7 @@ class ChatAPI:
         they and `params` (InvalidRequest naming the field, as generate() names it) are
         checked before the messages are rendered."""
         checked_salt(cache_salt)
-        call = self._request_ids.claim(request_id)
+        call = self._claim(request_id)
         try:
             size = rendered_size(messages, tools, template, TOKENIZE_INLINE_CHARS)
             ids = await off_loop(size, self._chat_ids, messages, template, tools,

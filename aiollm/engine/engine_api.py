@@ -72,8 +72,9 @@ class EngineAPI:
         call (all its n choices) for abort(request_id) and as the output's request_id
         (several calls may share one; InvalidRequest for one that is no such string).
         Raises InvalidRequest / Overloaded before it starts, RequestFailed inside;
-        ValueError for a group given with n > 1."""
-        call = self._request_ids.claim(request_id)  # from now: an abort before submission
+        ValueError for a group given with n > 1; RuntimeError before start() or from
+        another event loop than the engine's (with a request_id: before it is claimed)."""
+        call = self._claim(request_id)  # from now: an abort before submission
         try:
             return await self._generate(call, prompt, params, cache_salt, group)
         finally:
@@ -94,6 +95,14 @@ class EngineAPI:
             prompt, params = self._with_defaults(prompt)
         room = self._batch_room if n_of(params) > 1 else None
         return await self._completions(prompt, params, given, room, cache_salt, group, call)
+
+    def _claim(self, request_id: str | None) -> IdCall | None:
+        """RequestIds.claim, once the engine takes this call (_check_accepting: started, on
+        its loop...): the table of ids is its loop's, so a call from another loop or thread
+        raises the usage error its submission would, before it touches the table."""
+        if request_id is not None:
+            self._check_accepting()
+        return self._request_ids.claim(request_id)
 
     async def abort(self, request_id: str | Iterable[str]) -> None:
         """End the requests of every call made under `request_id` (one id or several), as
@@ -153,7 +162,7 @@ class EngineAPI:
         the request is submitted once it has: its errors (InvalidRequest naming the grammar's
         field, Overloaded) raise from the first iteration; a stream dropped or closed before
         holds nothing (the compilation runs on, and is cached)."""
-        call = self._request_ids.claim(request_id)
+        call = self._claim(request_id)
         try:
             prompt, cache_salt = split_salt(prompt, cache_salt)
             if params is None:

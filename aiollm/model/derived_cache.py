@@ -10,7 +10,7 @@ its tokenizer. The first start stores the results; later starts read them back:
                            "warnings" list: logged again at every load of the file); <code>:
                            a hash of the code that derives and stores it (config.py,
                            weights_gguf.py and the gguf_*.py modules it reads the metadata
-                           with, this file: _CONFIG_CODE, and the gguf package's version),
+                           with, this file: CONFIG_CODE, and the gguf package's version),
                            so a config derived by another version, without a check added
                            since, is derived again
         model-<code>.safetensors
@@ -18,7 +18,7 @@ its tokenizer. The first start stores the results; later starts read them back:
                            permutation undone (for GPU or tensor-parallel loads; <code>: a
                            hash of weights_gguf.py, which derives them, of the modules
                            whose names and config it reads, and of the gguf package's
-                           version, which dequantizes them: _WEIGHTS_CODE)
+                           version, which dequantizes them: WEIGHTS_CODE)
         params-<layout>-<dtype>.safetensors
                            a one-rank CPU model's own parameters (q/k/v and gate/up fused),
                            memory-mapped as the parameters at the next start: no copy
@@ -48,10 +48,7 @@ written only costs the next start its time.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -61,6 +58,8 @@ import torch
 
 from aiollm.model.cache_files import discard, remove_stale_temporaries, write_atomic, write_text
 from aiollm.model.config import ModelConfig, MoeConfig
+from aiollm.model.derived_cache_keys import (CONFIG_CODE, LAYOUT_CODE, TOKENIZER_CODE,
+                                            TOKENIZER_LIBRARIES, WEIGHTS_CODE, source_key)
 from aiollm.model.rope_config import RopeConfig
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ class GGUFCache:
     @property
     def config_path(self) -> str:
         assert self.dir is not None
-        return os.path.join(self.dir, f"config-{_source_key(_CONFIG_CODE)}.json")
+        return os.path.join(self.dir, f"config-{source_key(CONFIG_CODE)}.json")
 
     # -- weights --------------------------------------------------------------------------
     @property
@@ -188,12 +187,12 @@ class GGUFCache:
     @property
     def _weights_file(self) -> str:
         assert self.dir is not None
-        return os.path.join(self.dir, f"model-{_source_key(_WEIGHTS_CODE)}.safetensors")
+        return os.path.join(self.dir, f"model-{source_key(WEIGHTS_CODE)}.safetensors")
 
     # -- parameters of a CPU model --------------------------------------------------------
     def params_path(self, dtype: torch.dtype) -> str:
         assert self.dir is not None
-        name = (f"params-{_source_key(_LAYOUT_CODE)}-{str(dtype).removeprefix('torch.')}"
+        name = (f"params-{source_key(LAYOUT_CODE)}-{str(dtype).removeprefix('torch.')}"
                 ".safetensors")
         return os.path.join(self.dir, name)
 
@@ -269,54 +268,8 @@ class GGUFCache:
     @property
     def _tokenizer_path(self) -> str:
         assert self.dir is not None
-        key = _source_key(_TOKENIZER_CODE, _TOKENIZER_LIBRARIES)
+        key = source_key(TOKENIZER_CODE, TOKENIZER_LIBRARIES)
         return os.path.join(self.dir, f"tokenizer-{key}")
-
-
-# The modules of aiollm.model whose code decides a stored part: a change to one of them
-# invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
-# refused on the way (every module weights_gguf draws on but paths.py and weights_hf.py,
-# which find files and word errors), and how it is stored (this file); the weights: their
-# names (gguf_gemma.py's for Gemma's extra norms), values, and which tensors are no weights
-# (gguf_phi3.py's rope factors) from a GGUF file's tensors, and from the config, which
-# iter_gguf reads (the architecture and head counts decide the q/k rows' order,
-# sandwich_norms the norms' names): a head count derived otherwise (gguf_metadata.py) gives
-# other weights; the parameters: their layout from those, and the scalars folded into them
-# (granite_scales.py).
-_CONFIG_DERIVING = ("config", "rope_config", "rope", "weights_gguf", "gguf_reader",
-                    "gguf_metadata", "gguf_moe", "gguf_phi3", "gguf_gemma", "gguf_eog",
-                    "gguf_granite")
-_CONFIG_CODE = (*_CONFIG_DERIVING, "derived_cache")
-_WEIGHTS_CODE = _CONFIG_DERIVING
-_LAYOUT_CODE = (*_CONFIG_DERIVING, "llama", "mlp", "linear", "moe", "weights",
-                "weights_layout", "granite_scales")
-# The libraries whose version decides every keyed part too: gguf's GGUFReader parses the
-# metadata and its gguf.quants.dequantize gives the weights' values (a release that fixes
-# a quantization type's decoding must not leave the old values in use).
-_LIBRARIES = ("gguf",)
-# The tokenizer: transformers' GGUF converter makes it (from the file as gguf reads it; a
-# release that converts a family otherwise must not leave the old conversion served),
-# tokenizers' format stores it, and tokenizer.py adds the file's named chat templates.
-_TOKENIZER_CODE = ("tokenizer", "derived_cache")
-_TOKENIZER_LIBRARIES = ("transformers", "tokenizers", "gguf")
-
-
-@functools.cache
-def _source_key(modules: tuple[str, ...], libraries: tuple[str, ...] = _LIBRARIES) -> str:
-    """A hash of the source of `modules` (of aiollm.model) and of `libraries`' installed
-    versions (read from their metadata: none is imported): 16 hex digits."""
-    h = hashlib.sha256()
-    for module in modules:
-        spec = importlib.util.find_spec(f"aiollm.model.{module}")
-        with open(spec.origin, "rb") as f:
-            h.update(f.read())
-    for library in libraries:
-        try:
-            version = importlib.metadata.version(library)
-        except importlib.metadata.PackageNotFoundError:  # on sys.path with no metadata
-            version = "unknown"
-        h.update(f"\0{library}=={version}".encode())
-    return h.hexdigest()[:16]
 
 
 def config_to_dict(config: ModelConfig) -> dict:
