@@ -330,3 +330,33 @@ def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path, mo
     assert _temporaries(entry) == []
     assert sorted(os.listdir(GGUFCache(str(model)).tokenizer_dir)) == ["sha256.json",
                                                                         "tokenizer.json"]
+
+
+def test_a_cached_tokenizer_that_fails_to_load_is_converted_again(tmp_path, monkeypatch):
+    """A cached copy that passes its checksums and still fails in transformers (tokenizers
+    raises a plain Exception; another install sharing the cache may remove an old copy while
+    this start reads it) is passed over for the GGUF file's own tokenizer: it stopped the
+    start, as only OSError and ValueError were caught."""
+    import transformers
+
+    from aiollm.model import load_tokenizer
+    from aiollm.model import tokenizer as tokenizer_module
+
+    hf = load_tokenizer(None)
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", str(tmp_path / "cache"))
+    model_dir, gguf_name = tokenizer_module._source(None)
+    GGUFCache(os.path.join(model_dir, gguf_name)).store_tokenizer(hf)
+    cached = GGUFCache(os.path.join(model_dir, gguf_name)).tokenizer_dir
+    assert cached is not None
+    converted = object()  # stands in for the conversion from the GGUF file
+
+    def from_pretrained(path, **options):
+        if path == cached:
+            raise Exception("stand-in for tokenizers' own error")  # noqa: TRY002
+        assert options.get("gguf_file") == gguf_name
+        return converted
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(tokenizer_module, "_add_named_templates", lambda tok, path: None)
+    monkeypatch.setattr(GGUFCache, "store_tokenizer", lambda self, tok: None)
+    assert tokenizer_module._load.__wrapped__(model_dir, gguf_name, 0) is converted

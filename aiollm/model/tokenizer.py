@@ -149,7 +149,8 @@ def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokeni
             tok = AutoTokenizer.from_pretrained(cache.tokenizer_dir, local_files_only=True)
             tok.name_or_path = model_dir  # as the conversion names it
             return tok
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 (tokenizers raises Exception itself; another
+            # install sharing the cache may remove an old copy while this start reads it)
             log.warning("ignoring the cached tokenizer in %s: %s", cache.tokenizer_dir, e)
     log.info("converting the tokenizer of %s for transformers (%s)", gguf_name,
              "once: cached for later starts" if cache.dir else
