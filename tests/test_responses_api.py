@@ -1,7 +1,9 @@
 """/v1/responses (OpenAI's Responses API, as vLLM serves it) through the real server and the
 official openai SDK: the same answer as /v1/chat/completions for the same conversation,
 streamed or whole; the length limit, structured output and tool calls; and a 400 naming
-the field for what the server does not serve."""
+the field for what the server does not serve. The tests that compare two answers of one
+server (responses against chat, a stream against the whole answer) ask the session's tiny
+random Llama server (conftest's random_client): that holds for any model's words."""
 
 from __future__ import annotations
 
@@ -9,8 +11,7 @@ import json
 
 import openai
 import pytest
-from conftest import tiny_llama
-from live_server import MAX_MODEL_LEN, LiveServer, at_once, http, openai_client
+from live_server import at_once, http, openai_client
 from test_api_review import CONTENT_FAULTS, assert_openai_400
 
 ASK = "Name a colour."
@@ -48,24 +49,6 @@ def tiny(server, tmp_path_factory):
 def tiny_client(tiny):
     """The official `openai` client on the `tiny` server."""
     return openai_client(tiny)
-
-
-@pytest.fixture(scope="module")
-def random_client(tmp_path_factory):
-    """The official `openai` client on a server of conftest's tiny random Llama (one layer,
-    dummy weights) with the default model's tokenizer and chat template and the shared
-    server's limits, for the tests that compare two answers of the same server (responses
-    against chat, a stream against the whole answer): that holds for any model's words, and
-    the default model's 30 layers cost ~0.1 s of a 2-core CPU a token."""
-    path = tiny_llama(tmp_path_factory.mktemp("random"), max_position_embeddings=MAX_MODEL_LEN)
-    srv = LiveServer(model=path, load_format="dummy").start()
-    yield openai_client(srv)
-    srv.close()
-
-
-@pytest.fixture(scope="module")
-def random_model(random_client) -> str:
-    return random_client.models.list().data[0].id
 
 
 def test_greedy_text_is_chat_completions_text(random_client, random_model):

@@ -3,11 +3,11 @@ chat's min_tokens, bad_words and allowed_token_ids served, chat's
 response_format and guided_* refused, and a tool's schema the grammar refuses named
 by its place, through the real server and the openai SDK.
 
-The server is conftest's tiny random Llama (one layer, dummy weights) with the default
-model's tokenizer, chat template and the shared server's limits: each check is derived from
-the answer the same server gives without the field (its stop string, its banned word), or is
-what a grammar, a bias or a refusal forces, which holds for any model's words; the default
-model's 30 layers cost ~0.1 s of a 2-core CPU a token."""
+The server is the session's tiny random Llama server (conftest's random_server: one layer,
+dummy weights, the default tokenizer and chat template, the shared server's limits): each
+check is derived from the answer the same server gives without the field (its stop string,
+its banned word), or is what a grammar, a bias or a refusal forces, which holds for any
+model's words; the default model's 30 layers cost ~0.1 s of a 2-core CPU a token."""
 
 from __future__ import annotations
 
@@ -15,18 +15,14 @@ import json
 
 import openai
 import pytest
-from conftest import tiny_llama
-from live_server import MAX_MODEL_LEN, LiveServer, http
+from live_server import http
 from test_responses_api import ASK, WEATHER
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> LiveServer:
-    """The module's server (conftest's `client` asks it): the tiny random Llama above."""
-    path = tiny_llama(tmp_path_factory.mktemp("random"), max_position_embeddings=MAX_MODEL_LEN)
-    srv = LiveServer(model=path, load_format="dummy").start()
-    yield srv
-    srv.close()
+def server(random_server):
+    """The module's server (conftest's `client` asks it): the tiny random Llama's."""
+    return random_server
 
 
 @pytest.fixture(scope="module")
