@@ -190,6 +190,30 @@ def server(request):
     return shared_server(request.config)
 
 
+@pytest.fixture(scope="module")
+def random_server(request, tmp_path_factory):
+    """The session's tiny random Llama server (tests/live_server.py's shared_random_server:
+    the default tokenizer and chat template, the shared server's limits); a module that
+    needs another shape or template defines its own."""
+    from live_server import shared_random_server
+
+    return shared_random_server(request.config, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def random_client(random_server):
+    """The official `openai` client on random_server."""
+    from live_server import openai_client
+
+    return openai_client(random_server)
+
+
+@pytest.fixture(scope="module")
+def random_model(random_client) -> str:
+    """random_server's model name, as its /v1/models lists it."""
+    return random_client.models.list().data[0].id
+
+
 @pytest.fixture(scope="module", params=["deepseek_r1", "qwen3"])
 def thinker(request, tmp_path_factory):
     """A server started with --reasoning-parser, one per parser, for the module: a tiny

@@ -138,6 +138,27 @@ def shared_server(config: pytest.Config) -> LiveServer:
     return srv
 
 
+_SHARED_RANDOM = pytest.StashKey[LiveServer]()
+
+
+def shared_random_server(config: pytest.Config, tmp_path_factory) -> LiveServer:
+    """The session's server of a tiny random Llama (conftest.tiny_llama: one layer, dummy
+    weights, MAX_MODEL_LEN positions) with the default model's tokenizer and chat template
+    and the shared server's limits, for the tests whose checks hold for any model's words
+    (the default model's 30 layers cost ~0.1 s of a 2-core CPU a token). Started by the
+    first module that asks and shut down gracefully at the end, as shared_server."""
+    from conftest import tiny_llama
+
+    srv = config.stash.get(_SHARED_RANDOM, None)
+    if srv is None:
+        path = tiny_llama(tmp_path_factory.mktemp("random"),
+                          max_position_embeddings=MAX_MODEL_LEN)
+        srv = LiveServer(model=path, load_format="dummy").start()
+        config.stash[_SHARED_RANDOM] = srv
+        config.add_cleanup(srv.close)
+    return srv
+
+
 # -- client side -------------------------------------------------------------------------------
 
 def http(server: LiveServer, method: str, path: str, **kw) -> tuple[int, dict, bytes]:

@@ -23,34 +23,6 @@ def model(client) -> str:
     return client.models.list().data[0].id
 
 
-@pytest.fixture(scope="module")
-def random_server(tmp_path_factory):
-    """The shared server's limits (MAX_MODEL_LEN, KV_TOKENS) on conftest's tiny random Llama
-    (one layer, dummy weights) with the default model's tokenizer and chat template, for the
-    tests whose check holds for any model's words (a stream against the whole answer of the
-    same request, a seed's replay): the default model's 30 layers cost ~0.1 s of a 2-core
-    CPU a token."""
-    from live_server import LiveServer
-
-    path = tiny_llama(tmp_path_factory.mktemp("random"), max_position_embeddings=MAX_MODEL_LEN)
-    srv = LiveServer(model=path, load_format="dummy").start()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture(scope="module")
-def random_client(random_server):
-    """The official `openai` client on random_server."""
-    from live_server import openai_client
-
-    return openai_client(random_server)
-
-
-@pytest.fixture(scope="module")
-def random_model(random_client) -> str:
-    return random_client.models.list().data[0].id
-
-
 def metric(server, name: str, labels: str = "") -> float:
     _, _, body = http(server, "GET", "/metrics")
     m = re.search(rf"^{re.escape(name + labels)} (\S+)$", body.decode(), re.M)

@@ -2,7 +2,10 @@
 that change nothing here are taken without the log's unknown-field line, their types checked
 as OpenAI checks them (a 400 naming the field); those whose request the server cannot do
 (web search, moderation) are a 400 naming them, never ignored. stream_options'
-include_obfuscation, OpenAI's on chat and completions, is taken on both."""
+include_obfuscation, OpenAI's on chat and completions, is taken on both. On the session's
+tiny random Llama server (conftest's random_server): what is checked is a field's
+acceptance, its error and the answer against the same server's without it, which no
+model's words change."""
 
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ from live_server import http
 
 HI = [{"role": "user", "content": "Hi"}]
 CHAT = {"messages": HI, "max_tokens": 3, "temperature": 0}
+
+@pytest.fixture(scope="module")
+def server(random_server):
+    return random_server
+
 
 # sent as a client of OpenAI's API sends them; none changes the answer here
 NO_EFFECT = {

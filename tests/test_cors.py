@@ -1,7 +1,11 @@
 """CORS against the real app (tests/live_server.py), as a browser uses it: off by default;
 with allowed origins, the preflight OPTIONS of every route is answered without the API key,
 the request itself still needs it, and every response to an allowed origin (errors and
-streams too) carries Access-Control-Allow-Origin. A browser refuses what lacks it."""
+streams too) carries Access-Control-Allow-Origin. A browser refuses what lacks it.
+
+The servers with CORS on run a tiny random Llama (conftest.tiny_llama, dummy weights) with
+the default model's tokenizer and chat template: what is checked is headers, statuses and
+the framing of streams, which no model's words change."""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import re
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from live_server import LiveServer, http, sse_events
+from conftest import tiny_llama
+from live_server import MAX_MODEL_LEN, LiveServer, http, sse_events
 
 from aiollm.api import CorsOptions, lightllm, ops
 from aiollm.api import openai as openai_api
@@ -36,11 +41,27 @@ ROUTES = [(r.method, re.sub(r"{[^}]*}", "some-model", r.path))
 
 
 @pytest.fixture(scope="module")
-def cors_server() -> LiveServer:
+def tiny_model(tmp_path_factory) -> str:
+    """The tiny random Llama's directory (the shared server's MAX_MODEL_LEN positions):
+    the default model's 30 layers cost 10-25 s of loading a server and ~0.1 s a token."""
+    return tiny_llama(tmp_path_factory.mktemp("cors"), max_position_embeddings=MAX_MODEL_LEN)
+
+
+@pytest.fixture(scope="module")
+def cors_server(tiny_model) -> LiveServer:
     """An API key, one allowed origin, GET and POST with the Authorization header (and the
     safelisted ones, Content-Type among them)."""
-    srv = LiveServer(api_key=KEY, cors=CorsOptions(
+    srv = LiveServer(model=tiny_model, load_format="dummy", api_key=KEY, cors=CorsOptions(
         (ORIGIN,), allowed_methods=("GET", "POST"), allowed_headers=("Authorization",))).start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def get_only_server(tiny_model) -> LiveServer:
+    """One allowed origin, allowed GET alone (--allowed-methods GET), no API key."""
+    srv = LiveServer(model=tiny_model, load_format="dummy",
+                     cors=CorsOptions((ORIGIN,), allowed_methods=("GET",))).start()
     yield srv
     srv.close()
 
@@ -323,19 +344,16 @@ def test_responses_need_the_key(cors_server):
 
 
 @pytest.mark.parametrize("ctype", ["text/plain;charset=UTF-8", None])
-def test_a_page_of_an_origin_allowed_only_other_methods_still_needs_json(ctype):
+def test_a_page_of_an_origin_allowed_only_other_methods_still_needs_json(get_only_server,
+                                                                        ctype):
     """An origin allowed only GET (--allowed-methods) has its POST preflight refused, so
     its pages may not POST JSON: a preflight-free POST (text/plain, or no Content-Type) of
     theirs is refused as another origin's is. It was served, read as JSON."""
-    srv = LiveServer(cors=CorsOptions((ORIGIN,), allowed_methods=("GET",))).start()
-    try:
-        body = json.dumps({"inputs": "hi", "parameters": {"max_new_tokens": 1}}).encode()
-        headers = {"Origin": ORIGIN, **({"Content-Type": ctype} if ctype else {})}
-        status, _, raw = http(srv, "POST", "/generate", data=body, headers=headers,
-                              skip_auto_headers=[] if ctype else ["Content-Type"])
-        assert status == 415, raw
-    finally:
-        srv.close()
+    body = json.dumps({"inputs": "hi", "parameters": {"max_new_tokens": 1}}).encode()
+    headers = {"Origin": ORIGIN, **({"Content-Type": ctype} if ctype else {})}
+    status, _, raw = http(get_only_server, "POST", "/generate", data=body, headers=headers,
+                          skip_auto_headers=[] if ctype else ["Content-Type"])
+    assert status == 415, raw
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", None])

@@ -1,7 +1,9 @@
 """The values of OpenAI's fields that change nothing here (api/openai_hints.py), checked as
 OpenAI checks them: a value outside the field's enumeration, or a prediction that is no text,
 is a 400 naming the field, on /v1/chat/completions and (its caching fields and service_tier)
-on /v1/responses; each value OpenAI takes is taken."""
+on /v1/responses; each value OpenAI takes is taken. On the session's tiny random Llama
+server (conftest's random_server): what is checked is a value's acceptance or its error,
+which no model's words change."""
 
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ from live_server import http, sse_events
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 RESPONSES = {"input": "Hi", "max_output_tokens": 1}
+
+
+@pytest.fixture(scope="module")
+def server(random_server):
+    return random_server
 
 
 def _error(server, path: str, body: dict) -> dict:

@@ -906,10 +906,11 @@ def test_a_stream_of_more_choices_than_the_queue_holds_is_told_one(tight, field)
     tight.wait_idle()
 
 
-def test_more_choices_than_the_request_table_holds_are_400():
+def test_more_choices_than_the_request_table_holds_are_400(tiny):
     """As the queue, the request table (a slot per choice): n past --table-capacity was a 503
-    however idle the server."""
-    srv = LiveServer(table_capacity=2).start()
+    however idle the server. (On conftest's tiny random Llama: a limit's check, which no
+    model's words change.)"""
+    srv = LiveServer(model=tiny, load_format="dummy", max_model_len=256, table_capacity=2).start()
     try:
         status, _, raw_body = http(srv, "POST", CH, json=chat(n=3))
         assert_error(status, raw_body, 400, "n", "(2 requests in its request table)")

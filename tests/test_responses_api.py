@@ -1,7 +1,9 @@
 """/v1/responses (OpenAI's Responses API, as vLLM serves it) through the real server and the
 official openai SDK: the same answer as /v1/chat/completions for the same conversation,
 streamed or whole; the length limit, structured output and tool calls; and a 400 naming
-the field for what the server does not serve."""
+the field for what the server does not serve. The tests that compare two answers of one
+server (responses against chat, a stream against the whole answer) ask the session's tiny
+random Llama server (conftest's random_client): that holds for any model's words."""
 
 from __future__ import annotations
 
@@ -49,11 +51,12 @@ def tiny_client(tiny):
     return openai_client(tiny)
 
 
-def test_greedy_text_is_chat_completions_text(client, model):
+def test_greedy_text_is_chat_completions_text(random_client, random_model):
     """instructions and a developer message, as the same chat's system messages: the same
     prompt (input_tokens) and the same greedy text."""
     items = [{"role": "developer", "content": "Be brief."},
              {"role": "user", "content": [{"type": "input_text", "text": ASK}]}]
+    client, model = random_client, random_model
     r, c = at_once(
         lambda: client.responses.create(model=model, input=items, instructions="Hi.",
                                         max_output_tokens=8, temperature=0),
@@ -61,7 +64,7 @@ def test_greedy_text_is_chat_completions_text(client, model):
                                                messages=[{"role": "system", "content": "Hi."},
                                                          {"role": "system", "content": "Be brief."},
                                                          {"role": "user", "content": ASK}]))
-    assert r.id.startswith("resp_") and r.object == "response" and r.model == model
+    assert r.id.startswith("resp_") and r.object == "response" and r.model == random_model
     assert r.output_text == c.choices[0].message.content
     assert r.usage.input_tokens == c.usage.prompt_tokens
     assert r.usage.output_tokens == c.usage.completion_tokens
@@ -81,12 +84,12 @@ def test_an_empty_list_of_parts_is_an_empty_turn(client, model):
     assert r.usage.input_tokens == b.usage.input_tokens
 
 
-def test_stream_equals_whole_answer(client, model):
+def test_stream_equals_whole_answer(random_client, random_model):
     """The SDK's stream helper accumulates what the whole answer says; events in OpenAI's
     order, numbered from 0."""
-    kw = dict(model=model, input=ASK, max_output_tokens=12, temperature=0)
-    whole = client.responses.create(**kw)
-    with client.responses.stream(**kw) as stream:
+    kw = dict(model=random_model, input=ASK, max_output_tokens=12, temperature=0)
+    whole = random_client.responses.create(**kw)
+    with random_client.responses.stream(**kw) as stream:
         events = list(stream)
         final = stream.get_final_response()
     types = [e.type for e in events]
@@ -164,7 +167,7 @@ def test_a_named_tool_is_a_function_call_item(tiny_client, stream):
     assert call.call_id.startswith("call_")
 
 
-def test_function_call_output_reaches_the_prompt(client, model):
+def test_function_call_output_reaches_the_prompt(random_client, random_model):
     """A call and its result sent back as items render as the chat's assistant tool_calls
     and tool message: the same prompt and greedy answer as chat completions give."""
     args = '{"city": "Paris"}'
@@ -178,6 +181,7 @@ def test_function_call_output_reaches_the_prompt(client, model):
                      "function": {"name": "get_weather", "arguments": args}}]},
                 {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 31 C"}]
     other = [*items[:2], {**items[2], "output": "Rain all week long in the whole region"}]
+    client, model = random_client, random_model
     r, c, r2 = at_once(
         lambda: client.responses.create(model=model, input=items, tools=[WEATHER],
                                         tool_choice="none", max_output_tokens=8,
@@ -225,22 +229,22 @@ def test_unserved_or_bad_fields_are_400s_naming_them(client, model, body, param)
     assert param.split(".")[-1].split("[")[0] in e.value.message, e.value.body
 
 
-def test_logprobs_of_the_output_text_are_chats_whole_and_streamed(client, model):
+def test_logprobs_of_the_output_text_are_chats_whole_and_streamed(random_client, random_model):
     """include "message.output_text.logprobs" (and top_logprobs alternatives) was a 400
     where vLLM answers it: the output_text carries each token's logprob, bytes and top
     alternatives, as chat's logprobs; a stream's text deltas carry those of their tokens
     (an end token's in a last "" delta), all of them in output_text.done and the last
     Response. top_logprobs alone asks for none, as OpenAI and vLLM take it."""
-    ask = {"model": model, "input": "Reply with only emoji: 🎉🔥", "max_output_tokens": 12,
+    ask = {"model": random_model, "input": "Reply with only emoji: 🎉🔥", "max_output_tokens": 12,
            "include": ["message.output_text.logprobs"], "top_logprobs": 2, "temperature": 0}
-    whole = client.responses.create(**ask)
+    whole = random_client.responses.create(**ask)
     part = whole.output[0].content[0]
     assert len(part.logprobs) == whole.usage.output_tokens, part
     assert all(len(t.top_logprobs) == 2 for t in part.logprobs), part
     # the tokens' bytes join to the text (an emoji's bytes split among its tokens)
     joined = b"".join(bytes(t.bytes) for t in part.logprobs).decode(errors="replace")
     assert joined.startswith(part.text), (joined, part.text)
-    events = list(client.responses.create(**ask, stream=True))
+    events = list(random_client.responses.create(**ask, stream=True))
     deltas = [e for e in events if e.type == "response.output_text.delta"]
     [done] = [e for e in events if e.type == "response.output_text.done"]
     sent = [t.token for e in deltas for t in e.logprobs]
@@ -248,13 +252,14 @@ def test_logprobs_of_the_output_text_are_chats_whole_and_streamed(client, model)
     last = events[-1].response.output[0].content[0]
     assert [t.token for t in last.logprobs] == sent and last.text == part.text, last
     # kept with them; a response continuing it has its own (its tokens', none alternative)
-    assert client.responses.retrieve(whole.id).output[0].content[0].logprobs == part.logprobs
-    more = client.responses.create(**{**ask, "input": "Again.", "top_logprobs": 0},
+    kept = random_client.responses.retrieve(whole.id)
+    assert kept.output[0].content[0].logprobs == part.logprobs
+    more = random_client.responses.create(**{**ask, "input": "Again.", "top_logprobs": 0},
                                    previous_response_id=whole.id)
     lps = more.output[0].content[0].logprobs
     assert len(lps) == more.usage.output_tokens and all(t.top_logprobs == [] for t in lps), lps
     # OpenAI's other values are taken (Codex asks for encrypted reasoning): they add nothing
-    plain = client.responses.create(**{**ask, "include": ["reasoning.encrypted_content"]})
+    plain = random_client.responses.create(**{**ask, "include": ["reasoning.encrypted_content"]})
     assert plain.output[0].content[0].logprobs == [] and plain.top_logprobs == 2, plain
 
 

@@ -1,7 +1,13 @@
 """/v1/responses beside its text.format: vLLM's structured_outputs and logit_bias served,
 chat's min_tokens, bad_words and allowed_token_ids served, chat's
 response_format and guided_* refused, and a tool's schema the grammar refuses named
-by its place, through the real server and the openai SDK."""
+by its place, through the real server and the openai SDK.
+
+The server is the session's tiny random Llama server (conftest's random_server: one layer,
+dummy weights, the default tokenizer and chat template, the shared server's limits): each
+check is derived from the answer the same server gives without the field (its stop string,
+its banned word), or is what a grammar, a bias or a refusal forces, which holds for any
+model's words; the default model's 30 layers cost ~0.1 s of a 2-core CPU a token."""
 
 from __future__ import annotations
 
@@ -11,6 +17,12 @@ import openai
 import pytest
 from live_server import http
 from test_responses_api import ASK, WEATHER
+
+
+@pytest.fixture(scope="module")
+def server(random_server):
+    """The module's server (conftest's `client` asks it): the tiny random Llama's."""
+    return random_server
 
 
 @pytest.fixture(scope="module")

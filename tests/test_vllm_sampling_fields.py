@@ -1,7 +1,8 @@
 """vLLM's SamplingParams fields and methods, and output fields, that vLLM code uses and
 aiollm took under other names or not at all (structured_outputs, guided_decoding,
 spaces_between_special_tokens, clone(), RequestOutput.metrics...), or took with odd
-values; on the default model through LLM."""
+values; through LLM, on a tiny random Llama with the default model's tokenizer and chat
+template."""
 
 from __future__ import annotations
 
@@ -19,8 +20,22 @@ ASK = "Is Paris in France? Answer:"
 
 
 @pytest.fixture(scope="module")
-def llm():
-    with LLM(None, kv_tokens=1024) as llm:
+def llm(tmp_path_factory):
+    """An LLM of conftest.sharp_tiny_llama (two layers, hidden 64) with the default model's
+    tokenizer: what these tests check (a field taken, special tokens forced by a logit bias,
+    output objects' members, errors naming a field) holds for any model's outputs, and the
+    default model's 30 layers cost ~0.1 s of a 2-core CPU a token. The grammars of
+    test_structured_outputs_constrain_the_output allow no output past 13 characters (its
+    JSON is compact: grammar_build.py leaves no whitespace free), so any model's answer
+    ends within its 20 tokens."""
+    from conftest import sharp_tiny_llama
+
+    from aiollm.model import default_model_path
+
+    path = sharp_tiny_llama(tmp_path_factory.mktemp("tiny"), hidden_size=64,
+                            intermediate_size=128, num_hidden_layers=2,
+                            max_position_embeddings=1024)
+    with LLM(path, tokenizer=default_model_path(), kv_tokens=1024) as llm:
         yield llm
 
 
