@@ -47,7 +47,7 @@ serve: $(DEPS)
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them
 # (module fixtures such as a started server are built once), the slowest files first
 # (tests/file_order.py; xdist's own order is by number of tests): 619 s for 5,312 tests on 2
-# CPU cores from a fresh clone (2026-12-07, 76abd94e; 11 m 18 s with setup), after fourteen
+# CPU cores from a fresh clone (2026-12-07, 76abd94e; 11 m 18 s with setup), after thirteen
 # files moved to a tiny random model where no check needs the default model's outputs; 665-
 # 781 s for 5,168 at 29394f2 and 4d8e63f (this machine's speed varies by ~15%); 569 s for
 # 4,922 at 94e32cb, and 699 s for 4,780 at dbd6f3b, before
