@@ -45,7 +45,7 @@ from aiollm.config import EngineConfig
 from aiollm.engine.content_format import check_content_format
 from aiollm.engine.template_options import TemplateOptions
 from aiollm.errors import InvalidRequest
-from aiollm.vllm_flags import Refusal
+from aiollm.flag_kinds import Ignored, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _asks_for_ours(value: Any, same: tuple[str, ...]) -> bool:
     return False
 
 
-def _take_no_effect(keyword: str, value: Any, ignored: vllm_flags.Ignored) -> None:
+def _take_no_effect(keyword: str, value: Any, ignored: Ignored) -> None:
     """A keyword of no effect given `value`: logged as such (None, vLLM's 'not set',
     silently); raises ValueError naming it and its value where the CLI refuses the value
     (ignored.refuse), or where it is none of ignored.choices, or no string where the flag

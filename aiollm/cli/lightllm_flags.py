@@ -31,7 +31,7 @@ from aiollm import vllm_flags
 from aiollm.cli import sglang_flags, token_counts
 from aiollm.cli.flag_alias import Alias, add_aliases
 from aiollm.config import EngineConfig
-from aiollm.vllm_flags import Ignored, Refusal
+from aiollm.flag_kinds import Ignored, Refusal
 
 # LightLLM's --data_type values -> aiollm's --dtype
 _DATA_TYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16",

@@ -53,7 +53,7 @@ def checked_config(parser: argparse.ArgumentParser,
     for flag, misfit in getattr(args, "model_checks", ()):  # -q gguf with an HF directory
         if (why := misfit(args.model)) is not None:
             parser.error(f"argument {flag}: {why}")
-    # a value of no effect that its engine takes only beside others' (vllm_flags.Ignored)
+    # a value of no effect that its engine takes only beside others' (flag_kinds.Ignored)
     for flag, value, misfit in getattr(args, "config_checks", {}).values():
         if (why := misfit(value, config)) is not None:
             parser.error(f"argument {flag}: {rewrite_flags(why, typed_flags(args))}")

@@ -37,7 +37,7 @@ from aiollm import moe_flags, vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.flag_alias import Alias, add_aliases
 from aiollm.config import GRAMMAR_BACKENDS
-from aiollm.vllm_flags import Ignored, Refusal
+from aiollm.flag_kinds import Ignored, Refusal
 from aiollm.vllm_graph_flags import model_after_sizes
 
 # the flag -> (EngineConfig's option it sets, aiollm's flag of it, for --help), with the
